@@ -1,0 +1,1 @@
+"""Veilbill anonymize package."""

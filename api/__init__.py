@@ -1,0 +1,1 @@
+"""Veilbill api package."""

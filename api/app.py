@@ -1,0 +1,134 @@
+"""The composition root: ``create_app(settings)`` wires settings, storage, keys and HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
+from swagger_ui_bundle import swagger_ui_path
+
+from api.auth import ApiKeyAuthentication, current_actor
+from api.controllers import (
+    AdminController,
+    AuditController,
+    CustomerController,
+    HealthController,
+    InvoiceController,
+)
+from api.errors import EXCEPTION_HANDLERS
+from api.logging import configure_logging
+from api.middleware import RequestIdMiddleware, refuse_card_data
+from api.settings import Settings
+from billing import Billing, Database, DatabaseConfig, load_keyring
+from billing._models import utcnow
+
+__all__ = ["app_from_env", "create_app"]
+
+_ASSETS = "/schema/assets"
+_UNAUTHENTICATED = ["^/schema", "^/health/"]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    configure_logs: bool = True,
+) -> Litestar:
+    """Build the service for ``settings``.
+
+    Loads the keyring (raises ``KeyringError`` when it is missing or unsafe) and opens the database
+    engine; no connection is made until the first request.
+    """
+    if configure_logs:
+        configure_logging(level=settings.log_level, log_path=settings.log_path)
+    keyring = load_keyring(settings.keyring_path)
+    db = Database(DatabaseConfig(settings.database_url))
+    billing = Billing(db=db, keyring=keyring, clock=clock)
+
+    def provide_billing() -> Billing:
+        return billing
+
+    return Litestar(
+        route_handlers=[
+            HealthController,
+            CustomerController,
+            InvoiceController,
+            AdminController,
+            AuditController,
+            create_static_files_router(
+                path=_ASSETS, directories=[Path(swagger_ui_path)], include_in_schema=False, opt={"exclude_from_auth": True}
+            ),
+        ],
+        dependencies={
+            "billing": Provide(provide_billing, sync_to_thread=False),
+            "actor": Provide(current_actor, sync_to_thread=False),
+        },
+        middleware=[
+            RequestIdMiddleware(),
+            DefineMiddleware(ApiKeyAuthentication, exclude=_UNAUTHENTICATED),
+        ],
+        before_request=refuse_card_data,
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=_openapi(),
+        state=State({"billing": billing, "settings": settings, "readiness": partial(_readiness, db, settings)}),
+        on_shutdown=[db.dispose],
+        logging_config=None,
+        debug=False,
+    )
+
+
+def app_from_env() -> Litestar:
+    """Factory for ``uvicorn --factory``: settings come from the environment, read once here."""
+    return create_app(Settings.from_env())
+
+
+def _openapi() -> OpenAPIConfig:
+    swagger = SwaggerRenderPlugin(
+        path="/swagger",
+        js_url=f"{_ASSETS}/swagger-ui-bundle.js",
+        css_url=f"{_ASSETS}/swagger-ui.css",
+        standalone_preset_js_url=f"{_ASSETS}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{_ASSETS}/favicon-32x32.png'>",
+    )
+    return OpenAPIConfig(
+        title="Veilbill API",
+        version="1",
+        description=(
+            "Privacy-preserving billing for booking businesses. Authenticate with "
+            "`Authorization: Bearer vb_…`. Errors are RFC 9457 problem+json with a stable `code`."
+        ),
+        path="/schema",
+        render_plugins=[swagger],
+        components=Components(
+            security_schemes={"ApiKey": SecurityScheme(type="http", scheme="bearer", description="Veilbill API key")}
+        ),
+        security=[{"ApiKey": []}],
+    )
+
+
+def _readiness(db: Database, settings: Settings) -> dict[str, str]:
+    checks = {}
+    try:
+        db.ping()
+        checks["database"] = "ok"
+    except Exception:
+        checks["database"] = "unreachable"
+    try:
+        load_keyring(settings.keyring_path)
+        checks["keyring"] = "ok"
+    except Exception:
+        checks["keyring"] = "unavailable"
+    return checks
+
+

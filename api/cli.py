@@ -1,0 +1,231 @@
+"""The ``veilbill`` command: serve the API and operate it.
+
+Every command reads its configuration from the same ``VEILBILL_*`` variables as the service, once,
+through :meth:`Settings.from_env`. The group is also registered as a Litestar CLI plugin, so
+``litestar --app api.app:app_from_env veilbill …`` works too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from litestar.plugins import CLIPluginProtocol
+
+from api.settings import Settings
+from billing import (
+    Billing,
+    Database,
+    DatabaseConfig,
+    create_keyring,
+    current_revision,
+    downgrade,
+    head_revision,
+    load_keyring,
+    upgrade,
+    write_keyring,
+)
+from billing._models import utcnow
+from billing.errors import KeyringError
+
+__all__ = ["VeilbillCLIPlugin", "main", "veilbill"]
+
+
+class _Context:
+    """What every command needs, built lazily so ``--help`` touches nothing."""
+
+    def __init__(self) -> None:
+        self.settings = Settings.from_env()
+
+    def database(self) -> Database:
+        return Database(DatabaseConfig(self.settings.database_url))
+
+    def billing(self) -> Billing:
+        try:
+            keyring = load_keyring(self.settings.keyring_path)
+        except KeyringError as exc:
+            raise click.ClickException(f"{exc.message} Run `veilbill keys init` first.") from None
+        return Billing(db=self.database(), keyring=keyring)
+
+
+pass_context = click.make_pass_decorator(_Context, ensure=True)
+
+
+@click.group(help="Veilbill: privacy-preserving billing for booking businesses.")
+def veilbill() -> None:
+    pass
+
+
+@veilbill.command(help="Serve the HTTP API (uvicorn).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="worker processes")
+@pass_context
+def serve(ctx: _Context, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    db = ctx.database()
+    try:
+        current = current_revision(db.engine)
+    finally:
+        db.dispose()
+    if current != head_revision():
+        raise click.ClickException("The database schema is not up to date; run `veilbill db upgrade`.")
+    uvicorn.run(
+        "api.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        proxy_headers=False,
+    )
+
+
+@veilbill.group(help="Database schema migrations.")
+def db() -> None:
+    pass
+
+
+@db.command("upgrade", help="Migrate the schema to the newest revision.")
+@click.option("--revision", default="head", show_default=True)
+@pass_context
+def db_upgrade(ctx: _Context, revision: str) -> None:
+    database = ctx.database()
+    if ctx.settings.database_url.startswith("sqlite:///"):
+        Path(ctx.settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    upgrade(database.engine, revision)
+    click.echo(f"schema at revision {current_revision(database.engine)}")
+    database.dispose()
+
+
+@db.command("downgrade", help="Migrate the schema down (base drops every table).")
+@click.option("--revision", required=True)
+@pass_context
+def db_downgrade(ctx: _Context, revision: str) -> None:
+    database = ctx.database()
+    downgrade(database.engine, revision)
+    click.echo(f"schema at revision {current_revision(database.engine)}")
+    database.dispose()
+
+
+@veilbill.group(help="Master and audit keys.")
+def keys() -> None:
+    pass
+
+
+@keys.command("init", help="Create the keyring file (mode 0600).")
+@click.option("--if-missing", is_flag=True, help="do nothing when the keyring already exists")
+@pass_context
+def keys_init(ctx: _Context, if_missing: bool) -> None:
+    path = ctx.settings.keyring_path
+    if path.exists():
+        if if_missing:
+            load_keyring(path)
+            click.echo(f"keyring already present at {path}")
+            return
+        raise click.ClickException(f"a keyring already exists at {path}; refusing to overwrite it")
+    keyring = create_keyring(now=utcnow())
+    write_keyring(path, keyring)
+    click.echo(f"keyring created at {path} (mode 0600); back it up separately from the database")
+    billing = ctx.billing()
+    if current_revision(billing.db.engine) == head_revision():
+        with billing.db.transaction() as session:
+            billing.audit.record(
+                session, action="keys.initialized", detail={"master_key": keyring.active_master_id}
+            )
+    else:
+        click.echo("(schema not migrated yet: the key creation is not in the audit chain)")
+    billing.db.dispose()
+
+
+@keys.command("status", help="Show key versions and ages (never key material).")
+@pass_context
+def keys_status(ctx: _Context) -> None:
+    keyring = ctx.billing().keyring
+    now = utcnow()
+    for key in keyring.master_keys:
+        active = " (active)" if key.key_id == keyring.active_master_id else ""
+        click.echo(f"master {key.key_id}{active}: created {key.created_at:%Y-%m-%d}, {(now - key.created_at).days} days old")
+    for key in keyring.audit_keys:
+        active = " (active)" if key.key_id == keyring.active_audit_id else ""
+        click.echo(f"audit  {key.key_id}{active}: created {key.created_at:%Y-%m-%d}")
+
+
+@veilbill.group(help="Tenants (businesses).")
+def tenants() -> None:
+    pass
+
+
+@tenants.command("create", help="Create a tenant and print its first admin key (shown once).")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="print {tenant_id, admin_key} as JSON")
+@pass_context
+def tenants_create(ctx: _Context, name: str, as_json: bool) -> None:
+    issued = ctx.billing().tenants.create_tenant(name)
+    if as_json:
+        click.echo(json.dumps({"tenant_id": issued.tenant_id, "admin_key": issued.key}))
+    else:
+        click.echo(f"tenant {issued.tenant_id} created")
+        click.echo(f"admin key (shown once, store it now): {issued.key}")
+
+
+@veilbill.group(help="The tamper-evident audit chain.")
+def audit() -> None:
+    pass
+
+
+@audit.command("verify", help="Verify every chain; exit 1 and name the first broken link.")
+@click.option("--tenant", "tenant_id", default=None, help="verify only this tenant's chain")
+@pass_context
+def audit_verify(ctx: _Context, tenant_id: str | None) -> None:
+    result = ctx.billing().verify_audit(chain=tenant_id)
+    broken = result.first_break
+    report: dict[str, Any] = {"ok": result.ok, "chains": result.chains, "events": result.events}
+    if broken:
+        report["first_break"] = {"chain": broken.chain, "seq": broken.seq, "event_id": broken.event_id, "reason": broken.reason}
+    click.echo(json.dumps(report))
+    if not result.ok:
+        sys.exit(1)
+
+
+@veilbill.command(help="Seed a demo tenant with Faker clients and invoices; print its keys.")
+@click.option("--customers", default=12, show_default=True, type=int)
+@click.option("--invoices", default=30, show_default=True, type=int)
+@click.option("--keys-file", default="var/demo-keys.json", show_default=True, type=click.Path(path_type=Path))
+@click.option("--if-empty", is_flag=True, help="only seed when no demo keys file exists; print the keys either way")
+@click.option("--seed", default=None, type=int, help="Faker seed, for a reproducible demo")
+@pass_context
+def demo(ctx: _Context, customers: int, invoices: int, keys_file: Path, if_empty: bool, seed: int | None) -> None:
+    from api._demo import seed_demo
+
+    if if_empty and keys_file.exists():
+        keys_doc = json.loads(keys_file.read_text())
+    else:
+        keys_doc = seed_demo(ctx.billing(), customers=customers, invoices=invoices, seed=seed)
+        keys_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(keys_doc, handle, indent=2)
+    base = ctx.settings.public_url.rstrip("/")
+    click.echo(f"Demo tenant {keys_doc['tenant_id']} — keys (also in {keys_file}, mode 0600):")
+    for role in ("admin", "booking", "accountant", "auditor"):
+        click.echo(f"  {role:<10} {keys_doc['keys'][role]}")
+    click.echo(f"API docs:  {base}/schema/swagger")
+    click.echo(f"Ready:     {base}/health/ready")
+    click.echo(f'Try:       curl -H "Authorization: Bearer {keys_doc["keys"]["booking"]}" {base}/v1/invoices')
+
+
+class VeilbillCLIPlugin(CLIPluginProtocol):
+    """Adds the ``veilbill`` group to Litestar's own CLI."""
+
+    def on_cli_init(self, cli: click.Group) -> None:
+        cli.add_command(veilbill, name="veilbill")
+
+
+def main() -> None:
+    veilbill(prog_name="veilbill")

@@ -1,0 +1,9 @@
+"""HTTP controllers: parse, call one billing method, shape the response."""
+
+from api.controllers.admin import AdminController
+from api.controllers.audit import AuditController
+from api.controllers.customers import CustomerController
+from api.controllers.health import HealthController
+from api.controllers.invoices import InvoiceController
+
+__all__ = ["AdminController", "AuditController", "CustomerController", "HealthController", "InvoiceController"]

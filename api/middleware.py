@@ -1,0 +1,99 @@
+"""Request-scoped plumbing: request ids and the card-data guard.
+
+The card-data guard runs as a ``before_request`` hook, after authentication and role guards and
+before the body is parsed or validated, so a card number is refused even in a field the schema
+would reject. The raw body is then dropped: it is never logged, stored or echoed.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from functools import partial
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+import structlog
+from litestar import Request
+from litestar.datastructures import MutableScopeHeaders
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from billing import Actor, Billing
+from tokenization import (
+    CardDataRejected,
+    contains_card_number,
+    find_card_data,
+    scan_query_params,
+)
+
+__all__ = ["RequestIdMiddleware", "refuse_card_data"]
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+_BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class RequestIdMiddleware(ASGIMiddleware):
+    """Gives every request an id (the caller's ``X-Request-Id`` when it is a safe token)."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        offered = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        request_id = offered if _SAFE_REQUEST_ID.match(offered) else f"req_{secrets.token_hex(12)}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableScopeHeaders.from_message(message)["X-Request-Id"] = request_id
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await next_app(scope, receive, send_with_id)
+
+
+async def refuse_card_data(request: Request[Any, Any, Any]) -> None:
+    """Refuse (422 ``card_data_rejected``) a request with card data in its body or query string.
+
+    The refusal is audited with the field paths only.
+    """
+    paths = scan_query_params(request.query_params.multi_items())
+    if contains_card_number(request.url.path):
+        paths.append("path")
+    if request.method in _BODY_METHODS:
+        body = await request.body()
+        if body:
+            try:
+                decoded = msgspec.json.decode(body)
+            except msgspec.DecodeError:
+                paths += _scan_raw(body)
+            else:
+                paths += find_card_data(decoded)
+    if not paths:
+        return
+    billing: Billing = request.app.state.billing
+    actor = request.scope.get("user")
+    await anyio.to_thread.run_sync(
+        partial(_audit_refusal, billing, actor if isinstance(actor, Actor) else None, _route(request), paths)
+    )
+    raise CardDataRejected(paths)
+
+
+def _route(request: Request[Any, Any, Any]) -> str:
+    """The route template (``/v1/customers/{customer_id:str}``), never the raw path."""
+    return min(request.route_handler.paths, default="?")
+
+
+def _scan_raw(body: bytes) -> list[str]:
+    return find_card_data(body.decode("utf-8", errors="replace"), path="body")
+
+
+def _audit_refusal(billing: Billing, actor: Actor | None, route: str, paths: list[str]) -> None:
+    with billing.db.transaction() as session:
+        billing.audit.record(
+            session,
+            actor=actor,
+            action="card_data.rejected",
+            resource_type="request",
+            outcome="denied",
+            detail={"route": route[:200], "fields": ",".join(paths)[:1000]},
+        )

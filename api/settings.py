@@ -1,0 +1,77 @@
+"""Settings: the only place that reads ``VEILBILL_*`` environment variables.
+
+``Settings.from_env()`` is called once, by the composition root (``create_app`` callers, the CLI);
+nothing reads the environment at import time, so tests build ``Settings`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+__all__ = ["Settings"]
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Service configuration; validated on construction.
+
+    Attributes:
+        database_url: ``sqlite:///path`` or ``postgresql://user@host/db``.
+        keyring_path: the keyring file (mode 0600) of master and audit keys.
+        max_body_bytes: requests with a larger body are refused with ``body_too_large``.
+        public_url: where the service is reached, for links it hands out.
+        log_path: JSON log file; ``None`` logs to stderr.
+    """
+
+    database_url: str = "sqlite:///var/veilbill.db"
+    keyring_path: Path = Path("var/keyring.json")
+    log_level: str = "INFO"
+    log_path: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    max_body_bytes: int = 256 * 1024
+    debug: bool = False
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    stripe_publishable_key: str | None = None
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    webhooks_allow_private: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be at least 1024")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        object.__setattr__(self, "keyring_path", Path(self.keyring_path))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``VEILBILL_*`` variables (``environ`` defaults to the process environment)."""
+        env = os.environ if environ is None else environ
+        base = cls()
+        values: dict[str, object] = {}
+        text_vars = {
+            "VEILBILL_DATABASE_URL": "database_url",
+            "VEILBILL_KEYRING_PATH": "keyring_path",
+            "VEILBILL_LOG_LEVEL": "log_level",
+            "VEILBILL_LOG_PATH": "log_path",
+            "VEILBILL_PUBLIC_URL": "public_url",
+            "VEILBILL_STRIPE_API_KEY": "stripe_api_key",
+            "VEILBILL_STRIPE_API_BASE": "stripe_api_base",
+            "VEILBILL_STRIPE_PUBLISHABLE_KEY": "stripe_publishable_key",
+            "VEILBILL_STRIPE_WEBHOOK_SECRET": "stripe_webhook_secret",
+        }
+        for var, name in text_vars.items():
+            if env.get(var):
+                values[name] = env[var]
+        if env.get("VEILBILL_MAX_BODY_BYTES"):
+            values["max_body_bytes"] = int(env["VEILBILL_MAX_BODY_BYTES"])
+        if "VEILBILL_DEBUG" in env:
+            values["debug"] = env["VEILBILL_DEBUG"].lower() in _TRUE
+        if "VEILBILL_WEBHOOKS_ALLOW_PRIVATE" in env:
+            values["webhooks_allow_private"] = env["VEILBILL_WEBHOOKS_ALLOW_PRIVATE"].lower() in _TRUE
+        return replace(base, **values)  # type: ignore[arg-type]

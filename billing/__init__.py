@@ -1,0 +1,94 @@
+"""The billing domain and its storage.
+
+Tenants and API keys, customers with PII sealed per data subject, invoices with gapless numbering,
+money and tax, the keyring and envelope encryption, blind indexes and the audit chain. Nothing here
+knows about HTTP; errors live in :mod:`billing.errors`.
+"""
+
+from billing._actor import ROLES, Actor
+from billing._audit import AuditBreak, AuditTrail, AuditVerification
+from billing._blind_index import blind_index, normalize_email, normalize_ref
+from billing._customers import (
+    Address,
+    CustomerInput,
+    CustomerPatch,
+    CustomerService,
+    CustomerView,
+)
+from billing._db import Database, DatabaseConfig, normalize_database_url
+from billing._envelope import (
+    DataKey,
+    FieldContext,
+    open_sealed,
+    open_sealed_text,
+    seal,
+    seal_text,
+)
+from billing._invoices import (
+    InvoiceInput,
+    InvoiceLineInput,
+    InvoiceLineView,
+    InvoicePage,
+    InvoicePatch,
+    InvoiceQuery,
+    InvoiceService,
+    InvoiceStatus,
+    InvoiceSummary,
+    InvoiceView,
+)
+from billing._keyring import Keyring, create_keyring, load_keyring, write_keyring
+from billing._migrations import current_revision, downgrade, head_revision, upgrade
+from billing._money import Money, compute_line, compute_totals, currency_exponent
+from billing._service import Billing
+from billing._tenants import ApiKeyView, IssuedApiKey, TenantService
+
+__all__ = [
+    "ROLES",
+    "Actor",
+    "Address",
+    "ApiKeyView",
+    "AuditBreak",
+    "AuditTrail",
+    "AuditVerification",
+    "Billing",
+    "CustomerInput",
+    "CustomerPatch",
+    "CustomerService",
+    "CustomerView",
+    "DataKey",
+    "Database",
+    "DatabaseConfig",
+    "FieldContext",
+    "InvoiceInput",
+    "InvoiceLineInput",
+    "InvoiceLineView",
+    "InvoicePage",
+    "InvoicePatch",
+    "InvoiceQuery",
+    "InvoiceService",
+    "InvoiceStatus",
+    "InvoiceSummary",
+    "InvoiceView",
+    "IssuedApiKey",
+    "Keyring",
+    "Money",
+    "TenantService",
+    "blind_index",
+    "compute_line",
+    "compute_totals",
+    "create_keyring",
+    "currency_exponent",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "load_keyring",
+    "normalize_database_url",
+    "normalize_email",
+    "normalize_ref",
+    "open_sealed",
+    "open_sealed_text",
+    "seal",
+    "seal_text",
+    "upgrade",
+    "write_keyring",
+]

@@ -1,0 +1,214 @@
+"""The tamper-evident audit chain.
+
+Each tenant has its own chain (tenantless events, such as an unknown API key, go to ``system``).
+Link ``n`` stores ``mac_n = HMAC-SHA256(audit_key, mac_{n-1} || canonical(event_n))`` where the
+canonical encoding is sorted-key JSON of every column except ``id`` and ``mac``; ``mac_0`` is 64
+zeros. ``audit_heads`` holds each chain's newest link: appending locks that row (``FOR UPDATE`` on
+PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) so concurrent writers from any number of processes
+extend the chain one at a time.
+
+What it detects: an edited event (its mac no longer matches), a deleted event (a gap in ``seq``),
+a reordered or inserted event (``prev_mac`` does not match), a truncated tail (the head names a
+later link than the table holds). What it does not: someone holding the audit key can rewrite the
+whole chain; someone able to edit both the tail and the head row can truncate the chain silently
+(signed external checkpoints, planned with retention, close that gap).
+
+Events never hold PII: subjects and resources are ids, ``detail`` is a small JSON of ids and codes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from hashlib import sha256
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from billing._actor import Actor
+from billing._db import insert_ignore
+from billing._keyring import Keyring
+from billing._models import AuditEvent, AuditHead
+
+__all__ = ["GENESIS_MAC", "SYSTEM_CHAIN", "AuditBreak", "AuditTrail", "AuditVerification"]
+
+GENESIS_MAC = "0" * 64
+SYSTEM_CHAIN = "system"
+
+_SIGNED_FIELDS = (
+    "chain",
+    "seq",
+    "occurred_at",
+    "tenant_id",
+    "actor_key_id",
+    "actor_role",
+    "action",
+    "resource_type",
+    "resource_id",
+    "subject_id",
+    "outcome",
+    "request_id",
+    "client_ip",
+    "user_agent",
+    "detail",
+    "audit_key_id",
+    "prev_mac",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditBreak:
+    """The first link of a chain that fails verification, and why (no event content)."""
+
+    chain: str
+    seq: int
+    event_id: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerification:
+    ok: bool
+    chains: int
+    events: int
+    first_break: AuditBreak | None
+
+
+class AuditTrail:
+    """Appends events to the chains and verifies them."""
+
+    def __init__(self, keyring: Keyring, *, clock: Callable[[], datetime]) -> None:
+        self._keyring = keyring
+        self._clock = clock
+
+    def record(
+        self,
+        session: Session,
+        *,
+        action: str,
+        actor: Actor | None = None,
+        tenant_id: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        subject_id: str | None = None,
+        outcome: str = "success",
+        detail: Mapping[str, str | int | bool | None] | None = None,
+    ) -> AuditEvent:
+        """Append one event in ``session``'s transaction; it is kept only if that commits."""
+        tenant = tenant_id or (actor.tenant_id if actor else None) or None
+        chain = tenant or SYSTEM_CHAIN
+        head = _lock_head(session, chain)
+        key = self._keyring.active_audit
+        event = AuditEvent(
+            chain=chain,
+            seq=head.seq + 1,
+            occurred_at=self._clock(),
+            tenant_id=tenant,
+            actor_key_id=actor.key_id if actor else None,
+            actor_role=actor.role if actor else None,
+            action=action,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            subject_id=subject_id,
+            outcome=outcome,
+            request_id=actor.request_id if actor else None,
+            client_ip=actor.client_ip if actor else None,
+            user_agent=(actor.user_agent or "")[:200] or None if actor else None,
+            detail=json.dumps(dict(detail), sort_keys=True) if detail else None,
+            audit_key_id=key.key_id,
+            prev_mac=head.mac,
+            mac="",
+        )
+        event.mac = _mac(key.material, event)
+        session.add(event)
+        head.seq = event.seq
+        head.mac = event.mac
+        session.add(head)
+        session.flush()
+        return event
+
+    def verify(self, session: Session, *, chain: str | None = None) -> AuditVerification:
+        """Walk the chains (or one) in order and report the first broken link."""
+        heads = {
+            h.chain: h
+            for h in session.scalars(
+                select(AuditHead).where(AuditHead.chain == chain) if chain else select(AuditHead)
+            )
+        }
+        query = select(AuditEvent).order_by(AuditEvent.chain, AuditEvent.seq)  # type: ignore[arg-type]
+        if chain:
+            query = query.where(AuditEvent.chain == chain)
+        chains_seen: set[str] = set()
+        count = 0
+        current: str | None = None
+        expected_seq, expected_prev = 1, GENESIS_MAC
+        for event in session.scalars(query).yield_per(1000):
+            count += 1
+            if event.chain != current:
+                if current is not None:
+                    broken = _check_tail(heads.pop(current, None), current, expected_seq - 1, expected_prev)
+                    if broken:
+                        return AuditVerification(False, len(chains_seen), count, broken)
+                current = event.chain
+                chains_seen.add(current)
+                expected_seq, expected_prev = 1, GENESIS_MAC
+            broken = self._check_link(event, expected_seq, expected_prev)
+            if broken:
+                return AuditVerification(False, len(chains_seen), count, broken)
+            expected_seq, expected_prev = event.seq + 1, event.mac
+        if current is not None:
+            broken = _check_tail(heads.pop(current, None), current, expected_seq - 1, expected_prev)
+            if broken:
+                return AuditVerification(False, len(chains_seen), count, broken)
+        for orphan in heads.values():  # a head whose chain has no events left at all
+            if orphan.seq > 0:
+                reason = "every event of the chain is missing"
+                return AuditVerification(
+                    False, len(chains_seen) + 1, count, AuditBreak(orphan.chain, 1, None, reason)
+                )
+        return AuditVerification(True, len(chains_seen), count, None)
+
+    def _check_link(self, event: AuditEvent, expected_seq: int, expected_prev: str) -> AuditBreak | None:
+        if event.seq != expected_seq:
+            reason = f"events {expected_seq}..{event.seq - 1} are missing"
+            return AuditBreak(event.chain, expected_seq, event.id, reason)
+        if not hmac.compare_digest(event.prev_mac, expected_prev):
+            return AuditBreak(event.chain, event.seq, event.id, "link does not follow the previous event")
+        try:
+            key = self._keyring.audit(event.audit_key_id)
+        except Exception:  # an unknown key id is itself a sign of tampering
+            return AuditBreak(event.chain, event.seq, event.id, "unknown audit key")
+        if not hmac.compare_digest(event.mac, _mac(key.material, event)):
+            return AuditBreak(event.chain, event.seq, event.id, "event was modified")
+        return None
+
+
+def _check_tail(head: AuditHead | None, chain: str, last_seq: int, last_mac: str) -> AuditBreak | None:
+    if head is None:
+        return AuditBreak(chain, last_seq, None, "chain head is missing")
+    if head.seq != last_seq or not hmac.compare_digest(head.mac, last_mac):
+        first_missing = last_seq + 1 if head.seq > last_seq else head.seq
+        return AuditBreak(chain, first_missing, None, "events at the end of the chain are missing")
+    return None
+
+
+def _lock_head(session: Session, chain: str) -> AuditHead:
+    insert_ignore(session, AuditHead, {"chain": chain, "seq": 0, "mac": GENESIS_MAC})
+    head = session.scalars(
+        select(AuditHead).where(AuditHead.chain == chain).with_for_update()
+    ).one()
+    return head
+
+
+def _canonical(event: AuditEvent) -> bytes:
+    values: dict[str, Any] = {name: getattr(event, name) for name in _SIGNED_FIELDS}
+    values["occurred_at"] = event.occurred_at.isoformat(timespec="microseconds")
+    return json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _mac(key: bytes, event: AuditEvent) -> str:
+    return hmac.new(key, event.prev_mac.encode() + _canonical(event), sha256).hexdigest()

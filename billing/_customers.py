@@ -1,0 +1,290 @@
+"""Clients of a business: PII sealed field by field under the client's ``profile`` key.
+
+Every field of :class:`CustomerInput` is sealed into its own column with associated data binding
+tenant, table, column and row, so a ciphertext copied onto another row or column does not open.
+Email and external reference are also blind-indexed under the tenant's index key for lookups.
+Every read of decrypted PII is audited (``customer.read``) in the same transaction as the read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Annotated, Literal
+
+import msgspec
+from sqlalchemy import select
+from sqlmodel import Session
+
+from billing._actor import Actor
+from billing._audit import AuditTrail
+from billing._blind_index import blind_index, normalize_email, normalize_ref
+from billing._db import Database
+from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
+from billing._keyring import Keyring
+from billing._keys import SubjectKeys
+from billing._models import Customer, new_id
+from billing.errors import NotFound
+
+__all__ = [
+    "Address",
+    "CustomerInput",
+    "CustomerPatch",
+    "CustomerService",
+    "CustomerView",
+    "Gender",
+]
+
+Gender = Literal["female", "male", "non_binary", "other", "undisclosed"]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+Phone = Annotated[str, msgspec.Meta(min_length=3, max_length=40, pattern=r"^\+?[0-9 ().-]+$")]
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Notes = Annotated[str, msgspec.Meta(max_length=4000)]
+Country = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")]
+AddressLine = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Postcode = Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
+
+_PII_FIELDS = ("name", "email", "phone", "address", "birth_date", "gender", "notes", "external_ref")
+
+
+class _Masked(msgspec.Struct, forbid_unknown_fields=True):
+    """Structs holding PII print their type and field names only."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<{len(self.__struct_fields__)} fields redacted>)"
+
+
+class Address(_Masked, kw_only=True):
+    line1: AddressLine
+    line2: AddressLine | None = None
+    city: AddressLine
+    postcode: Postcode
+    country: Country
+
+
+class CustomerInput(_Masked, kw_only=True):
+    name: Name
+    email: Email | None = None
+    phone: Phone | None = None
+    address: Address | None = None
+    birth_date: date | None = None
+    gender: Gender | None = None
+    external_ref: Ref | None = None
+    notes: Notes | None = None
+
+
+class CustomerPatch(_Masked, kw_only=True):
+    """Rectification: fields left out are unchanged; ``null`` clears a field (not ``name``)."""
+
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    email: Email | None | msgspec.UnsetType = msgspec.UNSET
+    phone: Phone | None | msgspec.UnsetType = msgspec.UNSET
+    address: Address | None | msgspec.UnsetType = msgspec.UNSET
+    birth_date: date | None | msgspec.UnsetType = msgspec.UNSET
+    gender: Gender | None | msgspec.UnsetType = msgspec.UNSET
+    external_ref: Ref | None | msgspec.UnsetType = msgspec.UNSET
+    notes: Notes | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class CustomerView(_Masked, kw_only=True):
+    id: str
+    name: str
+    email: str | None
+    phone: str | None
+    address: Address | None
+    birth_date: date | None
+    gender: Gender | None
+    external_ref: str | None
+    notes: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class CustomerService:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        audit: AuditTrail,
+        *,
+        clock: Callable[[], datetime],
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._db = db
+        self._keyring = keyring
+        self._audit = audit
+        self._clock = clock
+        self._rng = rng
+
+    def _keys(self, session: Session) -> SubjectKeys:
+        return SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
+
+    def create(self, actor: Actor, data: CustomerInput) -> CustomerView:
+        now = self._clock()
+        customer = Customer(id=new_id("cus"), tenant_id=actor.tenant_id, created_at=now, updated_at=now)
+        with self._db.transaction() as session:
+            keys = self._keys(session)
+            profile = keys.create(actor.tenant_id, customer.id, "profile")
+            keys.create(actor.tenant_id, customer.id, "record")
+            values = {name: getattr(data, name) for name in _PII_FIELDS}
+            self._seal_fields(customer, profile, values)
+            self._index(customer, keys.index_key(actor.tenant_id), values)
+            session.add(customer)
+            self._audit.record(
+                session,
+                actor=actor,
+                action="customer.created",
+                resource_type="customer",
+                resource_id=customer.id,
+                subject_id=customer.id,
+            )
+            return _view(customer, values)
+
+    def read(self, actor: Actor, customer_id: str) -> CustomerView:
+        """The decrypted client; the read is audited. Raises NotFound, DecryptionError."""
+        with self._db.transaction() as session:
+            customer = _get(session, actor.tenant_id, customer_id)
+            view = self._open(session, customer)
+            self._audit_read(session, actor, customer.id)
+            return view
+
+    def rectify(self, actor: Actor, customer_id: str, patch: CustomerPatch) -> CustomerView:
+        with self._db.transaction() as session:
+            customer = _get(session, actor.tenant_id, customer_id, for_update=True)
+            keys = self._keys(session)
+            profile = keys.get(actor.tenant_id, customer.id, "profile")
+            values = self._open_values(customer, profile)
+            changed = {
+                name: getattr(patch, name)
+                for name in _PII_FIELDS
+                if getattr(patch, name) is not msgspec.UNSET
+            }
+            values.update(changed)
+            self._seal_fields(customer, profile, changed)
+            self._index(customer, keys.index_key(actor.tenant_id), changed)
+            customer.updated_at = self._clock()
+            session.add(customer)
+            self._audit.record(
+                session,
+                actor=actor,
+                action="customer.rectified",
+                resource_type="customer",
+                resource_id=customer.id,
+                subject_id=customer.id,
+                detail={"fields": ",".join(sorted(changed))},
+            )
+            return _view(customer, values)
+
+    def find_by_email(self, actor: Actor, email: str) -> list[CustomerView]:
+        """Clients whose email matches (blind index; case- and space-insensitive); reads audited."""
+        return self._find(actor, "email", normalize_email(email))
+
+    def find_by_external_ref(self, actor: Actor, external_ref: str) -> list[CustomerView]:
+        return self._find(actor, "external_ref", normalize_ref(external_ref))
+
+    def snapshot_for_invoice(self, session: Session, tenant_id: str, customer_id: str) -> dict[str, object]:
+        """Name, email and address to copy onto an invoice (in the caller's transaction)."""
+        customer = _get(session, tenant_id, customer_id)
+        profile = self._keys(session).get(tenant_id, customer.id, "profile")
+        values = self._open_values(customer, profile)
+        return {
+            "name": values["name"],
+            "email": values["email"],
+            "address": msgspec.to_builtins(values["address"]) if values["address"] else None,
+        }
+
+    def _find(self, actor: Actor, field: str, normalized: str) -> list[CustomerView]:
+        with self._db.transaction() as session:
+            digest = blind_index(self._keys(session).index_key(actor.tenant_id), normalized, field=field)
+            column = Customer.email_bidx if field == "email" else Customer.external_ref_bidx
+            found = session.scalars(
+                select(Customer)
+                .where(Customer.tenant_id == actor.tenant_id, column == digest)
+                .order_by(Customer.created_at)  # type: ignore[arg-type]
+                .limit(100)
+            ).all()
+            views = [self._open(session, c) for c in found]
+            for customer in found:
+                self._audit_read(session, actor, customer.id)
+            return views
+
+    def _open(self, session: Session, customer: Customer) -> CustomerView:
+        profile = self._keys(session).get(customer.tenant_id, customer.id, "profile")
+        return _view(customer, self._open_values(customer, profile))
+
+    def _audit_read(self, session: Session, actor: Actor, customer_id: str) -> None:
+        self._audit.record(
+            session,
+            actor=actor,
+            action="customer.read",
+            resource_type="customer",
+            resource_id=customer_id,
+            subject_id=customer_id,
+        )
+
+    def _seal_fields(self, customer: Customer, key: DataKey, values: dict[str, object]) -> None:
+        for name, value in values.items():
+            sealed = None
+            if value is not None:
+                context = FieldContext(customer.tenant_id, "customers", name, customer.id)
+                sealed = seal_text(key, _encode(value), context, rng=self._rng)
+            setattr(customer, f"{name}_ct", sealed)
+
+    def _open_values(self, customer: Customer, key: DataKey) -> dict[str, object]:
+        values: dict[str, object] = {}
+        for name in _PII_FIELDS:
+            sealed = getattr(customer, f"{name}_ct")
+            if sealed is None:
+                values[name] = None
+                continue
+            text = open_sealed_text(key, sealed, FieldContext(customer.tenant_id, "customers", name, customer.id))
+            values[name] = _decode(name, text)
+        return values
+
+    def _index(self, customer: Customer, index_key: bytes, values: dict[str, object]) -> None:
+        if "email" in values:
+            email = values["email"]
+            customer.email_bidx = (
+                blind_index(index_key, normalize_email(email), field="email") if isinstance(email, str) else None
+            )
+        if "external_ref" in values:
+            ref = values["external_ref"]
+            customer.external_ref_bidx = (
+                blind_index(index_key, normalize_ref(ref), field="external_ref") if isinstance(ref, str) else None
+            )
+
+
+def _get(session: Session, tenant_id: str, customer_id: str, *, for_update: bool = False) -> Customer:
+    query = select(Customer).where(Customer.id == customer_id, Customer.tenant_id == tenant_id)
+    if for_update:
+        query = query.with_for_update()
+    customer = session.scalars(query).one_or_none()
+    if customer is None:
+        raise NotFound(resource="customer")
+    return customer
+
+
+def _encode(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, date):
+        return value.isoformat()
+    return msgspec.json.encode(value).decode()
+
+
+def _decode(name: str, text: str) -> object:
+    if name == "birth_date":
+        return date.fromisoformat(text)
+    if name == "address":
+        return msgspec.json.decode(text, type=Address)
+    return text
+
+
+def _view(customer: Customer, values: dict[str, object]) -> CustomerView:
+    return msgspec.convert(
+        {**values, "id": customer.id, "created_at": customer.created_at, "updated_at": customer.updated_at},
+        CustomerView,
+        from_attributes=True,
+    )

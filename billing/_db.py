@@ -1,0 +1,154 @@
+"""Database engines and units of work.
+
+The service is stateless: every guarantee that must hold across processes (gapless numbering, the
+audit chain head, unique API-key hashes) is enforced by the database's transactions and
+constraints, never by process memory.
+
+URLs are accepted in their plain form (``sqlite:///path``, ``postgresql://user@host/db``); this
+module picks the driver (psycopg 3 for PostgreSQL). SQLite runs in WAL mode with foreign keys on and
+a busy timeout, and every write transaction starts with ``BEGIN IMMEDIATE`` so two writers never
+deadlock upgrading a shared lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+from sqlmodel import Session
+
+__all__ = ["Database", "DatabaseConfig", "insert_ignore", "normalize_database_url"]
+
+
+def normalize_database_url(url: str) -> str:
+    """Return ``url`` with the driver this service uses (``postgresql+psycopg``, ``sqlite``).
+
+    Raises:
+        ValueError: for a URL of any other database; the message names the scheme only, never
+            credentials.
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
+    raise ValueError(f"unsupported database scheme {parsed.drivername!r}; use sqlite or postgresql")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """How to reach the database.
+
+    ``pool_size`` applies to PostgreSQL; SQLite connections are opened per unit of work.
+    """
+
+    url: str
+    pool_size: int = 10
+    echo: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", normalize_database_url(self.url))
+        if self.pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    def __repr__(self) -> str:
+        return f"DatabaseConfig(url={make_url(self.url).render_as_string(hide_password=True)!r})"
+
+
+@dataclass
+class Database:
+    """An engine and the units of work opened on it.
+
+    ``transaction()`` is the only way services write: it commits on success and rolls back on any
+    exception, so a failed request leaves no partial rows.
+    """
+
+    config: DatabaseConfig
+    engine: Engine = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.engine = _create_engine(self.config)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work is committed at the end of the block, or rolled back on error."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reads only: nothing is committed; loaded objects stay readable after it."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def ping(self) -> None:
+        """Run a trivial query; raises the driver's error when the database is unreachable."""
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _create_engine(config: DatabaseConfig) -> Engine:
+    if config.is_sqlite:
+        engine = create_engine(
+            config.url,
+            echo=config.echo,
+            poolclass=NullPool,
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
+        event.listen(engine, "connect", _configure_sqlite_connection)
+        event.listen(engine, "begin", _begin_immediate)
+        return engine
+    return create_engine(
+        config.url,
+        echo=config.echo,
+        pool_size=config.pool_size,
+        max_overflow=config.pool_size,
+        pool_pre_ping=True,
+    )
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # The sqlite3 module's own transaction handling is turned off (isolation_level=None) so the
+    # "begin" hook below decides how a transaction starts.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _begin_immediate(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def insert_ignore(session: Session, model: type[Any], values: dict[str, Any]) -> None:
+    """``INSERT … ON CONFLICT DO NOTHING`` on either database (creates a row exactly once)."""
+    table = model.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        session.execute(pg_insert(table).values(**values).on_conflict_do_nothing())
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        session.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())

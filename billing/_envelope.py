@@ -1,0 +1,300 @@
+"""Field encryption at rest: AES-256-GCM with a versioned, key-identified, context-bound format.
+
+Algorithm
+    AES-256-GCM (``cryptography``'s ``AESGCM``) under a 32-byte data key (DEK), 16-byte tag.
+
+Nonce policy
+    A fresh random 96-bit nonce per sealed value, drawn from ``rng`` (``os.urandom`` unless a test
+    injects a fixed one for known-answer vectors). Random nonces stay safe up to about 2**32 values
+    per key; DEKs are per data subject and purpose, far below that.
+
+Format, version 1 (every value is self-describing, so rotation can tell which key it needs)::
+
+    +------+-----+----------------+------------------+------------------------------+
+    | 0x01 | len | key_id (ASCII) | nonce (12 bytes) | ciphertext || tag (16 bytes) |
+    +------+-----+----------------+------------------+------------------------------+
+      1 B    1 B    len bytes        12 B               len(plaintext) + 16 B
+    |<------- header -------->|
+
+    len is 1..64; key_id is printable ASCII (0x20..0x7E).
+
+Associated data
+    ``header || FieldContext.associated_data()``, where the context part is ``b"veilbill-field"``
+    followed by tenant id, table, column and row id, each as a 2-byte big-endian length and its
+    UTF-8 bytes. So the version byte and the key id are authenticated, and a value decrypts only in
+    the tenant, table, column and row it was sealed for.
+
+Protects against
+    Reading values from a stolen database or backup without the keys; undetected modification,
+    truncation or bit flips; copying a value to another tenant, table, column or row (including
+    swapping two rows' values); relabelling a value with another key id or format version; telling
+    equal values apart from the ciphertexts (nonces are random, so equal plaintexts differ).
+
+Does not protect against
+    An attacker who holds the key (or the running process); the plaintext's length, which shows
+    (GCM is a stream mode, nothing is padded); rolling a value back to an older one sealed for the
+    *same* tenant, table, column and row under the same key (there is no freshness counter).
+
+Failures
+    :func:`open_sealed` and friends raise one opaque :class:`~billing.errors.DecryptionError` for
+    every cause (wrong or other key, tampering, truncation, unknown version, wrong context,
+    non-bytes input, invalid UTF-8). It is raised outside any ``except`` block, so it has neither
+    ``__cause__`` nor ``__context__`` that could reveal the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from billing.errors import DecryptionError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KEY_SIZE",
+    "DataKey",
+    "FieldContext",
+    "generate_key_material",
+    "open_sealed",
+    "open_sealed_text",
+    "seal",
+    "seal_text",
+    "sealed_key_id",
+]
+
+FORMAT_VERSION: Final = 1
+KEY_SIZE: Final = 32
+NONCE_SIZE: Final = 12
+TAG_SIZE: Final = 16
+MAX_KEY_ID_LENGTH: Final = 64
+
+_FIXED_HEADER_SIZE: Final = 2  # version byte + key id length byte
+_CONTEXT_LABEL: Final = b"veilbill-field"
+_MAX_CONTEXT_FIELD_BYTES: Final = 0xFFFF
+
+
+def _is_valid_key_id(key_id: object) -> bool:
+    """Whether ``key_id`` is 1..64 printable ASCII characters (0x20..0x7E)."""
+    return (
+        isinstance(key_id, str)
+        and 1 <= len(key_id) <= MAX_KEY_ID_LENGTH
+        and all(" " <= char <= "~" for char in key_id)
+    )
+
+
+def _utf8(text: str) -> bytes | None:
+    """Encode to UTF-8, or ``None`` for a lone surrogate (whose error would echo the text)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldContext:
+    """Where a sealed value lives: it decrypts only with this exact context.
+
+    Raises:
+        TypeError: a field is not a ``str``.
+        ValueError: a field is not valid Unicode or is longer than 65535 UTF-8 bytes.
+    """
+
+    tenant_id: str
+    table: str
+    column: str
+    row_id: str
+
+    def __post_init__(self) -> None:
+        for name in ("tenant_id", "table", "column", "row_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"FieldContext.{name} must be a str")
+            encoded = _utf8(value)
+            if encoded is None:
+                raise ValueError(f"FieldContext.{name} is not valid Unicode")
+            if len(encoded) > _MAX_CONTEXT_FIELD_BYTES:
+                raise ValueError(f"FieldContext.{name} is longer than 65535 UTF-8 bytes")
+
+    def associated_data(self) -> bytes:
+        """``b"veilbill-field"`` then each field as 2-byte big-endian length + UTF-8 bytes.
+
+        Length prefixes make the encoding injective: ``("ab", "c")`` and ``("a", "bc")`` differ.
+        """
+        parts = [_CONTEXT_LABEL]
+        for value in (self.tenant_id, self.table, self.column, self.row_id):
+            encoded = value.encode("utf-8")
+            parts.append(len(encoded).to_bytes(2, "big"))
+            parts.append(encoded)
+        return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A 32-byte AES-256-GCM key and the id written into every value it seals.
+
+    ``repr``/``str`` mask the material. Equality compares the material, so do not use it where
+    timing matters.
+
+    Raises:
+        TypeError: ``material`` is not ``bytes``.
+        ValueError: ``key_id`` is not 1..64 printable ASCII characters, or ``material`` is not
+            exactly 32 bytes. Messages never contain the material.
+    """
+
+    key_id: str
+    material: bytes
+
+    def __post_init__(self) -> None:
+        if not _is_valid_key_id(self.key_id):
+            raise ValueError("key_id must be 1..64 printable ASCII characters")
+        if not isinstance(self.material, bytes):
+            raise TypeError("key material must be bytes")
+        if len(self.material) != KEY_SIZE:
+            raise ValueError("key material must be exactly 32 bytes")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key_id={self.key_id!r}, material=<redacted>)"
+
+    __str__ = __repr__
+
+
+def generate_key_material(rng: Callable[[int], bytes] = os.urandom) -> bytes:
+    """Return 32 random bytes for a new key.
+
+    Raises:
+        ValueError: ``rng`` returned something other than 32 bytes.
+    """
+    material = rng(KEY_SIZE)
+    if not isinstance(material, bytes) or len(material) != KEY_SIZE:
+        raise ValueError("rng must return exactly 32 bytes")
+    return material
+
+
+def _header(key_id: str) -> bytes:
+    encoded = key_id.encode("ascii")
+    return bytes((FORMAT_VERSION, len(encoded))) + encoded
+
+
+def seal(
+    key: DataKey,
+    plaintext: bytes,
+    context: FieldContext,
+    *,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """Encrypt ``plaintext`` for ``context`` under ``key``, in format version 1.
+
+    Raises:
+        TypeError: ``key``, ``plaintext`` or ``context`` has the wrong type.
+        ValueError: ``rng`` did not return 12 bytes.
+    """
+    if not isinstance(key, DataKey):
+        raise TypeError("key must be a DataKey")
+    if not isinstance(context, FieldContext):
+        raise TypeError("context must be a FieldContext")
+    if not isinstance(plaintext, bytes):
+        raise TypeError("plaintext must be bytes")
+    nonce = rng(NONCE_SIZE)
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+        raise ValueError("rng must return exactly 12 bytes")
+    header = _header(key.key_id)
+    ciphertext = AESGCM(key.material).encrypt(nonce, plaintext, header + context.associated_data())
+    return header + nonce + ciphertext
+
+
+def _parse(blob: object) -> tuple[bytes, str, bytes, bytes] | None:
+    """Split a v1 blob into ``(header, key_id, nonce, ciphertext_and_tag)``, or ``None``."""
+    if not isinstance(blob, bytes) or len(blob) < _FIXED_HEADER_SIZE or blob[0] != FORMAT_VERSION:
+        return None
+    header_end = _FIXED_HEADER_SIZE + blob[1]
+    if len(blob) < header_end + NONCE_SIZE + TAG_SIZE:
+        return None
+    key_id = blob[_FIXED_HEADER_SIZE:header_end].decode("latin-1")
+    if not _is_valid_key_id(key_id):
+        return None
+    nonce_end = header_end + NONCE_SIZE
+    return blob[:header_end], key_id, blob[header_end:nonce_end], blob[nonce_end:]
+
+
+def sealed_key_id(blob: bytes) -> str:
+    """Return the id of the key a sealed value needs, from its header alone (nothing is decrypted).
+
+    Raises:
+        DecryptionError: ``blob`` is not a well-formed version 1 value.
+    """
+    parsed = _parse(blob)
+    if parsed is None:
+        raise DecryptionError from None
+    return parsed[1]
+
+
+def open_sealed(key: DataKey, blob: bytes, context: FieldContext) -> bytes:
+    """Decrypt a value sealed by :func:`seal` for ``context``.
+
+    Raises:
+        TypeError: ``key`` or ``context`` has the wrong type (a programming error, not bad data).
+        DecryptionError: for every failure caused by the data or the key — see the module docstring.
+    """
+    if not isinstance(key, DataKey):
+        raise TypeError("key must be a DataKey")
+    if not isinstance(context, FieldContext):
+        raise TypeError("context must be a FieldContext")
+    plaintext: bytes | None = None
+    parsed = _parse(blob)
+    if parsed is not None:
+        header, key_id, nonce, ciphertext = parsed
+        if key_id == key.key_id:
+            try:
+                plaintext = AESGCM(key.material).decrypt(
+                    nonce, ciphertext, header + context.associated_data()
+                )
+            except (InvalidTag, ValueError, OverflowError):
+                plaintext = None
+    if plaintext is None:
+        # Raised outside the ``except`` block so that ``__context__`` stays ``None``.
+        raise DecryptionError from None
+    return plaintext
+
+
+def seal_text(
+    key: DataKey,
+    text: str,
+    context: FieldContext,
+    *,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """:func:`seal` the UTF-8 encoding of ``text``.
+
+    Raises:
+        TypeError: ``text`` is not a ``str`` (or as :func:`seal`).
+        ValueError: ``text`` contains a lone surrogate (the message does not echo it).
+    """
+    if not isinstance(text, str):
+        raise TypeError("text must be a str")
+    encoded = _utf8(text)
+    if encoded is None:
+        raise ValueError("text is not valid Unicode")
+    return seal(key, encoded, context, rng=rng)
+
+
+def open_sealed_text(key: DataKey, blob: bytes, context: FieldContext) -> str:
+    """:func:`open_sealed` and decode UTF-8.
+
+    Raises:
+        DecryptionError: as :func:`open_sealed`, or the plaintext is not valid UTF-8.
+    """
+    plaintext = open_sealed(key, blob, context)
+    try:
+        text: str | None = plaintext.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None:
+        raise DecryptionError from None
+    return text

@@ -1,0 +1,537 @@
+"""Invoices: drafts, lines, totals, gapless numbering and state changes.
+
+Amounts are integer minor units (see ``_money``); totals are computed here, never taken from the
+caller. Line descriptions, notes and the client snapshot are sealed under the client's ``record``
+key, so they outlive an erasure of the client's profile for as long as the law keeps invoices.
+
+States: ``draft → open`` (finalize), ``open → void``, ``open → uncollectible``,
+``uncollectible → void``; payments and refunds add ``paid``, ``partially_refunded`` and
+``refunded``. Only drafts can be edited; a finalized invoice is corrected by a credit note.
+
+Numbering: ``{series}-{year}-{seq:06d}``, gapless per tenant, series and year. The number is taken
+in the finalizing transaction from ``invoice_sequences`` by an ``UPDATE … RETURNING`` that locks the
+row, so concurrent finalizations in any number of processes queue on that row and a rolled-back
+finalization gives its number back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from typing import Annotated, Literal
+
+import msgspec
+from sqlalchemy import delete, select, update
+from sqlmodel import Session
+
+from billing._actor import Actor
+from billing._audit import AuditTrail
+from billing._customers import CustomerService
+from billing._db import Database, insert_ignore
+from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
+from billing._keyring import Keyring
+from billing._keys import SubjectKeys
+from billing._models import Customer, Invoice, InvoiceLine, InvoiceSequence, new_id
+from billing._money import compute_line, compute_totals, currency_exponent
+from billing.errors import InvalidStateTransition, NotFound, ValidationFailed
+
+__all__ = [
+    "InvoiceInput",
+    "InvoiceLineInput",
+    "InvoiceLineView",
+    "InvoicePage",
+    "InvoicePatch",
+    "InvoiceQuery",
+    "InvoiceService",
+    "InvoiceStatus",
+    "InvoiceSummary",
+    "InvoiceView",
+    "TaxLine",
+]
+
+InvoiceStatus = Literal["draft", "open", "paid", "partially_refunded", "refunded", "void", "uncollectible"]
+Description = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+Category = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+Series = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2,10}$")]
+Currency = Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
+BookingRef = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Notes = Annotated[str, msgspec.Meta(max_length=2000)]
+Lines = Annotated[list["InvoiceLineInput"], msgspec.Meta(max_length=200)]
+
+MAX_PAGE = 100
+_TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
+    "void": (frozenset({"open", "uncollectible"}), "void"),
+    "mark_uncollectible": (frozenset({"open"}), "uncollectible"),
+}
+
+
+class _Masked(msgspec.Struct, forbid_unknown_fields=True):
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<{len(self.__struct_fields__)} fields redacted>)"
+
+
+class InvoiceLineInput(_Masked, kw_only=True):
+    description: Description
+    quantity: int = 1
+    unit_amount: int
+    tax_rate_bps: int = 0
+    category: Category = "general"
+
+
+class InvoiceInput(_Masked, kw_only=True):
+    customer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    currency: Currency
+    lines: Lines = msgspec.field(default_factory=list)
+    booking_ref: BookingRef | None = None
+    series: Series = "INV"
+    due_date: date | None = None
+    notes: Notes | None = None
+
+
+class InvoicePatch(_Masked, kw_only=True):
+    """Edits of a draft: fields left out are unchanged; ``lines`` replaces all lines."""
+
+    currency: Currency | msgspec.UnsetType = msgspec.UNSET
+    lines: Lines | msgspec.UnsetType = msgspec.UNSET
+    booking_ref: BookingRef | None | msgspec.UnsetType = msgspec.UNSET
+    series: Series | msgspec.UnsetType = msgspec.UNSET
+    due_date: date | None | msgspec.UnsetType = msgspec.UNSET
+    notes: Notes | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class InvoiceQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """Filters for listing; ``issued_from``/``issued_to`` bound the issue date (inclusive)."""
+
+    customer_id: str | None = None
+    booking_ref: str | None = None
+    status: InvoiceStatus | None = None
+    issued_from: date | None = None
+    issued_to: date | None = None
+    limit: int = 20
+    cursor: str | None = None
+
+
+class TaxLine(msgspec.Struct, kw_only=True):
+    tax_rate_bps: int
+    net: int
+    tax: int
+
+
+class InvoiceLineView(_Masked, kw_only=True):
+    id: str
+    position: int
+    description: str
+    quantity: int
+    unit_amount: int
+    tax_rate_bps: int
+    category: str
+    net: int
+    tax: int
+    total: int
+
+
+class InvoiceSummary(msgspec.Struct, kw_only=True):
+    """An invoice without its sealed content: what lists return (no PII, so not audited)."""
+
+    id: str
+    customer_id: str
+    booking_ref: str | None
+    status: str
+    number: str | None
+    currency: str
+    currency_exponent: int
+    series: str
+    subtotal: int
+    tax: int
+    total: int
+    issue_date: date | None
+    due_date: date | None
+    created_at: datetime
+    finalized_at: datetime | None
+
+
+class InvoiceView(InvoiceSummary, kw_only=True):
+    tax_breakdown: list[TaxLine]
+    lines: list[InvoiceLineView]
+    customer: dict[str, object] | None
+    notes: str | None
+    updated_at: datetime
+
+    def __repr__(self) -> str:
+        return f"InvoiceView(id={self.id!r}, status={self.status!r}, <content redacted>)"
+
+
+class InvoicePage(msgspec.Struct, kw_only=True):
+    data: list[InvoiceSummary]
+    has_more: bool
+    next_cursor: str | None
+
+
+class InvoiceService:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        audit: AuditTrail,
+        customers: CustomerService,
+        *,
+        clock: Callable[[], datetime],
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._db = db
+        self._keyring = keyring
+        self._audit = audit
+        self._customers = customers
+        self._clock = clock
+        self._rng = rng
+
+    def create_draft(self, actor: Actor, data: InvoiceInput) -> InvoiceView:
+        currency_exponent(data.currency)
+        totals = compute_totals((ln.quantity, ln.unit_amount, ln.tax_rate_bps) for ln in data.lines)
+        now = self._clock()
+        with self._db.transaction() as session:
+            _customer_exists(session, actor.tenant_id, data.customer_id)
+            invoice = Invoice(
+                id=new_id("inv"),
+                tenant_id=actor.tenant_id,
+                customer_id=data.customer_id,
+                booking_ref=data.booking_ref,
+                currency=data.currency,
+                series=data.series,
+                status="draft",
+                due_date=data.due_date,
+                subtotal=totals.subtotal,
+                tax=totals.tax,
+                total=totals.total,
+                created_at=now,
+                updated_at=now,
+            )
+            key = self._record_key(session, invoice)
+            invoice.notes_ct = self._seal(key, invoice, "notes", data.notes)
+            snapshot = self._customers.snapshot_for_invoice(session, actor.tenant_id, data.customer_id)
+            invoice.customer_snapshot_ct = self._seal(key, invoice, "customer_snapshot", _json(snapshot))
+            session.add(invoice)
+            session.flush()
+            lines = self._replace_lines(session, key, invoice, data.lines)
+            self._audit.record(
+                session,
+                actor=actor,
+                action="invoice.created",
+                resource_type="invoice",
+                resource_id=invoice.id,
+                subject_id=invoice.customer_id,
+            )
+            return _view(invoice, lines, data.notes, snapshot, descriptions=[ln.description for ln in data.lines])
+
+    def read(self, actor: Actor, invoice_id: str) -> InvoiceView:
+        """The invoice with its decrypted content; audited as a read of the client's data."""
+        with self._db.transaction() as session:
+            invoice = _get(session, actor.tenant_id, invoice_id)
+            view = self._open(session, invoice)
+            self._audit.record(
+                session,
+                actor=actor,
+                action="invoice.read",
+                resource_type="invoice",
+                resource_id=invoice.id,
+                subject_id=invoice.customer_id,
+            )
+            return view
+
+    def update_draft(self, actor: Actor, invoice_id: str, patch: InvoicePatch) -> InvoiceView:
+        with self._db.transaction() as session:
+            invoice = _get(session, actor.tenant_id, invoice_id, for_update=True)
+            if invoice.status != "draft":
+                raise InvalidStateTransition("Only draft invoices can be edited.", current_status=invoice.status)
+            key = self._record_key(session, invoice)
+            if not isinstance(patch.currency, msgspec.UnsetType):
+                currency_exponent(patch.currency)
+                invoice.currency = patch.currency
+            if not isinstance(patch.series, msgspec.UnsetType):
+                invoice.series = patch.series
+            if not isinstance(patch.booking_ref, msgspec.UnsetType):
+                invoice.booking_ref = patch.booking_ref
+            if not isinstance(patch.due_date, msgspec.UnsetType):
+                invoice.due_date = patch.due_date
+            if not isinstance(patch.notes, msgspec.UnsetType):
+                invoice.notes_ct = self._seal(key, invoice, "notes", patch.notes)
+            if not isinstance(patch.lines, msgspec.UnsetType):
+                totals = compute_totals((ln.quantity, ln.unit_amount, ln.tax_rate_bps) for ln in patch.lines)
+                invoice.subtotal, invoice.tax, invoice.total = totals.subtotal, totals.tax, totals.total
+                self._replace_lines(session, key, invoice, patch.lines)
+            invoice.updated_at = self._clock()
+            invoice.version += 1
+            session.add(invoice)
+            session.flush()
+            self._audit.record(
+                session,
+                actor=actor,
+                action="invoice.updated",
+                resource_type="invoice",
+                resource_id=invoice.id,
+                subject_id=invoice.customer_id,
+            )
+            return self._open(session, invoice)
+
+    def finalize(self, actor: Actor, invoice_id: str) -> InvoiceView:
+        """Assign the next number and open the invoice, in one transaction."""
+        with self._db.transaction() as session:
+            invoice = _get(session, actor.tenant_id, invoice_id, for_update=True)
+            if invoice.status != "draft":
+                raise InvalidStateTransition("Only draft invoices can be finalized.", current_status=invoice.status)
+            if not _has_lines(session, invoice.id):
+                raise ValidationFailed("An invoice needs at least one line to be finalized.", field="lines")
+            now = self._clock()
+            year = now.year
+            seq = _next_number(session, invoice.tenant_id, invoice.series, year)
+            invoice.number = f"{invoice.series}-{year}-{seq:06d}"
+            invoice.number_year, invoice.number_seq = year, seq
+            invoice.status = "open"
+            invoice.issue_date = now.date()
+            invoice.finalized_at = invoice.updated_at = now
+            invoice.version += 1
+            key = self._record_key(session, invoice)
+            snapshot = self._customers.snapshot_for_invoice(session, actor.tenant_id, invoice.customer_id)
+            invoice.customer_snapshot_ct = self._seal(key, invoice, "customer_snapshot", _json(snapshot))
+            session.add(invoice)
+            session.flush()
+            self._audit.record(
+                session,
+                actor=actor,
+                action="invoice.finalized",
+                resource_type="invoice",
+                resource_id=invoice.id,
+                subject_id=invoice.customer_id,
+                detail={"number": invoice.number},
+            )
+            return self._open(session, invoice)
+
+    def void(self, actor: Actor, invoice_id: str) -> InvoiceView:
+        return self._transition(actor, invoice_id, "void")
+
+    def mark_uncollectible(self, actor: Actor, invoice_id: str) -> InvoiceView:
+        return self._transition(actor, invoice_id, "mark_uncollectible")
+
+    def list(self, actor: Actor, query: InvoiceQuery) -> InvoicePage:
+        if not 1 <= query.limit <= MAX_PAGE:
+            raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE}.", field="limit")
+        stmt = select(Invoice).where(Invoice.tenant_id == actor.tenant_id)
+        if query.customer_id is not None:
+            stmt = stmt.where(Invoice.customer_id == query.customer_id)
+        if query.booking_ref is not None:
+            stmt = stmt.where(Invoice.booking_ref == query.booking_ref)
+        if query.status is not None:
+            stmt = stmt.where(Invoice.status == query.status)
+        if query.issued_from is not None:
+            stmt = stmt.where(Invoice.issue_date >= query.issued_from)  # type: ignore[operator]
+        if query.issued_to is not None:
+            stmt = stmt.where(Invoice.issue_date <= query.issued_to)  # type: ignore[operator]
+        if query.cursor is not None:
+            created, last_id = _decode_cursor(query.cursor)
+            stmt = stmt.where(
+                (Invoice.created_at < created) | ((Invoice.created_at == created) & (Invoice.id < last_id))  # type: ignore[operator]
+            )
+        stmt = stmt.order_by(Invoice.created_at.desc(), Invoice.id.desc()).limit(query.limit + 1)  # type: ignore[attr-defined]
+        with self._db.read() as session:
+            rows = list(session.scalars(stmt))
+        has_more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        return InvoicePage(
+            data=[_summary(r) for r in rows],
+            has_more=has_more,
+            next_cursor=_encode_cursor(rows[-1]) if has_more else None,
+        )
+
+    def _transition(self, actor: Actor, invoice_id: str, action: str) -> InvoiceView:
+        allowed, target = _TRANSITIONS[action]
+        with self._db.transaction() as session:
+            invoice = _get(session, actor.tenant_id, invoice_id, for_update=True)
+            if invoice.status not in allowed:
+                raise InvalidStateTransition(current_status=invoice.status, action=action)
+            invoice.status = target
+            invoice.closed_at = invoice.updated_at = self._clock()
+            invoice.version += 1
+            session.add(invoice)
+            session.flush()
+            self._audit.record(
+                session,
+                actor=actor,
+                action=f"invoice.{target}",
+                resource_type="invoice",
+                resource_id=invoice.id,
+                subject_id=invoice.customer_id,
+            )
+            return self._open(session, invoice)
+
+    def _record_key(self, session: Session, invoice: Invoice) -> DataKey:
+        keys = SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
+        return keys.get(invoice.tenant_id, invoice.customer_id, "record")
+
+    def _seal(self, key: DataKey, invoice: Invoice, column: str, text: str | None) -> bytes | None:
+        if text is None:
+            return None
+        return seal_text(key, text, FieldContext(invoice.tenant_id, "invoices", column, invoice.id), rng=self._rng)
+
+    def _replace_lines(
+        self, session: Session, key: DataKey, invoice: Invoice, lines: Sequence[InvoiceLineInput]
+    ) -> list[InvoiceLine]:
+        session.execute(delete(InvoiceLine).where(InvoiceLine.invoice_id == invoice.id))  # type: ignore[arg-type]
+        rows = []
+        for position, line in enumerate(lines, start=1):
+            amounts = compute_line(line.quantity, line.unit_amount, line.tax_rate_bps)
+            row = InvoiceLine(
+                id=new_id("il"),
+                tenant_id=invoice.tenant_id,
+                invoice_id=invoice.id,
+                position=position,
+                quantity=line.quantity,
+                unit_amount=line.unit_amount,
+                tax_rate_bps=line.tax_rate_bps,
+                category=line.category,
+                net=amounts.net,
+                tax=amounts.tax,
+                total=amounts.total,
+            )
+            row.description_ct = seal_text(
+                key, line.description, FieldContext(invoice.tenant_id, "invoice_lines", "description", row.id), rng=self._rng
+            )
+            session.add(row)
+            rows.append(row)
+        session.flush()
+        return rows
+
+    def _open(self, session: Session, invoice: Invoice) -> InvoiceView:
+        key = self._record_key(session, invoice)
+        lines = list(
+            session.scalars(
+                select(InvoiceLine).where(InvoiceLine.invoice_id == invoice.id).order_by(InvoiceLine.position)  # type: ignore[arg-type]
+            )
+        )
+        descriptions = [
+            open_sealed_text(key, ln.description_ct or b"", FieldContext(invoice.tenant_id, "invoice_lines", "description", ln.id))
+            for ln in lines
+        ]
+        notes = self._open_column(key, invoice, "notes", invoice.notes_ct)
+        snapshot_json = self._open_column(key, invoice, "customer_snapshot", invoice.customer_snapshot_ct)
+        snapshot = msgspec.json.decode(snapshot_json) if snapshot_json else None
+        return _view(invoice, lines, notes, snapshot, descriptions=descriptions)
+
+    def _open_column(self, key: DataKey, invoice: Invoice, column: str, sealed: bytes | None) -> str | None:
+        if sealed is None:
+            return None
+        return open_sealed_text(key, sealed, FieldContext(invoice.tenant_id, "invoices", column, invoice.id))
+
+
+def _next_number(session: Session, tenant_id: str, series: str, year: int) -> int:
+    insert_ignore(session, InvoiceSequence, {"tenant_id": tenant_id, "series": series, "year": year, "last_value": 0})
+    result = session.execute(
+        update(InvoiceSequence)
+        .where(
+            InvoiceSequence.tenant_id == tenant_id,  # type: ignore[arg-type]
+            InvoiceSequence.series == series,  # type: ignore[arg-type]
+            InvoiceSequence.year == year,  # type: ignore[arg-type]
+        )
+        .values(last_value=InvoiceSequence.last_value + 1)
+        .returning(InvoiceSequence.last_value)  # type: ignore[arg-type]
+    )
+    return int(result.scalar_one())
+
+
+def _get(session: Session, tenant_id: str, invoice_id: str, *, for_update: bool = False) -> Invoice:
+    query = select(Invoice).where(Invoice.id == invoice_id, Invoice.tenant_id == tenant_id)
+    if for_update:
+        query = query.with_for_update()
+    invoice = session.scalars(query).one_or_none()
+    if invoice is None:
+        raise NotFound(resource="invoice")
+    return invoice
+
+
+def _customer_exists(session: Session, tenant_id: str, customer_id: str) -> None:
+    found = session.scalars(
+        select(Customer.id).where(Customer.id == customer_id, Customer.tenant_id == tenant_id)  # type: ignore[call-overload]
+    ).one_or_none()
+    if found is None:
+        raise NotFound(resource="customer")
+
+
+def _has_lines(session: Session, invoice_id: str) -> bool:
+    return session.scalars(select(InvoiceLine.id).where(InvoiceLine.invoice_id == invoice_id).limit(1)).first() is not None  # type: ignore[call-overload]
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _encode_cursor(invoice: Invoice) -> str:
+    raw = f"{invoice.created_at.isoformat()}|{invoice.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, invoice_id = raw.split("|", 1)
+        parsed = datetime.fromisoformat(created)
+        if parsed.tzinfo is None or not invoice_id.startswith("inv_"):
+            raise ValueError
+        return parsed, invoice_id
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise ValidationFailed("The cursor is not one this service issued.", field="cursor") from None
+
+
+def _summary(invoice: Invoice) -> InvoiceSummary:
+    return InvoiceSummary(
+        id=invoice.id,
+        customer_id=invoice.customer_id,
+        booking_ref=invoice.booking_ref,
+        status=invoice.status,
+        number=invoice.number,
+        currency=invoice.currency,
+        currency_exponent=currency_exponent(invoice.currency),
+        series=invoice.series,
+        subtotal=invoice.subtotal,
+        tax=invoice.tax,
+        total=invoice.total,
+        issue_date=invoice.issue_date,
+        due_date=invoice.due_date,
+        created_at=invoice.created_at,
+        finalized_at=invoice.finalized_at,
+    )
+
+
+def _view(
+    invoice: Invoice,
+    lines: Sequence[InvoiceLine],
+    notes: str | None,
+    snapshot: dict[str, object] | None,
+    *,
+    descriptions: Sequence[str],
+) -> InvoiceView:
+    totals = compute_totals((ln.quantity, ln.unit_amount, ln.tax_rate_bps) for ln in lines)
+    summary = msgspec.structs.asdict(_summary(invoice))
+    return InvoiceView(
+        **summary,
+        tax_breakdown=[TaxLine(tax_rate_bps=t.tax_rate_bps, net=t.net, tax=t.tax) for t in totals.breakdown],
+        lines=[
+            InvoiceLineView(
+                id=ln.id,
+                position=ln.position,
+                description=text,
+                quantity=ln.quantity,
+                unit_amount=ln.unit_amount,
+                tax_rate_bps=ln.tax_rate_bps,
+                category=ln.category,
+                net=ln.net,
+                tax=ln.tax,
+                total=ln.total,
+            )
+            for ln, text in zip(lines, descriptions, strict=True)
+        ],
+        customer=snapshot,
+        notes=notes,
+        updated_at=invoice.updated_at,
+    )

@@ -1,0 +1,511 @@
+"""The keyring file: versioned master keys that wrap data keys, and the audit-chain keys.
+
+Algorithm
+    Data keys (DEKs) are wrapped with the envelope format of :mod:`billing._envelope`: AES-256-GCM
+    under a master key, format version 1, the master key's id in the header. Nonce policy is the
+    envelope's: a fresh random 96-bit nonce per wrap.
+
+Associated data
+    A wrapped DEK is sealed for ``FieldContext(tenant_id, "data_keys", purpose, dek_id)``, so it
+    unwraps only for the tenant, purpose and DEK id it was made for; a wrapped DEK copied onto
+    another row raises :class:`~billing.errors.DecryptionError`.
+    :func:`~billing._envelope.sealed_key_id` on a wrapped DEK names the master key version that
+    wrapped it (for re-wrapping at rotation).
+
+File format, version 1 (JSON, mode 0600)::
+
+    {"format": "veilbill-keyring", "version": 1,
+     "active_master_key": "mk_0001",
+     "master_keys": [{"id": "mk_0001", "created_at": "2026-11-22T06:00:00Z",
+                      "material": "<base64 of 32 bytes>"}],
+     "active_audit_key": "ak_0001",
+     "audit_keys": [<same shape>]}
+
+    Unknown or duplicate fields are refused rather than ignored.
+
+Protects against
+    Other local users reading the keys (the file is created 0600 and refused if group or others have
+    any permission); a crash or a concurrent first run leaving a half-written or clobbered keyring
+    (writes go to a 0600 temp file in the same directory, are fsynced, then linked or replaced into
+    place atomically); key material reaching logs (``repr`` masks it, error messages never contain
+    it, and parse errors are raised without the exception that holds the file's text).
+
+Does not protect against
+    Anyone who can read the file as its owner (root, the service user, a backup of the file):
+    the keys are stored in clear. Use an HSM for that. Python cannot zero key material in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import re
+import secrets
+import stat
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from billing._envelope import (
+    KEY_SIZE,
+    DataKey,
+    FieldContext,
+    generate_key_material,
+    open_sealed,
+    seal,
+)
+from billing.errors import DecryptionError, KeyringError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+
+__all__ = [
+    "AuditKey",
+    "Keyring",
+    "MasterKey",
+    "add_master_key",
+    "create_keyring",
+    "load_keyring",
+    "unwrap_data_key",
+    "wrap_data_key",
+    "write_keyring",
+]
+
+FILE_FORMAT: Final = "veilbill-keyring"
+FILE_VERSION: Final = 1
+FILE_MODE: Final = 0o600
+WRAPPED_KEYS_TABLE: Final = "data_keys"
+
+_MASTER_ID_PATTERN: Final = re.compile(r"mk_(\d+)")
+_TOP_LEVEL_FIELDS: Final = frozenset(
+    {"format", "version", "active_master_key", "master_keys", "active_audit_key", "audit_keys"}
+)
+_KEY_FIELDS: Final = frozenset({"id", "created_at", "material"})
+
+
+@dataclass(frozen=True)
+class _KeyVersion:
+    """One version of a long-lived key. ``repr``/``str`` mask the material.
+
+    Raises:
+        TypeError: ``material`` is not ``bytes``.
+        ValueError: ``key_id`` is not 1..64 printable ASCII characters, ``created_at`` is naive, or
+            ``material`` is not exactly 32 bytes. Messages never contain the material.
+    """
+
+    key_id: str
+    created_at: datetime
+    material: bytes
+
+    def __post_init__(self) -> None:
+        # DataKey applies the key id and material rules; the message names neither value.
+        DataKey(self.key_id, self.material)
+        if not isinstance(self.created_at, datetime) or self.created_at.utcoffset() is None:
+            raise ValueError("created_at must be a timezone-aware datetime")
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(key_id={self.key_id!r}, "
+            f"created_at={self.created_at.isoformat()!r}, material=<redacted>)"
+        )
+
+    __str__ = __repr__
+
+
+_K = TypeVar("_K", bound=_KeyVersion)
+
+
+class MasterKey(_KeyVersion):
+    """A master key version: wraps data keys (see :func:`wrap_data_key`)."""
+
+
+class AuditKey(_KeyVersion):
+    """An audit key version: keys the HMAC chain of audit events."""
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """All key versions, and which master and audit versions are active for new work.
+
+    Old versions stay so that values wrapped or chained under them remain readable until they
+    are re-wrapped and the version is retired.
+
+    Raises:
+        KeyringError: a tuple is empty or holds the wrong key type, ids are not unique, or an
+            active id names no key in its tuple.
+    """
+
+    master_keys: tuple[MasterKey, ...]
+    active_master_id: str
+    audit_keys: tuple[AuditKey, ...]
+    active_audit_id: str
+
+    def __post_init__(self) -> None:
+        _check_versions("master", self.master_keys, MasterKey, self.active_master_id)
+        _check_versions("audit", self.audit_keys, AuditKey, self.active_audit_id)
+
+    @property
+    def active_master(self) -> MasterKey:
+        """The master key that wraps new data keys."""
+        return self.master(self.active_master_id)
+
+    @property
+    def active_audit(self) -> AuditKey:
+        """The audit key that chains new audit events."""
+        return self.audit(self.active_audit_id)
+
+    def master(self, key_id: str) -> MasterKey:
+        """Look up a master key version, e.g. the one :func:`sealed_key_id` names.
+
+        Raises:
+            KeyringError: no master key has this id.
+        """
+        for key in self.master_keys:
+            if key.key_id == key_id:
+                return key
+        raise KeyringError(f"unknown master key id {key_id!r}", key_id=key_id)
+
+    def audit(self, key_id: str) -> AuditKey:
+        """Look up an audit key version.
+
+        Raises:
+            KeyringError: no audit key has this id.
+        """
+        for key in self.audit_keys:
+            if key.key_id == key_id:
+                return key
+        raise KeyringError(f"unknown audit key id {key_id!r}", key_id=key_id)
+
+
+def _check_versions(
+    kind: str, keys: object, key_type: type[_KeyVersion], active_id: object
+) -> None:
+    if not isinstance(keys, tuple) or not keys:
+        raise KeyringError(f"the keyring needs at least one {kind} key, as a tuple")
+    if not all(type(key) is key_type for key in keys):
+        raise KeyringError(f"{kind} keys must all be {key_type.__name__} instances")
+    ids = [key.key_id for key in keys]
+    if len(set(ids)) != len(ids):
+        raise KeyringError(f"{kind} key ids are not unique")
+    if active_id not in ids:
+        raise KeyringError(f"the active {kind} key id names no {kind} key in the keyring")
+
+
+def create_keyring(*, now: datetime, rng: Callable[[int], bytes] = os.urandom) -> Keyring:
+    """Create a keyring with master key ``mk_0001`` and audit key ``ak_0001``, both active."""
+    master = MasterKey("mk_0001", now, generate_key_material(rng))
+    audit = AuditKey("ak_0001", now, generate_key_material(rng))
+    return Keyring((master,), master.key_id, (audit,), audit.key_id)
+
+
+def add_master_key(
+    keyring: Keyring, *, now: datetime, rng: Callable[[int], bytes] = os.urandom
+) -> Keyring:
+    """Return ``keyring`` plus a new master key ``mk_000N``, made active; old versions are kept.
+
+    ``N`` is one more than the highest numbered ``mk_`` id, so a retired number is never reused.
+    """
+    numbers = (
+        int(match.group(1))
+        for key in keyring.master_keys
+        if (match := _MASTER_ID_PATTERN.fullmatch(key.key_id))
+    )
+    key_id = f"mk_{max(numbers, default=0) + 1:04d}"
+    new_key = MasterKey(key_id, now, generate_key_material(rng))
+    return replace(keyring, master_keys=(*keyring.master_keys, new_key), active_master_id=key_id)
+
+
+# --- wrapping data keys ---------------------------------------------------------------------------
+
+
+def _wrapping_context(tenant_id: str, purpose: str, dek_id: str) -> FieldContext:
+    return FieldContext(tenant_id, WRAPPED_KEYS_TABLE, purpose, dek_id)
+
+
+def wrap_data_key(
+    master: MasterKey,
+    dek: DataKey,
+    *,
+    tenant_id: str,
+    purpose: str,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """Seal ``dek``'s material under ``master``, bound to tenant, purpose and the DEK's id.
+
+    Raises:
+        TypeError: ``master`` is not a :class:`MasterKey` or ``dek`` not a :class:`DataKey`.
+    """
+    if not isinstance(master, MasterKey):
+        raise TypeError("master must be a MasterKey")
+    if not isinstance(dek, DataKey):
+        raise TypeError("dek must be a DataKey")
+    return seal(
+        DataKey(master.key_id, master.material),
+        dek.material,
+        _wrapping_context(tenant_id, purpose, dek.key_id),
+        rng=rng,
+    )
+
+
+def unwrap_data_key(
+    master: MasterKey, wrapped: bytes, *, tenant_id: str, purpose: str, dek_id: str
+) -> DataKey:
+    """Recover data key ``dek_id`` that :func:`wrap_data_key` wrapped for this tenant and purpose.
+
+    Raises:
+        TypeError: ``master`` is not a :class:`MasterKey`.
+        ValueError: ``dek_id`` is not a valid key id (a programming error, checked first).
+        DecryptionError: wrong or other master key, tampered or truncated blob, or the blob was
+            wrapped for another tenant, purpose or DEK id.
+    """
+    if not isinstance(master, MasterKey):
+        raise TypeError("master must be a MasterKey")
+    DataKey(dek_id, bytes(KEY_SIZE))  # validates dek_id before any decryption
+    material = open_sealed(
+        DataKey(master.key_id, master.material),
+        wrapped,
+        _wrapping_context(tenant_id, purpose, dek_id),
+    )
+    if len(material) != KEY_SIZE:
+        raise DecryptionError from None
+    return DataKey(dek_id, material)
+
+
+# --- the file -------------------------------------------------------------------------------------
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _key_entries(keys: Iterable[_KeyVersion]) -> list[dict[str, str]]:
+    return [
+        {
+            "id": key.key_id,
+            "created_at": _timestamp(key.created_at),
+            "material": base64.b64encode(key.material).decode("ascii"),
+        }
+        for key in keys
+    ]
+
+
+def _serialize(keyring: Keyring) -> bytes:
+    document = {
+        "format": FILE_FORMAT,
+        "version": FILE_VERSION,
+        "active_master_key": keyring.active_master_id,
+        "master_keys": _key_entries(keyring.master_keys),
+        "active_audit_key": keyring.active_audit_id,
+        "audit_keys": _key_entries(keyring.audit_keys),
+    }
+    return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # platforms that cannot open a directory; the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_keyring(path: Path, keyring: Keyring, *, overwrite: bool = False) -> None:
+    """Write ``keyring`` to ``path`` atomically with mode 0600, creating parent directories (0700).
+
+    The content goes to a temp file in the same directory (``O_CREAT | O_EXCL``, mode 0600),
+    is fsynced, then moved into place: with ``os.replace`` when ``overwrite`` is true, otherwise
+    with ``os.link``, which fails if ``path`` exists, so two processes creating a keyring at the
+    same time cannot clobber each other's keys.
+
+    Raises:
+        KeyringError: ``path`` exists and ``overwrite`` is false, or the file cannot be written.
+    """
+    if not isinstance(keyring, Keyring):
+        raise TypeError("keyring must be a Keyring")
+    if not overwrite and os.path.lexists(path):
+        raise KeyringError(f"keyring file already exists: {path}; refusing to overwrite it")
+    content = _serialize(keyring)
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyringError(f"cannot create keyring directory {directory}: {exc.strerror}") from None
+    temp_path = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except OSError as exc:
+        raise KeyringError(f"cannot create a file in {directory}: {exc.strerror}") from None
+    try:
+        try:
+            os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(temp_path, path)
+        else:
+            os.link(temp_path, path)
+    except FileExistsError:
+        raise KeyringError(
+            f"keyring file already exists: {path}; refusing to overwrite it"
+        ) from None
+    except OSError as exc:
+        raise KeyringError(f"cannot write keyring file {path}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # already moved into place by os.replace
+            os.unlink(temp_path)
+    _fsync_directory(directory)
+
+
+def load_keyring(path: Path) -> Keyring:
+    """Read and validate the keyring file at ``path``.
+
+    The permissions are checked on the opened file (no race with a rename in between).
+
+    Raises:
+        KeyringError: the file is missing or unreadable, is not a regular file, grants any
+            permission to group or others, or is malformed. The message says what is wrong and
+            where (e.g. ``master_keys[1].material``), never the material.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise KeyringError(f"keyring file not found: {path}") from None
+    except OSError as exc:
+        raise KeyringError(f"cannot open keyring file {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyringError(f"keyring path is not a regular file: {path}")
+        if info.st_mode & 0o077:
+            raise KeyringError(
+                f"keyring file permissions are too open ({stat.S_IMODE(info.st_mode):04o}); "
+                f"expected 0600: {path}"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            content = file.read()
+    finally:
+        os.close(fd)
+    return _parse_document(_decode_json(content))
+
+
+# --- parsing --------------------------------------------------------------------------------------
+
+
+class _DuplicateFieldError(Exception):
+    """A JSON object repeats a field name (json.loads would silently keep the last one)."""
+
+
+def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise _DuplicateFieldError
+    return result
+
+
+def _decode_json(content: bytes) -> object:
+    # The error is raised after the ``except`` blocks: a JSONDecodeError carries the whole file
+    # text in ``.doc``, and must not ride along as ``__context__`` into logs.
+    problem = None
+    document: object = None
+    try:
+        document = json.loads(content.decode("utf-8"), object_pairs_hook=_object_without_duplicates)
+    except UnicodeDecodeError:
+        problem = "keyring file is not UTF-8"
+    except _DuplicateFieldError:
+        problem = "keyring file is malformed: a JSON object repeats a field"
+    except (ValueError, RecursionError):
+        problem = "keyring file is not valid JSON"
+    if problem is not None:
+        raise KeyringError(problem) from None
+    return document
+
+
+def _malformed(where: str, what: str) -> KeyringError:
+    return KeyringError(f"keyring file is malformed: {where} {what}")
+
+
+def _require_fields(value: object, fields: frozenset[str], where: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise _malformed(where, "is not a JSON object")
+    missing = sorted(fields - value.keys())
+    if missing:
+        raise _malformed(where, f"lacks {', '.join(missing)}")
+    unknown = sorted(value.keys() - fields)
+    if unknown:
+        raise _malformed(where, f"has unknown fields {', '.join(unknown)}")
+    return value
+
+
+def _parse_key(value: object, where: str) -> tuple[str, datetime, bytes]:
+    entry = _require_fields(value, _KEY_FIELDS, where)
+    key_id, created_at, material = entry["id"], entry["created_at"], entry["material"]
+    if not isinstance(key_id, str):
+        raise _malformed(f"{where}.id", "is not a string")
+    if not isinstance(created_at, str):
+        raise _malformed(f"{where}.created_at", "is not a string")
+    try:
+        moment: datetime | None = datetime.fromisoformat(created_at)
+    except ValueError:
+        moment = None
+    if moment is None or moment.utcoffset() is None:
+        raise _malformed(f"{where}.created_at", "is not an ISO 8601 time with a UTC offset")
+    if not isinstance(material, str):
+        raise _malformed(f"{where}.material", "is not a string")
+    try:
+        raw: bytes | None = base64.b64decode(material, validate=True)
+    except (binascii.Error, ValueError):
+        raw = None
+    if raw is None:
+        raise _malformed(f"{where}.material", "is not valid base64")
+    if len(raw) != KEY_SIZE:
+        raise _malformed(f"{where}.material", "is not 32 bytes")
+    return key_id, moment, raw
+
+
+def _parse_versions(document: dict[str, object], field: str, key_type: type[_K]) -> tuple[_K, ...]:
+    entries = document[field]
+    if not isinstance(entries, list) or not entries:
+        raise _malformed(field, "is not a non-empty list")
+    keys = []
+    for index, entry in enumerate(entries):
+        where = f"{field}[{index}]"
+        key_id, created_at, material = _parse_key(entry, where)
+        try:
+            keys.append(key_type(key_id, created_at, material))
+        except ValueError:
+            # Our own message, which names no value; material was already checked above.
+            raise _malformed(f"{where}.id", "is not 1..64 printable ASCII characters") from None
+    return tuple(keys)
+
+
+def _parse_document(document: object) -> Keyring:
+    fields = _require_fields(document, _TOP_LEVEL_FIELDS, "the top level")
+    if fields["format"] != FILE_FORMAT:
+        raise KeyringError(f"not a keyring file: format is not {FILE_FORMAT!r}")
+    version = fields["version"]
+    if type(version) is not int or version != FILE_VERSION:
+        raise KeyringError(f"unsupported keyring file version; this release reads {FILE_VERSION}")
+    active_master, active_audit = fields["active_master_key"], fields["active_audit_key"]
+    if not isinstance(active_master, str):
+        raise _malformed("active_master_key", "is not a string")
+    if not isinstance(active_audit, str):
+        raise _malformed("active_audit_key", "is not a string")
+    return Keyring(
+        master_keys=_parse_versions(fields, "master_keys", MasterKey),
+        active_master_id=active_master,
+        audit_keys=_parse_versions(fields, "audit_keys", AuditKey),
+        active_audit_id=active_audit,
+    )

@@ -1,0 +1,101 @@
+"""Data keys of data subjects: creation, unwrapping and shredding.
+
+Each subject (a customer; a tenant for its blind-index key) has at most one live DEK per purpose:
+
+- ``profile``: contact data and notes. Destroyed at erasure.
+- ``record``: the invoice content the law requires to keep (client snapshot, line descriptions).
+- ``index``: a tenant's blind-index key (subject = the tenant).
+
+A DEK is 32 random bytes, wrapped by the keyring's active master key and bound (associated data)
+to tenant, purpose and DEK id, so a wrapped key copied to another row does not unwrap. Shredding
+deletes the wrapped bytes: every value sealed under that DEK becomes unreadable, in this database
+and, once the master version that wrapped it is retired, in old backups too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from billing._envelope import DataKey, generate_key_material
+from billing._keyring import Keyring, unwrap_data_key, wrap_data_key
+from billing._models import DataKeyRecord, new_id
+from billing.errors import DecryptionError
+
+__all__ = ["PURPOSES", "SubjectKeys"]
+
+PURPOSES = ("profile", "record", "index")
+
+
+class SubjectKeys:
+    """The DEKs used within one unit of work; unwrapped keys are cached for that unit only."""
+
+    def __init__(
+        self,
+        session: Session,
+        keyring: Keyring,
+        *,
+        clock: Callable[[], datetime],
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._session = session
+        self._keyring = keyring
+        self._clock = clock
+        self._rng = rng
+        self._cache: dict[tuple[str, str, str], DataKey] = {}
+
+    def create(self, tenant_id: str, subject_id: str, purpose: str) -> DataKey:
+        """Make a new DEK for ``subject_id``; the caller's transaction stores it."""
+        if purpose not in PURPOSES:
+            raise ValueError(f"unknown key purpose {purpose!r}")
+        dek = DataKey(key_id=new_id("dek"), material=generate_key_material(self._rng))
+        master = self._keyring.active_master
+        record = DataKeyRecord(
+            id=dek.key_id,
+            tenant_id=tenant_id,
+            subject_id=subject_id,
+            purpose=purpose,
+            master_key_id=master.key_id,
+            wrapped=wrap_data_key(master, dek, tenant_id=tenant_id, purpose=purpose, rng=self._rng),
+            created_at=self._clock(),
+        )
+        self._session.add(record)
+        self._cache[(tenant_id, subject_id, purpose)] = dek
+        return dek
+
+    def get(self, tenant_id: str, subject_id: str, purpose: str) -> DataKey:
+        """The subject's live DEK for ``purpose``.
+
+        Raises:
+            DecryptionError: the key does not exist, was shredded, or fails to unwrap (one opaque
+                error for all three).
+        """
+        cached = self._cache.get((tenant_id, subject_id, purpose))
+        if cached is not None:
+            return cached
+        record = self._session.scalars(
+            select(DataKeyRecord).where(
+                DataKeyRecord.tenant_id == tenant_id,
+                DataKeyRecord.subject_id == subject_id,
+                DataKeyRecord.purpose == purpose,
+            )
+        ).one_or_none()
+        if record is None or record.wrapped is None:
+            raise DecryptionError()
+        try:
+            master = self._keyring.master(record.master_key_id)
+        except Exception:
+            raise DecryptionError() from None
+        dek = unwrap_data_key(
+            master, record.wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=record.id
+        )
+        self._cache[(tenant_id, subject_id, purpose)] = dek
+        return dek
+
+    def index_key(self, tenant_id: str) -> bytes:
+        """The tenant's blind-index key (32 bytes)."""
+        return self.get(tenant_id, tenant_id, "index").material

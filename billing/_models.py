@@ -1,0 +1,286 @@
+"""Tables of the billing domain.
+
+What is clear and what is sealed is a design decision recorded here and in ``docs/``: client PII
+and invoice contents are stored only as AES-256-GCM ciphertext (``*_ct`` columns, see
+``_envelope``); amounts, currency, tax rates, dates, status, category codes and booking references
+are clear because accounting needs them and they are not client PII on their own. Email and
+external reference are findable through blind indexes (``*_bidx``), never stored in clear.
+
+Every row carries ``tenant_id`` and every query filters on it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "AuditHead",
+    "Customer",
+    "DataKeyRecord",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceSequence",
+    "Tenant",
+    "metadata",
+    "new_id",
+    "utcnow",
+]
+
+# Constraint names are fixed so that Alembic migrations name them the same on every database.
+metadata: MetaData = SQLModel.metadata
+metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_id(prefix: str) -> str:
+    """An opaque, unguessable id such as ``cus_3f2a…`` (96 random bits)."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timestamps stored as naive UTC on every database and returned as aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are refused; pass an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _ts(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(sa_column=Column(UtcDateTime(), nullable=nullable, index=index))
+
+
+def _ct() -> Any:
+    """A sealed value (format v1 of ``_envelope``), or NULL when the field is absent."""
+    return Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+
+
+def _money() -> Any:
+    return Field(sa_column=Column(BigInteger, nullable=False))
+
+
+def _tenant_fk() -> Any:
+    return Field(sa_column=Column(String(40), ForeignKey("tenants.id"), nullable=False, index=True))
+
+
+class Tenant(SQLModel, table=True):
+    """One business. Its blind-index key is a ``data_keys`` row of purpose ``index``."""
+
+    __tablename__ = "tenants"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=200)
+    created_at: datetime = _ts()
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: only its SHA-256 is stored (keys are 256-bit random, so no slow hash is needed)."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = _tenant_fk()
+    name: str = Field(max_length=200)
+    role: str = Field(max_length=20)
+    key_hash: str = Field(max_length=64, unique=True)
+    key_prefix: str = Field(max_length=16)
+    created_at: datetime = _ts()
+    created_by: str | None = Field(default=None, max_length=40)
+    revoked_at: datetime | None = _ts(nullable=True)
+    expires_at: datetime | None = _ts(nullable=True)
+
+
+class DataKeyRecord(SQLModel, table=True):
+    """A data-encryption key of one subject and purpose, wrapped by a master key version.
+
+    Purposes: ``profile`` (contact data; destroyed at erasure), ``record`` (invoice content; kept,
+    restricted, until retention ends), ``index`` (a tenant's blind-index key). Shredding sets
+    ``wrapped`` to NULL and ``destroyed_at``: the values sealed under it become unreadable.
+    """
+
+    __tablename__ = "data_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "subject_id", "purpose"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40, index=True)
+    subject_id: str = Field(max_length=40)
+    purpose: str = Field(max_length=20)
+    master_key_id: str = Field(max_length=40)
+    wrapped: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    created_at: datetime = _ts()
+    destroyed_at: datetime | None = _ts(nullable=True)
+
+
+class Customer(SQLModel, table=True):
+    """A client of the business. Every PII field is sealed under the client's ``profile`` key."""
+
+    __tablename__ = "customers"
+    __table_args__ = (
+        Index("ix_customers_tenant_email_bidx", "tenant_id", "email_bidx"),
+        Index("ix_customers_tenant_external_ref_bidx", "tenant_id", "external_ref_bidx"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = _tenant_fk()
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    name_ct: bytes | None = _ct()
+    email_ct: bytes | None = _ct()
+    phone_ct: bytes | None = _ct()
+    address_ct: bytes | None = _ct()
+    birth_date_ct: bytes | None = _ct()
+    gender_ct: bytes | None = _ct()
+    notes_ct: bytes | None = _ct()
+    external_ref_ct: bytes | None = _ct()
+    email_bidx: str | None = Field(default=None, max_length=64)
+    external_ref_bidx: str | None = Field(default=None, max_length=64)
+
+
+class Invoice(SQLModel, table=True):
+    """An invoice. Amounts are clear; the client snapshot and notes are sealed (``record`` key)."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "series", "number_year", "number_seq"),
+        Index("ix_invoices_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_invoices_tenant_booking_ref", "tenant_id", "booking_ref"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = _tenant_fk()
+    customer_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("customers.id"), nullable=False, index=True)
+    )
+    booking_ref: str | None = Field(default=None, max_length=100)
+    currency: str = Field(max_length=3)
+    series: str = Field(max_length=10)
+    status: str = Field(max_length=20)
+    number: str | None = Field(default=None, max_length=40)
+    number_year: int | None = Field(default=None)
+    number_seq: int | None = Field(default=None)
+    due_date: date | None = Field(default=None)
+    issue_date: date | None = Field(default=None)
+    subtotal: int = _money()
+    tax: int = _money()
+    total: int = _money()
+    notes_ct: bytes | None = _ct()
+    customer_snapshot_ct: bytes | None = _ct()
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    finalized_at: datetime | None = _ts(nullable=True)
+    closed_at: datetime | None = _ts(nullable=True)
+    version: int = Field(default=1)
+
+
+class InvoiceLine(SQLModel, table=True):
+    """One line of an invoice; the description is sealed under the client's ``record`` key."""
+
+    __tablename__ = "invoice_lines"
+    __table_args__ = (UniqueConstraint("invoice_id", "position"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40, index=True)
+    invoice_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False)
+    )
+    position: int
+    description_ct: bytes | None = _ct()
+    quantity: int = Field(sa_column=Column(Integer, nullable=False))
+    unit_amount: int = _money()
+    tax_rate_bps: int
+    category: str = Field(max_length=40)
+    net: int = _money()
+    tax: int = _money()
+    total: int = _money()
+
+
+class InvoiceSequence(SQLModel, table=True):
+    """The last number used per tenant, series and year: the row lock that makes numbering gapless."""
+
+    __tablename__ = "invoice_sequences"
+
+    tenant_id: str = Field(primary_key=True, max_length=40)
+    series: str = Field(primary_key=True, max_length=10)
+    year: int = Field(primary_key=True)
+    last_value: int = Field(default=0)
+
+
+class AuditEvent(SQLModel, table=True):
+    """One link of an audit chain (one chain per tenant, plus ``system`` for tenantless events).
+
+    ``mac`` is HMAC-SHA256 under the audit key ``audit_key_id`` over the previous link's mac and
+    this event's canonical encoding. Never holds PII: subjects are ids.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("chain", "seq"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    chain: str = Field(max_length=40)
+    seq: int
+    occurred_at: datetime = _ts()
+    tenant_id: str | None = Field(default=None, max_length=40)
+    actor_key_id: str | None = Field(default=None, max_length=40)
+    actor_role: str | None = Field(default=None, max_length=20)
+    action: str = Field(max_length=60)
+    resource_type: str | None = Field(default=None, max_length=40)
+    resource_id: str | None = Field(default=None, max_length=40)
+    subject_id: str | None = Field(default=None, max_length=40)
+    outcome: str = Field(default="success", max_length=20)
+    request_id: str | None = Field(default=None, max_length=64)
+    client_ip: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=200)
+    detail: str | None = Field(default=None, max_length=2000)
+    audit_key_id: str = Field(max_length=40)
+    prev_mac: str = Field(max_length=64)
+    mac: str = Field(max_length=64)
+
+
+class AuditHead(SQLModel, table=True):
+    """The newest link of each chain; appending locks this row, so links are strictly ordered."""
+
+    __tablename__ = "audit_heads"
+
+    chain: str = Field(primary_key=True, max_length=40)
+    seq: int
+    mac: str = Field(max_length=64)

@@ -1,0 +1,222 @@
+"""Tenants, API keys and authentication.
+
+A key is ``vb_`` followed by 256 random bits (URL-safe base64). It is shown once, at creation; the
+database stores only its SHA-256. A fast hash is enough because the key has full entropy: there is
+no dictionary to try, unlike a password. Lookup is by the hash (unique index), then the comparison
+is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from billing._actor import ROLES, Actor
+from billing._audit import AuditTrail
+from billing._db import Database
+from billing._keyring import Keyring
+from billing._keys import SubjectKeys
+from billing._models import ApiKey, Tenant, new_id
+from billing.errors import ApiKeyInvalid, NotFound, ValidationFailed
+
+__all__ = ["ApiKeyView", "IssuedApiKey", "TenantService", "hash_api_key"]
+
+KEY_PREFIX = "vb_"
+
+
+def hash_api_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedApiKey:
+    """A key just issued: the only time the secret exists outside the caller's hands."""
+
+    id: str
+    key: str
+    role: str
+    name: str
+    tenant_id: str
+
+    def __repr__(self) -> str:
+        return f"IssuedApiKey(id={self.id!r}, role={self.role!r}, key=<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyView:
+    id: str
+    name: str
+    role: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TenantService:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        audit: AuditTrail,
+        *,
+        clock: Callable[[], datetime],
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._db = db
+        self._keyring = keyring
+        self._audit = audit
+        self._clock = clock
+        self._rng = rng
+
+    def create_tenant(self, name: str) -> IssuedApiKey:
+        """Create a tenant with its blind-index key and a first ``admin`` key."""
+        name = name.strip()
+        if not 1 <= len(name) <= 200:
+            raise ValidationFailed("A tenant name has 1 to 200 characters.", field="name")
+        tenant_id = new_id("ten")
+        with self._db.transaction() as session:
+            session.add(Tenant(id=tenant_id, name=name, created_at=self._clock()))
+            session.flush()
+            SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng).create(
+                tenant_id, tenant_id, "index"
+            )
+            operator = Actor.operator(tenant_id)
+            issued = self._insert_key(session, operator, role="admin", name="initial admin key")
+            self._audit.record(session, actor=operator, action="tenant.created", resource_type="tenant", resource_id=tenant_id)
+        return issued
+
+    def issue_api_key(self, actor: Actor, *, role: str, name: str) -> IssuedApiKey:
+        if role not in ROLES:
+            raise ValidationFailed("Unknown role.", field="role")
+        name = name.strip()
+        if not 1 <= len(name) <= 200:
+            raise ValidationFailed("A key name has 1 to 200 characters.", field="name")
+        with self._db.transaction() as session:
+            return self._insert_key(session, actor, role=role, name=name)
+
+    def revoke_api_key(self, actor: Actor, key_id: str) -> ApiKeyView:
+        with self._db.transaction() as session:
+            key = session.scalars(
+                select(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.tenant_id == actor.tenant_id)
+                .with_for_update()
+            ).one_or_none()
+            if key is None:
+                raise NotFound(resource="api_key")
+            if key.revoked_at is None:
+                key.revoked_at = self._clock()
+                session.add(key)
+                self._audit.record(
+                    session,
+                    actor=actor,
+                    action="api_key.revoked",
+                    resource_type="api_key",
+                    resource_id=key.id,
+                    detail={"role": key.role},
+                )
+            return _view(key)
+
+    def list_api_keys(self, actor: Actor) -> list[ApiKeyView]:
+        with self._db.read() as session:
+            keys = session.scalars(
+                select(ApiKey).where(ApiKey.tenant_id == actor.tenant_id).order_by(ApiKey.created_at)  # type: ignore[arg-type]
+            )
+            return [_view(k) for k in keys]
+
+    def authenticate(
+        self,
+        raw_key: str | None,
+        *,
+        request_id: str | None = None,
+        client_ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> Actor:
+        """The actor behind ``raw_key``.
+
+        Raises:
+            ApiKeyInvalid: missing, malformed, unknown, expired or revoked key (one error for all;
+                the failure is audited, on the tenant's chain when the key is known).
+        """
+        now = self._clock()
+        key: ApiKey | None = None
+        reason = "missing"
+        if raw_key:
+            reason = "unknown"
+            if raw_key.startswith(KEY_PREFIX) and len(raw_key) <= 100:
+                digest = hash_api_key(raw_key)
+                with self._db.read() as session:
+                    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
+                if key is not None and not hmac.compare_digest(key.key_hash, digest):
+                    key = None
+                if key is not None and key.revoked_at is not None:
+                    reason = "revoked"
+                elif key is not None and key.expires_at is not None and key.expires_at <= now:
+                    reason = "expired"
+                elif key is not None:
+                    return Actor(
+                        tenant_id=key.tenant_id,
+                        role=key.role,
+                        key_id=key.id,
+                        request_id=request_id,
+                        client_ip=client_ip,
+                        user_agent=user_agent,
+                    )
+        with self._db.transaction() as session:
+            self._audit.record(
+                session,
+                action="auth.failed",
+                tenant_id=key.tenant_id if key else None,
+                actor=Actor(
+                    tenant_id=key.tenant_id if key else "",
+                    role="anonymous",
+                    key_id=key.id if key else None,
+                    request_id=request_id,
+                    client_ip=client_ip,
+                    user_agent=user_agent,
+                ),
+                outcome="denied",
+                detail={"reason": reason},
+            )
+        raise ApiKeyInvalid(reason=reason)
+
+    def _insert_key(self, session: Session, actor: Actor, *, role: str, name: str) -> IssuedApiKey:
+        raw = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(
+            id=new_id("key"),
+            tenant_id=actor.tenant_id,
+            name=name,
+            role=role,
+            key_hash=hash_api_key(raw),
+            key_prefix=raw[:10],
+            created_at=self._clock(),
+            created_by=actor.key_id,
+        )
+        session.add(key)
+        self._audit.record(
+            session,
+            actor=actor,
+            action="api_key.issued",
+            resource_type="api_key",
+            resource_id=key.id,
+            detail={"role": role},
+        )
+        return IssuedApiKey(id=key.id, key=raw, role=role, name=name, tenant_id=actor.tenant_id)
+
+
+def _view(key: ApiKey) -> ApiKeyView:
+    return ApiKeyView(
+        id=key.id,
+        name=key.name,
+        role=key.role,
+        prefix=key.key_prefix,
+        created_at=key.created_at,
+        revoked_at=key.revoked_at,
+    )

@@ -1,0 +1,101 @@
+"""Domain errors of the billing package.
+
+Every error is named for its condition and carries ids, never PII or input values. None of them
+knows about HTTP: ``api/errors.py`` is the one place that maps them to problem+json. Each class has a
+stable ``code`` that the API exposes unchanged.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmountOutOfRange",
+    "ApiKeyInvalid",
+    "BillingError",
+    "ConcurrentUpdate",
+    "DecryptionError",
+    "InvalidStateTransition",
+    "KeyringError",
+    "NotFound",
+    "RoleForbidden",
+    "UnknownCurrency",
+    "ValidationFailed",
+]
+
+
+class BillingError(Exception):
+    """Root of every error raised by :mod:`billing`."""
+
+    code = "billing_error"
+
+    def __init__(self, message: str = "", **ids: str | int | None) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+        self.message = message or (self.__class__.__doc__ or self.code).strip().splitlines()[0]
+        self.ids = {k: v for k, v in ids.items() if v is not None}
+
+
+class DecryptionError(BillingError):
+    """The value could not be decrypted.
+
+    Deliberately opaque: it never says whether the key was missing or shredded, the ciphertext was
+    tampered with, moved to another row, or malformed. It carries no input, no reason and no key id,
+    so an error message or log line cannot become an oracle.
+    """
+
+    code = "decryption_failed"
+
+    def __init__(self) -> None:
+        super().__init__("The value could not be decrypted.")
+
+
+class KeyringError(BillingError):
+    """The keyring file is missing, unreadable, malformed or has unsafe permissions."""
+
+    code = "keyring_unavailable"
+
+
+class UnknownCurrency(BillingError):
+    """The currency is not an active ISO 4217 code."""
+
+    code = "unknown_currency"
+
+
+class AmountOutOfRange(BillingError):
+    """An amount or quantity is negative, zero where it must be positive, or too large."""
+
+    code = "amount_out_of_range"
+
+
+class ValidationFailed(BillingError):
+    """The request is well-formed but breaks a business rule (see ``ids['field']``)."""
+
+    code = "validation_failed"
+
+
+class NotFound(BillingError):
+    """No such resource for this tenant (another tenant's resources are reported the same way)."""
+
+    code = "not_found"
+
+
+class InvalidStateTransition(BillingError):
+    """The resource is not in a state that allows this operation."""
+
+    code = "invalid_state_transition"
+
+
+class ConcurrentUpdate(BillingError):
+    """Another request changed the resource at the same time; retry."""
+
+    code = "concurrent_update"
+
+
+class ApiKeyInvalid(BillingError):
+    """The API key is missing, unknown, expired or revoked."""
+
+    code = "invalid_api_key"
+
+
+class RoleForbidden(BillingError):
+    """The API key's role does not allow this operation."""
+
+    code = "forbidden_role"

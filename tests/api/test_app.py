@@ -1,0 +1,54 @@
+"""Probes, OpenAPI, request ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from litestar.testing import TestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "live"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "keyring": "ok"}}
+
+
+def test_ready_reports_a_lost_keyring(client: TestClient, settings: Settings) -> None:
+    Path(settings.keyring_path).chmod(0o644)
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["keyring"] == "unavailable"
+
+
+def test_ready_reports_an_unreachable_database(keyring_path: Path, tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/missing-dir/x.db", keyring_path=keyring_path)
+    with TestClient(create_app(settings, configure_logs=False)) as client:
+        response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == "unreachable"
+
+
+def test_openapi_lists_every_v1_route(client: TestClient) -> None:
+    schema = client.get("/schema/openapi.json").json()
+    paths = set(schema["paths"])
+    for expected in ("/v1/customers", "/v1/invoices/{invoice_id}/finalize", "/v1/admin/api-keys", "/v1/audit/verify"):
+        assert expected in paths
+    assert "ApiKey" in schema["components"]["securitySchemes"]
+
+
+def test_swagger_ui_is_served_locally(client: TestClient) -> None:
+    page = client.get("/schema/swagger")
+    assert page.status_code == 200
+    assert "/schema/assets/swagger-ui-bundle.js" in page.text
+    assert "cdn" not in page.text.lower()
+    assert client.get("/schema/assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_request_id_is_echoed_when_safe(client: TestClient) -> None:
+    assert client.get("/health/live", headers={"X-Request-Id": "abc-12345678"}).headers["x-request-id"] == "abc-12345678"
+    generated = client.get("/health/live", headers={"X-Request-Id": "<script>"}).headers["x-request-id"]
+    assert generated.startswith("req_")

@@ -1,0 +1,113 @@
+"""The audit chain on both databases: appends, verification, and every kind of tampering."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from billing import Actor, Billing, Keyring, create_keyring
+from billing._audit import AuditTrail
+from billing._models import AuditEvent, AuditHead
+
+from ..conftest import FIXED_NOW
+
+
+def _append(billing: Billing, count: int, tenant: str = "ten_a") -> None:
+    actor = Actor(tenant_id=tenant, role="booking", key_id="key_1", request_id="req_1")
+    for index in range(count):
+        with billing.db.transaction() as session:
+            billing.audit.record(session, actor=actor, action="customer.read", subject_id=f"cus_{index}")
+
+
+def test_a_clean_chain_verifies(billing: Billing) -> None:
+    _append(billing, 5)
+    _append(billing, 3, tenant="ten_b")
+    result = billing.verify_audit()
+    assert (result.ok, result.chains, result.events, result.first_break) == (True, 2, 8, None)
+
+
+def test_an_empty_database_verifies(billing: Billing) -> None:
+    assert billing.verify_audit().ok
+
+
+def test_a_rolled_back_event_leaves_no_link(billing: Billing) -> None:
+    _append(billing, 2)
+    with pytest.raises(RuntimeError), billing.db.transaction() as session:
+        billing.audit.record(session, action="customer.read", tenant_id="ten_a")
+        raise RuntimeError("the request failed")
+    _append(billing, 1)
+    assert billing.verify_audit().ok
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("action", "customer.created"), ("subject_id", "cus_x"), ("actor_key_id", "key_2"), ("outcome", "denied")],
+)
+def test_an_edited_event_is_named(billing: Billing, column: str, value: str) -> None:
+    _append(billing, 5)
+    with billing.db.transaction() as session:
+        session.execute(update(AuditEvent).where(AuditEvent.seq == 3).values({column: value}))  # type: ignore[arg-type]
+        edited = session.scalars(select(AuditEvent).where(AuditEvent.seq == 3)).one().id
+    result = billing.verify_audit()
+    assert not result.ok and result.first_break is not None
+    assert (result.first_break.seq, result.first_break.event_id, result.first_break.reason) == (3, edited, "event was modified")
+
+
+def test_a_deleted_event_is_named(billing: Billing) -> None:
+    _append(billing, 5)
+    with billing.db.transaction() as session:
+        session.execute(delete(AuditEvent).where(AuditEvent.seq == 2))  # type: ignore[arg-type]
+    result = billing.verify_audit()
+    assert result.first_break is not None
+    assert result.first_break.seq == 2 and "missing" in result.first_break.reason
+
+
+def test_a_deleted_tail_is_detected(billing: Billing) -> None:
+    _append(billing, 4)
+    with billing.db.transaction() as session:
+        session.execute(delete(AuditEvent).where(AuditEvent.seq == 4))  # type: ignore[arg-type]
+    result = billing.verify_audit()
+    assert result.first_break is not None and result.first_break.seq == 4
+
+
+def test_reordered_events_are_detected(billing: Billing) -> None:
+    _append(billing, 4)
+    with billing.db.transaction() as session:
+        events = {e.seq: e for e in session.scalars(select(AuditEvent))}
+        two, three = events[2], events[3]
+        fields = ("subject_id", "mac", "prev_mac", "occurred_at")
+        swapped = {f: getattr(three, f) for f in fields}
+        for f in fields:
+            setattr(three, f, getattr(two, f))
+            setattr(two, f, swapped[f])
+        session.add_all([two, three])
+    result = billing.verify_audit()
+    assert result.first_break is not None and result.first_break.seq == 2
+
+
+def test_a_forged_chain_without_the_key_fails(billing: Billing) -> None:
+    _append(billing, 3)
+    forger = AuditTrail(create_keyring(now=FIXED_NOW), clock=billing.clock)
+    with billing.db.transaction() as session:
+        forger.record(session, action="customer.read", tenant_id="ten_a")
+    result = billing.verify_audit()
+    assert result.first_break is not None and result.first_break.seq == 4
+
+
+def test_a_removed_head_is_detected(billing: Billing) -> None:
+    _append(billing, 2)
+    with billing.db.transaction() as session:
+        session.execute(delete(AuditHead))
+    assert not billing.verify_audit().ok
+
+
+def test_concurrent_appends_keep_one_chain(billing: Billing, keyring: Keyring) -> None:
+    threads = [threading.Thread(target=_append, args=(billing, 10)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result = billing.verify_audit()
+    assert result.ok and result.events == 40

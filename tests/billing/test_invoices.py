@@ -1,0 +1,69 @@
+"""Invoice numbering under concurrency and failure, on both databases."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from faker import Faker
+from sqlalchemy import update
+
+from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInput
+from billing._models import DataKeyRecord
+from billing.errors import DecryptionError
+
+ACTOR = Actor(tenant_id="", role="booking")
+
+
+def _setup(billing: Billing, fake: Faker) -> tuple[Actor, str]:
+    issued = billing.tenants.create_tenant("Hotel Test")
+    actor = Actor(tenant_id=issued.tenant_id, role="booking", key_id=issued.id)
+    customer = billing.customers.create(actor, CustomerInput(name=fake.name(), email=fake.email()))
+    return actor, customer.id
+
+
+def _draft(billing: Billing, actor: Actor, customer_id: str) -> str:
+    line = InvoiceLineInput(description="Night", unit_amount=10000, tax_rate_bps=1000)
+    return billing.invoices.create_draft(actor, InvoiceInput(customer_id=customer_id, currency="EUR", lines=[line])).id
+
+
+def test_concurrent_finalizations_are_gapless_and_unique(billing: Billing, fake: Faker) -> None:
+    actor, customer_id = _setup(billing, fake)
+    drafts = [_draft(billing, actor, customer_id) for _ in range(24)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        numbers = list(pool.map(lambda i: billing.invoices.finalize(actor, i).number, drafts))
+    sequence = sorted(int(str(n).rsplit("-", 1)[1]) for n in numbers)
+    assert sequence == list(range(1, 25))
+
+
+def test_concurrent_finalization_of_one_draft_succeeds_once(billing: Billing, fake: Faker) -> None:
+    actor, customer_id = _setup(billing, fake)
+    draft = _draft(billing, actor, customer_id)
+
+    def attempt(_: int) -> str:
+        try:
+            return str(billing.invoices.finalize(actor, draft).number)
+        except Exception as exc:  # the losers see an invalid transition
+            return type(exc).__name__
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(attempt, range(4)))
+    assert sorted(outcomes).count("InvalidStateTransition") == 3
+    assert any(o.endswith("-000001") for o in outcomes)
+
+
+def test_a_failed_finalization_gives_its_number_back(billing: Billing, fake: Faker) -> None:
+    actor, customer_id = _setup(billing, fake)
+    broken_customer = billing.customers.create(actor, CustomerInput(name=fake.name())).id
+    broken = _draft(billing, actor, broken_customer)
+    good = _draft(billing, actor, customer_id)
+    with billing.db.transaction() as session:  # fault injection: the client's profile key is gone
+        session.execute(
+            update(DataKeyRecord)
+            .where(DataKeyRecord.subject_id == broken_customer, DataKeyRecord.purpose == "profile")  # type: ignore[arg-type]
+            .values(wrapped=None)
+        )
+    with pytest.raises(DecryptionError):
+        billing.invoices.finalize(actor, broken)
+    assert billing.invoices.read(actor, broken).status == "draft"
+    assert str(billing.invoices.finalize(actor, good).number).endswith("-000001")
