@@ -65,7 +65,13 @@ def seed_demo(billing: Billing, *, customers: int, invoices: int, seed: int | No
                 currency="EUR",
                 booking_ref=f"bk_{fake.uuid4()[:8]}",
                 lines=[
-                    InvoiceLineInput(description=d, category=c, unit_amount=a, tax_rate_bps=t, quantity=fake.random_int(1, 2))
+                    InvoiceLineInput(
+                        description=d,
+                        category=c,
+                        unit_amount=a,
+                        tax_rate_bps=t,
+                        quantity=fake.random_int(1, 2),
+                    )
                     for d, c, a, t in picked
                 ],
             ),

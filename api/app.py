@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -15,7 +16,6 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
-from swagger_ui_bundle import swagger_ui_path
 
 from api.auth import ApiKeyAuthentication, current_actor
 from api.controllers import (
@@ -29,8 +29,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.logging import configure_logging
 from api.middleware import RequestIdMiddleware, refuse_card_data
 from api.settings import Settings
-from billing import Billing, Database, DatabaseConfig, load_keyring
-from billing._models import utcnow
+from billing import Billing, Database, DatabaseConfig, load_keyring, utcnow
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -66,7 +65,10 @@ def create_app(
             AdminController,
             AuditController,
             create_static_files_router(
-                path=_ASSETS, directories=[Path(swagger_ui_path)], include_in_schema=False, opt={"exclude_from_auth": True}
+                path=_ASSETS,
+                directories=[_swagger_ui_assets()],
+                include_in_schema=False,
+                opt={"exclude_from_auth": True},
             ),
         ],
         dependencies={
@@ -81,7 +83,9 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=_openapi(),
-        state=State({"billing": billing, "settings": settings, "readiness": partial(_readiness, db, settings)}),
+        state=State(
+            {"billing": billing, "settings": settings, "readiness": partial(_readiness, db, settings)}
+        ),
         on_shutdown=[db.dispose],
         logging_config=None,
         debug=False,
@@ -91,6 +95,19 @@ def create_app(
 def app_from_env() -> Litestar:
     """Factory for ``uvicorn --factory``: settings come from the environment, read once here."""
     return create_app(Settings.from_env())
+
+
+def _swagger_ui_assets() -> Path:
+    """Swagger UI 5 (OpenAPI 3.1) as shipped by the ``swagger-ui-py`` wheel, served by us.
+
+    Located without importing the package (its ``__init__`` loads Jinja and YAML for other
+    frameworks). Serving the assets ourselves keeps the docs working offline and keeps third-party
+    script origins out of the page.
+    """
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
 def _openapi() -> OpenAPIConfig:
@@ -111,7 +128,9 @@ def _openapi() -> OpenAPIConfig:
         path="/schema",
         render_plugins=[swagger],
         components=Components(
-            security_schemes={"ApiKey": SecurityScheme(type="http", scheme="bearer", description="Veilbill API key")}
+            security_schemes={
+                "ApiKey": SecurityScheme(type="http", scheme="bearer", description="Veilbill API key")
+            }
         ),
         security=[{"ApiKey": []}],
     )
@@ -130,5 +149,3 @@ def _readiness(db: Database, settings: Settings) -> dict[str, str]:
     except Exception:
         checks["keyring"] = "unavailable"
     return checks
-
-

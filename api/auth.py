@@ -25,7 +25,9 @@ __all__ = ["ApiKeyAuthentication", "requires_role"]
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
     """Resolves the bearer key on every route not marked ``exclude_from_auth``."""
 
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         billing: Billing = connection.app.state.billing
         header = connection.headers.get("authorization", "")
         scheme, _, raw = header.partition(" ")

@@ -27,9 +27,9 @@ from billing import (
     head_revision,
     load_keyring,
     upgrade,
+    utcnow,
     write_keyring,
 )
-from billing._models import utcnow
 from billing.errors import KeyringError
 
 __all__ = ["VeilbillCLIPlugin", "main", "veilbill"]
@@ -150,10 +150,11 @@ def keys_status(ctx: _Context) -> None:
     now = utcnow()
     for key in keyring.master_keys:
         active = " (active)" if key.key_id == keyring.active_master_id else ""
-        click.echo(f"master {key.key_id}{active}: created {key.created_at:%Y-%m-%d}, {(now - key.created_at).days} days old")
-    for key in keyring.audit_keys:
-        active = " (active)" if key.key_id == keyring.active_audit_id else ""
-        click.echo(f"audit  {key.key_id}{active}: created {key.created_at:%Y-%m-%d}")
+        age = (now - key.created_at).days
+        click.echo(f"master {key.key_id}{active}: created {key.created_at:%Y-%m-%d}, {age} days old")
+    for audit_key in keyring.audit_keys:
+        active = " (active)" if audit_key.key_id == keyring.active_audit_id else ""
+        click.echo(f"audit  {audit_key.key_id}{active}: created {audit_key.created_at:%Y-%m-%d}")
 
 
 @veilbill.group(help="Tenants (businesses).")
@@ -187,7 +188,12 @@ def audit_verify(ctx: _Context, tenant_id: str | None) -> None:
     broken = result.first_break
     report: dict[str, Any] = {"ok": result.ok, "chains": result.chains, "events": result.events}
     if broken:
-        report["first_break"] = {"chain": broken.chain, "seq": broken.seq, "event_id": broken.event_id, "reason": broken.reason}
+        report["first_break"] = {
+            "chain": broken.chain,
+            "seq": broken.seq,
+            "event_id": broken.event_id,
+            "reason": broken.reason,
+        }
     click.echo(json.dumps(report))
     if not result.ok:
         sys.exit(1)
@@ -197,10 +203,14 @@ def audit_verify(ctx: _Context, tenant_id: str | None) -> None:
 @click.option("--customers", default=12, show_default=True, type=int)
 @click.option("--invoices", default=30, show_default=True, type=int)
 @click.option("--keys-file", default="var/demo-keys.json", show_default=True, type=click.Path(path_type=Path))
-@click.option("--if-empty", is_flag=True, help="only seed when no demo keys file exists; print the keys either way")
+@click.option(
+    "--if-empty", is_flag=True, help="only seed when no demo keys file exists; print the keys either way"
+)
 @click.option("--seed", default=None, type=int, help="Faker seed, for a reproducible demo")
 @pass_context
-def demo(ctx: _Context, customers: int, invoices: int, keys_file: Path, if_empty: bool, seed: int | None) -> None:
+def demo(
+    ctx: _Context, customers: int, invoices: int, keys_file: Path, if_empty: bool, seed: int | None
+) -> None:
     from api._demo import seed_demo
 
     if if_empty and keys_file.exists():

@@ -14,12 +14,12 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import (
-    SerializationException,
     HTTPException,
     MethodNotAllowedException,
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
+    SerializationException,
     ValidationException,
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -59,7 +59,16 @@ _BILLING_STATUS: dict[type[BillingError], int] = {
 }
 
 # ids that are safe to show a caller: ids and codes chosen by the service, never input values.
-_PUBLIC_IDS = {"field", "resource", "current_status", "action", "line", "reason", "decline_code", "payment_id"}
+_PUBLIC_IDS = {
+    "field",
+    "resource",
+    "current_status",
+    "action",
+    "line",
+    "reason",
+    "decline_code",
+    "payment_id",
+}
 
 _log = get_logger("api.errors")
 
@@ -76,7 +85,12 @@ class ProblemError(Exception):
 
 
 def problem_response(
-    request: Request[Any, Any, Any], status: int, code: str, title: str, detail: str | None = None, **extra: Any
+    request: Request[Any, Any, Any],
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    **extra: Any,
 ) -> Response[dict[str, Any]]:
     body: dict[str, Any] = {
         "type": _TYPE_BASE + code,
@@ -95,7 +109,7 @@ def problem_response(
 
 def _billing_error(request: Request[Any, Any, Any], exc: BillingError) -> Response[dict[str, Any]]:
     status = next((s for cls, s in _BILLING_STATUS.items() if isinstance(exc, cls)), 422)
-    extra = {k: v for k, v in exc.ids.items() if k in _PUBLIC_IDS}
+    extra: dict[str, Any] = {k: v for k, v in exc.ids.items() if k in _PUBLIC_IDS}
     if isinstance(exc, ApiKeyInvalid):
         extra = {}  # do not tell an attacker whether a key exists, expired or was revoked
     if isinstance(exc, DecryptionError | KeyringError):
@@ -137,9 +151,7 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
         "invalid_value": "A field has a value outside what this operation accepts.",
         "invalid_request": "The request is not valid.",
     }
-    return problem_response(
-        request, 400, first["code"], titles[first["code"]], errors=problems
-    )
+    return problem_response(request, 400, first["code"], titles[first["code"]], errors=problems)
 
 
 def _describe_validation(error: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +167,11 @@ def _describe_validation(error: dict[str, Any]) -> dict[str, Any]:
         pointer = f"{source}:{key}" if source else None
     if message.startswith("Object contains unknown field"):
         code = "unknown_field"
-    elif message.startswith("Object missing required field") or "is missing" in message or "Missing required" in message:
+    elif (
+        message.startswith("Object missing required field")
+        or "is missing" in message
+        or "Missing required" in message
+    ):
         code = "missing_field"
     elif re.match(r"^Expected `[^`]+`, got `[^`]+`", message):
         code = "invalid_type"
@@ -169,13 +185,17 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     if isinstance(exc, NotAuthorizedException):
         return problem_response(request, 401, "invalid_api_key", "A valid API key is required.")
     if isinstance(exc, PermissionDeniedException):
-        return problem_response(request, 403, "forbidden_role", "This key's role does not allow this operation.")
+        return problem_response(
+            request, 403, "forbidden_role", "This key's role does not allow this operation."
+        )
     if isinstance(exc, NotFoundException):
         return problem_response(request, 404, "route_not_found", "No such route.")
     if isinstance(exc, MethodNotAllowedException):
         return problem_response(request, 405, "method_not_allowed", "This route does not accept that method.")
     if status == 413:
-        return problem_response(request, 413, "body_too_large", "The request body is larger than this service accepts.")
+        return problem_response(
+            request, 413, "body_too_large", "The request body is larger than this service accepts."
+        )
     if status == 400 and _is_decode_error(exc):
         return problem_response(request, 400, "malformed_json", "The request body is not valid JSON.")
     if status == 415:
@@ -196,7 +216,9 @@ def _is_decode_error(exc: BaseException) -> bool:
 
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     _log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
-    return problem_response(request, HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "Something went wrong on our side.")
+    return problem_response(
+        request, HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "Something went wrong on our side."
+    )
 
 
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {

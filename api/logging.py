@@ -152,18 +152,13 @@ def _redact_by_key(value: object, depth: int) -> object:
         if depth >= _MAX_DEPTH:
             return _TRUNCATED
         items = [
-            (item[0], REDACTED)
-            if _is_pii_pair(item)
-            else _redact_by_key(item, depth + 1)
-            for item in value
+            (item[0], REDACTED) if _is_pii_pair(item) else _redact_by_key(item, depth + 1) for item in value
         ]
         return items if isinstance(value, list) else tuple(items)
     return value
 
 
-def redact_pii_keys(
-    logger: WrappedLogger, method_name: str, event_dict: EventDict
-) -> EventDict:
+def redact_pii_keys(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """Replace the value of every PII key of ``event_dict``, at any depth, by REDACTED.
 
     A key is PII when its normalized name is in :data:`PII_LOG_KEYS` or ends with one of
@@ -202,8 +197,7 @@ def _map_text(value: object, scrub: Callable[[str], str], depth: int) -> object:
         if depth >= _MAX_DEPTH:
             return _TRUNCATED
         return {
-            _map_text(key, scrub, depth + 1): _map_text(item, scrub, depth + 1)
-            for key, item in value.items()
+            _map_text(key, scrub, depth + 1): _map_text(item, scrub, depth + 1) for key, item in value.items()
         }
     if isinstance(value, list | tuple):
         if depth >= _MAX_DEPTH:
@@ -239,9 +233,7 @@ def _redact_emails_in(text: str) -> str:
     return _EMAIL_RE.sub(_EMAIL_REDACTION, text)
 
 
-def redact_email_addresses(
-    logger: WrappedLogger, method_name: str, event_dict: EventDict
-) -> EventDict:
+def redact_email_addresses(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """Replace every e-mail address in every string of ``event_dict``, free text too."""
     return _map_event_text(event_dict, _redact_emails_in)
 

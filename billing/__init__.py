@@ -38,6 +38,7 @@ from billing._invoices import (
 )
 from billing._keyring import Keyring, create_keyring, load_keyring, write_keyring
 from billing._migrations import current_revision, downgrade, head_revision, upgrade
+from billing._models import utcnow
 from billing._money import Money, compute_line, compute_totals, currency_exponent
 from billing._service import Billing
 from billing._tenants import ApiKeyView, IssuedApiKey, TenantService
@@ -90,5 +91,6 @@ __all__ = [
     "seal",
     "seal_text",
     "upgrade",
+    "utcnow",
     "write_keyring",
 ]

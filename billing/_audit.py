@@ -26,8 +26,7 @@ from datetime import datetime
 from hashlib import sha256
 from typing import Any
 
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from billing._actor import Actor
 from billing._db import insert_ignore
@@ -135,7 +134,7 @@ class AuditTrail:
         """Walk the chains (or one) in order and report the first broken link."""
         heads = {
             h.chain: h
-            for h in session.scalars(
+            for h in session.exec(
                 select(AuditHead).where(AuditHead.chain == chain) if chain else select(AuditHead)
             )
         }
@@ -146,7 +145,7 @@ class AuditTrail:
         count = 0
         current: str | None = None
         expected_seq, expected_prev = 1, GENESIS_MAC
-        for event in session.scalars(query).yield_per(1000):
+        for event in session.exec(query).yield_per(1000):
             count += 1
             if event.chain != current:
                 if current is not None:
@@ -198,10 +197,7 @@ def _check_tail(head: AuditHead | None, chain: str, last_seq: int, last_mac: str
 
 def _lock_head(session: Session, chain: str) -> AuditHead:
     insert_ignore(session, AuditHead, {"chain": chain, "seq": 0, "mac": GENESIS_MAC})
-    head = session.scalars(
-        select(AuditHead).where(AuditHead.chain == chain).with_for_update()
-    ).one()
-    return head
+    return session.exec(select(AuditHead).where(AuditHead.chain == chain).with_for_update()).one()
 
 
 def _canonical(event: AuditEvent) -> bytes:

@@ -14,8 +14,7 @@ from datetime import date, datetime
 from typing import Annotated, Literal
 
 import msgspec
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from billing._actor import Actor
 from billing._audit import AuditTrail
@@ -79,13 +78,13 @@ class CustomerPatch(_Masked, kw_only=True):
     """Rectification: fields left out are unchanged; ``null`` clears a field (not ``name``)."""
 
     name: Name | msgspec.UnsetType = msgspec.UNSET
-    email: Email | None | msgspec.UnsetType = msgspec.UNSET
-    phone: Phone | None | msgspec.UnsetType = msgspec.UNSET
-    address: Address | None | msgspec.UnsetType = msgspec.UNSET
-    birth_date: date | None | msgspec.UnsetType = msgspec.UNSET
-    gender: Gender | None | msgspec.UnsetType = msgspec.UNSET
-    external_ref: Ref | None | msgspec.UnsetType = msgspec.UNSET
-    notes: Notes | None | msgspec.UnsetType = msgspec.UNSET
+    email: Email | msgspec.UnsetType | None = msgspec.UNSET
+    phone: Phone | msgspec.UnsetType | None = msgspec.UNSET
+    address: Address | msgspec.UnsetType | None = msgspec.UNSET
+    birth_date: date | msgspec.UnsetType | None = msgspec.UNSET
+    gender: Gender | msgspec.UnsetType | None = msgspec.UNSET
+    external_ref: Ref | msgspec.UnsetType | None = msgspec.UNSET
+    notes: Notes | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class CustomerView(_Masked, kw_only=True):
@@ -199,7 +198,7 @@ class CustomerService:
         with self._db.transaction() as session:
             digest = blind_index(self._keys(session).index_key(actor.tenant_id), normalized, field=field)
             column = Customer.email_bidx if field == "email" else Customer.external_ref_bidx
-            found = session.scalars(
+            found = session.exec(
                 select(Customer)
                 .where(Customer.tenant_id == actor.tenant_id, column == digest)
                 .order_by(Customer.created_at)  # type: ignore[arg-type]
@@ -239,7 +238,9 @@ class CustomerService:
             if sealed is None:
                 values[name] = None
                 continue
-            text = open_sealed_text(key, sealed, FieldContext(customer.tenant_id, "customers", name, customer.id))
+            text = open_sealed_text(
+                key, sealed, FieldContext(customer.tenant_id, "customers", name, customer.id)
+            )
             values[name] = _decode(name, text)
         return values
 
@@ -247,12 +248,16 @@ class CustomerService:
         if "email" in values:
             email = values["email"]
             customer.email_bidx = (
-                blind_index(index_key, normalize_email(email), field="email") if isinstance(email, str) else None
+                blind_index(index_key, normalize_email(email), field="email")
+                if isinstance(email, str)
+                else None
             )
         if "external_ref" in values:
             ref = values["external_ref"]
             customer.external_ref_bidx = (
-                blind_index(index_key, normalize_ref(ref), field="external_ref") if isinstance(ref, str) else None
+                blind_index(index_key, normalize_ref(ref), field="external_ref")
+                if isinstance(ref, str)
+                else None
             )
 
 
@@ -260,7 +265,7 @@ def _get(session: Session, tenant_id: str, customer_id: str, *, for_update: bool
     query = select(Customer).where(Customer.id == customer_id, Customer.tenant_id == tenant_id)
     if for_update:
         query = query.with_for_update()
-    customer = session.scalars(query).one_or_none()
+    customer = session.exec(query).one_or_none()
     if customer is None:
         raise NotFound(resource="customer")
     return customer

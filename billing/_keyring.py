@@ -181,9 +181,7 @@ class Keyring:
         raise KeyringError(f"unknown audit key id {key_id!r}", key_id=key_id)
 
 
-def _check_versions(
-    kind: str, keys: object, key_type: type[_KeyVersion], active_id: object
-) -> None:
+def _check_versions(kind: str, keys: object, key_type: type[_KeyVersion], active_id: object) -> None:
     if not isinstance(keys, tuple) or not keys:
         raise KeyringError(f"the keyring needs at least one {kind} key, as a tuple")
     if not all(type(key) is key_type for key in keys):
@@ -202,9 +200,7 @@ def create_keyring(*, now: datetime, rng: Callable[[int], bytes] = os.urandom) -
     return Keyring((master,), master.key_id, (audit,), audit.key_id)
 
 
-def add_master_key(
-    keyring: Keyring, *, now: datetime, rng: Callable[[int], bytes] = os.urandom
-) -> Keyring:
+def add_master_key(keyring: Keyring, *, now: datetime, rng: Callable[[int], bytes] = os.urandom) -> Keyring:
     """Return ``keyring`` plus a new master key ``mk_000N``, made active; old versions are kept.
 
     ``N`` is one more than the highest numbered ``mk_`` id, so a retired number is never reused.
@@ -358,9 +354,7 @@ def write_keyring(path: Path, keyring: Keyring, *, overwrite: bool = False) -> N
         else:
             os.link(temp_path, path)
     except FileExistsError:
-        raise KeyringError(
-            f"keyring file already exists: {path}; refusing to overwrite it"
-        ) from None
+        raise KeyringError(f"keyring file already exists: {path}; refusing to overwrite it") from None
     except OSError as exc:
         raise KeyringError(f"cannot write keyring file {path}: {exc.strerror}") from None
     finally:

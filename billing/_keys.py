@@ -18,8 +18,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from billing._envelope import DataKey, generate_key_material
 from billing._keyring import Keyring, unwrap_data_key, wrap_data_key
@@ -77,7 +76,7 @@ class SubjectKeys:
         cached = self._cache.get((tenant_id, subject_id, purpose))
         if cached is not None:
             return cached
-        record = self._session.scalars(
+        record = self._session.exec(
             select(DataKeyRecord).where(
                 DataKeyRecord.tenant_id == tenant_id,
                 DataKeyRecord.subject_id == subject_id,
@@ -90,9 +89,7 @@ class SubjectKeys:
             master = self._keyring.master(record.master_key_id)
         except Exception:
             raise DecryptionError() from None
-        dek = unwrap_data_key(
-            master, record.wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=record.id
-        )
+        dek = unwrap_data_key(master, record.wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=record.id)
         self._cache[(tenant_id, subject_id, purpose)] = dek
         return dek
 

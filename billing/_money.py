@@ -156,9 +156,7 @@ class Money:
 
     def _require_same_currency(self, other: Money) -> None:
         if other.currency != self.currency:
-            raise ValidationFailed(
-                "Amounts in different currencies cannot be combined.", field="currency"
-            )
+            raise ValidationFailed("Amounts in different currencies cannot be combined.", field="currency")
 
     def __add__(self, other: Money) -> Money:
         """Sum in the shared currency.
@@ -203,13 +201,9 @@ def round_half_up_div(numerator: int, denominator: int) -> int:
             not an ``int`` (``field="numerator"`` or ``field="denominator"``).
     """
     if not _is_int(numerator) or numerator < 0:
-        raise AmountOutOfRange(
-            "The numerator must be a non-negative whole number.", field="numerator"
-        )
+        raise AmountOutOfRange("The numerator must be a non-negative whole number.", field="numerator")
     if not _is_int(denominator) or denominator < 1:
-        raise AmountOutOfRange(
-            "The denominator must be a positive whole number.", field="denominator"
-        )
+        raise AmountOutOfRange("The denominator must be a positive whole number.", field="denominator")
     return (2 * numerator + denominator) // (2 * denominator)
 
 

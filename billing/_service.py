@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlmodel import select
 
 from billing._actor import Actor
 from billing._audit import AuditTrail, AuditVerification
@@ -50,7 +50,7 @@ class Billing:
                 .order_by(AuditEvent.seq)  # type: ignore[arg-type]
                 .limit(limit)
             )
-            return list(session.scalars(query))
+            return list(session.exec(query))
 
     def verify_audit(self, *, chain: str | None = None) -> AuditVerification:
         with self.db.read() as session:

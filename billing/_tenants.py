@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from billing._actor import ROLES, Actor
 from billing._audit import AuditTrail
@@ -90,7 +89,13 @@ class TenantService:
             )
             operator = Actor.operator(tenant_id)
             issued = self._insert_key(session, operator, role="admin", name="initial admin key")
-            self._audit.record(session, actor=operator, action="tenant.created", resource_type="tenant", resource_id=tenant_id)
+            self._audit.record(
+                session,
+                actor=operator,
+                action="tenant.created",
+                resource_type="tenant",
+                resource_id=tenant_id,
+            )
         return issued
 
     def issue_api_key(self, actor: Actor, *, role: str, name: str) -> IssuedApiKey:
@@ -104,7 +109,7 @@ class TenantService:
 
     def revoke_api_key(self, actor: Actor, key_id: str) -> ApiKeyView:
         with self._db.transaction() as session:
-            key = session.scalars(
+            key = session.exec(
                 select(ApiKey)
                 .where(ApiKey.id == key_id, ApiKey.tenant_id == actor.tenant_id)
                 .with_for_update()
@@ -126,7 +131,7 @@ class TenantService:
 
     def list_api_keys(self, actor: Actor) -> list[ApiKeyView]:
         with self._db.read() as session:
-            keys = session.scalars(
+            keys = session.exec(
                 select(ApiKey).where(ApiKey.tenant_id == actor.tenant_id).order_by(ApiKey.created_at)  # type: ignore[arg-type]
             )
             return [_view(k) for k in keys]
@@ -153,7 +158,7 @@ class TenantService:
             if raw_key.startswith(KEY_PREFIX) and len(raw_key) <= 100:
                 digest = hash_api_key(raw_key)
                 with self._db.read() as session:
-                    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
+                    key = session.exec(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
                 if key is not None and not hmac.compare_digest(key.key_hash, digest):
                     key = None
                 if key is not None and key.revoked_at is not None:

@@ -8,6 +8,7 @@ databases. PostgreSQL is found at ``VEILBILL_TEST_POSTGRES_URL`` (default: the l
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 from faker import Faker
 from litestar.testing import TestClient
 
@@ -134,6 +136,34 @@ def client(settings: Settings) -> Iterator[TestClient]:  # type: ignore[type-arg
     app = create_app(settings, configure_logs=False)
     with TestClient(app) as test_client:
         yield test_client
+
+
+_FOREIGN = ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put structlog and the standard library back as they were, whatever a test did."""
+    structlog_config = structlog.get_config()
+    root = logging.getLogger()
+    root_handlers, root_level = list(root.handlers), root.level
+    foreign = {
+        name: (list(logger.handlers), logger.propagate)
+        for name in _FOREIGN
+        for logger in [logging.getLogger(name)]
+    }
+    yield
+    for handler in list(root.handlers):
+        if handler not in root_handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(root_level)
+    for name, (handlers, propagate) in foreign.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+    structlog.configure(**structlog_config)
+    structlog.contextvars.clear_contextvars()
 
 
 @pytest.fixture

@@ -159,9 +159,7 @@ def _uuid_spans(text: str) -> list[tuple[int, int]]:
     return [match.span() for match in _UUID_RE.finditer(text)]
 
 
-def _overlaps(
-    spans: list[tuple[int, int]], starts: list[int], start: int, end: int
-) -> bool:
+def _overlaps(spans: list[tuple[int, int]], starts: list[int], start: int, end: int) -> bool:
     """Whether [start, end) overlaps ``spans`` (sorted, disjoint, starts ``starts``)."""
     index = bisect_left(starts, end)
     return index > 0 and spans[index - 1][1] > start

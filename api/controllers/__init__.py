@@ -6,4 +6,10 @@ from api.controllers.customers import CustomerController
 from api.controllers.health import HealthController
 from api.controllers.invoices import InvoiceController
 
-__all__ = ["AdminController", "AuditController", "CustomerController", "HealthController", "InvoiceController"]
+__all__ = [
+    "AdminController",
+    "AuditController",
+    "CustomerController",
+    "HealthController",
+    "InvoiceController",
+]

@@ -60,7 +60,9 @@ class AdminController(Controller):
     guards = [requires_role("admin")]
 
     @post("/api-keys", sync_to_thread=True, summary="Issue an API key (shown once)")
-    def issue_api_key(self, data: JSONBody[ApiKeyRequest], billing: BillingDep, actor: ActorDep) -> IssuedApiKeyResponse:
+    def issue_api_key(
+        self, data: JSONBody[ApiKeyRequest], billing: BillingDep, actor: ActorDep
+    ) -> IssuedApiKeyResponse:
         issued = billing.tenants.issue_api_key(actor, role=data.role, name=data.name)
         return IssuedApiKeyResponse(id=issued.id, key=issued.key, role=issued.role, name=issued.name)
 

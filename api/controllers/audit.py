@@ -73,7 +73,9 @@ class AuditController(Controller):
         self,
         billing: BillingDep,
         actor: ActorDep,
-        after: Annotated[int, QueryParameter(ge=0, description="return events with seq greater than this")] = 0,
+        after: Annotated[
+            int, QueryParameter(ge=0, description="return events with seq greater than this")
+        ] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> AuditEventPage:
         events = billing.audit_events(actor, after=after, limit=limit)

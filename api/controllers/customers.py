@@ -24,7 +24,9 @@ class CustomerController(Controller):
     guards = [requires_role("booking")]
 
     @post(sync_to_thread=True, summary="Create a client (PII is sealed before it is stored)")
-    def create_customer(self, data: JSONBody[CustomerInput], billing: BillingDep, actor: ActorDep) -> CustomerView:
+    def create_customer(
+        self, data: JSONBody[CustomerInput], billing: BillingDep, actor: ActorDep
+    ) -> CustomerView:
         return billing.customers.create(actor, data)
 
     @get("/{customer_id:str}", sync_to_thread=True, summary="Read a client (decrypts; audited)")

@@ -21,4 +21,6 @@ class HealthController(Controller):
     def ready(self, state: State) -> Response[dict[str, Any]]:
         checks: dict[str, str] = state.readiness()
         ok = all(v == "ok" for v in checks.values())
-        return Response({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+        return Response(
+            {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
+        )

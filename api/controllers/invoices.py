@@ -26,7 +26,9 @@ class InvoiceController(Controller):
     guards = [requires_role("booking")]
 
     @post(sync_to_thread=True, summary="Create a draft invoice")
-    def create_invoice(self, data: JSONBody[InvoiceInput], billing: BillingDep, actor: ActorDep) -> InvoiceView:
+    def create_invoice(
+        self, data: JSONBody[InvoiceInput], billing: BillingDep, actor: ActorDep
+    ) -> InvoiceView:
         return billing.invoices.create_draft(actor, data)
 
     @get("/{invoice_id:str}", sync_to_thread=True, summary="Read an invoice (decrypts; audited)")
@@ -34,7 +36,9 @@ class InvoiceController(Controller):
         return billing.invoices.read(actor, invoice_id)
 
     @patch("/{invoice_id:str}", sync_to_thread=True, summary="Edit a draft invoice")
-    def update_invoice(self, invoice_id: FromPath[str], data: JSONBody[InvoicePatch], billing: BillingDep, actor: ActorDep) -> InvoiceView:
+    def update_invoice(
+        self, invoice_id: FromPath[str], data: JSONBody[InvoicePatch], billing: BillingDep, actor: ActorDep
+    ) -> InvoiceView:
         return billing.invoices.update_draft(actor, invoice_id, data)
 
     @get(sync_to_thread=True, summary="List invoices (newest first, cursor-paginated; no content)")
@@ -59,10 +63,17 @@ class InvoiceController(Controller):
             limit=limit,
             cursor=cursor,
         )
-        return billing.invoices.list(actor, query)
+        return billing.invoices.list_invoices(actor, query)
 
-    @post("/{invoice_id:str}/finalize", status_code=200, sync_to_thread=True, summary="Finalize: number and open")
-    def finalize_invoice(self, invoice_id: FromPath[str], billing: BillingDep, actor: ActorDep) -> InvoiceView:
+    @post(
+        "/{invoice_id:str}/finalize",
+        status_code=200,
+        sync_to_thread=True,
+        summary="Finalize: number and open",
+    )
+    def finalize_invoice(
+        self, invoice_id: FromPath[str], billing: BillingDep, actor: ActorDep
+    ) -> InvoiceView:
         return billing.invoices.finalize(actor, invoice_id)
 
     @post("/{invoice_id:str}/void", status_code=200, sync_to_thread=True, summary="Void an open invoice")
@@ -75,5 +86,7 @@ class InvoiceController(Controller):
         sync_to_thread=True,
         summary="Mark an open invoice uncollectible",
     )
-    def mark_invoice_uncollectible(self, invoice_id: FromPath[str], billing: BillingDep, actor: ActorDep) -> InvoiceView:
+    def mark_invoice_uncollectible(
+        self, invoice_id: FromPath[str], billing: BillingDep, actor: ActorDep
+    ) -> InvoiceView:
         return billing.invoices.mark_uncollectible(actor, invoice_id)

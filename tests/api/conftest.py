@@ -43,7 +43,9 @@ def make_tenant(client: TestClient, billing: Billing, name: str) -> TenantKeys: 
 @pytest.fixture
 def app_billing(settings: Settings) -> Iterator[Billing]:
     """A second handle on the app's database and keyring, for seeding and for raw checks."""
-    billing = Billing(db=Database(DatabaseConfig(settings.database_url)), keyring=load_keyring(settings.keyring_path))
+    billing = Billing(
+        db=Database(DatabaseConfig(settings.database_url)), keyring=load_keyring(settings.keyring_path)
+    )
     yield billing
     billing.db.dispose()
 

@@ -35,7 +35,12 @@ def test_ready_reports_an_unreachable_database(keyring_path: Path, tmp_path: Pat
 def test_openapi_lists_every_v1_route(client: TestClient) -> None:
     schema = client.get("/schema/openapi.json").json()
     paths = set(schema["paths"])
-    for expected in ("/v1/customers", "/v1/invoices/{invoice_id}/finalize", "/v1/admin/api-keys", "/v1/audit/verify"):
+    for expected in (
+        "/v1/customers",
+        "/v1/invoices/{invoice_id}/finalize",
+        "/v1/admin/api-keys",
+        "/v1/audit/verify",
+    ):
         assert expected in paths
     assert "ApiKey" in schema["components"]["securitySchemes"]
 
@@ -49,6 +54,9 @@ def test_swagger_ui_is_served_locally(client: TestClient) -> None:
 
 
 def test_request_id_is_echoed_when_safe(client: TestClient) -> None:
-    assert client.get("/health/live", headers={"X-Request-Id": "abc-12345678"}).headers["x-request-id"] == "abc-12345678"
+    assert (
+        client.get("/health/live", headers={"X-Request-Id": "abc-12345678"}).headers["x-request-id"]
+        == "abc-12345678"
+    )
     generated = client.get("/health/live", headers={"X-Request-Id": "<script>"}).headers["x-request-id"]
     assert generated.startswith("req_")

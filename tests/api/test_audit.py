@@ -13,7 +13,11 @@ from .conftest import TenantKeys, customer_payload
 
 
 def _read_customer(client: TestClient, tenant: TenantKeys, fake: Faker) -> str:
-    cid = str(client.post("/v1/customers", json=customer_payload(fake), headers=tenant.headers("booking")).json()["id"])
+    cid = str(
+        client.post("/v1/customers", json=customer_payload(fake), headers=tenant.headers("booking")).json()[
+            "id"
+        ]
+    )
     client.get(f"/v1/customers/{cid}", headers=tenant.headers("booking"))
     return cid
 
@@ -30,7 +34,9 @@ def test_events_and_verification(client: TestClient, tenant: TenantKeys, fake: F
     assert verified == {"ok": True, "events": len(events), "first_break": None}
 
 
-def test_edited_event_is_named(client: TestClient, tenant: TenantKeys, fake: Faker, app_billing: Billing) -> None:
+def test_edited_event_is_named(
+    client: TestClient, tenant: TenantKeys, fake: Faker, app_billing: Billing
+) -> None:
     cid = _read_customer(client, tenant, fake)
     with app_billing.db.transaction() as session:
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "customer.read")).one()
@@ -45,7 +51,9 @@ def test_edited_event_is_named(client: TestClient, tenant: TenantKeys, fake: Fak
     assert cid not in str(result)
 
 
-def test_deleted_event_is_named(client: TestClient, tenant: TenantKeys, fake: Faker, app_billing: Billing) -> None:
+def test_deleted_event_is_named(
+    client: TestClient, tenant: TenantKeys, fake: Faker, app_billing: Billing
+) -> None:
     _read_customer(client, tenant, fake)
     with app_billing.db.transaction() as session:
         victim = session.scalars(
@@ -64,7 +72,9 @@ def test_only_auditors_read_the_trail(client: TestClient, tenant: TenantKeys) ->
         assert client.get("/v1/audit/verify", headers=tenant.headers(role)).status_code == 403
 
 
-def test_auditor_sees_only_its_tenant(client: TestClient, tenant: TenantKeys, other_tenant: TenantKeys, fake: Faker) -> None:
+def test_auditor_sees_only_its_tenant(
+    client: TestClient, tenant: TenantKeys, other_tenant: TenantKeys, fake: Faker
+) -> None:
     cid = _read_customer(client, tenant, fake)
     theirs = client.get("/v1/audit/events", headers=other_tenant.headers("auditor")).json()["data"]
     assert all(e["subject_id"] != cid for e in theirs)

@@ -47,10 +47,10 @@ def _planted(body: dict[str, Any], path: tuple[Any, ...], card: str) -> dict[str
 
 
 @pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
+def log_stream(restore_logging: None) -> io.StringIO:
     stream = io.StringIO()
     configure_logging(level="DEBUG", stream=stream)
-    yield stream
+    return stream
 
 
 def test_card_number_in_any_customer_field_is_refused(
@@ -61,7 +61,9 @@ def test_card_number_in_any_customer_field_is_refused(
     assert len(paths) >= 9
     for index, path in enumerate(paths):
         card = CARDS[index % len(CARDS)]
-        response = client.post("/v1/customers", json=_planted(body, path, card), headers=tenant.headers("booking"))
+        response = client.post(
+            "/v1/customers", json=_planted(body, path, card), headers=tenant.headers("booking")
+        )
         assert response.status_code == 422, (path, response.text)
         assert response.json()["code"] == "card_data_rejected"
         assert response.json()["fields"] == [_pointer(path)]
@@ -79,10 +81,14 @@ def test_card_number_in_any_customer_field_is_refused(
 def test_card_number_in_any_invoice_field_is_refused(
     client: TestClient, tenant: TenantKeys, fake: Faker, app_billing: Billing
 ) -> None:
-    customer_id = client.post("/v1/customers", json=customer_payload(fake), headers=tenant.headers("booking")).json()["id"]
+    customer_id = client.post(
+        "/v1/customers", json=customer_payload(fake), headers=tenant.headers("booking")
+    ).json()["id"]
     body = invoice_payload(customer_id, fake)
     for path in _string_paths(body):
-        response = client.post("/v1/invoices", json=_planted(body, path, CARDS[0]), headers=tenant.headers("booking"))
+        response = client.post(
+            "/v1/invoices", json=_planted(body, path, CARDS[0]), headers=tenant.headers("booking")
+        )
         assert response.status_code == 422, path
         assert response.json()["code"] == "card_data_rejected"
     as_number = json.loads(json.dumps(body))
@@ -94,7 +100,9 @@ def test_card_number_in_any_invoice_field_is_refused(
 
 
 @pytest.mark.parametrize("field", ["card_number", "cardNumber", "cvc", "cvv", "pan"])
-def test_card_field_names_are_refused(client: TestClient, tenant: TenantKeys, fake: Faker, field: str) -> None:
+def test_card_field_names_are_refused(
+    client: TestClient, tenant: TenantKeys, fake: Faker, field: str
+) -> None:
     body = customer_payload(fake) | {field: "123"}
     response = client.post("/v1/customers", json=body, headers=tenant.headers("booking"))
     assert response.status_code == 422
@@ -109,12 +117,17 @@ def test_card_number_in_query_path_and_raw_body(client: TestClient, tenant: Tena
     path = client.get(f"/v1/customers/{CARDS[0]}", headers=headers)
     assert path.json()["code"] == "card_data_rejected"
     raw = client.post(
-        "/v1/customers", content=f"not json {CARDS[1]}".encode(), headers=headers | {"content-type": "text/plain"}
+        "/v1/customers",
+        content=f"not json {CARDS[1]}".encode(),
+        headers=headers | {"content-type": "text/plain"},
     )
     assert raw.json()["code"] == "card_data_rejected"
     assert CARDS[1] not in raw.text
 
 
 def test_ordinary_digits_pass(client: TestClient, tenant: TenantKeys, fake: Faker) -> None:
-    body = customer_payload(fake) | {"phone": "+33 6 12 34 56 78", "notes": "booking 2026-11-22 room 1204, ref 123456789012"}
+    body = customer_payload(fake) | {
+        "phone": "+33 6 12 34 56 78",
+        "notes": "booking 2026-11-22 room 1204, ref 123456789012",
+    }
     assert client.post("/v1/customers", json=body, headers=tenant.headers("booking")).status_code == 201

@@ -35,7 +35,13 @@ def test_draft_totals_are_computed_by_the_server(
     body["lines"] = [
         {"description": "Cut", "quantity": 1, "unit_amount": 4500, "tax_rate_bps": 2000, "category": "hair"},
         {"description": "Colour", "quantity": 3, "unit_amount": 333, "tax_rate_bps": 550, "category": "hair"},
-        {"description": "Product", "quantity": 1, "unit_amount": 1999, "tax_rate_bps": 2000, "category": "retail"},
+        {
+            "description": "Product",
+            "quantity": 1,
+            "unit_amount": 1999,
+            "tax_rate_bps": 2000,
+            "category": "retail",
+        },
     ]
     invoice = _draft(client, tenant, body)
     # 999 * 5.5 % = 54.945 → 55 (half-up per line); 4500 + 1999 at 20 % → 900 + 399.8 → 400
@@ -49,7 +55,9 @@ def test_draft_totals_are_computed_by_the_server(
     assert [line["description"] for line in invoice["lines"]] == ["Cut", "Colour", "Product"]
 
 
-def test_zero_exponent_currency(client: TestClient, tenant: TenantKeys, customer_id: str, fake: Faker) -> None:
+def test_zero_exponent_currency(
+    client: TestClient, tenant: TenantKeys, customer_id: str, fake: Faker
+) -> None:
     body = invoice_payload(customer_id, fake, lines=1)
     body["currency"] = "JPY"
     invoice = _draft(client, tenant, body)
@@ -62,7 +70,10 @@ def test_edit_draft_replaces_lines_and_recomputes(
     invoice = _draft(client, tenant, invoice_payload(customer_id, fake))
     patched = client.patch(
         f"/v1/invoices/{invoice['id']}",
-        json={"lines": [{"description": "Massage", "unit_amount": 6000, "tax_rate_bps": 1000}], "notes": None},
+        json={
+            "lines": [{"description": "Massage", "unit_amount": 6000, "tax_rate_bps": 1000}],
+            "notes": None,
+        },
         headers=tenant.headers("booking"),
     )
     assert patched.status_code == 200, patched.text
@@ -95,7 +106,9 @@ def test_each_tenant_has_its_own_sequence(
     ).json()["id"]
     for keys, cid in ((tenant, customer_id), (other_tenant, other_customer)):
         invoice = _draft(client, keys, invoice_payload(cid, fake))
-        number = client.post(f"/v1/invoices/{invoice['id']}/finalize", headers=keys.headers("booking")).json()["number"]
+        number = client.post(
+            f"/v1/invoices/{invoice['id']}/finalize", headers=keys.headers("booking")
+        ).json()["number"]
         assert number.endswith("-000001")
 
 
@@ -117,7 +130,9 @@ def test_state_machine(client: TestClient, tenant: TenantKeys, customer_id: str,
     assert client.post(f"{path}/void", headers=headers).status_code == 409
 
 
-def test_finalize_refuses_an_empty_invoice(client: TestClient, tenant: TenantKeys, customer_id: str, fake: Faker) -> None:
+def test_finalize_refuses_an_empty_invoice(
+    client: TestClient, tenant: TenantKeys, customer_id: str, fake: Faker
+) -> None:
     invoice = _draft(client, tenant, invoice_payload(customer_id, fake, lines=0))
     response = client.post(f"/v1/invoices/{invoice['id']}/finalize", headers=tenant.headers("booking"))
     assert response.status_code == 422
@@ -125,9 +140,14 @@ def test_finalize_refuses_an_empty_invoice(client: TestClient, tenant: TenantKey
     assert response.json()["field"] == "lines"
 
 
-def test_list_filters_and_paginates(client: TestClient, tenant: TenantKeys, customer_id: str, fake: Faker) -> None:
+def test_list_filters_and_paginates(
+    client: TestClient, tenant: TenantKeys, customer_id: str, fake: Faker
+) -> None:
     headers = tenant.headers("booking")
-    ids = [_draft(client, tenant, invoice_payload(customer_id, fake) | {"booking_ref": f"bk-{i}"})["id"] for i in range(5)]
+    ids = [
+        _draft(client, tenant, invoice_payload(customer_id, fake) | {"booking_ref": f"bk-{i}"})["id"]
+        for i in range(5)
+    ]
     client.post(f"/v1/invoices/{ids[0]}/finalize", headers=headers)
     seen: list[str] = []
     cursor = None
@@ -145,16 +165,22 @@ def test_list_filters_and_paginates(client: TestClient, tenant: TenantKeys, cust
     open_ = client.get("/v1/invoices", params={"status": "open"}, headers=headers).json()["data"]
     assert [inv["id"] for inv in open_] == [ids[0]]
     issued = open_[0]["issue_date"]
-    in_period = client.get("/v1/invoices", params={"from": issued, "to": issued}, headers=headers).json()["data"]
+    in_period = client.get("/v1/invoices", params={"from": issued, "to": issued}, headers=headers).json()[
+        "data"
+    ]
     assert [inv["id"] for inv in in_period] == [ids[0]]
     before = client.get("/v1/invoices", params={"to": "2000-01-01"}, headers=headers).json()["data"]
     assert before == []
-    by_customer = client.get("/v1/invoices", params={"customer_id": customer_id}, headers=headers).json()["data"]
+    by_customer = client.get("/v1/invoices", params={"customer_id": customer_id}, headers=headers).json()[
+        "data"
+    ]
     assert len(by_customer) == 5
 
 
 def test_a_forged_cursor_is_refused(client: TestClient, tenant: TenantKeys) -> None:
-    response = client.get("/v1/invoices", params={"cursor": "bm90LWEtY3Vyc29y"}, headers=tenant.headers("booking"))
+    response = client.get(
+        "/v1/invoices", params={"cursor": "bm90LWEtY3Vyc29y"}, headers=tenant.headers("booking")
+    )
     assert response.status_code == 422
     assert response.json()["field"] == "cursor"
 
@@ -186,8 +212,12 @@ def test_another_tenants_invoice_is_not_found(
     assert cross.status_code == 404 and cross.json()["resource"] == "customer"
 
 
-def test_accountant_cannot_touch_invoices(client: TestClient, tenant: TenantKeys, customer_id: str, fake: Faker) -> None:
-    response = client.post("/v1/invoices", json=invoice_payload(customer_id, fake), headers=tenant.headers("accountant"))
+def test_accountant_cannot_touch_invoices(
+    client: TestClient, tenant: TenantKeys, customer_id: str, fake: Faker
+) -> None:
+    response = client.post(
+        "/v1/invoices", json=invoice_payload(customer_id, fake), headers=tenant.headers("accountant")
+    )
     assert response.status_code == 403
 
 

@@ -11,7 +11,6 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,32 +34,11 @@ OTHER_CARD = "5555-5555-5555-4444"
 EMAIL = "alice.martin@example.com"
 NAME = "Alice Martin"
 SECRETS = (CARD, CARD_SPACED, OTHER_CARD, "5555555555554444", EMAIL, NAME)
-_FOREIGN = ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar")
 
 
 @pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Put structlog and the standard library back as they were, whatever a test did."""
-    structlog_config = structlog.get_config()
-    root = logging.getLogger()
-    root_handlers, root_level = list(root.handlers), root.level
-    foreign = {
-        name: (list(logger.handlers), logger.propagate)
-        for name in _FOREIGN
-        for logger in [logging.getLogger(name)]
-    }
-    yield
-    for handler in list(root.handlers):
-        if handler not in root_handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(root_level)
-    for name, (handlers, propagate) in foreign.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:] = handlers
-        logger.propagate = propagate
-    structlog.configure(**structlog_config)
-    structlog.contextvars.clear_contextvars()
+def _restore(restore_logging: None) -> None:
+    """Every test here reconfigures logging; the shared fixture puts it back."""
 
 
 def configured_stream(level: str = "INFO") -> io.StringIO:
@@ -116,10 +94,7 @@ def test_every_record_is_json_and_nothing_secret_is_written() -> None:
     assert failed["level"] == "error"
     assert failed["invoice_id"] == "inv_1"
     assert "Traceback" in failed["exception"]
-    assert (
-        "ValueError: card [REDACTED PAN] refused for [REDACTED EMAIL]"
-        in failed["exception"]
-    )
+    assert "ValueError: card [REDACTED PAN] refused for [REDACTED EMAIL]" in failed["exception"]
 
     assert foreign["logger"] == "uvicorn.error"
     assert foreign["level"] == "error"
@@ -145,9 +120,7 @@ def test_uvicorn_handlers_are_detached_so_records_reach_the_redacting_handler() 
     access.addHandler(logging.StreamHandler(private))
     access.propagate = False
     stream = configured_stream()
-    access.info(
-        '%s - "%s %s HTTP/%s" %d', "10.0.0.1", "GET", f"/v1?q={CARD}", "1.1", 200
-    )
+    access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.1", "GET", f"/v1?q={CARD}", "1.1", 200)
     assert private.getvalue() == ""
     (record,) = json_lines(stream.getvalue())
     assert record["event"] == '10.0.0.1 - "GET /v1?q=[REDACTED PAN] HTTP/1.1" 200'
@@ -267,9 +240,7 @@ def test_capture_logs_with_the_redacting_processors() -> None:
     ],
 )
 def test_pii_keys_are_redacted_at_any_depth(key: str) -> None:
-    event = run(
-        redact_pii_keys, {"event": "e", key: "v", "nested": [{"deep": {key: "v"}}]}
-    )
+    event = run(redact_pii_keys, {"event": "e", key: "v", "nested": [{"deep": {key: "v"}}]})
     assert event == {
         "event": "e",
         key: "[REDACTED]",
@@ -292,9 +263,7 @@ def test_pii_key_set_is_normalized_and_includes_card_fields() -> None:
 
 
 def test_byte_header_pairs_are_redacted() -> None:
-    event = run(
-        redact_pii_keys, {"headers": ((b"cookie", b"session=1"), (b"host", b"x"))}
-    )
+    event = run(redact_pii_keys, {"headers": ((b"cookie", b"session=1"), (b"host", b"x"))})
     assert event["headers"] == ((b"cookie", "[REDACTED]"), (b"host", b"x"))
 
 

@@ -16,9 +16,7 @@ HEX_64 = re.compile(r"[0-9a-f]{64}")
 
 
 def test_known_answer_matches_documented_construction() -> None:
-    expected = hmac.new(
-        TENANT_KEY, b"\x00\x05email" + b"ana@example.com", hashlib.sha256
-    ).hexdigest()
+    expected = hmac.new(TENANT_KEY, b"\x00\x05email" + b"ana@example.com", hashlib.sha256).hexdigest()
 
     assert blind_index(TENANT_KEY, "ana@example.com", field="email") == expected
 

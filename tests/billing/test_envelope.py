@@ -134,13 +134,10 @@ def test_vector_matches_layout_built_by_hand(vector: Vector) -> None:
         vector.context.row_id,
     )
     context_part = b"veilbill-field" + b"".join(
-        len(field.encode("utf-8")).to_bytes(2, "big") + field.encode("utf-8")
-        for field in context_fields
+        len(field.encode("utf-8")).to_bytes(2, "big") + field.encode("utf-8") for field in context_fields
     )
     associated_data = header + context_part
-    ciphertext_and_tag = AESGCM(vector.key.material).encrypt(
-        vector.nonce, vector.plaintext, associated_data
-    )
+    ciphertext_and_tag = AESGCM(vector.key.material).encrypt(vector.nonce, vector.plaintext, associated_data)
 
     assert associated_data == vector.associated_data
     assert header + vector.nonce + ciphertext_and_tag == vector.blob

@@ -24,7 +24,9 @@ def _setup(billing: Billing, fake: Faker) -> tuple[Actor, str]:
 
 def _draft(billing: Billing, actor: Actor, customer_id: str) -> str:
     line = InvoiceLineInput(description="Night", unit_amount=10000, tax_rate_bps=1000)
-    return billing.invoices.create_draft(actor, InvoiceInput(customer_id=customer_id, currency="EUR", lines=[line])).id
+    return billing.invoices.create_draft(
+        actor, InvoiceInput(customer_id=customer_id, currency="EUR", lines=[line])
+    ).id
 
 
 def test_concurrent_finalizations_are_gapless_and_unique(billing: Billing, fake: Faker) -> None:

@@ -67,13 +67,9 @@ def valid_document() -> dict[str, Any]:
         "format": "veilbill-keyring",
         "version": 1,
         "active_master_key": "mk_0001",
-        "master_keys": [
-            {"id": "mk_0001", "created_at": "2026-11-22T06:00:00Z", "material": material}
-        ],
+        "master_keys": [{"id": "mk_0001", "created_at": "2026-11-22T06:00:00Z", "material": material}],
         "active_audit_key": "ak_0001",
-        "audit_keys": [
-            {"id": "ak_0001", "created_at": "2026-11-22T06:00:00Z", "material": material}
-        ],
+        "audit_keys": [{"id": "ak_0001", "created_at": "2026-11-22T06:00:00Z", "material": material}],
     }
 
 
@@ -410,10 +406,7 @@ def test_values_wrapped_under_old_master_stay_readable_after_rotation(
     master = loaded.master(sealed_key_id(wrapped))
 
     assert master.key_id == "mk_0001"
-    assert (
-        unwrap_data_key(master, wrapped, tenant_id="tn_1", purpose="profile", dek_id=dek.key_id)
-        == dek
-    )
+    assert unwrap_data_key(master, wrapped, tenant_id="tn_1", purpose="profile", dek_id=dek.key_id) == dek
     assert (
         sealed_key_id(wrap_data_key(loaded.active_master, dek, tenant_id="tn_1", purpose="profile"))
         == "mk_0002"
@@ -471,9 +464,7 @@ def test_wrapped_dek_moved_elsewhere_fails_opaquely(
     wrapped = wrap_data_key(keyring.active_master, DEK, tenant_id="tn_1", purpose="profile")
 
     with pytest.raises(DecryptionError) as info:
-        unwrap_data_key(
-            keyring.active_master, wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=dek_id
-        )
+        unwrap_data_key(keyring.active_master, wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=dek_id)
 
     assert str(info.value) == OPAQUE_MESSAGE
     assert info.value.__cause__ is None
@@ -504,9 +495,7 @@ def test_unwrap_with_other_master_version_fails(keyring: Keyring) -> None:
 
 
 def test_unwrap_of_tampered_blob_fails(keyring: Keyring) -> None:
-    wrapped = bytearray(
-        wrap_data_key(keyring.active_master, DEK, tenant_id="tn_1", purpose="profile")
-    )
+    wrapped = bytearray(wrap_data_key(keyring.active_master, DEK, tenant_id="tn_1", purpose="profile"))
     wrapped[-1] ^= 1
 
     with pytest.raises(DecryptionError):

@@ -266,9 +266,7 @@ def test_round_half_up_div(numerator: int, denominator: int, expected: int) -> N
         (10, 2.0, "denominator"),
     ],
 )
-def test_round_half_up_div_refuses_bad_operands(
-    numerator: object, denominator: object, field: str
-) -> None:
+def test_round_half_up_div_refuses_bad_operands(numerator: object, denominator: object, field: str) -> None:
     with pytest.raises(AmountOutOfRange) as info:
         round_half_up_div(numerator, denominator)  # type: ignore[arg-type]
     assert info.value.ids == {"field": field}

@@ -62,9 +62,7 @@ def test_luhn_rejects_a_changed_check_digit(number: str) -> None:
     assert not luhn_valid(changed)
 
 
-@pytest.mark.parametrize(
-    "text", ["", "4242 4242 4242 4242", "4242-4242", "42a2", "-42"]
-)
+@pytest.mark.parametrize("text", ["", "4242 4242 4242 4242", "4242-4242", "42a2", "-42"])
 def test_luhn_refuses_non_digits_without_raising(text: str) -> None:
     assert not luhn_valid(text)
 
@@ -380,9 +378,7 @@ def test_keys_that_are_card_numbers_are_reported_redacted() -> None:
 
 
 def test_nested_paths_under_a_card_key_are_redacted_too() -> None:
-    assert find_card_data({"x y": {VISA: TEST_CARDS["amex"]}}) == [
-        f'$["x y"]["{PAN_REDACTION}"]'
-    ]
+    assert find_card_data({"x y": {VISA: TEST_CARDS["amex"]}}) == [f'$["x y"]["{PAN_REDACTION}"]']
 
 
 def test_custom_root_path_and_tuples() -> None:

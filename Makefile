@@ -1,0 +1,51 @@
+# Veilbill — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+export VEILBILL_DATABASE_URL ?= sqlite:///var/veilbill.db
+export VEILBILL_KEYRING_PATH ?= var/keyring.json
+export VEILBILL_PUBLIC_URL ?= http://$(HOST):$(PORT)
+
+.PHONY: help install run test lint typecheck check clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11 is required"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "Python 3.11 is required ($(PYTHON) is not)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install Veilbill with its dev tools
+
+run: install ## Start the service on SQLite with a demo tenant (prints its keys and URLs)
+	@mkdir -p var
+	@$(BIN)/veilbill db upgrade
+	@$(BIN)/veilbill keys init --if-missing
+	@$(BIN)/veilbill demo --if-empty
+	@$(BIN)/veilbill serve --host $(HOST) --port $(PORT)
+
+test: install ## Run the whole test suite (SQLite, PostgreSQL, Chromium)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff (lint and format check) and the import-direction contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: install ## mypy --strict
+	$(BIN)/mypy
+
+check: lint typecheck test ## Everything CI runs
+
+clean: ## Remove the virtualenv, caches and local data (var/: database and keyring!)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var *.egg-info

@@ -1,0 +1,137 @@
+"""The ``veilbill`` console script, run as an operator runs it: a real process, a real database."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import stat
+from pathlib import Path
+
+from sqlalchemy import inspect
+
+from billing import Database, DatabaseConfig, head_revision
+
+from .conftest import Operator, free_port
+
+ROLES = ("admin", "booking", "accountant", "auditor")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _commands(help_text: str) -> set[str]:
+    """The command names listed under ``Commands:`` in click's help."""
+    _, _, listing = help_text.partition("Commands:")
+    return {line.split()[0] for line in listing.splitlines() if line.startswith("  ") and line.split()}
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    operator = Operator("sqlite:///unused.db", tmp_path / "unused.json", tmp_path)
+    result = operator.run("--help")
+    assert {"serve", "db", "keys", "tenants", "audit", "demo"} <= _commands(result.stdout)
+    assert not (tmp_path / "unused.db").exists(), "--help must not touch the database"
+
+
+def test_the_schema_migrates_from_empty_and_serve_refuses_until_it_has(operator: Operator) -> None:
+    assert "schema at revision None" in operator.run("db", "downgrade", "--revision", "base").stdout
+
+    refused = operator.run("serve", "--port", str(free_port()), expect=1)
+    assert "veilbill db upgrade" in refused.stderr
+
+    assert operator.run("db", "upgrade").stdout.strip() == f"schema at revision {head_revision()}"
+    db = Database(DatabaseConfig(operator.database_url))
+    try:
+        tables = set(inspect(db.engine).get_table_names())
+    finally:
+        db.dispose()
+    assert {"tenants", "customers", "invoices", "audit_events"} <= tables
+    assert operator.run("db", "upgrade").stdout.strip() == f"schema at revision {head_revision()}"
+
+
+def test_keys_init_writes_a_private_keyring_once_and_status_shows_no_material(
+    database_url: str, tmp_path: Path
+) -> None:
+    keyring_path = tmp_path / "secrets" / "keyring.json"
+    operator = Operator(database_url, keyring_path, tmp_path)
+
+    operator.run("keys", "init")
+    assert _mode(keyring_path) == 0o600
+    written = keyring_path.read_bytes()
+
+    refused = operator.run("keys", "init", expect=None)
+    assert refused.returncode != 0
+    assert "refusing to overwrite" in refused.stderr
+    assert operator.run("keys", "init", "--if-missing").returncode == 0
+    assert keyring_path.read_bytes() == written, "the keyring must never be replaced"
+    assert _mode(keyring_path) == 0o600
+
+    assert operator.sql("SELECT action FROM audit_events WHERE chain = 'system'") == [("keys.initialized",)]
+
+    document = json.loads(written)
+    entries = document["master_keys"] + document["audit_keys"]
+    status = operator.run("keys", "status")
+    printed = status.stdout + status.stderr
+    for entry in entries:
+        assert entry["id"] in printed
+        material = base64.b64decode(entry["material"])
+        for encoding in (
+            entry["material"],
+            base64.urlsafe_b64encode(material).decode(),
+            base64.b32encode(material).decode(),
+            material.hex(),
+        ):
+            assert encoding not in printed
+            assert encoding.rstrip("=")[:16] not in printed
+    assert f"{document['active_master_key']} (active)" in printed
+
+
+def test_audit_verify_passes_then_names_the_tampered_event(operator: Operator) -> None:
+    issued = operator.create_tenant("Salon X")
+    assert set(issued) == {"tenant_id", "admin_key"}
+    assert issued["admin_key"].startswith("vb_")
+    tenant = issued["tenant_id"]
+
+    clean = json.loads(operator.run("audit", "verify").stdout)
+    assert clean["ok"] is True
+    assert clean["events"] >= 1
+    assert "first_break" not in clean
+
+    [(event_id,)] = operator.sql("SELECT id FROM audit_events WHERE chain = :chain AND seq = 1", chain=tenant)
+    operator.sql("UPDATE audit_events SET action = 'x' WHERE chain = :chain AND seq = 1", chain=tenant)
+
+    tampered = operator.run("audit", "verify", expect=1)
+    report = json.loads(tampered.stdout)
+    assert report["ok"] is False
+    assert report["first_break"]["chain"] == tenant
+    assert report["first_break"]["seq"] == 1
+    assert report["first_break"]["event_id"] == event_id
+    assert (
+        json.loads(operator.run("audit", "verify", "--tenant", tenant, expect=1).stdout)["first_break"]["seq"]
+        == 1
+    )
+
+
+def test_demo_seeds_a_tenant_and_prints_one_key_per_role(operator: Operator, tmp_path: Path) -> None:
+    keys_file = tmp_path / "demo" / "keys.json"
+    result = operator.run("demo", "--customers", "3", "--invoices", "5", "--keys-file", str(keys_file))
+
+    printed = dict(
+        re.findall(r"^\s+(admin|booking|accountant|auditor)\s+(vb_\S+)$", result.stdout, re.MULTILINE)
+    )
+    assert set(printed) == set(ROLES)
+    assert len(set(printed.values())) == len(ROLES)
+    assert _mode(keys_file) == 0o600
+    stored = json.loads(keys_file.read_text())
+    assert stored["keys"] == printed
+    tenant = stored["tenant_id"]
+    assert operator.sql("SELECT count(*) FROM customers WHERE tenant_id = :t", t=tenant) == [(3,)]
+    assert operator.sql("SELECT count(*) FROM invoices WHERE tenant_id = :t", t=tenant) == [(5,)]
+
+    again = operator.run("demo", "--if-empty", "--keys-file", str(keys_file))
+    assert (
+        dict(re.findall(r"^\s+(admin|booking|accountant|auditor)\s+(vb_\S+)$", again.stdout, re.MULTILINE))
+        == printed
+    )
+    assert operator.sql("SELECT count(*) FROM tenants") == [(1,)]
