@@ -82,6 +82,7 @@ def serve(ctx: _Context, host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         log_config=None,
+        access_log=False,  # our own access log (api.middleware) leaves out query strings
         proxy_headers=False,
     )
 
@@ -238,4 +239,6 @@ class VeilbillCLIPlugin(CLIPluginProtocol):
 
 
 def main() -> None:
+    # Files this process creates (SQLite database and WAL, logs, exports) are for its owner only.
+    os.umask(0o077)
     veilbill(prog_name="veilbill")

@@ -120,7 +120,8 @@ propagate to the root logger and through the redacting formatter."""
 
 # Linear: a match can only start where the local part starts (the lookbehind), and the
 # quantified classes are separated by characters they cannot match ("@", ".").
-_EMAIL_RE: Final = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)+")
+# "@" or its percent-encoding "%40" (an address copied from a URL or query string).
+_EMAIL_RE: Final = re.compile(r"(?<![\w.%+-])[\w.%+-]+?(?:@|%40)[\w-]+(?:\.[\w-]+)+", re.IGNORECASE)
 
 _CARD_INTEGER_LIMIT: Final = 10**19
 """Integers at or beyond this have more than 19 digits and cannot be card numbers."""
@@ -228,7 +229,7 @@ def redact_card_numbers_processor(
 
 
 def _redact_emails_in(text: str) -> str:
-    if "@" not in text:
+    if "@" not in text and "%40" not in text:
         return text
     return _EMAIL_RE.sub(_EMAIL_REDACTION, text)
 
@@ -307,6 +308,9 @@ def configure_logging(
         for own in list(foreign.handlers):
             foreign.removeHandler(own)
         foreign.propagate = True
+    # uvicorn's access log prints the raw request line, query string included (``?email=…``);
+    # the service writes its own access log without it (``veilbill.access``).
+    logging.getLogger("uvicorn.access").disabled = True
 
     structlog.configure(
         processors=[

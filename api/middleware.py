@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from functools import partial
 from typing import Any
 
@@ -17,9 +18,11 @@ import msgspec
 import structlog
 from litestar import Request
 from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.logging import get_logger
 from billing import Actor, Billing
 from tokenization import (
     CardDataRejected,
@@ -32,23 +35,43 @@ __all__ = ["RequestIdMiddleware", "refuse_card_data"]
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+_access_log = get_logger("veilbill.access")
 
 
 class RequestIdMiddleware(ASGIMiddleware):
-    """Gives every request an id (the caller's ``X-Request-Id`` when it is a safe token)."""
+    """Gives every request an id (the caller's ``X-Request-Id`` when it is a safe token) and logs it.
+
+    This is the service's access log (uvicorn's is off): method, path, status and duration, never
+    the query string — lookups such as ``?email=`` carry PII — nor any header.
+    """
+
+    scopes = (ScopeType.HTTP,)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         offered = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
         request_id = offered if _SAFE_REQUEST_ID.match(offered) else f"req_{secrets.token_hex(12)}"
         scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 MutableScopeHeaders.from_message(message)["X-Request-Id"] = request_id
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
-            await next_app(scope, receive, send_with_id)
+            try:
+                await next_app(scope, receive, send_with_id)
+            finally:
+                _access_log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
 
 
 async def refuse_card_data(request: Request[Any, Any, Any]) -> None:

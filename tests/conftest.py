@@ -148,7 +148,7 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     root_handlers, root_level = list(root.handlers), root.level
     foreign = {
-        name: (list(logger.handlers), logger.propagate)
+        name: (list(logger.handlers), logger.propagate, logger.disabled)
         for name in _FOREIGN
         for logger in [logging.getLogger(name)]
     }
@@ -158,10 +158,11 @@ def restore_logging() -> Iterator[None]:
             root.removeHandler(handler)
             handler.close()
     root.setLevel(root_level)
-    for name, (handlers, propagate) in foreign.items():
+    for name, (handlers, propagate, disabled) in foreign.items():
         logger = logging.getLogger(name)
         logger.handlers[:] = handlers
         logger.propagate = propagate
+        logger.disabled = disabled
     structlog.configure(**structlog_config)
     structlog.contextvars.clear_contextvars()
 

@@ -116,14 +116,29 @@ def test_standard_library_exceptions_are_redacted() -> None:
 
 def test_uvicorn_handlers_are_detached_so_records_reach_the_redacting_handler() -> None:
     private = io.StringIO()
-    access = logging.getLogger("uvicorn.access")
-    access.addHandler(logging.StreamHandler(private))
-    access.propagate = False
+    server_log = logging.getLogger("uvicorn.error")
+    server_log.addHandler(logging.StreamHandler(private))
+    server_log.propagate = False
     stream = configured_stream()
-    access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.1", "GET", f"/v1?q={CARD}", "1.1", 200)
+    server_log.error("client sent %s", f"/v1?q={CARD}")
     assert private.getvalue() == ""
     (record,) = json_lines(stream.getvalue())
-    assert record["event"] == '10.0.0.1 - "GET /v1?q=[REDACTED PAN] HTTP/1.1" 200'
+    assert record["event"] == "client sent /v1?q=[REDACTED PAN]"
+
+
+def test_uvicorn_access_log_is_off_because_it_prints_query_strings() -> None:
+    stream = configured_stream()
+    logging.getLogger("uvicorn.access").info(
+        '%s - "%s %s HTTP/%s" %d', "10.0.0.1", "GET", "/v1?q=x", "1.1", 200
+    )
+    assert stream.getvalue() == ""
+
+
+def test_percent_encoded_emails_are_redacted() -> None:
+    stream = configured_stream()
+    get_logger("veilbill.test").info("lookup", url="/v1/customers?email=alice.martin%40example.com")
+    (record,) = json_lines(stream.getvalue())
+    assert "alice.martin" not in json.dumps(record)
 
 
 def test_context_variables_and_positional_arguments_are_redacted() -> None:

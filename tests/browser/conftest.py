@@ -45,7 +45,9 @@ def live_server(settings: Settings) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(settings, configure_logs=False), host="127.0.0.1", port=port, log_config=None)
+    config = uvicorn.Config(
+        create_app(settings, configure_logs=False), host="127.0.0.1", port=port, log_config=None
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

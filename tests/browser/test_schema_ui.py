@@ -10,7 +10,9 @@ from playwright.sync_api import Browser
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_swagger_ui_renders_every_operation_offline(live_server: str, browser: Browser, tmp_path: Path) -> None:
+def test_swagger_ui_renders_every_operation_offline(
+    live_server: str, browser: Browser, tmp_path: Path
+) -> None:
     page = browser.new_page()
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))

@@ -61,7 +61,7 @@ def test_two_processes_number_concurrent_finalizations_gaplessly(
     assert sorted(numbers) == [f"INV-{year}-{n:06d}" for n in range(1, INVOICES + 1)]
     assert {r.json()["status"] for r in responses} == {"open"}
     for server in (first, second):
-        assert server.output().count("/finalize HTTP/1.1") == INVOICES // 2, (
+        assert server.output().count('/finalize", "status": 200') == INVOICES // 2, (
             "both processes must have finalized"
         )
     assert json.loads(operator.run("audit", "verify").stdout)["ok"] is True
@@ -161,7 +161,7 @@ def test_lookups_by_email_or_reference_do_not_log_them(
 
     server.stop()
     logs = server.output().encode()
-    assert b"GET /v1/customers" in logs, "the request log is empty: nothing was checked"
+    assert b'"path": "/v1/customers", "status": 200' in logs, "the request log is empty: nothing was checked"
     assert _leaks(logs, [payload["email"], payload["external_ref"]]) == []
 
 
