@@ -21,20 +21,25 @@ from api.auth import ApiKeyAuthentication, current_actor
 from api.controllers import (
     AdminController,
     AuditController,
+    CardController,
     CustomerController,
     HealthController,
     InvoiceController,
+    PaymentController,
+    WebhookController,
 )
 from api.errors import EXCEPTION_HANDLERS
+from api.idempotency import IdempotencyMiddleware
 from api.logging import configure_logging
-from api.middleware import RequestIdMiddleware, refuse_card_data
+from api.middleware import RequestIdMiddleware, guard_request
 from api.settings import Settings
 from billing import Billing, Database, DatabaseConfig, load_keyring, utcnow
+from tokenization import PaymentGateway, StripeGateway, make_stripe_client
 
 __all__ = ["app_from_env", "create_app"]
 
 _ASSETS = "/schema/assets"
-_UNAUTHENTICATED = ["^/schema", "^/health/"]
+_UNAUTHENTICATED = ["^/schema", "^/health/", "^/v1/webhooks/"]
 
 
 def create_app(
@@ -42,17 +47,20 @@ def create_app(
     *,
     clock: Callable[[], datetime] = utcnow,
     configure_logs: bool = True,
+    gateway: PaymentGateway | None = None,
 ) -> Litestar:
     """Build the service for ``settings``.
 
     Loads the keyring (raises ``KeyringError`` when it is missing or unsafe) and opens the database
-    engine; no connection is made until the first request.
+    engine; no connection is made until the first request. The payment gateway is the Stripe adapter
+    when ``settings.stripe_api_key`` is set, unless ``gateway`` is given (tests pass a
+    fault-injecting double that wraps the real adapter).
     """
     if configure_logs:
         configure_logging(level=settings.log_level, log_path=settings.log_path)
     keyring = load_keyring(settings.keyring_path)
     db = Database(DatabaseConfig(settings.database_url))
-    billing = Billing(db=db, keyring=keyring, clock=clock)
+    billing = Billing(db=db, keyring=keyring, gateway=gateway or _gateway(settings), clock=clock)
 
     def provide_billing() -> Billing:
         return billing
@@ -62,6 +70,9 @@ def create_app(
             HealthController,
             CustomerController,
             InvoiceController,
+            CardController,
+            PaymentController,
+            WebhookController,
             AdminController,
             AuditController,
             create_static_files_router(
@@ -78,8 +89,9 @@ def create_app(
         middleware=[
             RequestIdMiddleware(),
             DefineMiddleware(ApiKeyAuthentication, exclude=_UNAUTHENTICATED),
+            IdempotencyMiddleware(settings.max_body_bytes),
         ],
-        before_request=refuse_card_data,
+        before_request=guard_request,
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=_openapi(),
@@ -90,6 +102,13 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+
+
+def _gateway(settings: Settings) -> PaymentGateway | None:
+    if not settings.stripe_api_key:
+        return None
+    client = make_stripe_client(settings.stripe_api_key, api_base=settings.stripe_api_base)
+    return StripeGateway(client, localstripe=settings.gateway_is_sandbox)
 
 
 def app_from_env() -> Litestar:

@@ -31,14 +31,32 @@ from billing.errors import (
     BillingError,
     ConcurrentUpdate,
     DecryptionError,
+    GatewayNotConfigured,
+    IdempotencyInProgress,
+    IdempotencyKeyRequired,
+    IdempotencyKeyReused,
     InvalidStateTransition,
     KeyringError,
     NotFound,
+    PaymentDeclined,
+    PaymentInProgress,
+    PaymentSessionInvalid,
+    RefundExceedsPaid,
     RoleForbidden,
     UnknownCurrency,
     ValidationFailed,
 )
-from tokenization.errors import CardDataRejected, GatewayError
+from tokenization.errors import (
+    CardDataRejected,
+    CardDeclined,
+    GatewayError,
+    GatewayTimeout,
+    GatewayUnavailable,
+    PaymentMethodInvalid,
+    SandboxUnavailable,
+    WebhookPayloadInvalid,
+    WebhookSignatureInvalid,
+)
 
 __all__ = ["EXCEPTION_HANDLERS", "PROBLEM_MEDIA_TYPE", "ProblemError", "problem_response"]
 
@@ -56,6 +74,14 @@ _BILLING_STATUS: dict[type[BillingError], int] = {
     RoleForbidden: 403,
     KeyringError: 503,
     DecryptionError: 500,
+    PaymentDeclined: 402,
+    PaymentInProgress: 409,
+    RefundExceedsPaid: 422,
+    GatewayNotConfigured: 503,
+    IdempotencyKeyRequired: 400,
+    IdempotencyKeyReused: 422,
+    IdempotencyInProgress: 409,
+    PaymentSessionInvalid: 404,
 }
 
 # ids that are safe to show a caller: ids and codes chosen by the service, never input values.
@@ -128,7 +154,32 @@ def _card_data(request: Request[Any, Any, Any], exc: CardDataRejected) -> Respon
 
 
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[dict[str, Any]]:
-    return problem_response(request, 502, exc.code, "The payment gateway failed.")
+    """Gateway failures: the caller learns what to do (retry, fix the card), never the gateway's text."""
+    request_id = getattr(exc, "request_id", None)
+    if isinstance(exc, CardDeclined):
+        return problem_response(
+            request,
+            402,
+            "card_declined",
+            "The card was declined.",
+            decline_code=exc.decline_code or "generic_decline",
+        )
+    if isinstance(exc, PaymentMethodInvalid):
+        return problem_response(
+            request, 422, exc.code, "The payment method token is not usable.", field="token"
+        )
+    if isinstance(exc, GatewayTimeout):
+        title = "The payment gateway did not answer in time; retry with the same Idempotency-Key."
+        return problem_response(request, 504, "gateway_unavailable", title, gateway_request_id=request_id)
+    if isinstance(exc, GatewayUnavailable | SandboxUnavailable):
+        title = "The payment gateway is unavailable; retry with the same Idempotency-Key."
+        return problem_response(request, 503, "gateway_unavailable", title, gateway_request_id=request_id)
+    if isinstance(exc, WebhookSignatureInvalid):
+        return problem_response(request, 400, exc.code, "The webhook signature is not valid.")
+    if isinstance(exc, WebhookPayloadInvalid):
+        return problem_response(request, 400, exc.code, "The webhook payload is not a gateway event.")
+    _log.error("gateway_rejected", error=exc.code, gateway_request_id=request_id)
+    return problem_response(request, 502, "gateway_error", "The payment gateway refused the request.")
 
 
 def _problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[dict[str, Any]]:

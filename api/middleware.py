@@ -31,7 +31,7 @@ from tokenization import (
     scan_query_params,
 )
 
-__all__ = ["RequestIdMiddleware", "refuse_card_data"]
+__all__ = ["RequestIdMiddleware", "guard_request", "refuse_card_data"]
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -72,6 +72,15 @@ class RequestIdMiddleware(ASGIMiddleware):
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+
+
+async def guard_request(request: Request[Any, Any, Any]) -> None:
+    """Runs before every handler: idempotency refusals first, then the card-data guard."""
+    refusal = request.scope.get("state", {}).get("idempotency_refusal")
+    if refusal is not None:
+        raise refusal
+    if not request.route_handler.opt.get("skip_card_guard"):
+        await refuse_card_data(request)
 
 
 async def refuse_card_data(request: Request[Any, Any, Any]) -> None:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 __all__ = ["Settings"]
 
@@ -47,6 +48,51 @@ class Settings:
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
         object.__setattr__(self, "keyring_path", Path(self.keyring_path))
+        if self.stripe_api_key and not self.webhook_secrets:
+            raise ValueError(
+                "VEILBILL_STRIPE_WEBHOOK_SECRET is required when a gateway is configured: "
+                "webhooks are never accepted unsigned"
+            )
+
+    @property
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """Every accepted webhook secret (comma-separated in the setting, for rotation)."""
+        raw = self.stripe_webhook_secret or ""
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+    @property
+    def gateway_configured(self) -> bool:
+        return bool(self.stripe_api_key)
+
+    @property
+    def gateway_is_sandbox(self) -> bool:
+        """True when the gateway API is on loopback: the local sandbox, whose gaps the adapter absorbs."""
+        host = urlsplit(self.stripe_api_base or "").hostname or ""
+        return host in {"localhost", "127.0.0.1", "::1"}
+
+    @property
+    def gateway_js_url(self) -> str:
+        """Where the browser loads the gateway's card element (the sandbox serves a stand-in)."""
+        if self.stripe_api_base and self.gateway_is_sandbox:
+            return f"{self.stripe_api_base.rstrip('/')}/js.stripe.com/v3/"
+        return "https://js.stripe.com/v3/"
+
+    def as_env(self) -> dict[str, str]:
+        """The ``VEILBILL_*`` variables that reproduce these settings (for worker processes)."""
+        values = {
+            "VEILBILL_DATABASE_URL": self.database_url,
+            "VEILBILL_KEYRING_PATH": str(self.keyring_path),
+            "VEILBILL_LOG_LEVEL": self.log_level,
+            "VEILBILL_PUBLIC_URL": self.public_url,
+            "VEILBILL_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "VEILBILL_LOG_PATH": self.log_path,
+            "VEILBILL_STRIPE_API_KEY": self.stripe_api_key,
+            "VEILBILL_STRIPE_API_BASE": self.stripe_api_base,
+            "VEILBILL_STRIPE_PUBLISHABLE_KEY": self.stripe_publishable_key,
+            "VEILBILL_STRIPE_WEBHOOK_SECRET": self.stripe_webhook_secret,
+            "VEILBILL_WEBHOOKS_ALLOW_PRIVATE": "1" if self.webhooks_allow_private else "0",
+        }
+        return {k: v for k, v in values.items() if v}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

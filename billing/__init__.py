@@ -24,6 +24,7 @@ from billing._envelope import (
     seal,
     seal_text,
 )
+from billing._idempotency import IdempotencyStore, StoredResponse
 from billing._invoices import (
     InvoiceInput,
     InvoiceLineInput,
@@ -40,10 +41,20 @@ from billing._keyring import Keyring, create_keyring, load_keyring, write_keyrin
 from billing._migrations import current_revision, downgrade, head_revision, upgrade
 from billing._models import utcnow
 from billing._money import Money, compute_line, compute_totals, currency_exponent
+from billing._payments import (
+    HANDLED_EVENT_TYPES,
+    CardView,
+    PaymentService,
+    PaymentView,
+    RefundView,
+    SetupIntentView,
+)
 from billing._service import Billing
+from billing._sessions import HostedInvoice, IssuedPaymentSession, PaymentSessionService
 from billing._tenants import ApiKeyView, IssuedApiKey, TenantService
 
 __all__ = [
+    "HANDLED_EVENT_TYPES",
     "ROLES",
     "Actor",
     "Address",
@@ -52,6 +63,7 @@ __all__ = [
     "AuditTrail",
     "AuditVerification",
     "Billing",
+    "CardView",
     "CustomerInput",
     "CustomerPatch",
     "CustomerService",
@@ -60,6 +72,8 @@ __all__ = [
     "Database",
     "DatabaseConfig",
     "FieldContext",
+    "HostedInvoice",
+    "IdempotencyStore",
     "InvoiceInput",
     "InvoiceLineInput",
     "InvoiceLineView",
@@ -71,8 +85,15 @@ __all__ = [
     "InvoiceSummary",
     "InvoiceView",
     "IssuedApiKey",
+    "IssuedPaymentSession",
     "Keyring",
     "Money",
+    "PaymentService",
+    "PaymentSessionService",
+    "PaymentView",
+    "RefundView",
+    "SetupIntentView",
+    "StoredResponse",
     "TenantService",
     "blind_index",
     "compute_line",

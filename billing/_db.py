@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
@@ -140,14 +142,13 @@ def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def insert_ignore(session: Session, model: type[Any], values: dict[str, Any]) -> None:
-    """``INSERT … ON CONFLICT DO NOTHING`` on either database (creates a row exactly once)."""
+def insert_ignore(session: Session, model: type[Any], values: dict[str, Any]) -> bool:
+    """``INSERT … ON CONFLICT DO NOTHING`` on either database; True when this call inserted the row.
+
+    Of concurrent inserts of the same key, in any processes, exactly one returns True.
+    """
     table = model.__table__
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        session.execute(pg_insert(table).values(**values).on_conflict_do_nothing())
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        session.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    # RETURNING, not rowcount: through the ORM session rowcount is -1 on PostgreSQL.
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return session.execute(statement).first() is not None

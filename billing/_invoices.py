@@ -34,7 +34,7 @@ from billing._db import Database, insert_ignore
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
-from billing._models import Customer, Invoice, InvoiceLine, InvoiceSequence, new_id
+from billing._models import Customer, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
 from billing.errors import InvalidStateTransition, NotFound, ValidationFailed
 
@@ -62,6 +62,8 @@ Notes = Annotated[str, msgspec.Meta(max_length=2000)]
 Lines = Annotated[list["InvoiceLineInput"], msgspec.Meta(max_length=200)]
 
 MAX_PAGE = 100
+# Credit notes are numbered in their own gapless series; invoices may not use it.
+CREDIT_NOTE_SERIES = "CN"
 _TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
     "void": (frozenset({"open", "uncollectible"}), "void"),
     "mark_uncollectible": (frozenset({"open"}), "uncollectible"),
@@ -190,6 +192,7 @@ class InvoiceService:
 
     def create_draft(self, actor: Actor, data: InvoiceInput) -> InvoiceView:
         currency_exponent(data.currency)
+        _check_series(data.series)
         totals = compute_totals((ln.quantity, ln.unit_amount, ln.tax_rate_bps) for ln in data.lines)
         now = self._clock()
         with self._db.transaction() as session:
@@ -243,6 +246,23 @@ class InvoiceService:
             )
             return view
 
+    def read_for_document(self, actor: Actor, invoice_id: str) -> tuple[InvoiceView, str]:
+        """The decrypted invoice and the seller's name, to render a document; audited as a read."""
+        with self._db.transaction() as session:
+            invoice = _get(session, actor.tenant_id, invoice_id)
+            view = self._open(session, invoice)
+            tenant = session.get(Tenant, actor.tenant_id)
+            assert tenant is not None
+            self._audit.record(
+                session,
+                actor=actor,
+                action="invoice.document_rendered",
+                resource_type="invoice",
+                resource_id=invoice.id,
+                subject_id=invoice.customer_id,
+            )
+            return view, tenant.name
+
     def update_draft(self, actor: Actor, invoice_id: str, patch: InvoicePatch) -> InvoiceView:
         with self._db.transaction() as session:
             invoice = _get(session, actor.tenant_id, invoice_id, for_update=True)
@@ -255,6 +275,7 @@ class InvoiceService:
                 currency_exponent(patch.currency)
                 invoice.currency = patch.currency
             if not isinstance(patch.series, msgspec.UnsetType):
+                _check_series(patch.series)
                 invoice.series = patch.series
             if not isinstance(patch.booking_ref, msgspec.UnsetType):
                 invoice.booking_ref = patch.booking_ref
@@ -292,7 +313,7 @@ class InvoiceService:
                 raise ValidationFailed("An invoice needs at least one line to be finalized.", field="lines")
             now = self._clock()
             year = now.year
-            seq = _next_number(session, invoice.tenant_id, invoice.series, year)
+            seq = next_number(session, invoice.tenant_id, invoice.series, year)
             invoice.number = f"{invoice.series}-{year}-{seq:06d}"
             invoice.number_year, invoice.number_seq = year, seq
             invoice.status = "open"
@@ -440,7 +461,7 @@ class InvoiceService:
         return open_sealed_text(key, sealed, FieldContext(invoice.tenant_id, "invoices", column, invoice.id))
 
 
-def _next_number(session: Session, tenant_id: str, series: str, year: int) -> int:
+def next_number(session: Session, tenant_id: str, series: str, year: int) -> int:
     insert_ignore(
         session, InvoiceSequence, {"tenant_id": tenant_id, "series": series, "year": year, "last_value": 0}
     )
@@ -455,6 +476,11 @@ def _next_number(session: Session, tenant_id: str, series: str, year: int) -> in
         .returning(col(InvoiceSequence.last_value))
     )
     return int(result.scalar_one())
+
+
+def _check_series(series: str) -> None:
+    if series == CREDIT_NOTE_SERIES:
+        raise ValidationFailed("The series CN is reserved for credit notes.", field="series")
 
 
 def _get(session: Session, tenant_id: str, invoice_id: str, *, for_update: bool = False) -> Invoice:

@@ -5,6 +5,7 @@ Each subject (a customer; a tenant for its blind-index key) has at most one live
 - ``profile``: contact data and notes. Destroyed at erasure.
 - ``record``: the invoice content the law requires to keep (client snapshot, line descriptions).
 - ``index``: a tenant's blind-index key (subject = the tenant).
+- ``idempotency``: a tenant's key for stored idempotent responses (subject = the tenant).
 
 A DEK is 32 random bytes, wrapped by the keyring's active master key and bound (associated data)
 to tenant, purpose and DEK id, so a wrapped key copied to another row does not unwrap. Shredding
@@ -20,6 +21,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
+from billing._db import insert_ignore
 from billing._envelope import DataKey, generate_key_material
 from billing._keyring import Keyring, unwrap_data_key, wrap_data_key
 from billing._models import DataKeyRecord, new_id
@@ -27,7 +29,7 @@ from billing.errors import DecryptionError
 
 __all__ = ["PURPOSES", "SubjectKeys"]
 
-PURPOSES = ("profile", "record", "index")
+PURPOSES = ("profile", "record", "index", "idempotency")
 
 
 class SubjectKeys:
@@ -92,6 +94,32 @@ class SubjectKeys:
         dek = unwrap_data_key(master, record.wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=record.id)
         self._cache[(tenant_id, subject_id, purpose)] = dek
         return dek
+
+    def get_or_create(self, tenant_id: str, subject_id: str, purpose: str) -> DataKey:
+        """The live DEK, made on first use (two concurrent first uses both end with one key)."""
+        try:
+            return self.get(tenant_id, subject_id, purpose)
+        except DecryptionError:
+            pass
+        dek = DataKey(key_id=new_id("dek"), material=generate_key_material(self._rng))
+        master = self._keyring.active_master
+        created = insert_ignore(
+            self._session,
+            DataKeyRecord,
+            {
+                "id": dek.key_id,
+                "tenant_id": tenant_id,
+                "subject_id": subject_id,
+                "purpose": purpose,
+                "master_key_id": master.key_id,
+                "wrapped": wrap_data_key(master, dek, tenant_id=tenant_id, purpose=purpose, rng=self._rng),
+                "created_at": self._clock(),
+            },
+        )
+        if created:
+            self._cache[(tenant_id, subject_id, purpose)] = dek
+            return dek
+        return self.get(tenant_id, subject_id, purpose)
 
     def index_key(self, tenant_id: str) -> bytes:
         """The tenant's blind-index key (32 bytes)."""

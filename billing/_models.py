@@ -34,12 +34,21 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "AuditHead",
+    "CreditNote",
     "Customer",
     "DataKeyRecord",
+    "Dispute",
+    "GatewayCustomer",
+    "IdempotencyRecord",
     "Invoice",
     "InvoiceLine",
     "InvoiceSequence",
+    "Payment",
+    "PaymentMethod",
+    "PaymentSession",
+    "Refund",
     "Tenant",
+    "WebhookEvent",
     "metadata",
     "new_id",
     "utcnow",
@@ -209,6 +218,9 @@ class Invoice(SQLModel, table=True):
     updated_at: datetime = _ts()
     finalized_at: datetime | None = _ts(nullable=True)
     closed_at: datetime | None = _ts(nullable=True)
+    amount_paid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    amount_refunded: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    paid_at: datetime | None = _ts(nullable=True)
     version: int = Field(default=1)
 
 
@@ -287,3 +299,173 @@ class AuditHead(SQLModel, table=True):
     chain: str = Field(primary_key=True, max_length=40)
     seq: int
     mac: str = Field(max_length=64)
+
+
+class GatewayCustomer(SQLModel, table=True):
+    """The gateway's customer object for one of our clients (created on first card capture).
+
+    Only the gateway's id is kept; the gateway is sent no PII, only our customer id as metadata.
+    """
+
+    __tablename__ = "gateway_customers"
+
+    customer_id: str = Field(sa_column=Column(String(40), ForeignKey("customers.id"), primary_key=True))
+    tenant_id: str = Field(max_length=40, index=True)
+    gateway_customer_id: str = Field(max_length=255, unique=True)
+    created_at: datetime = _ts()
+    deleted_at: datetime | None = _ts(nullable=True)
+
+
+class PaymentMethod(SQLModel, table=True):
+    """A saved card: the gateway token and the card summary the gateway returns — never the number.
+
+    PCI DSS allows these fields outside the cardholder-data environment: brand, last four digits,
+    expiry, the gateway's fingerprint, funding type and issuing country.
+    """
+
+    __tablename__ = "payment_methods"
+    __table_args__ = (UniqueConstraint("tenant_id", "gateway_payment_method_id"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40, index=True)
+    customer_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("customers.id"), nullable=False, index=True)
+    )
+    gateway_payment_method_id: str = Field(max_length=255)
+    brand: str = Field(max_length=20)
+    last4: str = Field(max_length=4)
+    exp_month: int
+    exp_year: int
+    fingerprint: str | None = Field(default=None, max_length=64)
+    funding: str | None = Field(default=None, max_length=20)
+    country: str | None = Field(default=None, max_length=2)
+    created_at: datetime = _ts()
+    detached_at: datetime | None = _ts(nullable=True)
+
+
+class Payment(SQLModel, table=True):
+    """One attempt to charge an invoice through the gateway.
+
+    The row is written *before* the gateway call (status ``pending``) with the gateway idempotency
+    key derived from ours, so a crash or timeout leaves a record that the retry completes instead of
+    charging again. At most one payment per invoice is unfinished or succeeded at any time.
+    """
+
+    __tablename__ = "payments"
+    __table_args__ = (Index("ix_payments_tenant_invoice", "tenant_id", "invoice_id"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40)
+    invoice_id: str = Field(sa_column=Column(String(40), ForeignKey("invoices.id"), nullable=False))
+    customer_id: str = Field(max_length=40)
+    payment_method_id: str | None = Field(default=None, max_length=40)
+    amount: int = _money()
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=20)
+    gateway_intent_id: str | None = Field(default=None, max_length=255, unique=True)
+    gateway_idempotency_key: str = Field(max_length=64)
+    decline_code: str | None = Field(default=None, max_length=60)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class Refund(SQLModel, table=True):
+    """A refund of (part of) a payment; its amount is reserved while ``pending``."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (Index("ix_refunds_tenant_invoice", "tenant_id", "invoice_id"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40)
+    invoice_id: str = Field(sa_column=Column(String(40), ForeignKey("invoices.id"), nullable=False))
+    payment_id: str = Field(sa_column=Column(String(40), ForeignKey("payments.id"), nullable=False))
+    amount: int = _money()
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=20)
+    reason: str | None = Field(default=None, max_length=40)
+    gateway_refund_id: str | None = Field(default=None, max_length=255, unique=True)
+    gateway_idempotency_key: str = Field(max_length=64)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class CreditNote(SQLModel, table=True):
+    """A numbered credit note issued for a refund (``CN-2026-000001``), gapless like invoices."""
+
+    __tablename__ = "credit_notes"
+    __table_args__ = (UniqueConstraint("tenant_id", "number_year", "number_seq"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40, index=True)
+    invoice_id: str = Field(sa_column=Column(String(40), ForeignKey("invoices.id"), nullable=False))
+    refund_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("refunds.id"), nullable=False, unique=True)
+    )
+    number: str = Field(max_length=40)
+    number_year: int
+    number_seq: int
+    amount: int = _money()
+    currency: str = Field(max_length=3)
+    issued_at: datetime = _ts()
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first response to a mutating request with an ``Idempotency-Key``, replayed for 24 h.
+
+    The response body is sealed under the tenant's ``idempotency`` key (it may hold PII); the
+    request is kept only as a SHA-256 fingerprint to tell a replay from a reuse of the key.
+    """
+
+    __tablename__ = "idempotency_records"
+
+    tenant_id: str = Field(primary_key=True, max_length=40)
+    key: str = Field(primary_key=True, max_length=255)
+    request_fingerprint: str = Field(max_length=64)
+    state: str = Field(max_length=20)
+    response_status: int | None = Field(default=None)
+    response_ct: bytes | None = _ct()
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts(index=True)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A gateway event, stored once by its id; only the whitelisted fields are kept."""
+
+    __tablename__ = "webhook_events"
+
+    id: str = Field(primary_key=True, max_length=255)
+    type: str = Field(max_length=80)
+    object_id: str | None = Field(default=None, max_length=255)
+    payload: str = Field(max_length=8000)
+    received_at: datetime = _ts(index=True)
+    processed_at: datetime | None = _ts(nullable=True)
+    outcome: str | None = Field(default=None, max_length=40)
+
+
+class PaymentSession(SQLModel, table=True):
+    """A short-lived link to the hosted payment page; the token is stored as SHA-256 only."""
+
+    __tablename__ = "payment_sessions"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40, index=True)
+    invoice_id: str = Field(sa_column=Column(String(40), ForeignKey("invoices.id"), nullable=False))
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    completed_at: datetime | None = _ts(nullable=True)
+
+
+class Dispute(SQLModel, table=True):
+    """A chargeback opened at the gateway against one of our payments."""
+
+    __tablename__ = "disputes"
+
+    id: str = Field(primary_key=True, max_length=255)
+    tenant_id: str = Field(max_length=40, index=True)
+    payment_id: str = Field(sa_column=Column(String(40), ForeignKey("payments.id"), nullable=False))
+    amount: int = _money()
+    status: str = Field(max_length=40)
+    reason: str | None = Field(default=None, max_length=60)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()

@@ -13,10 +13,15 @@ from billing._actor import Actor
 from billing._audit import AuditTrail, AuditVerification
 from billing._customers import CustomerService
 from billing._db import Database
+from billing._idempotency import IdempotencyStore
 from billing._invoices import InvoiceService
 from billing._keyring import Keyring
 from billing._models import AuditEvent, utcnow
+from billing._payments import PaymentService
+from billing._pdf import SellerDetails, render_invoice_pdf
+from billing._sessions import PaymentSessionService
 from billing._tenants import TenantService
+from tokenization import PaymentGateway
 
 __all__ = ["Billing"]
 
@@ -27,19 +32,37 @@ class Billing:
 
     db: Database
     keyring: Keyring
+    gateway: PaymentGateway | None = None
     clock: Callable[[], datetime] = utcnow
     rng: Callable[[int], bytes] = os.urandom
     audit: AuditTrail = field(init=False)
     tenants: TenantService = field(init=False)
     customers: CustomerService = field(init=False)
     invoices: InvoiceService = field(init=False)
+    payments: PaymentService = field(init=False)
+    idempotency: IdempotencyStore = field(init=False)
+    sessions: PaymentSessionService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.audit = AuditTrail(self.keyring, clock=self.clock)
-        common = {"clock": self.clock, "rng": self.rng}
-        self.tenants = TenantService(self.db, self.keyring, self.audit, **common)  # type: ignore[arg-type]
-        self.customers = CustomerService(self.db, self.keyring, self.audit, **common)  # type: ignore[arg-type]
-        self.invoices = InvoiceService(self.db, self.keyring, self.audit, self.customers, **common)  # type: ignore[arg-type]
+        clock, rng = self.clock, self.rng
+        self.audit = AuditTrail(self.keyring, clock=clock)
+        self.tenants = TenantService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
+        self.customers = CustomerService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
+        self.invoices = InvoiceService(
+            self.db, self.keyring, self.audit, self.customers, clock=clock, rng=rng
+        )
+        self.payments = PaymentService(self.db, self.audit, self.gateway, clock=clock, rng=rng)
+        self.idempotency = IdempotencyStore(self.db, self.keyring, clock=clock, rng=rng)
+        self.sessions = PaymentSessionService(self.db, self.audit, self.payments, clock=clock)
+
+    def invoice_pdf(self, actor: Actor, invoice_id: str) -> tuple[str, bytes]:
+        """The invoice as PDF, rendered in memory from the decrypted content and never stored.
+
+        Returns a file name (the number, or the id of a draft) and the bytes.
+        """
+        view, seller = self.invoices.read_for_document(actor, invoice_id)
+        pdf = render_invoice_pdf(view, SellerDetails(name=seller), now=self.clock())
+        return view.number or view.id, pdf
 
     def audit_events(self, actor: Actor, *, after: int = 0, limit: int = 100) -> list[AuditEvent]:
         """The actor's tenant chain from ``seq > after``, oldest first."""

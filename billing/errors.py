@@ -13,9 +13,17 @@ __all__ = [
     "BillingError",
     "ConcurrentUpdate",
     "DecryptionError",
+    "GatewayNotConfigured",
+    "IdempotencyInProgress",
+    "IdempotencyKeyRequired",
+    "IdempotencyKeyReused",
     "InvalidStateTransition",
     "KeyringError",
     "NotFound",
+    "PaymentDeclined",
+    "PaymentInProgress",
+    "PaymentSessionInvalid",
+    "RefundExceedsPaid",
     "RoleForbidden",
     "UnknownCurrency",
     "ValidationFailed",
@@ -99,3 +107,51 @@ class RoleForbidden(BillingError):
     """The API key's role does not allow this operation."""
 
     code = "forbidden_role"
+
+
+class PaymentDeclined(BillingError):
+    """The card was declined by the issuer (``ids['decline_code']``, ``ids['payment_id']``)."""
+
+    code = "card_declined"
+
+
+class PaymentInProgress(BillingError):
+    """Another payment of this invoice is still being processed."""
+
+    code = "payment_in_progress"
+
+
+class RefundExceedsPaid(BillingError):
+    """The refund is larger than what was paid and not yet refunded."""
+
+    code = "refund_exceeds_paid"
+
+
+class GatewayNotConfigured(BillingError):
+    """No payment gateway is configured for this service."""
+
+    code = "gateway_not_configured"
+
+
+class IdempotencyKeyRequired(BillingError):
+    """This operation needs an ``Idempotency-Key`` header."""
+
+    code = "idempotency_key_required"
+
+
+class IdempotencyKeyReused(BillingError):
+    """The ``Idempotency-Key`` was already used for a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class IdempotencyInProgress(BillingError):
+    """A request with the same ``Idempotency-Key`` is still being processed."""
+
+    code = "idempotency_in_progress"
+
+
+class PaymentSessionInvalid(BillingError):
+    """The payment link is unknown, expired or already used."""
+
+    code = "payment_session_invalid"

@@ -12,14 +12,21 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
+import stripe
 import structlog
+import uvicorn
 from faker import Faker
+from litestar import Litestar
 from litestar.testing import TestClient
 
 from api.app import create_app
@@ -33,6 +40,7 @@ from billing import (
     upgrade,
     write_keyring,
 )
+from tokenization import LocalStripeSandbox, SandboxUnavailable, make_stripe_client
 
 REQUIRE_ALL = os.environ.get("VEILBILL_REQUIRE_ALL") == "1"
 PG_ADMIN_URL = os.environ.get("VEILBILL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -172,3 +180,77 @@ def fake() -> Faker:
     faker = Faker(["fr_FR", "de_DE", "en_GB"])
     faker.seed_instance(secrets.randbits(32))
     return faker
+
+
+# --- the gateway sandbox (localstripe, a separate process) -------------------------------------
+
+API_KEY = "sk_test_veilbill"
+SANDBOX_START_TIMEOUT = 20.0
+TEST_CARDS = {
+    "visa": "4242424242424242",
+    "declined_on_attach": "4000000000000002",
+    "declined_on_charge": "4000000000000341",
+    "three_d_secure": "4000002500003155",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripeSandbox]:
+    log_path = tmp_path_factory.mktemp("localstripe") / "localstripe.log"
+    box = LocalStripeSandbox(free_port(), log_path=log_path)
+    try:
+        box.executable()
+    except SandboxUnavailable as error:
+        require_or_skip(f"the sandbox gateway is not available: {error}")
+    box.start(timeout=SANDBOX_START_TIMEOUT)
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="session")
+def stripe_client(sandbox: LocalStripeSandbox) -> stripe.StripeClient:
+    return make_stripe_client(API_KEY, api_base=sandbox.api_base)
+
+
+@pytest.fixture
+def card_token(stripe_client: stripe.StripeClient) -> Callable[[str], str]:
+    """Turns a test card number into a ``pm_…`` token, as the browser's card element would."""
+
+    def tokenize(number: str) -> str:
+        method = stripe_client.v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            }
+        )
+        return method.id
+
+    return tokenize
+
+
+@contextmanager
+def serve_in_thread(app: Litestar) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start within 15 s")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -5,11 +5,16 @@ from api.controllers.audit import AuditController
 from api.controllers.customers import CustomerController
 from api.controllers.health import HealthController
 from api.controllers.invoices import InvoiceController
+from api.controllers.payments import CardController, PaymentController
+from api.controllers.webhooks import WebhookController
 
 __all__ = [
     "AdminController",
     "AuditController",
+    "CardController",
     "CustomerController",
     "HealthController",
     "InvoiceController",
+    "PaymentController",
+    "WebhookController",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from litestar import Controller, get, patch, post
+from litestar import Controller, Response, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from api.auth import requires_role
@@ -34,6 +34,23 @@ class InvoiceController(Controller):
     @get("/{invoice_id:str}", sync_to_thread=True, summary="Read an invoice (decrypts; audited)")
     def read_invoice(self, invoice_id: FromPath[str], billing: BillingDep, actor: ActorDep) -> InvoiceView:
         return billing.invoices.read(actor, invoice_id)
+
+    @get(
+        "/{invoice_id:str}/pdf",
+        sync_to_thread=True,
+        media_type="application/pdf",
+        summary="The invoice as PDF (rendered on request; audited)",
+    )
+    def invoice_pdf(self, invoice_id: FromPath[str], billing: BillingDep, actor: ActorDep) -> Response[bytes]:
+        name, pdf = billing.invoice_pdf(actor, invoice_id)
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={
+                "Content-Disposition": f'inline; filename="{name}.pdf"',
+                "Cache-Control": "no-store",
+            },
+        )
 
     @patch("/{invoice_id:str}", sync_to_thread=True, summary="Edit a draft invoice")
     def update_invoice(

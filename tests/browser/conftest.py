@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from playwright.sync_api import Browser, sync_playwright
 
 from api.app import create_app
 from api.settings import Settings
 
-from ..conftest import require_or_skip
+from ..conftest import require_or_skip, serve_in_thread
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -42,23 +38,8 @@ def _chromium_path() -> str | None:
 @pytest.fixture
 def live_server(settings: Settings) -> Iterator[str]:
     """The app served by uvicorn in a background thread; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings, configure_logs=False), host="127.0.0.1", port=port, log_config=None
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the live server did not start within 15 s")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_app(settings, configure_logs=False)) as base_url:
+        yield base_url
 
 
 @pytest.fixture

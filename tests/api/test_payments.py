@@ -1,0 +1,451 @@
+"""Payments through the API with the real SDK against the sandbox gateway over real HTTP.
+
+Card numbers here are public gateway TEST numbers, turned into ``pm_…`` tokens at the sandbox the
+way the browser's card element would; Veilbill itself only ever receives the tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+import pytest
+import stripe
+from faker import Faker
+from litestar.testing import TestClient
+from sqlmodel import select
+
+from api.app import create_app
+from api.settings import Settings
+from billing import Billing
+from billing._models import Invoice, Payment
+from tokenization import LocalStripeSandbox, StripeGateway, make_stripe_client, sign_payload
+from tokenization.testing import FlakyGateway, UnavailableGateway
+
+from ..conftest import API_KEY, TEST_CARDS, serve_in_thread
+from .conftest import TenantKeys, customer_payload, invoice_payload, make_tenant
+
+WEBHOOK_SECRET = "whsec_test_veilbill"
+
+
+@pytest.fixture
+def gateway_settings(settings: Settings, sandbox: LocalStripeSandbox) -> Settings:
+    return replace(
+        settings,
+        stripe_api_key=API_KEY,
+        stripe_api_base=sandbox.api_base,
+        stripe_publishable_key="pk_test_veilbill",
+        stripe_webhook_secret=f"whsec_old_secret,{WEBHOOK_SECRET}",
+    )
+
+
+@pytest.fixture
+def pay_client(gateway_settings: Settings) -> Iterator[TestClient]:  # type: ignore[type-arg]
+    with TestClient(create_app(gateway_settings, configure_logs=False)) as client:
+        yield client
+
+
+@pytest.fixture
+def shop(pay_client: TestClient, app_billing: Billing) -> TenantKeys:  # type: ignore[type-arg]
+    return make_tenant(pay_client, app_billing, "Hotel du Lac")
+
+
+@dataclass
+class Billed:
+    customer_id: str
+    invoice_id: str
+    total: int
+
+
+def _billed(client: TestClient, keys: TenantKeys, fake: Faker) -> Billed:  # type: ignore[type-arg]
+    headers = keys.headers("booking")
+    customer = client.post("/v1/customers", json=customer_payload(fake), headers=headers).json()
+    draft = client.post("/v1/invoices", json=invoice_payload(customer["id"], fake), headers=headers).json()
+    opened = client.post(f"/v1/invoices/{draft['id']}/finalize", headers=headers).json()
+    return Billed(customer["id"], opened["id"], opened["total"])
+
+
+def _save_card(
+    client: TestClient,
+    keys: TenantKeys,
+    customer_id: str,
+    token: str,  # type: ignore[type-arg]
+) -> httpx.Response:
+    return client.post(
+        f"/v1/customers/{customer_id}/payment-methods", json={"token": token}, headers=keys.headers("booking")
+    )
+
+
+def _pay(client: Any, keys: TenantKeys, invoice_id: str, method_id: str, key: str | None) -> httpx.Response:
+    headers = keys.headers("booking") | ({"Idempotency-Key": key} if key else {})
+    return client.post(
+        f"/v1/invoices/{invoice_id}/pay", json={"payment_method_id": method_id}, headers=headers
+    )
+
+
+def _intents_of(stripe_client: stripe.StripeClient, invoice_id: str) -> list[Any]:
+    intents = stripe_client.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter()
+    return [
+        i for i in intents if i.metadata and i.metadata.to_dict().get("veilbill_invoice_id") == invoice_id
+    ]
+
+
+def test_save_a_card_and_pay(
+    pay_client: TestClient,
+    shop: TenantKeys,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    app_billing: Billing,
+) -> None:
+    billed = _billed(pay_client, shop, fake)
+    saved = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["visa"]))
+    assert saved.status_code == 201, saved.text
+    card = saved.json()
+    assert (card["brand"], card["last4"], card["exp_month"], card["exp_year"]) == ("visa", "4242", 12, 2030)
+    listed = pay_client.get(
+        f"/v1/customers/{billed.customer_id}/payment-methods", headers=shop.headers("booking")
+    )
+    assert [c["id"] for c in listed.json()["data"]] == [card["id"]]
+
+    paid = _pay(pay_client, shop, billed.invoice_id, card["id"], "order-1")
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["status"] == "succeeded" and paid.json()["amount"] == billed.total
+    invoice = pay_client.get(f"/v1/invoices/{billed.invoice_id}", headers=shop.headers("booking")).json()
+    assert invoice["status"] == "paid"
+    again = _pay(pay_client, shop, billed.invoice_id, card["id"], "order-2")
+    assert again.status_code == 409 and again.json()["code"] == "invalid_state_transition"
+
+
+def test_pay_requires_an_idempotency_key(
+    pay_client: TestClient, shop: TenantKeys, fake: Faker, card_token: Callable[[str], str]
+) -> None:
+    billed = _billed(pay_client, shop, fake)
+    card = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+    response = _pay(pay_client, shop, billed.invoice_id, card["id"], None)
+    assert response.status_code == 400 and response.json()["code"] == "idempotency_key_required"
+
+
+def test_a_replayed_request_charges_once(
+    pay_client: TestClient,
+    shop: TenantKeys,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    stripe_client: stripe.StripeClient,
+) -> None:
+    billed = _billed(pay_client, shop, fake)
+    card = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+    first = _pay(pay_client, shop, billed.invoice_id, card["id"], "same-key")
+    replay = _pay(pay_client, shop, billed.invoice_id, card["id"], "same-key")
+    assert replay.status_code == first.status_code == 200
+    assert replay.json() == first.json()
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert len(_intents_of(stripe_client, billed.invoice_id)) == 1
+    reused = pay_client.post(
+        f"/v1/invoices/{billed.invoice_id}/pay",
+        json={"payment_method_id": "pmt_other"},
+        headers=shop.headers("booking") | {"Idempotency-Key": "same-key"},
+    )
+    assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
+
+
+def test_idempotency_keys_are_per_tenant(
+    pay_client: TestClient, shop: TenantKeys, fake: Faker, app_billing: Billing
+) -> None:
+    other = make_tenant(pay_client, app_billing, "Other Hotel")
+    body = customer_payload(fake)
+    mine = pay_client.post(
+        "/v1/customers", json=body, headers=shop.headers("booking") | {"Idempotency-Key": "k1"}
+    )
+    theirs = pay_client.post(
+        "/v1/customers", json=body, headers=other.headers("booking") | {"Idempotency-Key": "k1"}
+    )
+    assert mine.status_code == theirs.status_code == 201
+    assert mine.json()["id"] != theirs.json()["id"]
+    replay = pay_client.post(
+        "/v1/customers", json=body, headers=shop.headers("booking") | {"Idempotency-Key": "k1"}
+    )
+    assert replay.json()["id"] == mine.json()["id"]
+
+
+def test_declined_at_charge_leaves_the_invoice_open(
+    pay_client: TestClient, shop: TenantKeys, fake: Faker, card_token: Callable[[str], str]
+) -> None:
+    billed = _billed(pay_client, shop, fake)
+    bad = _save_card(
+        pay_client, shop, billed.customer_id, card_token(TEST_CARDS["declined_on_charge"])
+    ).json()
+    declined = _pay(pay_client, shop, billed.invoice_id, bad["id"], "try-1")
+    assert declined.status_code == 402, declined.text
+    problem = declined.json()
+    assert problem["code"] == "card_declined" and problem["decline_code"] and problem["payment_id"]
+    invoice = pay_client.get(f"/v1/invoices/{billed.invoice_id}", headers=shop.headers("booking")).json()
+    assert invoice["status"] == "open"
+    good = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+    assert _pay(pay_client, shop, billed.invoice_id, good["id"], "try-2").json()["status"] == "succeeded"
+    history = pay_client.get(
+        f"/v1/invoices/{billed.invoice_id}/payments", headers=shop.headers("booking")
+    ).json()
+    assert [p["status"] for p in history["payments"]] == ["failed", "succeeded"]
+
+
+def test_declined_at_attach(
+    pay_client: TestClient, shop: TenantKeys, fake: Faker, card_token: Callable[[str], str]
+) -> None:
+    billed = _billed(pay_client, shop, fake)
+    response = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["declined_on_attach"]))
+    assert response.status_code == 402 and response.json()["code"] == "card_declined"
+    listed = pay_client.get(
+        f"/v1/customers/{billed.customer_id}/payment-methods", headers=shop.headers("booking")
+    )
+    assert listed.json()["data"] == []
+
+
+def test_three_d_secure_returns_a_client_secret_and_a_webhook_completes_it(
+    pay_client: TestClient, shop: TenantKeys, fake: Faker, card_token: Callable[[str], str]
+) -> None:
+    billed = _billed(pay_client, shop, fake)
+    card = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["three_d_secure"])).json()
+    started = _pay(pay_client, shop, billed.invoice_id, card["id"], "3ds-1")
+    assert started.status_code == 200, started.text
+    body = started.json()
+    assert body["status"] == "requires_action" and body["client_secret"]
+    payments = pay_client.get(
+        f"/v1/invoices/{billed.invoice_id}/payments", headers=shop.headers("booking")
+    ).json()
+    intent_id = _intent_id(pay_client, shop, billed.invoice_id, payments["payments"][0]["payment_id"])
+    event = _event(
+        "payment_intent.succeeded", {"id": intent_id, "object": "payment_intent", "status": "succeeded"}
+    )
+    delivered = _deliver(pay_client, event)
+    assert delivered.status_code == 202, delivered.text
+    invoice = _wait_for_status(pay_client, shop, billed.invoice_id, "paid")
+    assert invoice["status"] == "paid"
+    replayed = _deliver(pay_client, event)
+    assert replayed.status_code == 200 and replayed.json()["duplicate"] is True
+
+
+def test_refunds_issue_numbered_credit_notes_and_never_exceed_what_was_paid(
+    pay_client: TestClient, shop: TenantKeys, fake: Faker, card_token: Callable[[str], str]
+) -> None:
+    billed = _billed(pay_client, shop, fake)
+    card = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+    _pay(pay_client, shop, billed.invoice_id, card["id"], "pay")
+    headers = shop.headers("booking")
+    path = f"/v1/invoices/{billed.invoice_id}/refunds"
+    first = pay_client.post(path, json={"amount": 1000}, headers=headers | {"Idempotency-Key": "r1"})
+    assert first.status_code == 201, first.text
+    year = time.gmtime().tm_year
+    assert first.json()["credit_note_number"] == f"CN-{year}-000001"
+    assert first.json()["status"] == "succeeded"
+    partially = pay_client.get(f"/v1/invoices/{billed.invoice_id}", headers=headers).json()
+    assert partially["status"] == "partially_refunded"
+    too_much = pay_client.post(
+        path, json={"amount": billed.total}, headers=headers | {"Idempotency-Key": "r2"}
+    )
+    assert too_much.status_code == 422 and too_much.json()["code"] == "refund_exceeds_paid"
+    rest = pay_client.post(
+        path, json={"reason": "requested_by_customer"}, headers=headers | {"Idempotency-Key": "r3"}
+    )
+    assert rest.json()["amount"] == billed.total - 1000
+    assert rest.json()["credit_note_number"] == f"CN-{year}-000002"
+    assert pay_client.get(f"/v1/invoices/{billed.invoice_id}", headers=headers).json()["status"] == "refunded"
+    replay = pay_client.post(path, json={"amount": 1000}, headers=headers | {"Idempotency-Key": "r1"})
+    assert replay.json() == first.json()
+
+
+def test_unavailable_gateway_then_a_retry_charges_exactly_once(
+    gateway_settings: Settings,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    stripe_client: stripe.StripeClient,
+    app_billing: Billing,
+) -> None:
+    real = StripeGateway(
+        make_stripe_client(API_KEY, api_base=gateway_settings.stripe_api_base), localstripe=True
+    )
+    with TestClient(create_app(gateway_settings, configure_logs=False, gateway=real)) as client:
+        keys = make_tenant(client, app_billing, "Salon Test")
+        billed = _billed(client, keys, fake)
+        card = _save_card(client, keys, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+    for broken, status in (
+        (UnavailableGateway(), 503),
+        (FlakyGateway(real, 1, _timeout, lose_response=True), 504),
+    ):
+        with TestClient(create_app(gateway_settings, configure_logs=False, gateway=broken)) as client:
+            failed = _pay(client, keys, billed.invoice_id, card["id"], "retry-me")
+            assert failed.status_code == status, failed.text
+            assert failed.json()["code"] == "gateway_unavailable"
+            assert (
+                client.get(f"/v1/invoices/{billed.invoice_id}", headers=keys.headers("booking")).json()[
+                    "status"
+                ]
+                == "open"
+            )
+    assert len(_intents_of(stripe_client, billed.invoice_id)) == 1  # the lost response did charge
+    with TestClient(create_app(gateway_settings, configure_logs=False, gateway=real)) as client:
+        retried = _pay(client, keys, billed.invoice_id, card["id"], "retry-me")
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["status"] == "succeeded"
+        assert (
+            client.get(f"/v1/invoices/{billed.invoice_id}", headers=keys.headers("booking")).json()["status"]
+            == "paid"
+        )
+    assert len(_intents_of(stripe_client, billed.invoice_id)) == 1
+    with app_billing.db.read() as session:
+        payments = session.exec(select(Payment).where(Payment.invoice_id == billed.invoice_id)).all()
+        invoice = session.get(Invoice, billed.invoice_id)
+    assert [p.status for p in payments] == ["succeeded"]
+    assert invoice is not None and invoice.amount_paid == billed.total
+
+
+def test_concurrent_payments_and_refunds(
+    gateway_settings: Settings,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    stripe_client: stripe.StripeClient,
+    app_billing: Billing,
+) -> None:
+    with (
+        serve_in_thread(create_app(gateway_settings, configure_logs=False)) as base_url,
+        httpx.Client(base_url=base_url, timeout=30) as client,
+    ):
+        keys = make_tenant(client, app_billing, "Busy Salon")  # type: ignore[arg-type]
+        billed = _billed(client, keys, fake)  # type: ignore[arg-type]
+        card = _save_card(client, keys, billed.customer_id, card_token(TEST_CARDS["visa"])).json()  # type: ignore[arg-type]
+
+        def pay(index: int) -> int:
+            key = "one-key" if index % 2 else f"key-{index}"
+            with httpx.Client(base_url=base_url, timeout=30) as own:
+                return _pay(own, keys, billed.invoice_id, card["id"], key).status_code
+
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            statuses = list(pool.map(pay, range(20)))
+        assert 200 in statuses and set(statuses) <= {200, 409}, statuses
+        assert len(_intents_of(stripe_client, billed.invoice_id)) == 1
+
+        share = billed.total // 8 + 1  # 20 refunds of this sum to far more than was paid
+
+        def refund(index: int) -> int:
+            with httpx.Client(base_url=base_url, timeout=30) as own:
+                return own.post(
+                    f"/v1/invoices/{billed.invoice_id}/refunds",
+                    json={"amount": share},
+                    headers=keys.headers("booking") | {"Idempotency-Key": f"refund-{index}"},
+                ).status_code
+
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            refund_statuses = list(pool.map(refund, range(20)))
+        assert refund_statuses.count(201) == billed.total // share
+        history = client.get(
+            f"/v1/invoices/{billed.invoice_id}/payments", headers=keys.headers("booking")
+        ).json()
+    refunded = sum(r["amount"] for r in history["refunds"] if r["status"] == "succeeded")
+    assert refunded <= billed.total
+    numbers = sorted(r["credit_note_number"] for r in history["refunds"])
+    assert len(set(numbers)) == len(numbers)
+
+
+def test_webhook_signatures_are_enforced(pay_client: TestClient) -> None:
+    event = _event("payment_intent.succeeded", {"id": "pi_unknown", "object": "payment_intent"})
+    payload = json.dumps(event).encode()
+    now = int(time.time())
+    cases = {
+        "no header": {},
+        "wrong secret": {"Stripe-Signature": sign_payload(payload, "whsec_wrong", timestamp=now)},
+        "stale": {"Stripe-Signature": sign_payload(payload, WEBHOOK_SECRET, timestamp=now - 3600)},
+        "garbage": {"Stripe-Signature": "t=abc,v1=zz"},
+    }
+    for name, headers in cases.items():
+        response = pay_client.post("/v1/webhooks/stripe", content=payload, headers=headers)
+        assert response.status_code == 400, name
+        assert response.json()["code"] == "webhook_signature_invalid", name
+    tampered = pay_client.post(
+        "/v1/webhooks/stripe",
+        content=payload.replace(b"pi_unknown", b"pi_other"),
+        headers={"Stripe-Signature": sign_payload(payload, WEBHOOK_SECRET, timestamp=now)},
+    )
+    assert tampered.status_code == 400
+    old_secret = pay_client.post(
+        "/v1/webhooks/stripe",
+        content=payload,
+        headers={"Stripe-Signature": sign_payload(payload, "whsec_old_secret", timestamp=now)},
+    )
+    assert old_secret.status_code == 202  # the previous secret still verifies during rotation
+
+
+def test_a_gateway_without_a_webhook_secret_refuses_to_start(gateway_settings: Settings) -> None:
+    with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
+        replace(gateway_settings, stripe_webhook_secret=None)
+
+
+def test_invoice_pdf(pay_client: TestClient, shop: TenantKeys, fake: Faker) -> None:
+    billed = _billed(pay_client, shop, fake)
+    response = pay_client.get(f"/v1/invoices/{billed.invoice_id}/pdf", headers=shop.headers("booking"))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/pdf"
+    assert response.content.startswith(b"%PDF-")
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_payment_session_link(pay_client: TestClient, shop: TenantKeys, fake: Faker) -> None:
+    billed = _billed(pay_client, shop, fake)
+    response = pay_client.post(
+        f"/v1/invoices/{billed.invoice_id}/payment-sessions", headers=shop.headers("booking")
+    )
+    assert response.status_code == 201, response.text
+    assert "/pay/" in response.json()["url"]
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _timeout() -> Exception:
+    from tokenization import GatewayTimeout
+
+    return GatewayTimeout(request_id=None)
+
+
+def _event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"evt_{uuid.uuid4().hex[:24]}",
+        "object": "event",
+        "type": kind,
+        "created": int(time.time()),
+        "data": {"object": obj},
+    }
+
+
+def _deliver(client: TestClient, event: dict[str, Any]) -> httpx.Response:  # type: ignore[type-arg]
+    payload = json.dumps(event).encode()
+    signature = sign_payload(payload, WEBHOOK_SECRET, timestamp=int(time.time()))
+    return client.post("/v1/webhooks/stripe", content=payload, headers={"Stripe-Signature": signature})
+
+
+def _intent_id(client: TestClient, keys: TenantKeys, invoice_id: str, payment_id: str) -> str:  # type: ignore[type-arg]
+    billing: Billing = client.app.state.billing
+    with billing.db.read() as session:
+        payment = session.get(Payment, payment_id)
+        assert payment is not None and payment.gateway_intent_id is not None
+        return payment.gateway_intent_id
+
+
+def _wait_for_status(
+    client: TestClient,
+    keys: TenantKeys,
+    invoice_id: str,
+    status: str,  # type: ignore[type-arg]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        invoice: dict[str, Any] = client.get(
+            f"/v1/invoices/{invoice_id}", headers=keys.headers("booking")
+        ).json()
+        if invoice["status"] == status or time.monotonic() > deadline:
+            return invoice
+        time.sleep(0.1)

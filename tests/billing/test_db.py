@@ -1,0 +1,61 @@
+"""The storage primitives that cross-process guarantees rest on, on both databases."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from billing import Database, DatabaseConfig, normalize_database_url
+from billing._db import insert_ignore
+from billing._models import WebhookEvent, utcnow
+
+
+def test_insert_ignore_reports_whether_it_inserted(database: Database) -> None:
+    row = {"id": "evt_a", "type": "x", "payload": "{}", "received_at": utcnow()}
+    with database.transaction() as session:
+        assert insert_ignore(session, WebhookEvent, row) is True
+    with database.transaction() as session:
+        assert insert_ignore(session, WebhookEvent, row) is False
+
+
+def test_concurrent_insert_ignore_has_exactly_one_winner(database: Database) -> None:
+    def attempt(_: int) -> bool:
+        with database.transaction() as session:
+            return insert_ignore(
+                session,
+                WebhookEvent,
+                {"id": "evt_race", "type": "x", "payload": "{}", "received_at": utcnow()},
+            )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(attempt, range(16)))
+    assert outcomes.count(True) == 1
+
+
+def test_a_failed_transaction_writes_nothing(database: Database) -> None:
+    with pytest.raises(RuntimeError), database.transaction() as session:  # noqa: PT012
+        insert_ignore(
+            session, WebhookEvent, {"id": "evt_b", "type": "x", "payload": "{}", "received_at": utcnow()}
+        )
+        raise RuntimeError("boom")
+    with database.read() as session:
+        assert session.get(WebhookEvent, "evt_b") is None
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u@h:5432/db", "postgresql+psycopg://u@h:5432/db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("sqlite:///var/x.db", "sqlite:///var/x.db"),
+    ],
+)
+def test_urls_get_our_driver(given: str, expected: str) -> None:
+    assert normalize_database_url(given) == expected
+
+
+def test_other_databases_are_refused_without_echoing_credentials() -> None:
+    with pytest.raises(ValueError, match="unsupported") as error:
+        DatabaseConfig("mysql://user:hunter2@h/db")
+    assert "hunter2" not in str(error.value)
