@@ -27,12 +27,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install Veilbill with its dev tools
 
-run: install ## Start the service on SQLite with a demo tenant (prints its keys and URLs)
+run: install ## Start the service (SQLite, gateway sandbox on :8420) with a demo tenant; prints keys and URLs
 	@mkdir -p var
 	@$(BIN)/veilbill db upgrade
 	@$(BIN)/veilbill keys init --if-missing
 	@$(BIN)/veilbill demo --if-empty
-	@$(BIN)/veilbill serve --host $(HOST) --port $(PORT)
+	@$(BIN)/veilbill serve --host $(HOST) --port $(PORT) --sandbox
 
 test: install ## Run the whole test suite (SQLite, PostgreSQL, Chromium)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -15,7 +15,9 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
 
 from api.auth import ApiKeyAuthentication, current_actor
 from api.controllers import (
@@ -28,6 +30,7 @@ from api.controllers import (
     PaymentController,
     WebhookController,
 )
+from api.controllers.pay import HostedPaymentController, pay_assets_router
 from api.errors import EXCEPTION_HANDLERS
 from api.idempotency import IdempotencyMiddleware
 from api.logging import configure_logging
@@ -39,7 +42,8 @@ from tokenization import PaymentGateway, StripeGateway, make_stripe_client
 __all__ = ["app_from_env", "create_app"]
 
 _ASSETS = "/schema/assets"
-_UNAUTHENTICATED = ["^/schema", "^/health/", "^/v1/webhooks/"]
+_UNAUTHENTICATED = ["^/schema", "^/health/", "^/v1/webhooks/", "^/pay"]
+_TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def create_app(
@@ -75,6 +79,8 @@ def create_app(
             WebhookController,
             AdminController,
             AuditController,
+            HostedPaymentController,
+            pay_assets_router(),
             create_static_files_router(
                 path=_ASSETS,
                 directories=[_swagger_ui_assets()],
@@ -95,6 +101,7 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=_openapi(),
+        template_config=TemplateConfig(directory=_TEMPLATES, engine=JinjaTemplateEngine),
         state=State(
             {"billing": billing, "settings": settings, "readiness": partial(_readiness, db, settings)}
         ),

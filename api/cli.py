@@ -7,9 +7,14 @@ through :meth:`Settings.from_env`. The group is also registered as a Litestar CL
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +23,11 @@ from litestar.plugins import CLIPluginProtocol
 
 from api.settings import Settings
 from billing import (
+    Actor,
     Billing,
     Database,
     DatabaseConfig,
+    InvoiceQuery,
     create_keyring,
     current_revision,
     downgrade,
@@ -31,8 +38,14 @@ from billing import (
     write_keyring,
 )
 from billing.errors import KeyringError
+from tokenization import LocalStripeSandbox, SandboxUnavailable
 
 __all__ = ["VeilbillCLIPlugin", "main", "veilbill"]
+
+SANDBOX_PORT = 8420
+# The sandbox accepts any key; these only have to look like test-mode keys.
+SANDBOX_API_KEY = "sk_test_veilbill_sandbox"
+SANDBOX_PUBLISHABLE_KEY = "pk_test_veilbill_sandbox"
 
 
 class _Context:
@@ -64,8 +77,14 @@ def veilbill() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="worker processes")
+@click.option(
+    "--sandbox",
+    "with_sandbox",
+    is_flag=True,
+    help=f"also start the local gateway sandbox on 127.0.0.1:{SANDBOX_PORT} and use it (development)",
+)
 @pass_context
-def serve(ctx: _Context, host: str, port: int, workers: int) -> None:
+def serve(ctx: _Context, host: str, port: int, workers: int, with_sandbox: bool) -> None:
     import uvicorn
 
     db = ctx.database()
@@ -75,16 +94,63 @@ def serve(ctx: _Context, host: str, port: int, workers: int) -> None:
         db.dispose()
     if current != head_revision():
         raise click.ClickException("The database schema is not up to date; run `veilbill db upgrade`.")
-    uvicorn.run(
-        "api.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,  # our own access log (api.middleware) leaves out query strings
-        proxy_headers=False,
-    )
+    with contextlib.ExitStack() as stack:
+        if with_sandbox:
+            settings = stack.enter_context(_sandbox_for(ctx.settings, public_url=f"http://{host}:{port}"))
+            # Worker processes build their settings from the environment: hand these over.
+            os.environ.update(settings.as_env())
+        uvicorn.run(
+            "api.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            access_log=False,  # our own access log (api.middleware) leaves out query strings
+            proxy_headers=False,
+        )
+
+
+@veilbill.command(help="Run the local gateway sandbox (localstripe) in the foreground.")
+@click.option("--port", default=SANDBOX_PORT, show_default=True, type=int)
+def sandbox(port: int) -> None:
+    box = LocalStripeSandbox(port)
+    try:
+        box.start()
+    except SandboxUnavailable as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"sandbox gateway at {box.api_base} (Stripe.js stand-in at {box.js_url}); Ctrl-C stops it")
+    try:
+        while box.running:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        box.stop()
+
+
+@contextlib.contextmanager
+def _sandbox_for(settings: Settings, *, public_url: str) -> Iterator[Settings]:
+    """Start the sandbox, point the gateway settings at it and register our webhook endpoint."""
+    box = LocalStripeSandbox(SANDBOX_PORT)
+    try:
+        box.start()
+    except SandboxUnavailable as error:
+        raise click.ClickException(f"{error} (pip install 'veilbill[sandbox]')") from None
+    try:
+        secret = "whsec_" + secrets.token_urlsafe(24)
+        box.register_webhook("veilbill", f"{public_url}/v1/webhooks/stripe", secret)
+        click.echo(f"sandbox gateway at {box.api_base}; its events are signed and sent to {public_url}")
+        yield replace(
+            settings,
+            stripe_api_key=SANDBOX_API_KEY,
+            stripe_api_base=box.api_base,
+            stripe_publishable_key=SANDBOX_PUBLISHABLE_KEY,
+            stripe_webhook_secret=secret,
+            public_url=public_url,
+        )
+    finally:
+        box.stop()
 
 
 @veilbill.group(help="Database schema migrations.")
@@ -226,9 +292,21 @@ def demo(
     click.echo(f"Demo tenant {keys_doc['tenant_id']} — keys (also in {keys_file}, mode 0600):")
     for role in ("admin", "booking", "accountant", "auditor"):
         click.echo(f"  {role:<10} {keys_doc['keys'][role]}")
+    link = _demo_payment_link(ctx.billing(), keys_doc["tenant_id"], base)
+    if link:
+        click.echo(f"Pay page:  {link}  (an open demo invoice; the link lasts 30 minutes)")
     click.echo(f"API docs:  {base}/schema/swagger")
     click.echo(f"Ready:     {base}/health/ready")
     click.echo(f'Try:       curl -H "Authorization: Bearer {keys_doc["keys"]["booking"]}" {base}/v1/invoices')
+
+
+def _demo_payment_link(billing: Billing, tenant_id: str, base_url: str) -> str | None:
+    """A fresh hosted-payment link for one of the demo tenant's open invoices, if any."""
+    actor = Actor(tenant_id=tenant_id, role="booking")
+    page = billing.invoices.list_invoices(actor, InvoiceQuery(status="open", limit=1))
+    if not page.data:
+        return None
+    return billing.sessions.create(actor, page.data[0].id, base_url=base_url).url
 
 
 class VeilbillCLIPlugin(CLIPluginProtocol):

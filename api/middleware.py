@@ -75,12 +75,16 @@ class RequestIdMiddleware(ASGIMiddleware):
 
 
 async def guard_request(request: Request[Any, Any, Any]) -> None:
-    """Runs before every handler: idempotency refusals first, then the card-data guard."""
+    """Runs before every handler: the card-data guard first, then idempotency refusals.
+
+    Card data wins over every other refusal, so that whatever else is wrong with such a request,
+    the caller learns that card data is never accepted.
+    """
+    if not request.route_handler.opt.get("skip_card_guard"):
+        await refuse_card_data(request)
     refusal = request.scope.get("state", {}).get("idempotency_refusal")
     if refusal is not None:
         raise refusal
-    if not request.route_handler.opt.get("skip_card_guard"):
-        await refuse_card_data(request)
 
 
 async def refuse_card_data(request: Request[Any, Any, Any]) -> None:

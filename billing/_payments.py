@@ -59,6 +59,7 @@ from tokenization import (
     CardDeclined,
     CardSummary,
     GatewayEvent,
+    GatewayRejected,
     PaymentGateway,
     PaymentResult,
     PaymentStatus,
@@ -321,7 +322,17 @@ class PaymentService:
         """
         gateway_key = derive_idempotency_key("refund", actor.tenant_id, invoice_id, idempotency_key)
         refund, intent_id, resumed = self._reserve_refund(actor, invoice_id, amount, reason, gateway_key)
-        if resumed and refund.gateway_refund_id is not None:
+        if resumed and refund.status != "pending":
+            return self._refund_view(refund.id)
+        found = (
+            self.gateway.find_refund(
+                intent_id=intent_id, metadata_key="veilbill_refund_id", metadata_value=refund.id
+            )
+            if resumed
+            else None
+        )
+        if found is not None:
+            self._finish_refund(actor, refund.id, _refund_status(found.status), found.refund_id)
             return self._refund_view(refund.id)
         try:
             result = self.gateway.refund(
@@ -331,7 +342,7 @@ class PaymentService:
                 metadata={"veilbill_refund_id": refund.id, "veilbill_tenant_id": actor.tenant_id},
                 idempotency_key=gateway_key,
             )
-        except CardDeclined:
+        except (CardDeclined, GatewayRejected):
             self._finish_refund(actor, refund.id, "failed", None)
             raise
         self._finish_refund(actor, refund.id, _refund_status(result.status), result.refund_id)

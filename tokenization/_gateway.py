@@ -328,6 +328,14 @@ class PaymentGateway(Protocol):
         """
         ...
 
+    def find_refund(self, *, intent_id: str, metadata_key: str, metadata_value: str) -> RefundResult | None:
+        """The intent's refund whose ``metadata[metadata_key] == metadata_value``, if any.
+
+        For a refund retried after its answer was lost: like :meth:`find_payment`, it makes a retry
+        safe even on a gateway that ignores idempotency keys.
+        """
+        ...
+
     def refund(
         self,
         *,

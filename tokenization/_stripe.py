@@ -270,6 +270,23 @@ class StripeGateway:
         earliest = min(matches, key=lambda data: (_int(data, "created"), str(data.get("id"))))
         return _payment_result(earliest)
 
+    def find_refund(self, *, intent_id: str, metadata_key: str, metadata_value: str) -> RefundResult | None:
+        """The intent's refund with ``metadata[metadata_key] == metadata_value`` (at most 1,000 scanned)."""
+        params: stripe.params.RefundListParams = {"limit": 100}
+        if not self._localstripe:
+            params["payment_intent"] = intent_id
+        try:
+            listing = self._client.v1.refunds.list(params=params)
+            for refund in _bounded(listing.auto_paging_iter(), _FIND_SCAN_LIMIT):
+                data = refund.to_dict()
+                if _id(data.get("payment_intent")) not in (None, intent_id):
+                    continue
+                if _metadata(data).get(metadata_key) == metadata_value:
+                    return _refund_result(data)
+        except stripe.StripeError as error:
+            _raise(error)
+        return None
+
     def refund(
         self,
         *,
@@ -292,15 +309,18 @@ class StripeGateway:
             refund = self._client.v1.refunds.create(params=params, options=_options(idempotency_key))
         except stripe.StripeError as error:
             _raise(error)
-        data = refund.to_dict()
-        return RefundResult(
-            refund_id=_str(data, "id"),
-            status=_optional_str(data, "status") or "pending",
-            amount=_int(data, "amount"),
-        )
+        return _refund_result(refund.to_dict())
 
 
 # --- mapping SDK objects to values ------------------------------------------------------------
+
+
+def _refund_result(data: dict[str, Any]) -> RefundResult:
+    return RefundResult(
+        refund_id=_str(data, "id"),
+        status=_optional_str(data, "status") or "pending",
+        amount=_int(data, "amount"),
+    )
 
 
 def _options(idempotency_key: str) -> stripe.RequestOptions:

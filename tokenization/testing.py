@@ -151,6 +151,15 @@ class _FaultInjectingGateway:
             ),
         )
 
+    def find_refund(self, *, intent_id: str, metadata_key: str, metadata_value: str) -> RefundResult | None:
+        return self._call(
+            "find_refund",
+            None,
+            lambda: self.inner.find_refund(
+                intent_id=intent_id, metadata_key=metadata_key, metadata_value=metadata_value
+            ),
+        )
+
     def refund(
         self,
         *,

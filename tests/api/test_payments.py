@@ -449,3 +449,37 @@ def _wait_for_status(
         if invoice["status"] == status or time.monotonic() > deadline:
             return invoice
         time.sleep(0.1)
+
+
+def test_a_refund_whose_answer_was_lost_is_not_repeated(
+    gateway_settings: Settings,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    stripe_client: stripe.StripeClient,
+    app_billing: Billing,
+) -> None:
+    real = StripeGateway(
+        make_stripe_client(API_KEY, api_base=gateway_settings.stripe_api_base), localstripe=True
+    )
+    with TestClient(create_app(gateway_settings, configure_logs=False, gateway=real)) as client:
+        keys = make_tenant(client, app_billing, "Spa Test")
+        billed = _billed(client, keys, fake)
+        card = _save_card(client, keys, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+        assert _pay(client, keys, billed.invoice_id, card["id"], "pay").status_code == 200
+    refund_path = f"/v1/invoices/{billed.invoice_id}/refunds"
+    headers = keys.headers("booking") | {"Idempotency-Key": "refund-once"}
+    lossy = FlakyGateway(real, 1, _timeout, lose_response=True)
+    with TestClient(create_app(gateway_settings, configure_logs=False, gateway=lossy)) as client:
+        lost = client.post(refund_path, json={"amount": 500}, headers=headers)
+        assert lost.status_code == 504, lost.text
+    with TestClient(create_app(gateway_settings, configure_logs=False, gateway=real)) as client:
+        retried = client.post(refund_path, json={"amount": 500}, headers=headers)
+        assert retried.status_code == 201, retried.text
+        assert retried.json()["status"] == "succeeded" and retried.json()["credit_note_number"]
+    intent = _intents_of(stripe_client, billed.invoice_id)[0]
+    refunds = [
+        r
+        for r in stripe_client.v1.refunds.list(params={"limit": 100}).auto_paging_iter()
+        if r.payment_intent == intent.id
+    ]
+    assert [r.amount for r in refunds] == [500]
