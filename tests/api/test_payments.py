@@ -24,7 +24,7 @@ from sqlmodel import select
 from api.app import create_app
 from api.settings import Settings
 from billing import Billing
-from billing._models import Invoice, Payment
+from billing._models import Invoice, Payment, WebhookEvent
 from tokenization import LocalStripeSandbox, StripeGateway, make_stripe_client, sign_payload
 from tokenization.testing import FlakyGateway, UnavailableGateway
 
@@ -207,7 +207,11 @@ def test_declined_at_attach(
 
 
 def test_three_d_secure_returns_a_client_secret_and_a_webhook_completes_it(
-    pay_client: TestClient, shop: TenantKeys, fake: Faker, card_token: Callable[[str], str]
+    pay_client: TestClient,
+    shop: TenantKeys,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    app_billing: Billing,
 ) -> None:
     billed = _billed(pay_client, shop, fake)
     card = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["three_d_secure"])).json()
@@ -218,7 +222,7 @@ def test_three_d_secure_returns_a_client_secret_and_a_webhook_completes_it(
     payments = pay_client.get(
         f"/v1/invoices/{billed.invoice_id}/payments", headers=shop.headers("booking")
     ).json()
-    intent_id = _intent_id(pay_client, shop, billed.invoice_id, payments["payments"][0]["payment_id"])
+    intent_id = _intent_id(app_billing, payments["payments"][0]["payment_id"])
     event = _event(
         "payment_intent.succeeded", {"id": intent_id, "object": "payment_intent", "status": "succeeded"}
     )
@@ -427,8 +431,7 @@ def _deliver(client: TestClient, event: dict[str, Any]) -> httpx.Response:  # ty
     return client.post("/v1/webhooks/stripe", content=payload, headers={"Stripe-Signature": signature})
 
 
-def _intent_id(client: TestClient, keys: TenantKeys, invoice_id: str, payment_id: str) -> str:  # type: ignore[type-arg]
-    billing: Billing = client.app.state.billing
+def _intent_id(billing: Billing, payment_id: str) -> str:
     with billing.db.read() as session:
         payment = session.get(Payment, payment_id)
         assert payment is not None and payment.gateway_intent_id is not None
@@ -483,3 +486,47 @@ def test_a_refund_whose_answer_was_lost_is_not_repeated(
         if r.payment_intent == intent.id
     ]
     assert [r.amount for r in refunds] == [500]
+
+
+def test_events_signed_and_sent_by_the_sandbox_are_verified_and_applied(
+    gateway_settings: Settings,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    sandbox: LocalStripeSandbox,
+    app_billing: Billing,
+) -> None:
+    secret = f"whsec_{uuid.uuid4().hex}"
+    settings = replace(gateway_settings, stripe_webhook_secret=secret)
+    with (
+        serve_in_thread(create_app(settings, configure_logs=False)) as base_url,
+        httpx.Client(base_url=base_url, timeout=30) as client,
+    ):
+        sandbox.register_webhook("api-contract", f"{base_url}/v1/webhooks/stripe", secret)
+        try:
+            keys = make_tenant(client, app_billing, "Webhook Salon")  # type: ignore[arg-type]
+            billed = _billed(client, keys, fake)  # type: ignore[arg-type]
+            card = _save_card(client, keys, billed.customer_id, card_token(TEST_CARDS["visa"])).json()  # type: ignore[arg-type]
+            paid = _pay(client, keys, billed.invoice_id, card["id"], "hooked")
+            assert paid.json()["status"] == "succeeded"
+            intent_id = _intent_id(app_billing, paid.json()["payment_id"])
+            event = _wait_for_event(app_billing, "payment_intent.succeeded", intent_id)
+        finally:  # registrations cannot be deleted: narrow this one to an event that never happens
+            sandbox.register_webhook(
+                "api-contract", f"{base_url}/v1/webhooks/stripe", secret, events=["none.never"]
+            )
+    assert event is not None, "the sandbox's signed event never arrived"
+    assert event.outcome == "applied" and event.processed_at is not None
+    assert json.loads(event.payload)["id"] == intent_id
+
+
+def _wait_for_event(billing: Billing, kind: str, object_id: str) -> WebhookEvent | None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with billing.db.read() as session:
+            found = session.exec(
+                select(WebhookEvent).where(WebhookEvent.type == kind, WebhookEvent.object_id == object_id)
+            ).first()
+        if found is not None and found.processed_at is not None:
+            return found
+        time.sleep(0.2)
+    return None

@@ -149,6 +149,7 @@ def test_pay_with_a_card(page: Page, pay_server: PayServer, fake: Faker, tmp_pat
     assert _final_outcome(page) == "success"
     assert "Payment successful" in page.locator("#outcome").inner_text()
     assert page.locator("#status-badge").inner_text() == "Paid"
+    assert page.locator("#amount-label").inner_text() == "Amount paid"
     assert page.locator("#payment-form").is_hidden()
     page.screenshot(path=str(tmp_path / "pay-after.png"), full_page=True)
     assert invoice_status(pay_server, link) == "paid"
@@ -190,6 +191,28 @@ def test_three_d_secure(page: Page, pay_server: PayServer, fake: Faker) -> None:
     assert invoice_status(pay_server, link) == "paid"
     assert _csp_violations(page) == []
     _assert_card_number_only_reached_the_gateway(pay_server, requests, TEST_CARDS["three_d_secure"])
+
+
+def test_card_details_the_gateway_refuses_get_our_own_message(
+    page: Page, pay_server: PayServer, fake: Faker
+) -> None:
+    # The sandbox's stand-in takes exactly 16 digits (Stripe's element formats the spaces itself):
+    # a number with spaces is refused by the gateway with its own text, which the payer never sees.
+    link = open_payment_link(pay_server, fake)
+    requests = _record_requests(page)
+    page.goto(link.url)
+    page.get_by_placeholder("number", exact=True).fill("4242 4242 4242 4242")
+    for placeholder, value in (("exp_month", "12"), ("exp_year", "30"), ("cvc", "123")):
+        page.get_by_placeholder(placeholder).fill(value)
+    page.get_by_role("button", name=re.compile(r"^Pay ")).click()
+
+    assert _final_outcome(page) == "error"
+    outcome = page.locator("#outcome").inner_text()
+    assert "We could not verify this card. Check the details and try again" in outcome
+    assert "Bad request" not in page.content()
+    charges = [r for r in requests if r.url == f"{link.url}/confirm"]
+    assert charges == [], "nothing is charged when the gateway refuses the card"
+    assert invoice_status(pay_server, link) == "open"
 
 
 def _directives(policy: str) -> dict[str, set[str]]:

@@ -31,6 +31,7 @@
   var outcomeText = document.getElementById("outcome-text");
   var badge = document.getElementById("status-badge");
   var loading = document.getElementById("card-loading");
+  var amountLabel = document.getElementById("amount-label");
 
   var PAID = ["paid", "partially_refunded", "refunded"];
   var FINISHED_PAYMENT = ["failed", "canceled"];
@@ -211,6 +212,7 @@
     form.hidden = true;
     badge.textContent = "Paid";
     badge.className = "badge badge--paid";
+    amountLabel.textContent = "Amount paid";
     var number = invoice.invoice_number ? "Invoice " + invoice.invoice_number + " is paid. " : "";
     return show("success", "Payment successful", number + "Thank you for your payment.");
   }
