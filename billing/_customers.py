@@ -19,12 +19,11 @@ from sqlmodel import Session, select
 from billing._actor import Actor
 from billing._audit import AuditTrail
 from billing._blind_index import blind_index, normalize_email, normalize_ref
-from billing._db import Database
+from billing._db import Database, get_for_tenant
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import Customer, new_id
-from billing.errors import NotFound
 
 __all__ = [
     "Address",
@@ -262,13 +261,9 @@ class CustomerService:
 
 
 def _get(session: Session, tenant_id: str, customer_id: str, *, for_update: bool = False) -> Customer:
-    query = select(Customer).where(Customer.id == customer_id, Customer.tenant_id == tenant_id)
-    if for_update:
-        query = query.with_for_update()
-    customer = session.exec(query).one_or_none()
-    if customer is None:
-        raise NotFound(resource="customer")
-    return customer
+    return get_for_tenant(
+        session, Customer, tenant_id, customer_id, resource="customer", for_update=for_update
+    )
 
 
 def _encode(value: object) -> str:

@@ -15,16 +15,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel, col, select
 
-__all__ = ["Database", "DatabaseConfig", "insert_ignore", "normalize_database_url"]
+from billing.errors import NotFound
+
+__all__ = ["Database", "DatabaseConfig", "get_for_tenant", "insert_ignore", "normalize_database_url"]
+
+_Row = TypeVar("_Row", bound=SQLModel)
 
 
 def normalize_database_url(url: str) -> str:
@@ -152,3 +156,30 @@ def insert_ignore(session: Session, model: type[Any], values: dict[str, Any]) ->
     # RETURNING, not rowcount: through the ORM session rowcount is -1 on PostgreSQL.
     statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
     return session.execute(statement).first() is not None
+
+
+def get_for_tenant(
+    session: Session,
+    model: type[_Row],
+    tenant_id: str,
+    row_id: str,
+    *,
+    resource: str,
+    for_update: bool = False,
+) -> _Row:
+    """The row of ``model`` with ``row_id`` *in this tenant*, optionally locked until commit.
+
+    Raises:
+        NotFound: no such row in this tenant — another tenant's row is reported the same way, so
+            ids of other tenants cannot be probed.
+    """
+    # getattr, because the model is a parameter: every table queried this way has both columns.
+    id_column = col(getattr(model, "id"))  # noqa: B009
+    tenant_column = col(getattr(model, "tenant_id"))  # noqa: B009
+    query = select(model).where(id_column == row_id, tenant_column == tenant_id)
+    if for_update:
+        query = query.with_for_update()
+    row = session.exec(query).one_or_none()
+    if row is None:
+        raise NotFound(resource=resource)
+    return row

@@ -30,13 +30,13 @@ from sqlmodel import Session, col, select
 from billing._actor import Actor
 from billing._audit import AuditTrail
 from billing._customers import CustomerService
-from billing._db import Database, insert_ignore
+from billing._db import Database, get_for_tenant, insert_ignore
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import Customer, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
-from billing.errors import InvalidStateTransition, NotFound, ValidationFailed
+from billing.errors import InvalidStateTransition, ValidationFailed
 
 __all__ = [
     "InvoiceInput",
@@ -196,7 +196,7 @@ class InvoiceService:
         totals = compute_totals((ln.quantity, ln.unit_amount, ln.tax_rate_bps) for ln in data.lines)
         now = self._clock()
         with self._db.transaction() as session:
-            _customer_exists(session, actor.tenant_id, data.customer_id)
+            get_for_tenant(session, Customer, actor.tenant_id, data.customer_id, resource="customer")
             invoice = Invoice(
                 id=new_id("inv"),
                 tenant_id=actor.tenant_id,
@@ -234,7 +234,7 @@ class InvoiceService:
     def read(self, actor: Actor, invoice_id: str) -> InvoiceView:
         """The invoice with its decrypted content; audited as a read of the client's data."""
         with self._db.transaction() as session:
-            invoice = _get(session, actor.tenant_id, invoice_id)
+            invoice = get_invoice(session, actor.tenant_id, invoice_id)
             view = self._open(session, invoice)
             self._audit.record(
                 session,
@@ -249,7 +249,7 @@ class InvoiceService:
     def read_for_document(self, actor: Actor, invoice_id: str) -> tuple[InvoiceView, str]:
         """The decrypted invoice and the seller's name, to render a document; audited as a read."""
         with self._db.transaction() as session:
-            invoice = _get(session, actor.tenant_id, invoice_id)
+            invoice = get_invoice(session, actor.tenant_id, invoice_id)
             view = self._open(session, invoice)
             tenant = session.get(Tenant, actor.tenant_id)
             assert tenant is not None
@@ -265,7 +265,7 @@ class InvoiceService:
 
     def update_draft(self, actor: Actor, invoice_id: str, patch: InvoicePatch) -> InvoiceView:
         with self._db.transaction() as session:
-            invoice = _get(session, actor.tenant_id, invoice_id, for_update=True)
+            invoice = get_invoice(session, actor.tenant_id, invoice_id, for_update=True)
             if invoice.status != "draft":
                 raise InvalidStateTransition(
                     "Only draft invoices can be edited.", current_status=invoice.status
@@ -304,7 +304,7 @@ class InvoiceService:
     def finalize(self, actor: Actor, invoice_id: str) -> InvoiceView:
         """Assign the next number and open the invoice, in one transaction."""
         with self._db.transaction() as session:
-            invoice = _get(session, actor.tenant_id, invoice_id, for_update=True)
+            invoice = get_invoice(session, actor.tenant_id, invoice_id, for_update=True)
             if invoice.status != "draft":
                 raise InvalidStateTransition(
                     "Only draft invoices can be finalized.", current_status=invoice.status
@@ -375,7 +375,7 @@ class InvoiceService:
     def _transition(self, actor: Actor, invoice_id: str, action: str) -> InvoiceView:
         allowed, target = _TRANSITIONS[action]
         with self._db.transaction() as session:
-            invoice = _get(session, actor.tenant_id, invoice_id, for_update=True)
+            invoice = get_invoice(session, actor.tenant_id, invoice_id, for_update=True)
             if invoice.status not in allowed:
                 raise InvalidStateTransition(current_status=invoice.status, action=action)
             invoice.status = target
@@ -483,22 +483,8 @@ def _check_series(series: str) -> None:
         raise ValidationFailed("The series CN is reserved for credit notes.", field="series")
 
 
-def _get(session: Session, tenant_id: str, invoice_id: str, *, for_update: bool = False) -> Invoice:
-    query = select(Invoice).where(Invoice.id == invoice_id, Invoice.tenant_id == tenant_id)
-    if for_update:
-        query = query.with_for_update()
-    invoice = session.exec(query).one_or_none()
-    if invoice is None:
-        raise NotFound(resource="invoice")
-    return invoice
-
-
-def _customer_exists(session: Session, tenant_id: str, customer_id: str) -> None:
-    found = session.exec(
-        select(Customer.id).where(Customer.id == customer_id, Customer.tenant_id == tenant_id)
-    ).one_or_none()
-    if found is None:
-        raise NotFound(resource="customer")
+def get_invoice(session: Session, tenant_id: str, invoice_id: str, *, for_update: bool = False) -> Invoice:
+    return get_for_tenant(session, Invoice, tenant_id, invoice_id, resource="invoice", for_update=for_update)
 
 
 def _has_lines(session: Session, invoice_id: str) -> bool:

@@ -32,14 +32,13 @@ from sqlmodel import Session, col, select
 
 from billing._actor import Actor
 from billing._audit import AuditTrail
-from billing._db import Database, insert_ignore
-from billing._invoices import CREDIT_NOTE_SERIES, next_number
+from billing._db import Database, get_for_tenant, insert_ignore
+from billing._invoices import CREDIT_NOTE_SERIES, get_invoice, next_number
 from billing._models import (
     CreditNote,
     Customer,
     Dispute,
     GatewayCustomer,
-    Invoice,
     Payment,
     PaymentMethod,
     Refund,
@@ -292,7 +291,7 @@ class PaymentService:
 
     def list_payments(self, actor: Actor, invoice_id: str) -> tuple[list[PaymentView], list[RefundView]]:
         with self._db.read() as session:
-            _invoice(session, actor.tenant_id, invoice_id)
+            get_invoice(session, actor.tenant_id, invoice_id)
             payments = session.exec(
                 select(Payment)
                 .where(Payment.tenant_id == actor.tenant_id, Payment.invoice_id == invoice_id)
@@ -460,14 +459,14 @@ class PaymentService:
         self, actor: Actor, invoice_id: str, payment_method_id: str, gateway_key: str
     ) -> _Charge:
         with self._db.read() as session:
-            invoice = _invoice(session, actor.tenant_id, invoice_id)
+            invoice = get_invoice(session, actor.tenant_id, invoice_id)
             method = _payment_method(session, actor.tenant_id, invoice.customer_id, payment_method_id)
             if method.detached_at is not None:
                 raise NotFound(resource="payment_method")
         gateway_customer = self._gateway_customer(actor, invoice.customer_id)
         for _ in range(2):
             with self._db.transaction() as session:
-                invoice = _invoice(session, actor.tenant_id, invoice_id, for_update=True)
+                invoice = get_invoice(session, actor.tenant_id, invoice_id, for_update=True)
                 unfinished = session.exec(
                     select(Payment).where(
                         Payment.tenant_id == actor.tenant_id,
@@ -561,7 +560,7 @@ class PaymentService:
         with self._db.transaction() as session:
             payment = session.get(Payment, payment_id)
             assert payment is not None
-            invoice = _invoice(session, payment.tenant_id, payment.invoice_id, for_update=True)
+            invoice = get_invoice(session, payment.tenant_id, payment.invoice_id, for_update=True)
             payment = session.get(Payment, payment_id, with_for_update=True, populate_existing=True)
             assert payment is not None
             if payment.gateway_intent_id is None:
@@ -598,7 +597,7 @@ class PaymentService:
         self, actor: Actor, invoice_id: str, amount: int | None, reason: str | None, gateway_key: str
     ) -> tuple[Refund, str, bool]:
         with self._db.transaction() as session:
-            invoice = _invoice(session, actor.tenant_id, invoice_id, for_update=True)
+            invoice = get_invoice(session, actor.tenant_id, invoice_id, for_update=True)
             existing = session.exec(
                 select(Refund).where(
                     Refund.tenant_id == actor.tenant_id,
@@ -655,7 +654,7 @@ class PaymentService:
         with self._db.transaction() as session:
             refund = session.get(Refund, refund_id)
             assert refund is not None
-            invoice = _invoice(session, refund.tenant_id, refund.invoice_id, for_update=True)
+            invoice = get_invoice(session, refund.tenant_id, refund.invoice_id, for_update=True)
             refund = session.get(Refund, refund_id, with_for_update=True, populate_existing=True)
             assert refund is not None
             if gateway_refund_id and refund.gateway_refund_id is None:
@@ -832,31 +831,11 @@ def _charge(payment: Payment, gateway_customer: str, method: PaymentMethod, *, r
 
 
 def _customer(session: Session, tenant_id: str, customer_id: str) -> Customer:
-    customer = session.exec(
-        select(Customer).where(Customer.id == customer_id, Customer.tenant_id == tenant_id)
-    ).one_or_none()
-    if customer is None:
-        raise NotFound(resource="customer")
-    return customer
-
-
-def _invoice(session: Session, tenant_id: str, invoice_id: str, *, for_update: bool = False) -> Invoice:
-    query = select(Invoice).where(Invoice.id == invoice_id, Invoice.tenant_id == tenant_id)
-    if for_update:
-        query = query.with_for_update()
-    invoice = session.exec(query).one_or_none()
-    if invoice is None:
-        raise NotFound(resource="invoice")
-    return invoice
+    return get_for_tenant(session, Customer, tenant_id, customer_id, resource="customer")
 
 
 def _payment(session: Session, tenant_id: str, payment_id: str) -> Payment:
-    payment = session.exec(
-        select(Payment).where(Payment.id == payment_id, Payment.tenant_id == tenant_id)
-    ).one_or_none()
-    if payment is None:
-        raise NotFound(resource="payment")
-    return payment
+    return get_for_tenant(session, Payment, tenant_id, payment_id, resource="payment")
 
 
 def _payment_method(
