@@ -68,10 +68,18 @@ class RequestIdMiddleware(ASGIMiddleware):
                 _access_log.info(
                     "request",
                     method=scope.get("method"),
-                    path=scope.get("path"),
+                    path=_loggable_path(scope),
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+
+
+def _loggable_path(scope: Scope) -> str:
+    """The request path, or its route template when the route says its path holds a credential."""
+    handler = scope.get("route_handler")
+    if handler is not None and handler.opt.get("secret_in_path"):
+        return min(handler.paths, default="?")
+    return str(scope.get("path", ""))
 
 
 async def guard_request(request: Request[Any, Any, Any]) -> None:

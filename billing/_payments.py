@@ -569,6 +569,7 @@ class PaymentService:
             if before in ("succeeded", "failed", "canceled"):
                 return _payment_view(payment)
             payment.status = result.status
+            payment.updated_at = self._clock()
             if result.status == "failed":
                 payment.decline_code = (result.decline_code or "generic_decline")[:60]
             payment.updated_at = self._clock()

@@ -28,6 +28,7 @@ from billing.errors import InvalidStateTransition, NotFound, PaymentSessionInval
 __all__ = ["SESSION_TTL", "HostedInvoice", "IssuedPaymentSession", "PaymentSessionService"]
 
 SESSION_TTL = timedelta(minutes=30)
+REFRESH_INTERVAL = timedelta(seconds=2)
 _TOKEN_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"  # noqa: S105 - an alphabet, not a secret
 _TOKEN_LENGTH = 36
 
@@ -159,7 +160,8 @@ class PaymentSessionService:
                     Payment.invoice_id == found.invoice_id, col(Payment.status).in_(UNFINISHED)
                 )
             ).first()
-        if unfinished is not None:
+        # At most one gateway look-up per payment every REFRESH_INTERVAL, however often a page polls.
+        if unfinished is not None and self._clock() - unfinished.updated_at >= REFRESH_INTERVAL:
             self._payments.refresh_payment(found.actor, found.invoice_id, unfinished.id)
         return self.describe(token)
 

@@ -152,6 +152,6 @@ class IdempotencyInProgress(BillingError):
 
 
 class PaymentSessionInvalid(BillingError):
-    """The payment link is unknown, expired or already used."""
+    """The payment link is unknown or expired."""
 
     code = "payment_session_invalid"

@@ -42,6 +42,7 @@ from billing.errors import PaymentSessionInvalid
 
 __all__ = [
     "PAY_ASSETS",
+    "CardSetup",
     "ConfirmPayment",
     "HostedPaymentController",
     "PageSecurityHeaders",
@@ -141,6 +142,8 @@ class HostedPaymentController(Controller):
     path = "/pay/{token:str}"
     include_in_schema = False
     middleware = [PageSecurityHeaders()]
+    # The token is the credential: the access log writes the route template, never the path.
+    opt = {"secret_in_path": True}
 
     @get("/", sync_to_thread=True)
     def payment_page(

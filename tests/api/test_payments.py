@@ -24,7 +24,7 @@ from sqlmodel import select
 from api.app import create_app
 from api.settings import Settings
 from billing import Billing
-from billing._models import Invoice, Payment, WebhookEvent
+from billing._models import Dispute, Invoice, Payment, Refund, WebhookEvent, utcnow
 from tokenization import LocalStripeSandbox, StripeGateway, make_stripe_client, sign_payload
 from tokenization.testing import FlakyGateway, UnavailableGateway
 
@@ -530,3 +530,99 @@ def _wait_for_event(billing: Billing, kind: str, object_id: str) -> WebhookEvent
             return found
         time.sleep(0.2)
     return None
+
+
+def test_detach_a_card(
+    pay_client: TestClient, shop: TenantKeys, fake: Faker, card_token: Callable[[str], str]
+) -> None:
+    billed = _billed(pay_client, shop, fake)
+    card = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+    path = f"/v1/customers/{billed.customer_id}/payment-methods"
+    detached = pay_client.delete(f"{path}/{card['id']}", headers=shop.headers("booking"))
+    assert detached.status_code == 200, detached.text
+    assert pay_client.get(path, headers=shop.headers("booking")).json()["data"] == []
+    refused = _pay(pay_client, shop, billed.invoice_id, card["id"], "after-detach")
+    assert refused.status_code == 404 and refused.json()["resource"] == "payment_method"
+
+
+def test_refund_and_dispute_events_are_applied_once(
+    pay_client: TestClient,
+    shop: TenantKeys,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    app_billing: Billing,
+) -> None:
+    billed = _billed(pay_client, shop, fake)
+    card = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+    paid = _pay(pay_client, shop, billed.invoice_id, card["id"], "pay").json()
+    intent_id = _intent_id(app_billing, paid["payment_id"])
+    with app_billing.db.transaction() as session:  # a refund the gateway has not confirmed yet
+        session.add(
+            Refund(
+                id="re_pendingtest",
+                tenant_id=shop.tenant_id,
+                invoice_id=billed.invoice_id,
+                payment_id=paid["payment_id"],
+                amount=700,
+                currency="EUR",
+                status="pending",
+                gateway_refund_id="re_gateway_1",
+                gateway_idempotency_key="k",
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+    refunded = _event(
+        "charge.refunded",
+        {
+            "id": "ch_1",
+            "object": "charge",
+            "payment_intent": intent_id,
+            "refunds": {"data": [{"id": "re_gateway_1", "status": "succeeded", "amount": 700}]},
+        },
+    )
+    assert _deliver(pay_client, refunded).status_code == 202
+    assert _deliver(pay_client, refunded).json()["duplicate"] is True
+    history = _wait_for(
+        lambda: pay_client.get(
+            f"/v1/invoices/{billed.invoice_id}/payments", headers=shop.headers("booking")
+        ).json(),
+        lambda h: h["refunds"] and h["refunds"][0]["status"] == "succeeded",
+    )
+    assert history["refunds"][0]["credit_note_number"]
+    invoice = pay_client.get(f"/v1/invoices/{billed.invoice_id}", headers=shop.headers("booking")).json()
+    assert invoice["status"] == "partially_refunded"
+
+    disputed = _event(
+        "charge.dispute.created",
+        {
+            "id": "dp_1",
+            "object": "dispute",
+            "payment_intent": intent_id,
+            "amount": billed.total,
+            "status": "needs_response",
+            "reason": "fraudulent",
+        },
+    )
+    assert _deliver(pay_client, disputed).status_code == 202
+    dispute = _wait_for(lambda: _dispute(app_billing, "dp_1"), lambda d: d is not None)
+    assert dispute is not None
+    assert (dispute.payment_id, dispute.status, dispute.tenant_id) == (
+        paid["payment_id"],
+        "needs_response",
+        shop.tenant_id,
+    )
+
+
+def _dispute(billing: Billing, dispute_id: str) -> Dispute | None:
+    with billing.db.read() as session:
+        return session.get(Dispute, dispute_id)
+
+
+def _wait_for(read: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
+    deadline = time.monotonic() + 10
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read()
+    return value

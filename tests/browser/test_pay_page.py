@@ -155,6 +155,8 @@ def test_pay_with_a_card(page: Page, pay_server: PayServer, fake: Faker, tmp_pat
     assert invoice_status(pay_server, link) == "paid"
     assert _csp_violations(page) == []
     _assert_card_number_only_reached_the_gateway(pay_server, requests, TEST_CARDS["visa"])
+    token = link.url.rsplit("/", 1)[1]
+    assert token.encode() not in pay_server.log_path.read_bytes(), "the link's token reached the log"
 
     page.reload()
     assert page.locator('#outcome[data-outcome="paid"]').inner_text().startswith("Paid")
@@ -212,6 +214,19 @@ def test_card_details_the_gateway_refuses_get_our_own_message(
     assert "Bad request" not in page.content()
     charges = [r for r in requests if r.url == f"{link.url}/confirm"]
     assert charges == [], "nothing is charged when the gateway refuses the card"
+    assert invoice_status(pay_server, link) == "open"
+
+
+def test_the_card_data_guard_covers_the_page_calls(pay_server: PayServer, fake: Faker) -> None:
+    link = open_payment_link(pay_server, fake)
+    for body in ({"payment_method": TEST_CARDS["visa"]}, {"payment_method": "pm_x", "card_number": "x"}):
+        refused = httpx.post(f"{link.url}/confirm", json=body, timeout=10)
+        assert refused.status_code == 422 and refused.json()["code"] == "card_data_rejected"
+        assert refused.headers["cache-control"] == "no-store"
+    unknown_field = httpx.post(
+        f"{link.url}/confirm", json={"payment_method": "pm_x", "amount": 1}, timeout=10
+    )
+    assert unknown_field.status_code == 400 and unknown_field.json()["code"] == "unknown_field"
     assert invoice_status(pay_server, link) == "open"
 
 
@@ -281,4 +296,3 @@ def test_an_unknown_or_expired_link_is_a_plain_404(page: Page, pay_server: PaySe
 
     state = httpx.get(f"{link.url}/state", timeout=10)
     assert state.status_code == 404 and state.json()["code"] == "payment_session_invalid"
-
