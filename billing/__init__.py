@@ -51,7 +51,7 @@ from billing._payments import (
 )
 from billing._service import Billing
 from billing._sessions import HostedInvoice, IssuedPaymentSession, PaymentSessionService
-from billing._tenants import ApiKeyView, IssuedApiKey, TenantService
+from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantService
 
 __all__ = [
     "HANDLED_EVENT_TYPES",
@@ -63,6 +63,7 @@ __all__ = [
     "AuditTrail",
     "AuditVerification",
     "Billing",
+    "BusinessDetails",
     "CardView",
     "CustomerInput",
     "CustomerPatch",

@@ -113,13 +113,20 @@ def _tenant_fk() -> Any:
 
 
 class Tenant(SQLModel, table=True):
-    """One business. Its blind-index key is a ``data_keys`` row of purpose ``index``."""
+    """One business. Its blind-index key is a ``data_keys`` row of purpose ``index``.
+
+    The seller details printed on its invoices are the business's own, public data — clear.
+    """
 
     __tablename__ = "tenants"
 
     id: str = Field(primary_key=True, max_length=40)
     name: str = Field(max_length=200)
     created_at: datetime = _ts()
+    legal_name: str | None = Field(default=None, max_length=200)
+    address_lines: str | None = Field(default=None, max_length=1000)
+    vat_id: str | None = Field(default=None, max_length=40)
+    billing_email: str | None = Field(default=None, max_length=320)
 
 
 class ApiKey(SQLModel, table=True):

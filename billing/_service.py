@@ -60,8 +60,15 @@ class Billing:
 
         Returns a file name (the number, or the id of a draft) and the bytes.
         """
-        view, seller = self.invoices.read_for_document(actor, invoice_id)
-        pdf = render_invoice_pdf(view, SellerDetails(name=seller), now=self.clock())
+        view, _ = self.invoices.read_for_document(actor, invoice_id)
+        business = self.tenants.business_details(actor.tenant_id)
+        seller = SellerDetails(
+            name=business.legal_name,
+            address_lines=tuple(business.address_lines),
+            vat_id=business.vat_id,
+            email=business.email,
+        )
+        pdf = render_invoice_pdf(view, seller, now=self.clock())
         return view.number or view.id, pdf
 
     def audit_events(self, actor: Actor, *, after: int = 0, limit: int = 100) -> list[AuditEvent]:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
 
+import msgspec
 from sqlmodel import Session, select
 
 from billing._actor import ROLES, Actor
@@ -26,7 +29,7 @@ from billing._keys import SubjectKeys
 from billing._models import ApiKey, Tenant, new_id
 from billing.errors import ApiKeyInvalid, NotFound, ValidationFailed
 
-__all__ = ["ApiKeyView", "IssuedApiKey", "TenantService", "hash_api_key"]
+__all__ = ["ApiKeyView", "BusinessDetails", "IssuedApiKey", "TenantService", "hash_api_key"]
 
 KEY_PREFIX = "vb_"
 
@@ -47,6 +50,17 @@ class IssuedApiKey:
 
     def __repr__(self) -> str:
         return f"IssuedApiKey(id={self.id!r}, role={self.role!r}, key=<redacted>)"
+
+
+class BusinessDetails(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The seller details printed on the tenant's invoices (the business's own, public data)."""
+
+    legal_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    address_lines: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=200)]], msgspec.Meta(max_length=5)
+    ] = msgspec.field(default_factory=list)
+    vat_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{4,20}$")] | None = None
+    email: Annotated[str, msgspec.Meta(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +111,38 @@ class TenantService:
                 resource_id=tenant_id,
             )
         return issued
+
+    def business_details(self, tenant_id: str) -> BusinessDetails:
+        """The tenant's seller details (its display name when none were set)."""
+        with self._db.read() as session:
+            tenant = session.get(Tenant, tenant_id)
+            if tenant is None:
+                raise NotFound(resource="tenant")
+            return BusinessDetails(
+                legal_name=tenant.legal_name or tenant.name,
+                address_lines=json.loads(tenant.address_lines) if tenant.address_lines else [],
+                vat_id=tenant.vat_id,
+                email=tenant.billing_email,
+            )
+
+    def update_business_details(self, actor: Actor, details: BusinessDetails) -> BusinessDetails:
+        with self._db.transaction() as session:
+            tenant = session.get(Tenant, actor.tenant_id, with_for_update=True)
+            if tenant is None:
+                raise NotFound(resource="tenant")
+            tenant.legal_name = details.legal_name
+            tenant.address_lines = json.dumps(details.address_lines)
+            tenant.vat_id = details.vat_id
+            tenant.billing_email = details.email
+            session.add(tenant)
+            self._audit.record(
+                session,
+                actor=actor,
+                action="tenant.business_details_updated",
+                resource_type="tenant",
+                resource_id=actor.tenant_id,
+            )
+        return details
 
     def issue_api_key(self, actor: Actor, *, role: str, name: str) -> IssuedApiKey:
         if role not in ROLES:

@@ -6,12 +6,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller, delete, get, post, put
 from litestar.params import FromPath, JSONBody
 
 from api.auth import requires_role
 from api.deps import ActorDep, BillingDep
-from billing import ApiKeyView
+from billing import ApiKeyView, BusinessDetails
 
 Role = Literal["booking", "accountant", "admin", "auditor"]
 
@@ -69,6 +69,16 @@ class AdminController(Controller):
     @get("/api-keys", sync_to_thread=True, summary="List API keys (never the secrets)")
     def list_api_keys(self, billing: BillingDep, actor: ActorDep) -> ApiKeyList:
         return ApiKeyList(data=[_shape(v) for v in billing.tenants.list_api_keys(actor)])
+
+    @get("/business", sync_to_thread=True, summary="The seller details printed on invoices")
+    def read_business_details(self, billing: BillingDep, actor: ActorDep) -> BusinessDetails:
+        return billing.tenants.business_details(actor.tenant_id)
+
+    @put("/business", sync_to_thread=True, summary="Set the seller details printed on invoices")
+    def update_business_details(
+        self, data: JSONBody[BusinessDetails], billing: BillingDep, actor: ActorDep
+    ) -> BusinessDetails:
+        return billing.tenants.update_business_details(actor, data)
 
     @delete("/api-keys/{key_id:str}", status_code=200, sync_to_thread=True, summary="Revoke an API key")
     def revoke_api_key(self, key_id: FromPath[str], billing: BillingDep, actor: ActorDep) -> ApiKeyResponse:

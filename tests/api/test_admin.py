@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from faker import Faker
 from litestar.testing import TestClient
+from pypdf import PdfReader
 from sqlalchemy import select
 
 from billing import Billing
 from billing._models import ApiKey, AuditEvent
 
-from .conftest import TenantKeys
+from .conftest import TenantKeys, customer_payload, invoice_payload
 
 
 def test_issued_key_is_shown_once_and_stored_hashed(
@@ -75,3 +79,29 @@ def test_failed_authentication_is_audited(
     assert by_chain[tenant.tenant_id].user_agent == "probe/1"
     assert '"reason": "revoked"' in (by_chain[tenant.tenant_id].detail or "")
     assert by_chain["system"].tenant_id is None
+
+
+def test_business_details_appear_on_invoices(client: TestClient, tenant: TenantKeys, fake: Faker) -> None:
+    details = {
+        "legal_name": "Rivoli Coiffure SARL",
+        "address_lines": ["12 rue de Rivoli", "75004 Paris", "France"],
+        "vat_id": "FR40303265045",
+        "email": "billing@rivoli.example",
+    }
+    assert (
+        client.get("/v1/admin/business", headers=tenant.headers("admin")).json()["legal_name"]
+        == "Salon Rivoli"
+    )
+    saved = client.put("/v1/admin/business", json=details, headers=tenant.headers("admin"))
+    assert saved.status_code == 200 and saved.json() == details
+    assert (
+        client.put("/v1/admin/business", json=details, headers=tenant.headers("booking")).status_code == 403
+    )
+    headers = tenant.headers("booking")
+    customer = client.post("/v1/customers", json=customer_payload(fake), headers=headers).json()
+    invoice = client.post("/v1/invoices", json=invoice_payload(customer["id"], fake), headers=headers).json()
+    client.post(f"/v1/invoices/{invoice['id']}/finalize", headers=headers)
+    pdf = client.get(f"/v1/invoices/{invoice['id']}/pdf", headers=headers).content
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    for expected in ("Rivoli Coiffure SARL", "12 rue de Rivoli", "FR40303265045", customer["name"]):
+        assert expected in text
