@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -97,3 +98,25 @@ def invoice_payload(customer_id: str, fake: Faker, *, lines: int = 2) -> dict[st
             for i in range(lines)
         ],
     }
+
+
+def string_paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The path of every string in a decoded JSON document."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from string_paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from string_paths(item, (*path, index))
+    elif isinstance(value, str):
+        yield path
+
+
+def planted(body: Any, path: tuple[Any, ...], text: str) -> Any:
+    """A deep copy of ``body`` with ``text`` at ``path``."""
+    copy = json.loads(json.dumps(body))
+    target = copy
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = text
+    return copy

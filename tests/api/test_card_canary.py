@@ -21,7 +21,7 @@ from sqlalchemy import inspect, text
 from api.logging import configure_logging
 from billing import Billing
 
-from .conftest import TenantKeys, customer_payload
+from .conftest import TenantKeys, customer_payload, planted, string_paths
 
 CARD = "4000 0566 5566 5556"  # a gateway TEST number (Visa debit)
 CARD_DIGITS = CARD.replace(" ", "")
@@ -57,28 +57,6 @@ def _sample(schema: dict[str, Any], node: dict[str, Any], depth: int = 0) -> Any
     return "s"
 
 
-def _string_paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _string_paths(item, (*path, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _string_paths(item, (*path, index))
-    elif isinstance(value, str):
-        yield path
-
-
-def _planted(body: Any, path: tuple[Any, ...]) -> Any:
-    import copy
-
-    planted = copy.deepcopy(body)
-    target = planted
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = f"x {CARD} y"
-    return planted
-
-
 def _requests(schema: dict[str, Any], ids: dict[str, str]) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(method, path, request kwargs) with one card-bearing field each, for every operation."""
     for raw_path, item in schema["paths"].items():
@@ -94,8 +72,8 @@ def _requests(schema: dict[str, Any], ids: dict[str, str]) -> Iterator[tuple[str
             if body_schema is None:
                 continue
             body = _sample(schema, body_schema)
-            for string_path in _string_paths(body):
-                yield method, path, {"json": _planted(body, string_path)}
+            for string_path in string_paths(body):
+                yield method, path, {"json": planted(body, string_path, f"x {CARD} y")}
             yield method, path, {"json": body | {"card_number": "1"} if isinstance(body, dict) else body}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,34 +15,14 @@ from api.logging import configure_logging
 from billing import Billing
 from billing._models import AuditEvent, Customer, Invoice
 
-from .conftest import TenantKeys, customer_payload, invoice_payload
+from .conftest import TenantKeys, customer_payload, invoice_payload, planted, string_paths
 
 # Gateway test card numbers, allowed here only: this suite tests the card-data defenses.
 CARDS = ["4242424242424242", "4242 4242 4242 4242", "5555-5555-5555-4444", "378282246310005"]
 
 
-def _string_paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _string_paths(item, (*path, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _string_paths(item, (*path, index))
-    elif isinstance(value, str):
-        yield path
-
-
 def _pointer(path: tuple[Any, ...]) -> str:
     return "$" + "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path)
-
-
-def _planted(body: dict[str, Any], path: tuple[Any, ...], card: str) -> dict[str, Any]:
-    copy = json.loads(json.dumps(body))
-    target = copy
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = f"ref {card}"
-    return copy
 
 
 @pytest.fixture
@@ -57,12 +36,12 @@ def test_card_number_in_any_customer_field_is_refused(
     client: TestClient, tenant: TenantKeys, fake: Faker, app_billing: Billing, log_stream: io.StringIO
 ) -> None:
     body = customer_payload(fake)
-    paths = list(_string_paths(body))
+    paths = list(string_paths(body))
     assert len(paths) >= 9
     for index, path in enumerate(paths):
         card = CARDS[index % len(CARDS)]
         response = client.post(
-            "/v1/customers", json=_planted(body, path, card), headers=tenant.headers("booking")
+            "/v1/customers", json=planted(body, path, f"ref {card}"), headers=tenant.headers("booking")
         )
         assert response.status_code == 422, (path, response.text)
         assert response.json()["code"] == "card_data_rejected"
@@ -85,9 +64,9 @@ def test_card_number_in_any_invoice_field_is_refused(
         "/v1/customers", json=customer_payload(fake), headers=tenant.headers("booking")
     ).json()["id"]
     body = invoice_payload(customer_id, fake)
-    for path in _string_paths(body):
+    for path in string_paths(body):
         response = client.post(
-            "/v1/invoices", json=_planted(body, path, CARDS[0]), headers=tenant.headers("booking")
+            "/v1/invoices", json=planted(body, path, f"ref {CARDS[0]}"), headers=tenant.headers("booking")
         )
         assert response.status_code == 422, path
         assert response.json()["code"] == "card_data_rejected"

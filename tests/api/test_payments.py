@@ -270,13 +270,7 @@ def test_unavailable_gateway_then_a_retry_charges_exactly_once(
     stripe_client: stripe.StripeClient,
     app_billing: Billing,
 ) -> None:
-    real = StripeGateway(
-        make_stripe_client(API_KEY, api_base=gateway_settings.stripe_api_base), localstripe=True
-    )
-    with TestClient(create_app(gateway_settings, configure_logs=False, gateway=real)) as client:
-        keys = make_tenant(client, app_billing, "Salon Test")
-        billed = _billed(client, keys, fake)
-        card = _save_card(client, keys, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+    real, keys, billed, card = _billed_with_card(gateway_settings, app_billing, fake, card_token)
     for broken, status in (
         (UnavailableGateway(), 503),
         (FlakyGateway(real, 1, _timeout, lose_response=True), 504),
@@ -409,6 +403,18 @@ def test_payment_session_link(pay_client: TestClient, shop: TenantKeys, fake: Fa
 # --- helpers ---------------------------------------------------------------------------------------
 
 
+def _billed_with_card(
+    settings: Settings, billing: Billing, fake: Faker, card_token: Callable[[str], str]
+) -> tuple[StripeGateway, TenantKeys, Billed, dict[str, Any]]:
+    """A real gateway, and a tenant whose client has an open invoice and a saved card."""
+    real = StripeGateway(make_stripe_client(API_KEY, api_base=settings.stripe_api_base), localstripe=True)
+    with TestClient(create_app(settings, configure_logs=False, gateway=real)) as client:
+        keys = make_tenant(client, billing, fake.company())
+        billed = _billed(client, keys, fake)
+        card = _save_card(client, keys, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+    return real, keys, billed, card
+
+
 def _timeout() -> Exception:
     from tokenization import GatewayTimeout
 
@@ -461,13 +467,8 @@ def test_a_refund_whose_answer_was_lost_is_not_repeated(
     stripe_client: stripe.StripeClient,
     app_billing: Billing,
 ) -> None:
-    real = StripeGateway(
-        make_stripe_client(API_KEY, api_base=gateway_settings.stripe_api_base), localstripe=True
-    )
+    real, keys, billed, card = _billed_with_card(gateway_settings, app_billing, fake, card_token)
     with TestClient(create_app(gateway_settings, configure_logs=False, gateway=real)) as client:
-        keys = make_tenant(client, app_billing, "Spa Test")
-        billed = _billed(client, keys, fake)
-        card = _save_card(client, keys, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
         assert _pay(client, keys, billed.invoice_id, card["id"], "pay").status_code == 200
     refund_path = f"/v1/invoices/{billed.invoice_id}/refunds"
     headers = keys.headers("booking") | {"Idempotency-Key": "refund-once"}
