@@ -121,6 +121,31 @@ class SubjectKeys:
             return dek
         return self.get(tenant_id, subject_id, purpose)
 
+    def shred(self, tenant_id: str, subject_id: str, purpose: str) -> bool:
+        """Destroy the subject's DEK for ``purpose`` (crypto-shredding); True if there was one.
+
+        The wrapped key is overwritten with NULL in the caller's transaction: from its commit on,
+        every value sealed under that key is unreadable here. Copies of the database taken before
+        stay readable only while the master key version that wrapped it exists — rotating and then
+        retiring that version makes them unreadable too.
+        """
+        record = self._session.exec(
+            select(DataKeyRecord)
+            .where(
+                DataKeyRecord.tenant_id == tenant_id,
+                DataKeyRecord.subject_id == subject_id,
+                DataKeyRecord.purpose == purpose,
+            )
+            .with_for_update()
+        ).one_or_none()
+        self._cache.pop((tenant_id, subject_id, purpose), None)
+        if record is None or record.wrapped is None:
+            return False
+        record.wrapped = None
+        record.destroyed_at = self._clock()
+        self._session.add(record)
+        return True
+
     def index_key(self, tenant_id: str) -> bytes:
         """The tenant's blind-index key (32 bytes)."""
         return self.get(tenant_id, tenant_id, "index").material
