@@ -28,6 +28,7 @@ from api.controllers import (
     HealthController,
     InvoiceController,
     PaymentController,
+    PrivacyController,
     WebhookController,
 )
 from api.controllers.pay import HostedPaymentController, pay_assets_router
@@ -39,7 +40,7 @@ from api.settings import Settings
 from billing import Billing, Database, DatabaseConfig, load_keyring, utcnow
 from tokenization import PaymentGateway, StripeGateway, make_stripe_client
 
-__all__ = ["app_from_env", "create_app"]
+__all__ = ["app_from_env", "create_app", "gateway_from_settings"]
 
 _ASSETS = "/schema/assets"
 _UNAUTHENTICATED = ["^/schema", "^/health/", "^/v1/webhooks/", "^/pay"]
@@ -64,7 +65,13 @@ def create_app(
         configure_logging(level=settings.log_level, log_path=settings.log_path)
     keyring = load_keyring(settings.keyring_path)
     db = Database(DatabaseConfig(settings.database_url))
-    billing = Billing(db=db, keyring=keyring, gateway=gateway or _gateway(settings), clock=clock)
+    billing = Billing(
+        db=db,
+        keyring=keyring,
+        gateway=gateway or gateway_from_settings(settings),
+        erasure_journal=settings.erasure_journal_path,
+        clock=clock,
+    )
 
     def provide_billing() -> Billing:
         return billing
@@ -76,6 +83,7 @@ def create_app(
             InvoiceController,
             CardController,
             PaymentController,
+            PrivacyController,
             WebhookController,
             AdminController,
             AuditController,
@@ -111,7 +119,8 @@ def create_app(
     )
 
 
-def _gateway(settings: Settings) -> PaymentGateway | None:
+def gateway_from_settings(settings: Settings) -> PaymentGateway | None:
+    """The Stripe adapter for ``settings``, or None when no gateway key is configured."""
     if not settings.stripe_api_key:
         return None
     client = make_stripe_client(settings.stripe_api_key, api_base=settings.stripe_api_base)

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 from litestar.plugins import CLIPluginProtocol
 
+from api.app import gateway_from_settings
 from api.settings import Settings
 from billing import (
     Actor,
@@ -37,8 +39,8 @@ from billing import (
     utcnow,
     write_keyring,
 )
-from billing.errors import KeyringError
-from tokenization import LocalStripeSandbox, SandboxUnavailable
+from billing.errors import BillingError, KeyringError
+from tokenization import GatewayError, LocalStripeSandbox, SandboxUnavailable
 
 __all__ = ["VeilbillCLIPlugin", "main", "veilbill"]
 
@@ -62,7 +64,12 @@ class _Context:
             keyring = load_keyring(self.settings.keyring_path)
         except KeyringError as exc:
             raise click.ClickException(f"{exc.message} Run `veilbill keys init` first.") from None
-        return Billing(db=self.database(), keyring=keyring)
+        return Billing(
+            db=self.database(),
+            keyring=keyring,
+            gateway=gateway_from_settings(self.settings),
+            erasure_journal=self.settings.erasure_journal_path,
+        )
 
 
 pass_context = click.make_pass_decorator(_Context, ensure=True)
@@ -266,6 +273,37 @@ def audit_verify(ctx: _Context, tenant_id: str | None) -> None:
         sys.exit(1)
 
 
+@veilbill.group(help="Clients (data subjects).")
+def customers() -> None:
+    pass
+
+
+@customers.command("erase", help="Erase a client: crypto-shred their profile, restrict their invoices.")
+@click.argument("tenant_id")
+@click.argument("customer_id")
+@pass_context
+def customers_erase(ctx: _Context, tenant_id: str, customer_id: str) -> None:
+    billing = ctx.billing()
+    receipt = billing.privacy.erase_customer(Actor.operator(tenant_id), customer_id)
+    click.echo(msgspec.json.encode(receipt).decode())
+
+
+@veilbill.group(help="The erasure journal (kept outside the database).")
+def erasures() -> None:
+    pass
+
+
+@erasures.command("replay", help="Re-apply journaled erasures, e.g. after restoring a database backup.")
+@click.option(
+    "--journal", type=click.Path(path_type=Path), default=None, help="defaults to the configured journal"
+)
+@pass_context
+def erasures_replay(ctx: _Context, journal: Path | None) -> None:
+    billing = ctx.billing()
+    applied = billing.privacy.replay_erasures(journal)
+    click.echo(json.dumps({"reapplied": applied}))
+
+
 @veilbill.command(help="Seed a demo tenant with Faker clients and invoices; print its keys.")
 @click.option("--customers", default=12, show_default=True, type=int)
 @click.option("--invoices", default=30, show_default=True, type=int)
@@ -319,4 +357,17 @@ class VeilbillCLIPlugin(CLIPluginProtocol):
 def main() -> None:
     # Files this process creates (SQLite database and WAL, logs, exports) are for its owner only.
     os.umask(0o077)
-    veilbill(prog_name="veilbill")
+    try:
+        veilbill.main(prog_name="veilbill", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except (BillingError, GatewayError) as error:
+        # Domain errors carry a stable code and no input or personal data: safe to print.
+        message = getattr(error, "message", None) or str(error)
+        click.echo(f"Error: {error.code}: {message}", err=True)
+        sys.exit(1)

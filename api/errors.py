@@ -30,6 +30,7 @@ from billing.errors import (
     ApiKeyInvalid,
     BillingError,
     ConcurrentUpdate,
+    CustomerErased,
     DecryptionError,
     GatewayNotConfigured,
     IdempotencyInProgress,
@@ -41,6 +42,7 @@ from billing.errors import (
     PaymentDeclined,
     PaymentInProgress,
     PaymentSessionInvalid,
+    RecordRestricted,
     RefundExceedsPaid,
     RoleForbidden,
     UnknownCurrency,
@@ -82,6 +84,8 @@ _BILLING_STATUS: dict[type[BillingError], int] = {
     IdempotencyKeyReused: 422,
     IdempotencyInProgress: 409,
     PaymentSessionInvalid: 404,
+    CustomerErased: 410,
+    RecordRestricted: 403,
 }
 
 # ids that are safe to show a caller: ids and codes chosen by the service, never input values.

@@ -31,6 +31,7 @@ class Settings:
 
     database_url: str = "sqlite:///var/veilbill.db"
     keyring_path: Path = Path("var/keyring.json")
+    erasure_journal_path: Path = Path("var/erasures.jsonl")
     log_level: str = "INFO"
     log_path: str | None = None
     public_url: str = "http://127.0.0.1:8000"
@@ -48,6 +49,7 @@ class Settings:
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
         object.__setattr__(self, "keyring_path", Path(self.keyring_path))
+        object.__setattr__(self, "erasure_journal_path", Path(self.erasure_journal_path))
         if self.stripe_api_key and not self.webhook_secrets:
             raise ValueError(
                 "VEILBILL_STRIPE_WEBHOOK_SECRET is required when a gateway is configured: "
@@ -82,6 +84,7 @@ class Settings:
         values = {
             "VEILBILL_DATABASE_URL": self.database_url,
             "VEILBILL_KEYRING_PATH": str(self.keyring_path),
+            "VEILBILL_ERASURE_JOURNAL": str(self.erasure_journal_path),
             "VEILBILL_LOG_LEVEL": self.log_level,
             "VEILBILL_PUBLIC_URL": self.public_url,
             "VEILBILL_MAX_BODY_BYTES": str(self.max_body_bytes),
@@ -103,6 +106,7 @@ class Settings:
         text_vars = {
             "VEILBILL_DATABASE_URL": "database_url",
             "VEILBILL_KEYRING_PATH": "keyring_path",
+            "VEILBILL_ERASURE_JOURNAL": "erasure_journal_path",
             "VEILBILL_LOG_LEVEL": "log_level",
             "VEILBILL_LOG_PATH": "log_path",
             "VEILBILL_PUBLIC_URL": "public_url",

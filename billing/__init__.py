@@ -49,11 +49,13 @@ from billing._payments import (
     RefundView,
     SetupIntentView,
 )
+from billing._privacy import DATA_CATEGORIES, ErasureReceipt, PrivacyService, SubjectExport
 from billing._service import Billing
 from billing._sessions import HostedInvoice, IssuedPaymentSession, PaymentSessionService
 from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantService
 
 __all__ = [
+    "DATA_CATEGORIES",
     "HANDLED_EVENT_TYPES",
     "ROLES",
     "Actor",
@@ -72,6 +74,7 @@ __all__ = [
     "DataKey",
     "Database",
     "DatabaseConfig",
+    "ErasureReceipt",
     "FieldContext",
     "HostedInvoice",
     "IdempotencyStore",
@@ -92,9 +95,11 @@ __all__ = [
     "PaymentService",
     "PaymentSessionService",
     "PaymentView",
+    "PrivacyService",
     "RefundView",
     "SetupIntentView",
     "StoredResponse",
+    "SubjectExport",
     "TenantService",
     "blind_index",
     "compute_line",

@@ -24,6 +24,7 @@ from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import Customer, new_id
+from billing.errors import CustomerErased
 
 __all__ = [
     "Address",
@@ -141,16 +142,16 @@ class CustomerService:
             return _view(customer, values)
 
     def read(self, actor: Actor, customer_id: str) -> CustomerView:
-        """The decrypted client; the read is audited. Raises NotFound, DecryptionError."""
+        """The decrypted client; the read is audited. Raises NotFound, CustomerErased, DecryptionError."""
         with self._db.transaction() as session:
-            customer = _get(session, actor.tenant_id, customer_id)
+            customer = _get_live(session, actor.tenant_id, customer_id)
             view = self._open(session, customer)
             self._audit_read(session, actor, customer.id)
             return view
 
     def rectify(self, actor: Actor, customer_id: str, patch: CustomerPatch) -> CustomerView:
         with self._db.transaction() as session:
-            customer = _get(session, actor.tenant_id, customer_id, for_update=True)
+            customer = _get_live(session, actor.tenant_id, customer_id, for_update=True)
             keys = self._keys(session)
             profile = keys.get(actor.tenant_id, customer.id, "profile")
             values = self._open_values(customer, profile)
@@ -184,7 +185,7 @@ class CustomerService:
 
     def snapshot_for_invoice(self, session: Session, tenant_id: str, customer_id: str) -> dict[str, object]:
         """Name, email and address to copy onto an invoice (in the caller's transaction)."""
-        customer = _get(session, tenant_id, customer_id)
+        customer = _get_live(session, tenant_id, customer_id)
         profile = self._keys(session).get(tenant_id, customer.id, "profile")
         values = self._open_values(customer, profile)
         return {
@@ -207,6 +208,13 @@ class CustomerService:
             for customer in found:
                 self._audit_read(session, actor, customer.id)
             return views
+
+    def profile_for_export(self, session: Session, tenant_id: str, customer_id: str) -> CustomerView | None:
+        """The decrypted profile for an access request, or None once erased (not audited here)."""
+        customer = _get(session, tenant_id, customer_id)
+        if customer.erased_at is not None:
+            return None
+        return self._open(session, customer)
 
     def _open(self, session: Session, customer: Customer) -> CustomerView:
         profile = self._keys(session).get(customer.tenant_id, customer.id, "profile")
@@ -264,6 +272,13 @@ def _get(session: Session, tenant_id: str, customer_id: str, *, for_update: bool
     return get_for_tenant(
         session, Customer, tenant_id, customer_id, resource="customer", for_update=for_update
     )
+
+
+def _get_live(session: Session, tenant_id: str, customer_id: str, *, for_update: bool = False) -> Customer:
+    customer = _get(session, tenant_id, customer_id, for_update=for_update)
+    if customer.erased_at is not None:
+        raise CustomerErased(resource="customer")
+    return customer
 
 
 def _encode(value: object) -> str:

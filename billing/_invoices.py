@@ -36,7 +36,7 @@ from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import Customer, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
-from billing.errors import InvalidStateTransition, ValidationFailed
+from billing.errors import InvalidStateTransition, RecordRestricted, ValidationFailed
 
 __all__ = [
     "InvoiceInput",
@@ -62,6 +62,8 @@ Notes = Annotated[str, msgspec.Meta(max_length=2000)]
 Lines = Annotated[list["InvoiceLineInput"], msgspec.Meta(max_length=200)]
 
 MAX_PAGE = 100
+# Roles that may read an erased client's invoices, stating a reason.
+RESTRICTED_READERS = frozenset({"admin", "auditor"})
 # Credit notes are numbered in their own gapless series; invoices may not use it.
 CREDIT_NOTE_SERIES = "CN"
 _TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
@@ -232,9 +234,14 @@ class InvoiceService:
             )
 
     def read(self, actor: Actor, invoice_id: str) -> InvoiceView:
-        """The invoice with its decrypted content; audited as a read of the client's data."""
+        """The invoice with its decrypted content; audited as a read of the client's data.
+
+        Raises:
+            RecordRestricted: the client was erased (see :meth:`read_restricted`).
+        """
         with self._db.transaction() as session:
             invoice = get_invoice(session, actor.tenant_id, invoice_id)
+            _refuse_if_restricted(session, invoice)
             view = self._open(session, invoice)
             self._audit.record(
                 session,
@@ -246,10 +253,45 @@ class InvoiceService:
             )
             return view
 
+    def read_restricted(self, actor: Actor, invoice_id: str, reason: str) -> InvoiceView:
+        """An erased client's invoice, for an admin or auditor who states why; audited with the reason.
+
+        The content stays readable while the client's ``record`` key is kept (the invoice retention
+        period); after that it is shredded and this raises ``DecryptionError``.
+        """
+        if actor.role not in RESTRICTED_READERS:
+            raise RecordRestricted(resource="invoice")
+        reason = reason.strip()
+        if not 5 <= len(reason) <= 200:
+            raise ValidationFailed("State the reason for reading a restricted record.", field="reason")
+        with self._db.transaction() as session:
+            invoice = get_invoice(session, actor.tenant_id, invoice_id)
+            view = self._open(session, invoice)
+            self._audit.record(
+                session,
+                actor=actor,
+                action="invoice.restricted_read",
+                resource_type="invoice",
+                resource_id=invoice.id,
+                subject_id=invoice.customer_id,
+                detail={"reason": reason},
+            )
+            return view
+
+    def views_for_customer(self, session: Session, tenant_id: str, customer_id: str) -> list[InvoiceView]:
+        """Every invoice of a client, decrypted, oldest first (in the caller's transaction)."""
+        invoices = session.exec(
+            select(Invoice)
+            .where(Invoice.tenant_id == tenant_id, Invoice.customer_id == customer_id)
+            .order_by(col(Invoice.created_at))
+        ).all()
+        return [self._open(session, invoice) for invoice in invoices]
+
     def read_for_document(self, actor: Actor, invoice_id: str) -> tuple[InvoiceView, str]:
         """The decrypted invoice and the seller's name, to render a document; audited as a read."""
         with self._db.transaction() as session:
             invoice = get_invoice(session, actor.tenant_id, invoice_id)
+            _refuse_if_restricted(session, invoice)
             view = self._open(session, invoice)
             tenant = session.get(Tenant, actor.tenant_id)
             assert tenant is not None
@@ -476,6 +518,12 @@ def next_number(session: Session, tenant_id: str, series: str, year: int) -> int
         .returning(col(InvoiceSequence.last_value))
     )
     return int(result.scalar_one())
+
+
+def _refuse_if_restricted(session: Session, invoice: Invoice) -> None:
+    customer = session.get(Customer, invoice.customer_id)
+    if customer is not None and customer.erased_at is not None:
+        raise RecordRestricted(resource="invoice")
 
 
 def _check_series(series: str) -> None:

@@ -190,6 +190,7 @@ class Customer(SQLModel, table=True):
     external_ref_ct: bytes | None = _ct()
     email_bidx: str | None = Field(default=None, max_length=64)
     external_ref_bidx: str | None = Field(default=None, max_length=64)
+    erased_at: datetime | None = _ts(nullable=True)
 
 
 class Invoice(SQLModel, table=True):

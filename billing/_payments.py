@@ -172,6 +172,12 @@ class PaymentService:
             raise GatewayNotConfigured()
         return self._gateway
 
+    def gateway_customer_id(self, customer_id: str) -> str | None:
+        """The gateway's id of our client, if one was created (for operators and tests)."""
+        with self._db.read() as session:
+            linked = session.get(GatewayCustomer, customer_id)
+            return linked.gateway_customer_id if linked else None
+
     # --- cards ----------------------------------------------------------------------------
 
     def create_setup_intent(self, actor: Actor, customer_id: str) -> SetupIntentView:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from sqlmodel import select
 
@@ -19,6 +20,7 @@ from billing._keyring import Keyring
 from billing._models import AuditEvent, utcnow
 from billing._payments import PaymentService
 from billing._pdf import SellerDetails, render_invoice_pdf
+from billing._privacy import PrivacyService
 from billing._sessions import PaymentSessionService
 from billing._tenants import TenantService
 from tokenization import PaymentGateway
@@ -33,6 +35,7 @@ class Billing:
     db: Database
     keyring: Keyring
     gateway: PaymentGateway | None = None
+    erasure_journal: Path | None = None
     clock: Callable[[], datetime] = utcnow
     rng: Callable[[int], bytes] = os.urandom
     audit: AuditTrail = field(init=False)
@@ -42,6 +45,7 @@ class Billing:
     payments: PaymentService = field(init=False)
     idempotency: IdempotencyStore = field(init=False)
     sessions: PaymentSessionService = field(init=False)
+    privacy: PrivacyService = field(init=False)
 
     def __post_init__(self) -> None:
         clock, rng = self.clock, self.rng
@@ -54,6 +58,16 @@ class Billing:
         self.payments = PaymentService(self.db, self.audit, self.gateway, clock=clock, rng=rng)
         self.idempotency = IdempotencyStore(self.db, self.keyring, clock=clock, rng=rng)
         self.sessions = PaymentSessionService(self.db, self.audit, self.payments, clock=clock)
+        self.privacy = PrivacyService(
+            self.db,
+            self.keyring,
+            self.audit,
+            self.customers,
+            self.invoices,
+            self.payments,
+            journal_path=self.erasure_journal,
+            clock=clock,
+        )
 
     def invoice_pdf(self, actor: Actor, invoice_id: str) -> tuple[str, bytes]:
         """The invoice as PDF, rendered in memory from the decrypted content and never stored.

@@ -12,6 +12,7 @@ __all__ = [
     "ApiKeyInvalid",
     "BillingError",
     "ConcurrentUpdate",
+    "CustomerErased",
     "DecryptionError",
     "GatewayNotConfigured",
     "IdempotencyInProgress",
@@ -23,6 +24,7 @@ __all__ = [
     "PaymentDeclined",
     "PaymentInProgress",
     "PaymentSessionInvalid",
+    "RecordRestricted",
     "RefundExceedsPaid",
     "RoleForbidden",
     "UnknownCurrency",
@@ -155,3 +157,15 @@ class PaymentSessionInvalid(BillingError):
     """The payment link is unknown or expired."""
 
     code = "payment_session_invalid"
+
+
+class CustomerErased(BillingError):
+    """The client was erased: their personal data no longer exists."""
+
+    code = "customer_erased"
+
+
+class RecordRestricted(BillingError):
+    """The record belongs to an erased client: only admins and auditors may read it, with a reason."""
+
+    code = "record_restricted"

@@ -6,6 +6,7 @@ from api.controllers.customers import CustomerController
 from api.controllers.health import HealthController
 from api.controllers.invoices import InvoiceController
 from api.controllers.payments import CardController, PaymentController
+from api.controllers.privacy import PrivacyController
 from api.controllers.webhooks import WebhookController
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "HealthController",
     "InvoiceController",
     "PaymentController",
+    "PrivacyController",
     "WebhookController",
 ]

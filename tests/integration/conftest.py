@@ -64,6 +64,7 @@ class Operator:
         env["PYTHONPATH"] = str(REPO_ROOT)
         env["VEILBILL_DATABASE_URL"] = self.database_url
         env["VEILBILL_KEYRING_PATH"] = str(self.keyring_path)
+        env["VEILBILL_ERASURE_JOURNAL"] = str(self.keyring_path.with_name("erasures.jsonl"))
         if self.log_path is not None:
             env["VEILBILL_LOG_PATH"] = str(self.log_path)
         return env

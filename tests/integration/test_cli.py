@@ -135,3 +135,20 @@ def test_demo_seeds_a_tenant_and_prints_one_key_per_role(operator: Operator, tmp
         == printed
     )
     assert operator.sql("SELECT count(*) FROM tenants") == [(1,)]
+
+
+def test_customers_erase_and_erasures_replay(operator: Operator, tmp_path: Path) -> None:
+    keys_file = tmp_path / "demo-keys.json"
+    operator.run("demo", "--customers", "2", "--invoices", "2", "--keys-file", str(keys_file))
+    tenant = json.loads(keys_file.read_text())["tenant_id"]
+    [(customer,)] = operator.sql(
+        "SELECT id FROM customers WHERE tenant_id = :t ORDER BY created_at LIMIT 1", t=tenant
+    )
+    receipt = json.loads(operator.run("customers", "erase", tenant, customer).stdout)
+    assert receipt["customer_id"] == customer and receipt["profile_key_destroyed"] is True
+    assert operator.sql("SELECT name_ct FROM customers WHERE id = :c", c=customer) == [(None,)]
+    again = operator.run("customers", "erase", tenant, customer, expect=None)
+    assert again.returncode == 1
+    assert "customer_erased" in again.stderr and "Traceback" not in again.stderr
+    replay = json.loads(operator.run("erasures", "replay").stdout)
+    assert replay == {"reapplied": 0}  # nothing to redo: the database already has the erasure
