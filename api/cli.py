@@ -273,6 +273,20 @@ def audit_verify(ctx: _Context, tenant_id: str | None) -> None:
         sys.exit(1)
 
 
+@veilbill.group(help="Retention of invoices, events and audit trails.")
+def retention() -> None:
+    pass
+
+
+@retention.command("run", help="Enforce every tenant's retention policy (--dry-run only lists).")
+@click.option("--dry-run", is_flag=True)
+@click.option("--tenant", "tenant_id", default=None)
+@pass_context
+def retention_run(ctx: _Context, dry_run: bool, tenant_id: str | None) -> None:
+    report = ctx.billing().retention.run(dry_run=dry_run, tenant_id=tenant_id)
+    click.echo(msgspec.json.encode(report).decode())
+
+
 @veilbill.group(help="Clients (data subjects).")
 def customers() -> None:
     pass

@@ -42,6 +42,7 @@ from billing.errors import (
     PaymentDeclined,
     PaymentInProgress,
     PaymentSessionInvalid,
+    RecordExpired,
     RecordRestricted,
     RefundExceedsPaid,
     RoleForbidden,
@@ -86,6 +87,7 @@ _BILLING_STATUS: dict[type[BillingError], int] = {
     PaymentSessionInvalid: 404,
     CustomerErased: 410,
     RecordRestricted: 403,
+    RecordExpired: 410,
 }
 
 # ids that are safe to show a caller: ids and codes chosen by the service, never input values.

@@ -50,6 +50,7 @@ from billing._payments import (
     SetupIntentView,
 )
 from billing._privacy import DATA_CATEGORIES, ErasureReceipt, PrivacyService, SubjectExport
+from billing._retention import RETENTION_PRESETS, RetentionPolicy, RetentionPolicyInput, RetentionReport
 from billing._service import Billing
 from billing._sessions import HostedInvoice, IssuedPaymentSession, PaymentSessionService
 from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantService
@@ -57,6 +58,7 @@ from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantSe
 __all__ = [
     "DATA_CATEGORIES",
     "HANDLED_EVENT_TYPES",
+    "RETENTION_PRESETS",
     "ROLES",
     "Actor",
     "Address",
@@ -97,6 +99,9 @@ __all__ = [
     "PaymentView",
     "PrivacyService",
     "RefundView",
+    "RetentionPolicy",
+    "RetentionPolicyInput",
+    "RetentionReport",
     "SetupIntentView",
     "StoredResponse",
     "SubjectExport",

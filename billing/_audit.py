@@ -26,12 +26,13 @@ from datetime import datetime
 from hashlib import sha256
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlalchemy import delete, func, true
+from sqlmodel import Session, col, select
 
 from billing._actor import Actor
 from billing._db import insert_ignore
 from billing._keyring import Keyring
-from billing._models import AuditEvent, AuditHead
+from billing._models import AuditCheckpoint, AuditEvent, AuditHead
 
 __all__ = ["GENESIS_MAC", "SYSTEM_CHAIN", "AuditBreak", "AuditTrail", "AuditVerification"]
 
@@ -131,14 +132,25 @@ class AuditTrail:
         return event
 
     def verify(self, session: Session, *, chain: str | None = None) -> AuditVerification:
-        """Walk the chains (or one) in order and report the first broken link."""
+        """Walk the chains (or one) in order and report the first broken link.
+
+        A chain whose oldest events were purged by retention starts from its signed checkpoint.
+        """
         heads = {
             h.chain: h
             for h in session.exec(
                 select(AuditHead).where(AuditHead.chain == chain) if chain else select(AuditHead)
             )
         }
-        query = select(AuditEvent).order_by(AuditEvent.chain, AuditEvent.seq)  # type: ignore[arg-type]
+        checkpoints = {
+            c.chain: c
+            for c in session.exec(
+                select(AuditCheckpoint).where(AuditCheckpoint.chain == chain)
+                if chain
+                else select(AuditCheckpoint)
+            )
+        }
+        query = select(AuditEvent).order_by(col(AuditEvent.chain), col(AuditEvent.seq))
         if chain:
             query = query.where(AuditEvent.chain == chain)
         chains_seen: set[str] = set()
@@ -154,7 +166,10 @@ class AuditTrail:
                         return AuditVerification(False, len(chains_seen), count, broken)
                 current = event.chain
                 chains_seen.add(current)
-                expected_seq, expected_prev = 1, GENESIS_MAC
+                start = self._start_of(current, checkpoints.pop(current, None))
+                if isinstance(start, AuditBreak):
+                    return AuditVerification(False, len(chains_seen), count, start)
+                expected_seq, expected_prev = start
             broken = self._check_link(event, expected_seq, expected_prev)
             if broken:
                 return AuditVerification(False, len(chains_seen), count, broken)
@@ -163,13 +178,60 @@ class AuditTrail:
             broken = _check_tail(heads.pop(current, None), current, expected_seq - 1, expected_prev)
             if broken:
                 return AuditVerification(False, len(chains_seen), count, broken)
-        for orphan in heads.values():  # a head whose chain has no events left at all
-            if orphan.seq > 0:
+        for orphan in heads.values():  # a head whose chain has no events left
+            start = self._start_of(orphan.chain, checkpoints.pop(orphan.chain, None))
+            if isinstance(start, AuditBreak):
+                return AuditVerification(False, len(chains_seen) + 1, count, start)
+            broken = _check_tail(orphan, orphan.chain, start[0] - 1, start[1])
+            if broken and orphan.seq > 0:
                 reason = "every event of the chain is missing"
                 return AuditVerification(
-                    False, len(chains_seen) + 1, count, AuditBreak(orphan.chain, 1, None, reason)
+                    False, len(chains_seen) + 1, count, AuditBreak(orphan.chain, start[0], None, reason)
                 )
         return AuditVerification(True, len(chains_seen), count, None)
+
+    def purge_before(self, session: Session, chain: str, cutoff: datetime) -> int:
+        """Delete the chain's events older than ``cutoff`` (a prefix), leaving a signed checkpoint."""
+        first_kept = session.exec(
+            select(func.min(AuditEvent.seq)).where(
+                AuditEvent.chain == chain, AuditEvent.occurred_at >= cutoff
+            )
+        ).one()
+        last_purged_seq = session.exec(
+            select(func.max(AuditEvent.seq)).where(
+                AuditEvent.chain == chain,
+                AuditEvent.seq < first_kept if first_kept is not None else true(),
+            )
+        ).one()
+        if last_purged_seq is None:
+            return 0
+        last = session.exec(
+            select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.seq == last_purged_seq)
+        ).one()
+        key = self._keyring.active_audit
+        checkpoint = session.get(AuditCheckpoint, chain) or AuditCheckpoint(
+            chain=chain, seq=0, mac="", audit_key_id="", signature="", created_at=self._clock()
+        )
+        checkpoint.seq, checkpoint.mac, checkpoint.audit_key_id = last.seq, last.mac, key.key_id
+        checkpoint.signature = _checkpoint_signature(key.material, chain, last.seq, last.mac)
+        checkpoint.created_at = self._clock()
+        session.add(checkpoint)
+        result = session.execute(
+            delete(AuditEvent).where(col(AuditEvent.chain) == chain, col(AuditEvent.seq) <= last_purged_seq)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def _start_of(self, chain: str, checkpoint: AuditCheckpoint | None) -> tuple[int, str] | AuditBreak:
+        if checkpoint is None:
+            return 1, GENESIS_MAC
+        try:
+            key = self._keyring.audit(checkpoint.audit_key_id)
+        except Exception:
+            return AuditBreak(chain, checkpoint.seq, None, "checkpoint signed with an unknown audit key")
+        expected = _checkpoint_signature(key.material, chain, checkpoint.seq, checkpoint.mac)
+        if not hmac.compare_digest(expected, checkpoint.signature):
+            return AuditBreak(chain, checkpoint.seq, None, "checkpoint signature is not valid")
+        return checkpoint.seq + 1, checkpoint.mac
 
     def _check_link(self, event: AuditEvent, expected_seq: int, expected_prev: str) -> AuditBreak | None:
         if event.seq != expected_seq:
@@ -198,6 +260,11 @@ def _check_tail(head: AuditHead | None, chain: str, last_seq: int, last_mac: str
 def _lock_head(session: Session, chain: str) -> AuditHead:
     insert_ignore(session, AuditHead, {"chain": chain, "seq": 0, "mac": GENESIS_MAC})
     return session.exec(select(AuditHead).where(AuditHead.chain == chain).with_for_update()).one()
+
+
+def _checkpoint_signature(key: bytes, chain: str, seq: int, mac: str) -> str:
+    message = json.dumps({"chain": chain, "seq": seq, "mac": mac, "kind": "checkpoint"}, sort_keys=True)
+    return hmac.new(key, message.encode(), sha256).hexdigest()
 
 
 def _canonical(event: AuditEvent) -> bytes:

@@ -34,9 +34,9 @@ from billing._db import Database, get_for_tenant, insert_ignore
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
-from billing._models import Customer, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
+from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
-from billing.errors import InvalidStateTransition, RecordRestricted, ValidationFailed
+from billing.errors import InvalidStateTransition, RecordExpired, RecordRestricted, ValidationFailed
 
 __all__ = [
     "InvoiceInput",
@@ -436,6 +436,15 @@ class InvoiceService:
             return self._open(session, invoice)
 
     def _record_key(self, session: Session, invoice: Invoice) -> DataKey:
+        destroyed = session.exec(
+            select(DataKeyRecord.destroyed_at).where(
+                DataKeyRecord.tenant_id == invoice.tenant_id,
+                DataKeyRecord.subject_id == invoice.customer_id,
+                DataKeyRecord.purpose == "record",
+            )
+        ).one_or_none()
+        if destroyed is not None:  # shredded at the end of the retention period
+            raise RecordExpired(resource="invoice")
         keys = SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
         return keys.get(invoice.tenant_id, invoice.customer_id, "record")
 

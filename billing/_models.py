@@ -32,6 +32,7 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "ApiKey",
+    "AuditCheckpoint",
     "AuditEvent",
     "AuditHead",
     "CreditNote",
@@ -127,6 +128,9 @@ class Tenant(SQLModel, table=True):
     address_lines: str | None = Field(default=None, max_length=1000)
     vat_id: str | None = Field(default=None, max_length=40)
     billing_email: str | None = Field(default=None, max_length=320)
+    retention_country: str | None = Field(default=None, max_length=2)
+    invoice_retention_years: int | None = Field(default=None)
+    audit_retention_years: int | None = Field(default=None)
 
 
 class ApiKey(SQLModel, table=True):
@@ -477,3 +481,20 @@ class Dispute(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=60)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """Where a chain resumes after its oldest events were purged by retention.
+
+    ``seq`` and ``mac`` are those of the last purged event; ``signature`` is HMAC-SHA256 under the
+    audit key over chain, seq and mac, so a forged checkpoint cannot hide a rewritten chain.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    chain: str = Field(primary_key=True, max_length=40)
+    seq: int
+    mac: str = Field(max_length=64)
+    audit_key_id: str = Field(max_length=40)
+    signature: str = Field(max_length=64)
+    created_at: datetime = _ts()

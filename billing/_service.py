@@ -21,6 +21,7 @@ from billing._models import AuditEvent, utcnow
 from billing._payments import PaymentService
 from billing._pdf import SellerDetails, render_invoice_pdf
 from billing._privacy import PrivacyService
+from billing._retention import RetentionService
 from billing._sessions import PaymentSessionService
 from billing._tenants import TenantService
 from tokenization import PaymentGateway
@@ -46,6 +47,7 @@ class Billing:
     idempotency: IdempotencyStore = field(init=False)
     sessions: PaymentSessionService = field(init=False)
     privacy: PrivacyService = field(init=False)
+    retention: RetentionService = field(init=False)
 
     def __post_init__(self) -> None:
         clock, rng = self.clock, self.rng
@@ -68,6 +70,7 @@ class Billing:
             journal_path=self.erasure_journal,
             clock=clock,
         )
+        self.retention = RetentionService(self.db, self.keyring, self.audit, clock=clock)
 
     def invoice_pdf(self, actor: Actor, invoice_id: str) -> tuple[str, bytes]:
         """The invoice as PDF, rendered in memory from the decrypted content and never stored.

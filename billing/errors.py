@@ -24,6 +24,7 @@ __all__ = [
     "PaymentDeclined",
     "PaymentInProgress",
     "PaymentSessionInvalid",
+    "RecordExpired",
     "RecordRestricted",
     "RefundExceedsPaid",
     "RoleForbidden",
@@ -169,3 +170,9 @@ class RecordRestricted(BillingError):
     """The record belongs to an erased client: only admins and auditors may read it, with a reason."""
 
     code = "record_restricted"
+
+
+class RecordExpired(BillingError):
+    """The record's retention period ended and its content was destroyed; amounts remain."""
+
+    code = "record_retention_expired"

@@ -11,7 +11,7 @@ from litestar.params import FromPath, JSONBody
 
 from api.auth import requires_role
 from api.deps import ActorDep, BillingDep
-from billing import ApiKeyView, BusinessDetails
+from billing import ApiKeyView, BusinessDetails, RetentionPolicy, RetentionPolicyInput, RetentionReport
 
 Role = Literal["booking", "accountant", "admin", "auditor"]
 
@@ -19,6 +19,10 @@ Role = Literal["booking", "accountant", "admin", "auditor"]
 class ApiKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     role: Role
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class RetentionRun(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    dry_run: bool = True
 
 
 class IssuedApiKeyResponse(msgspec.Struct, kw_only=True):
@@ -79,6 +83,27 @@ class AdminController(Controller):
         self, data: JSONBody[BusinessDetails], billing: BillingDep, actor: ActorDep
     ) -> BusinessDetails:
         return billing.tenants.update_business_details(actor, data)
+
+    @get("/retention", sync_to_thread=True, summary="The tenant's retention policy")
+    def read_retention_policy(self, billing: BillingDep, actor: ActorDep) -> RetentionPolicy:
+        return billing.retention.policy(actor.tenant_id)
+
+    @put("/retention", sync_to_thread=True, summary="Set the retention policy (country preset or years)")
+    def set_retention_policy(
+        self, data: JSONBody[RetentionPolicyInput], billing: BillingDep, actor: ActorDep
+    ) -> RetentionPolicy:
+        return billing.retention.set_policy(actor, data)
+
+    @post(
+        "/retention/run",
+        status_code=200,
+        sync_to_thread=True,
+        summary="Enforce retention (dry_run lists only)",
+    )
+    def run_retention(
+        self, data: JSONBody[RetentionRun], billing: BillingDep, actor: ActorDep
+    ) -> RetentionReport:
+        return billing.retention.run(dry_run=data.dry_run, tenant_id=actor.tenant_id, actor=actor)
 
     @delete("/api-keys/{key_id:str}", status_code=200, sync_to_thread=True, summary="Revoke an API key")
     def revoke_api_key(self, key_id: FromPath[str], billing: BillingDep, actor: ActorDep) -> ApiKeyResponse:

@@ -218,3 +218,16 @@ def _keyring(settings: Settings) -> Any:
     from billing import load_keyring
 
     return load_keyring(settings.keyring_path)
+
+
+def test_retention_policy_and_dry_run_through_the_api(client: TestClient, tenant: TenantKeys) -> None:
+    admin = tenant.headers("admin")
+    assert client.get("/v1/admin/retention", headers=admin).json()["invoice_retention_years"] is None
+    saved = client.put("/v1/admin/retention", json={"country": "FR"}, headers=admin)
+    assert saved.status_code == 200 and saved.json()["invoice_retention_years"] == 10
+    refused = client.put("/v1/admin/retention", json={"country": "XX"}, headers=admin)
+    assert refused.status_code == 422 and refused.json()["field"] == "country"
+    report = client.post("/v1/admin/retention/run", json={}, headers=admin)
+    assert report.status_code == 200 and report.json()["dry_run"] is True
+    for role in ("booking", "accountant", "auditor"):
+        assert client.post("/v1/admin/retention/run", json={}, headers=tenant.headers(role)).status_code == 403

@@ -1,0 +1,268 @@
+"""Retention: how long each kind of data is kept, and the run that enforces it.
+
+A tenant's policy comes from a country preset (or explicit numbers of years):
+
+| country | invoices kept | counted from |
+|---|---|---|
+| DE | 8 years | the end of the year of issue (§ 147 AO since 2025) |
+| GB | 6 years | the end of the year of issue (HMRC) |
+| PL | 5 years | the end of the year in which the tax deadline expired (≈ year of issue + 1) |
+| FR | 10 years | the end of the year of issue (Code de commerce L123-22) |
+
+Audit events are kept ``audit_retention_years`` (default 6). Without a policy nothing is shredded.
+
+A run, per tenant (``dry_run`` only reports):
+
+- shreds the ``record`` key of every **erased** client whose newest invoice is past retention — their
+  invoice content becomes unreadable, the amounts stay (a client who was not erased keeps their
+  record key: their relationship with the business goes on);
+- purges idempotency records past their 24 hours, gateway webhook events older than 30 days, and
+  audit events older than the audit period — the chain then starts from a signed checkpoint, so it
+  stays verifiable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+import msgspec
+from sqlalchemy import delete, func
+from sqlmodel import col, select
+
+from billing._actor import Actor
+from billing._audit import AuditTrail
+from billing._db import Database
+from billing._keyring import Keyring
+from billing._keys import SubjectKeys
+from billing._models import (
+    AuditEvent,
+    Customer,
+    DataKeyRecord,
+    IdempotencyRecord,
+    Invoice,
+    Tenant,
+    WebhookEvent,
+)
+from billing.errors import NotFound, ValidationFailed
+
+__all__ = [
+    "RETENTION_PRESETS",
+    "RetentionPolicy",
+    "RetentionPolicyInput",
+    "RetentionReport",
+    "RetentionService",
+]
+
+WEBHOOK_EVENT_TTL = timedelta(days=30)
+DEFAULT_AUDIT_YEARS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class _Preset:
+    invoice_years: int
+    start_offset_years: int
+
+
+RETENTION_PRESETS: dict[str, _Preset] = {
+    "DE": _Preset(8, 0),
+    "GB": _Preset(6, 0),
+    "PL": _Preset(5, 1),
+    "FR": _Preset(10, 0),
+}
+
+
+class RetentionPolicy(msgspec.Struct, kw_only=True):
+    country: str | None = None
+    invoice_retention_years: int | None = None
+    audit_retention_years: int = DEFAULT_AUDIT_YEARS
+    start_offset_years: int = 0
+
+    def invoice_retained_until(self, issued: date) -> date | None:
+        """The last day an invoice issued on ``issued`` must be kept (None: no policy, keep)."""
+        if self.invoice_retention_years is None:
+            return None
+        return date(issued.year + self.start_offset_years + self.invoice_retention_years, 12, 31)
+
+
+class RetentionPolicyInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    country: str | None = None
+    invoice_retention_years: int | None = None
+    audit_retention_years: int | None = None
+
+
+class RetentionReport(msgspec.Struct, kw_only=True):
+    dry_run: bool
+    ran_at: datetime
+    record_keys_shredded: list[str]
+    idempotency_records_purged: int
+    webhook_events_purged: int
+    audit_events_purged: int
+
+
+class RetentionService:
+    def __init__(
+        self, db: Database, keyring: Keyring, audit: AuditTrail, *, clock: Callable[[], datetime]
+    ) -> None:
+        self._db = db
+        self._keyring = keyring
+        self._audit = audit
+        self._clock = clock
+
+    def policy(self, tenant_id: str) -> RetentionPolicy:
+        with self._db.read() as session:
+            tenant = session.get(Tenant, tenant_id)
+            if tenant is None:
+                raise NotFound(resource="tenant")
+            return _policy_of(tenant)
+
+    def set_policy(self, actor: Actor, data: RetentionPolicyInput) -> RetentionPolicy:
+        """A country preset and/or explicit numbers of years (1 to 30)."""
+        if data.country is not None and data.country not in RETENTION_PRESETS:
+            raise ValidationFailed("No retention preset for this country; give the years.", field="country")
+        for name in ("invoice_retention_years", "audit_retention_years"):
+            value = getattr(data, name)
+            if value is not None and not 1 <= value <= 30:
+                raise ValidationFailed("Retention is 1 to 30 years.", field=name)
+        with self._db.transaction() as session:
+            tenant = session.get(Tenant, actor.tenant_id, with_for_update=True)
+            if tenant is None:
+                raise NotFound(resource="tenant")
+            tenant.retention_country = data.country
+            tenant.invoice_retention_years = data.invoice_retention_years
+            tenant.audit_retention_years = data.audit_retention_years
+            session.add(tenant)
+            self._audit.record(
+                session,
+                actor=actor,
+                action="retention.policy_set",
+                resource_type="tenant",
+                resource_id=actor.tenant_id,
+                detail={"country": data.country, "invoice_years": data.invoice_retention_years},
+            )
+            return _policy_of(tenant)
+
+    def run(
+        self, *, dry_run: bool, tenant_id: str | None = None, actor: Actor | None = None
+    ) -> RetentionReport:
+        """Enforce every tenant's policy (or one tenant's); ``dry_run`` lists what would go."""
+        now = self._clock()
+        with self._db.read() as session:
+            tenants = session.exec(
+                select(Tenant).where(Tenant.id == tenant_id) if tenant_id else select(Tenant)
+            ).all()
+        shredded: list[str] = []
+        audit_purged = 0
+        for tenant in tenants:
+            policy = _policy_of(tenant)
+            shredded += self._expired_records(tenant.id, policy, now.date(), dry_run=dry_run, actor=actor)
+            audit_purged += self._purge_audit(tenant.id, policy, now, dry_run=dry_run)
+        idempotency = self._purge(
+            IdempotencyRecord, col(IdempotencyRecord.expires_at) <= now, tenant_id, dry_run
+        )
+        webhooks = (
+            0
+            if tenant_id
+            else self._purge(
+                WebhookEvent, col(WebhookEvent.received_at) < now - WEBHOOK_EVENT_TTL, None, dry_run
+            )
+        )
+        return RetentionReport(
+            dry_run=dry_run,
+            ran_at=now,
+            record_keys_shredded=shredded,
+            idempotency_records_purged=idempotency,
+            webhook_events_purged=webhooks,
+            audit_events_purged=audit_purged,
+        )
+
+    def _expired_records(
+        self, tenant_id: str, policy: RetentionPolicy, today: date, *, dry_run: bool, actor: Actor | None
+    ) -> list[str]:
+        if policy.invoice_retention_years is None:
+            return []
+        with self._db.read() as session:
+            rows = session.exec(
+                select(
+                    Customer.id, func.max(func.coalesce(Invoice.issue_date, func.date(Invoice.created_at)))
+                )
+                .join(Invoice, col(Invoice.customer_id) == col(Customer.id), isouter=True)
+                .join(
+                    DataKeyRecord,
+                    (col(DataKeyRecord.subject_id) == col(Customer.id))
+                    & (col(DataKeyRecord.purpose) == "record"),
+                )
+                .where(
+                    Customer.tenant_id == tenant_id,
+                    col(Customer.erased_at).is_not(None),
+                    col(DataKeyRecord.wrapped).is_not(None),
+                )
+                .group_by(col(Customer.id))
+            ).all()
+        expired = []
+        for customer_id, newest in rows:
+            newest_date = _as_date(newest)
+            until = policy.invoice_retained_until(newest_date) if newest_date else None
+            if newest_date is None or (until is not None and until < today):
+                expired.append(customer_id)
+        if dry_run or not expired:
+            return expired
+        with self._db.transaction() as session:
+            keys = SubjectKeys(session, self._keyring, clock=self._clock)
+            for customer_id in expired:
+                keys.shred(tenant_id, customer_id, "record")
+                self._audit.record(
+                    session,
+                    actor=actor,
+                    tenant_id=tenant_id,
+                    action="retention.record_shredded",
+                    resource_type="customer",
+                    resource_id=customer_id,
+                    subject_id=customer_id,
+                )
+        return expired
+
+    def _purge_audit(self, tenant_id: str, policy: RetentionPolicy, now: datetime, *, dry_run: bool) -> int:
+        cutoff = now.replace(year=now.year - policy.audit_retention_years)
+        if dry_run:
+            with self._db.read() as session:
+                count = session.exec(
+                    select(func.count())
+                    .select_from(AuditEvent)
+                    .where(AuditEvent.chain == tenant_id, AuditEvent.occurred_at < cutoff)
+                ).one()
+                return int(count)
+        with self._db.transaction() as session:
+            return self._audit.purge_before(session, tenant_id, cutoff)
+
+    def _purge(self, model: type, condition: object, tenant_id: str | None, dry_run: bool) -> int:
+        where = [condition]
+        if tenant_id is not None:
+            where.append(col(model.tenant_id) == tenant_id)  # type: ignore[attr-defined]
+        with self._db.transaction() as session:
+            if dry_run:
+                return int(session.exec(select(func.count()).select_from(model).where(*where)).one())  # type: ignore[arg-type]
+            result = session.execute(delete(model).where(*where))  # type: ignore[arg-type]
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _policy_of(tenant: Tenant) -> RetentionPolicy:
+    preset = RETENTION_PRESETS.get(tenant.retention_country or "")
+    invoice_years = tenant.invoice_retention_years or (preset.invoice_years if preset else None)
+    return RetentionPolicy(
+        country=tenant.retention_country,
+        invoice_retention_years=invoice_years,
+        audit_retention_years=tenant.audit_retention_years or DEFAULT_AUDIT_YEARS,
+        start_offset_years=preset.start_offset_years if preset else 0,
+    )
+
+
+def _as_date(value: object) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
