@@ -12,7 +12,7 @@ export VEILBILL_DATABASE_URL ?= sqlite:///var/veilbill.db
 export VEILBILL_KEYRING_PATH ?= var/keyring.json
 export VEILBILL_PUBLIC_URL ?= http://$(HOST):$(PORT)
 
-.PHONY: help install run test lint typecheck check clean
+.PHONY: help install run test lint typecheck check bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ typecheck: install ## mypy --strict
 	$(BIN)/mypy
 
 check: lint typecheck test ## Everything CI runs
+
+bench: install ## Benchmarks, side by side with their baselines (see docs/benchmarks.md)
+	$(BIN)/python -m bench.anonymize_bench
 
 clean: ## Remove the virtualenv, caches and local data (var/: database and keyring!)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var *.egg-info

@@ -1,1 +1,75 @@
-"""Veilbill anonymize package."""
+"""Anonymization engine: generalization hierarchies, privacy models and an optimal lattice search.
+
+Generic: it knows tables, hierarchies and privacy models, nothing of invoices. ``anonymize`` finds the
+full-domain generalization of least information loss (ARX's "Loss") that satisfies k-anonymity and,
+optionally, distinct or entropy l-diversity within a suppression limit, and returns the released
+table with its ``Guarantee``. ``anonymize_csv`` does the same for a file. ``keyed_pseudonym``
+replaces identifiers with HMAC-SHA256 pseudonyms under a purpose key; ``suppress_small_cells``
+protects aggregates. Every error derives from ``AnonymizationError`` (tree in ``_errors``) and names
+columns, never values. Importing this package does no work.
+"""
+
+from anonymize._cells import Cell, CellRelease, ReleasedCell, suppress_small_cells
+from anonymize._config import AnonymizationConfig, AnonymizationResult, Guarantee, LDiversity
+from anonymize._csv import anonymize_csv
+from anonymize._engine import anonymize
+from anonymize._errors import (
+    AnonymizationError,
+    ColumnNotFound,
+    InvalidConfig,
+    InvalidHierarchy,
+    InvalidKey,
+    InvalidQISpec,
+    LatticeTooLarge,
+    MissingValues,
+    NoAnonymousTransformation,
+    UnparseableValue,
+    ValueNotInHierarchy,
+)
+from anonymize._hierarchy import (
+    SUPPRESSED,
+    Hierarchy,
+    age_bands,
+    date_levels,
+    flat_hierarchy,
+    hierarchy_for_spec,
+    numeric_intervals,
+    parse_qi_option,
+    postcode_prefix,
+)
+from anonymize._pseudonym import Pseudonymizer, keyed_pseudonym
+
+__all__ = [
+    "SUPPRESSED",
+    "AnonymizationConfig",
+    "AnonymizationError",
+    "AnonymizationResult",
+    "Cell",
+    "CellRelease",
+    "ColumnNotFound",
+    "Guarantee",
+    "Hierarchy",
+    "InvalidConfig",
+    "InvalidHierarchy",
+    "InvalidKey",
+    "InvalidQISpec",
+    "LDiversity",
+    "LatticeTooLarge",
+    "MissingValues",
+    "NoAnonymousTransformation",
+    "Pseudonymizer",
+    "ReleasedCell",
+    "UnparseableValue",
+    "ValueNotInHierarchy",
+    "age_bands",
+    "anonymize",
+    "anonymize_csv",
+    "date_levels",
+    "flat_hierarchy",
+    "hierarchy_for_spec",
+    "keyed_pseudonym",
+    "numeric_intervals",
+    "parse_qi_option",
+    "postcode_prefix",
+    "suppress_small_cells",
+]
