@@ -30,6 +30,14 @@ Protects against
     place atomically); key material reaching logs (``repr`` masks it, error messages never contain
     it, and parse errors are raised without the exception that holds the file's text).
 
+Master-key providers
+    :class:`MasterKeyProvider` is what wraps and unwraps DEKs; callers never touch master key
+    material. :class:`KeyringMasterKeys` holds a keyring in memory; :class:`KeyringFileMasterKeys`
+    follows the keyring file (it re-reads the file when it was replaced, so a process picks up a
+    version added or retired by ``veilbill keys rotate|retire`` without a restart);
+    :class:`billing._hsm.Pkcs11MasterKeys` keeps the master keys in a PKCS#11 token. All three
+    write and read the same blob format, and pick the unwrapping version from the blob's header.
+
 Does not protect against
     Anyone who can read the file as its owner (root, the service user, a backup of the file):
     the keys are stored in clear. Use an HSM for that. Python cannot zero key material in memory.
@@ -45,9 +53,11 @@ import os
 import re
 import secrets
 import stat
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from billing._envelope import (
     KEY_SIZE,
@@ -56,20 +66,26 @@ from billing._envelope import (
     generate_key_material,
     open_sealed,
     seal,
+    sealed_key_id,
 )
 from billing.errors import DecryptionError, KeyringError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from pathlib import Path
 
 __all__ = [
     "AuditKey",
     "Keyring",
+    "KeyringFileMasterKeys",
+    "KeyringMasterKeys",
     "MasterKey",
+    "MasterKeyProvider",
+    "MasterKeyVersion",
     "add_master_key",
     "create_keyring",
     "load_keyring",
+    "master_key_provider_of",
+    "remove_master_key",
     "unwrap_data_key",
     "wrap_data_key",
     "write_keyring",
@@ -134,6 +150,15 @@ class Keyring:
     Old versions stay so that values wrapped or chained under them remain readable until they
     are re-wrapped and the version is retired.
 
+    Two fields are not part of the keys (they are left out of equality):
+
+    - ``source``: the file :func:`load_keyring` read it from, or ``None``. A
+      :class:`~billing.Billing` built on a keyring with a source wraps DEKs through a
+      :class:`KeyringFileMasterKeys` that follows that file.
+    - ``master_key_provider``: the provider that wraps this deployment's DEKs, attached by
+      :class:`~billing.Billing` so that every service handed this keyring wraps through it (see
+      :func:`master_key_provider_of`). With an HSM provider the file's own master keys are unused.
+
     Raises:
         KeyringError: a tuple is empty or holds the wrong key type, ids are not unique, or an
             active id names no key in its tuple.
@@ -143,6 +168,10 @@ class Keyring:
     active_master_id: str
     audit_keys: tuple[AuditKey, ...]
     active_audit_id: str
+    source: Path | None = field(default=None, compare=False, kw_only=True)
+    master_key_provider: MasterKeyProvider | None = field(
+        default=None, compare=False, repr=False, kw_only=True
+    )
 
     def __post_init__(self) -> None:
         _check_versions("master", self.master_keys, MasterKey, self.active_master_id)
@@ -152,6 +181,10 @@ class Keyring:
     def active_master(self) -> MasterKey:
         """The master key that wraps new data keys."""
         return self.master(self.active_master_id)
+
+    def with_master_key_provider(self, provider: MasterKeyProvider) -> Keyring:
+        """This keyring with ``provider`` attached (see :func:`master_key_provider_of`)."""
+        return replace(self, master_key_provider=provider)
 
     @property
     def active_audit(self) -> AuditKey:
@@ -212,7 +245,27 @@ def add_master_key(keyring: Keyring, *, now: datetime, rng: Callable[[int], byte
     )
     key_id = f"mk_{max(numbers, default=0) + 1:04d}"
     new_key = MasterKey(key_id, now, generate_key_material(rng))
-    return replace(keyring, master_keys=(*keyring.master_keys, new_key), active_master_id=key_id)
+    return replace(
+        keyring,
+        master_keys=(*keyring.master_keys, new_key),
+        active_master_id=key_id,
+        master_key_provider=None,
+    )
+
+
+def remove_master_key(keyring: Keyring, key_id: str) -> Keyring:
+    """Return ``keyring`` without master key ``key_id`` (retiring it; the caller checked that no
+    live DEK needs it).
+
+    Raises:
+        ValueError: ``key_id`` is the active master key, or names no master key.
+    """
+    if key_id == keyring.active_master_id:
+        raise ValueError("the active master key cannot be removed")
+    kept = tuple(key for key in keyring.master_keys if key.key_id != key_id)
+    if len(kept) == len(keyring.master_keys):
+        raise ValueError("no master key has this id")
+    return replace(keyring, master_keys=kept, master_key_provider=None)
 
 
 # --- wrapping data keys ---------------------------------------------------------------------------
@@ -392,7 +445,186 @@ def load_keyring(path: Path) -> Keyring:
             content = file.read()
     finally:
         os.close(fd)
-    return _parse_document(_decode_json(content))
+    return replace(_parse_document(_decode_json(content)), source=path)
+
+
+# --- master-key providers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MasterKeyVersion:
+    """One master key version as a provider lists it: its id and, when known, when it was made."""
+
+    key_id: str
+    created_at: datetime | None
+
+
+class MasterKeyProvider(Protocol):
+    """Wraps and unwraps data keys under versioned master keys that the caller never sees.
+
+    Every wrapped blob is in the envelope format (see :mod:`billing._envelope`): its header names
+    the master key version, so :meth:`unwrap` needs no version argument and
+    :func:`~billing._envelope.sealed_key_id` tells which version a blob needs. Implementations are
+    safe to share between threads.
+
+    Errors: :meth:`unwrap` raises the opaque :class:`~billing.errors.DecryptionError` for anything
+    wrong with the blob or its context (including a version the provider does not have);
+    :class:`~billing.errors.KeyringError` means the key store itself is unavailable (file unreadable,
+    HSM down) and says nothing about the blob.
+    """
+
+    @property
+    def active_key_id(self) -> str:
+        """The version :meth:`wrap` uses now."""
+        ...
+
+    def versions(self) -> tuple[MasterKeyVersion, ...]:
+        """Every version this provider can unwrap with, oldest first."""
+        ...
+
+    def wrap(self, dek: DataKey, *, tenant_id: str, purpose: str) -> bytes:
+        """Seal ``dek`` under the active version for ``(tenant_id, "data_keys", purpose, dek.key_id)``."""
+        ...
+
+    def unwrap(self, wrapped: bytes, *, tenant_id: str, purpose: str, dek_id: str) -> DataKey:
+        """Open a blob made by :meth:`wrap` (of any version still present) for the same context."""
+        ...
+
+    def add_version(self, *, now: datetime) -> str:
+        """Create a new version, persist it, make it active and return its id.
+
+        It is durable before this returns, so no DEK can be wrapped under a version that a crash
+        could lose. Callers serialize calls (:class:`~billing._rotation.KeyRotationService` holds a
+        database lock).
+        """
+        ...
+
+    def remove_version(self, key_id: str) -> None:
+        """Destroy version ``key_id`` for good (refusing the active one with ``ValueError``)."""
+        ...
+
+
+def master_key_provider_of(
+    keyring: Keyring, *, rng: Callable[[int], bytes] = os.urandom
+) -> MasterKeyProvider:
+    """The provider that wraps DEKs for services handed ``keyring``.
+
+    The provider :class:`~billing.Billing` attached, else the keyring's own master keys in memory.
+    """
+    if keyring.master_key_provider is not None:
+        return keyring.master_key_provider
+    return KeyringMasterKeys(keyring, rng=rng)
+
+
+class _KeyringBackedMasterKeys:
+    """Wraps and unwraps with the master keys of a keyring that a subclass loads and stores."""
+
+    def __init__(self, *, rng: Callable[[int], bytes]) -> None:
+        self._rng = rng
+        self._lock = threading.RLock()
+
+    @property
+    def keyring(self) -> Keyring:
+        """The keyring as it is now."""
+        return self._current()
+
+    @property
+    def active_key_id(self) -> str:
+        return self._current().active_master_id
+
+    def versions(self) -> tuple[MasterKeyVersion, ...]:
+        return tuple(MasterKeyVersion(key.key_id, key.created_at) for key in self._current().master_keys)
+
+    def wrap(self, dek: DataKey, *, tenant_id: str, purpose: str) -> bytes:
+        master = self._current().active_master
+        return wrap_data_key(master, dek, tenant_id=tenant_id, purpose=purpose, rng=self._rng)
+
+    def unwrap(self, wrapped: bytes, *, tenant_id: str, purpose: str, dek_id: str) -> DataKey:
+        key_id = sealed_key_id(wrapped)  # DecryptionError for a malformed blob
+        master = next((key for key in self._current().master_keys if key.key_id == key_id), None)
+        if master is None:
+            raise DecryptionError from None
+        return unwrap_data_key(master, wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=dek_id)
+
+    def add_version(self, *, now: datetime) -> str:
+        with self._lock:
+            updated = add_master_key(self._current(), now=now, rng=self._rng)
+            self._store(updated)
+        return updated.active_master_id
+
+    def remove_version(self, key_id: str) -> None:
+        with self._lock:
+            self._store(remove_master_key(self._current(), key_id))
+
+    def _current(self) -> Keyring:
+        raise NotImplementedError
+
+    def _store(self, keyring: Keyring) -> None:
+        raise NotImplementedError
+
+
+class KeyringMasterKeys(_KeyringBackedMasterKeys):
+    """Master keys of a :class:`Keyring` held in memory.
+
+    :meth:`add_version` and :meth:`remove_version` change this object only; nothing is persisted
+    (use :class:`KeyringFileMasterKeys` for that).
+    """
+
+    def __init__(self, keyring: Keyring, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+        if not isinstance(keyring, Keyring):
+            raise TypeError("keyring must be a Keyring")
+        super().__init__(rng=rng)
+        self._keyring = keyring
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(active_key_id={self._keyring.active_master_id!r})"
+
+    def _current(self) -> Keyring:
+        return self._keyring
+
+    def _store(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+
+
+class KeyringFileMasterKeys(_KeyringBackedMasterKeys):
+    """Master keys of the keyring file at ``path``, following the file as other processes change it.
+
+    The file is read at first use (constructing this touches nothing). Before each operation the
+    file is ``stat``-ed; when it was replaced (``write_keyring`` always moves a new file into place)
+    it is read again, so this process wraps under a version another process added and stops
+    wrapping under a retired one. Adding and removing versions write the file atomically
+    (:func:`write_keyring`) before the change is used. Reading fails closed: a keyring file that
+    became unreadable or unsafe raises :class:`~billing.errors.KeyringError` on every operation.
+    """
+
+    def __init__(self, path: Path, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+        super().__init__(rng=rng)
+        self._path = Path(path)
+        # (file identity, keyring read from it), replaced as one value so threads see a matching pair
+        self._cache: tuple[tuple[int, int, int, int], Keyring] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={str(self._path)!r})"
+
+    def _current(self) -> Keyring:
+        try:
+            info = os.stat(self._path)
+        except OSError as exc:
+            raise KeyringError(f"cannot read keyring file {self._path}: {exc.strerror}") from None
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        cache = self._cache
+        if cache is not None and cache[0] == identity:
+            return cache[1]
+        with self._lock:
+            cache = self._cache
+            if cache is None or cache[0] != identity:
+                cache = (identity, load_keyring(self._path))
+                self._cache = cache
+            return cache[1]
+
+    def _store(self, keyring: Keyring) -> None:
+        write_keyring(self._path, keyring, overwrite=True)
+        self._cache = None  # the next operation reads the file back
 
 
 # --- parsing --------------------------------------------------------------------------------------

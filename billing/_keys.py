@@ -7,8 +7,11 @@ Each subject (a customer; a tenant for its blind-index key) has at most one live
 - ``index``: a tenant's blind-index key (subject = the tenant).
 - ``idempotency``: a tenant's key for stored idempotent responses (subject = the tenant).
 
-A DEK is 32 random bytes, wrapped by the keyring's active master key and bound (associated data)
-to tenant, purpose and DEK id, so a wrapped key copied to another row does not unwrap. Shredding
+A DEK is 32 random bytes, wrapped by the active master key version of a
+:class:`~billing._keyring.MasterKeyProvider` (the keyring file's keys or an HSM's) and bound
+(associated data) to tenant, purpose and DEK id, so a wrapped key copied to another row does not
+unwrap. ``data_keys.master_key_id`` names the version that wrapped it (read from the blob's header,
+so the two always agree); unwrapping picks the version from the blob itself. Shredding
 deletes the wrapped bytes: every value sealed under that DEK becomes unreadable, in this database
 and, once the master version that wrapped it is retired, in old backups too.
 """
@@ -22,8 +25,8 @@ from datetime import datetime
 from sqlmodel import Session, select
 
 from billing._db import insert_ignore
-from billing._envelope import DataKey, generate_key_material
-from billing._keyring import Keyring, unwrap_data_key, wrap_data_key
+from billing._envelope import DataKey, generate_key_material, sealed_key_id
+from billing._keyring import Keyring, MasterKeyProvider, master_key_provider_of
 from billing._models import DataKeyRecord, new_id
 from billing.errors import DecryptionError
 
@@ -33,18 +36,22 @@ PURPOSES = ("profile", "record", "index", "idempotency")
 
 
 class SubjectKeys:
-    """The DEKs used within one unit of work; unwrapped keys are cached for that unit only."""
+    """The DEKs used within one unit of work; unwrapped keys are cached for that unit only.
+
+    ``keys`` is the master-key provider that wraps DEKs, or a :class:`Keyring`, which stands for the
+    provider attached to it (see :func:`~billing._keyring.master_key_provider_of`).
+    """
 
     def __init__(
         self,
         session: Session,
-        keyring: Keyring,
+        keys: Keyring | MasterKeyProvider,
         *,
         clock: Callable[[], datetime],
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._session = session
-        self._keyring = keyring
+        self._masters = master_key_provider_of(keys, rng=rng) if isinstance(keys, Keyring) else keys
         self._clock = clock
         self._rng = rng
         self._cache: dict[tuple[str, str, str], DataKey] = {}
@@ -54,14 +61,14 @@ class SubjectKeys:
         if purpose not in PURPOSES:
             raise ValueError(f"unknown key purpose {purpose!r}")
         dek = DataKey(key_id=new_id("dek"), material=generate_key_material(self._rng))
-        master = self._keyring.active_master
+        wrapped = self._masters.wrap(dek, tenant_id=tenant_id, purpose=purpose)
         record = DataKeyRecord(
             id=dek.key_id,
             tenant_id=tenant_id,
             subject_id=subject_id,
             purpose=purpose,
-            master_key_id=master.key_id,
-            wrapped=wrap_data_key(master, dek, tenant_id=tenant_id, purpose=purpose, rng=self._rng),
+            master_key_id=sealed_key_id(wrapped),
+            wrapped=wrapped,
             created_at=self._clock(),
         )
         self._session.add(record)
@@ -74,6 +81,7 @@ class SubjectKeys:
         Raises:
             DecryptionError: the key does not exist, was shredded, or fails to unwrap (one opaque
                 error for all three).
+            KeyringError: the master-key store is unavailable (keyring file unreadable, HSM down).
         """
         cached = self._cache.get((tenant_id, subject_id, purpose))
         if cached is not None:
@@ -87,11 +95,7 @@ class SubjectKeys:
         ).one_or_none()
         if record is None or record.wrapped is None:
             raise DecryptionError()
-        try:
-            master = self._keyring.master(record.master_key_id)
-        except Exception:
-            raise DecryptionError() from None
-        dek = unwrap_data_key(master, record.wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=record.id)
+        dek = self._masters.unwrap(record.wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=record.id)
         self._cache[(tenant_id, subject_id, purpose)] = dek
         return dek
 
@@ -102,7 +106,7 @@ class SubjectKeys:
         except DecryptionError:
             pass
         dek = DataKey(key_id=new_id("dek"), material=generate_key_material(self._rng))
-        master = self._keyring.active_master
+        wrapped = self._masters.wrap(dek, tenant_id=tenant_id, purpose=purpose)
         created = insert_ignore(
             self._session,
             DataKeyRecord,
@@ -111,8 +115,8 @@ class SubjectKeys:
                 "tenant_id": tenant_id,
                 "subject_id": subject_id,
                 "purpose": purpose,
-                "master_key_id": master.key_id,
-                "wrapped": wrap_data_key(master, dek, tenant_id=tenant_id, purpose=purpose, rng=self._rng),
+                "master_key_id": sealed_key_id(wrapped),
+                "wrapped": wrapped,
                 "created_at": self._clock(),
             },
         )

@@ -1,0 +1,288 @@
+"""Tests for billing._hsm: master keys in a PKCS#11 token, against a real SoftHSM2 token.
+
+Every test gets a fresh token in a temporary SoftHSM2 token directory. The SoftHSM2 library reads
+its configuration (``SOFTHSM2_CONF``) and its token list when it is initialized, so the module
+points ``SOFTHSM2_CONF`` at its own configuration once and re-initializes the library after each
+new token (no other code in the test process uses PKCS#11). Without SoftHSM2 or python-pkcs11
+these tests are skipped — or fail under ``VEILBILL_REQUIRE_ALL=1``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from faker import Faker
+from sqlmodel import col, select
+
+from billing import (
+    Actor,
+    Billing,
+    CustomerInput,
+    Database,
+    Keyring,
+    Pkcs11Config,
+    Pkcs11MasterKeys,
+)
+from billing._envelope import DataKey, sealed_key_id
+from billing._hsm import pkcs11_library
+from billing._keyring import MasterKey, unwrap_data_key, wrap_data_key
+from billing._models import DataKeyRecord
+from billing.errors import DecryptionError, KeyringError
+
+from ..conftest import FIXED_NOW, require_or_skip
+
+if TYPE_CHECKING:
+    from pkcs11 import Session
+
+PIN = "4096-user-pin"
+SO_PIN = "8192-so-pin"
+MODULE_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+)
+DEK = DataKey("dek_hsm", bytes(range(32)))
+OPAQUE = str(DecryptionError())
+
+
+@dataclass(frozen=True)
+class SoftHsm:
+    module: str
+    util: str
+    conf: Path
+
+    def new_token(self) -> Pkcs11Config:
+        """Initialize a fresh token and make the (already loaded) library see it."""
+        label = f"vb-{secrets.token_hex(4)}"
+        subprocess.run(
+            [self.util, "--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", SO_PIN],
+            env={**os.environ, "SOFTHSM2_CONF": str(self.conf)},
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        pkcs11_library(self.module).reinitialize()  # SoftHSM lists tokens when it initializes
+        return Pkcs11Config(module_path=self.module, token_label=label, user_pin=PIN)
+
+
+@pytest.fixture(scope="module")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    if importlib.util.find_spec("pkcs11") is None:
+        require_or_skip("python-pkcs11 is not installed")
+    module = next((path for path in MODULE_CANDIDATES if Path(path).exists()), None)
+    util = shutil.which("softhsm2-util")
+    if module is None or util is None:
+        require_or_skip("SoftHSM2 is not installed (apt-get install softhsm2)")
+    assert module is not None and util is not None
+    directory = tmp_path_factory.mktemp("softhsm")
+    (directory / "tokens").mkdir(mode=0o700)
+    conf = directory / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SOFTHSM2_CONF", str(conf))
+        yield SoftHsm(module=module, util=util, conf=conf)
+
+
+@pytest.fixture
+def config(softhsm: SoftHsm) -> Pkcs11Config:
+    return softhsm.new_token()
+
+
+@pytest.fixture
+def hsm(config: Pkcs11Config) -> Iterator[Pkcs11MasterKeys]:
+    provider = Pkcs11MasterKeys(config)
+    provider.add_version(now=FIXED_NOW)
+    yield provider
+    provider.close()
+
+
+def token_session(config: Pkcs11Config) -> Session:
+    """A session of the test's own on the token (logged in already if a provider did it)."""
+    from pkcs11.exceptions import UserAlreadyLoggedIn
+
+    token = pkcs11_library(config.module_path).get_token(token_label=config.token_label)
+    try:
+        return token.open(rw=True, user_pin=config.user_pin)
+    except UserAlreadyLoggedIn:
+        return token.open(rw=True)
+
+
+def test_wrap_and_unwrap_round_trip_in_the_token(hsm: Pkcs11MasterKeys) -> None:
+    wrapped = hsm.wrap(DEK, tenant_id="tn_1", purpose="profile")
+    assert sealed_key_id(wrapped) == "mk_0001" == hsm.active_key_id
+    assert len(wrapped) == 2 + len("mk_0001") + 12 + 32 + 16  # the envelope layout, nothing else
+    assert hsm.unwrap(wrapped, tenant_id="tn_1", purpose="profile", dek_id=DEK.key_id) == DEK
+    assert hsm.wrap(DEK, tenant_id="tn_1", purpose="profile") != wrapped, "fresh nonce per wrap"
+    assert [(v.key_id, v.created_at) for v in hsm.versions()] == [("mk_0001", FIXED_NOW)]
+
+
+def test_every_bad_blob_or_context_fails_with_the_one_opaque_error(hsm: Pkcs11MasterKeys) -> None:
+    wrapped = hsm.wrap(DEK, tenant_id="tn_1", purpose="profile")
+    flipped = bytearray(wrapped)
+    flipped[-1] ^= 1
+    relabelled = b"\x01\x07mk_0002" + wrapped[9:]
+    cases = [
+        (bytes(flipped), "tn_1", "profile", DEK.key_id),  # tampered tag
+        (wrapped[:-1], "tn_1", "profile", DEK.key_id),  # truncated
+        (relabelled, "tn_1", "profile", DEK.key_id),  # names a version the token lacks
+        (wrapped, "tn_2", "profile", DEK.key_id),  # wrong tenant
+        (wrapped, "tn_1", "record", DEK.key_id),  # wrong purpose
+        (wrapped, "tn_1", "profile", "dek_other"),  # moved to another key's row
+        (b"", "tn_1", "profile", DEK.key_id),
+    ]
+    for blob, tenant, purpose, dek_id in cases:
+        with pytest.raises(DecryptionError) as failure:
+            hsm.unwrap(blob, tenant_id=tenant, purpose=purpose, dek_id=dek_id)
+        assert str(failure.value) == OPAQUE
+        assert failure.value.__cause__ is None and failure.value.__context__ is None
+
+
+def test_master_keys_are_generated_non_extractable(hsm: Pkcs11MasterKeys, config: Pkcs11Config) -> None:
+    from pkcs11 import Attribute, ObjectClass
+    from pkcs11.exceptions import AttributeSensitive
+
+    with token_session(config) as session:
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY, label="mk_0001")
+        assert key[Attribute.EXTRACTABLE] is False
+        assert key[Attribute.SENSITIVE] is True
+        assert key[Attribute.NEVER_EXTRACTABLE] is True
+        with pytest.raises(AttributeSensitive):
+            _ = key[Attribute.VALUE]
+
+
+def test_the_format_is_the_software_envelope_byte_for_byte(softhsm: SoftHsm) -> None:
+    """With a known (imported, test-only) key, token and software open each other's blobs."""
+    from pkcs11 import Attribute, KeyType, ObjectClass
+
+    config = softhsm.new_token()
+    material = secrets.token_bytes(32)
+    with token_session(config) as session:
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.SECRET_KEY,
+                Attribute.KEY_TYPE: KeyType.AES,
+                Attribute.VALUE: material,
+                Attribute.LABEL: "mk_0001",
+                Attribute.TOKEN: True,
+                Attribute.ENCRYPT: True,
+                Attribute.DECRYPT: True,
+            }
+        )
+    software = MasterKey("mk_0001", FIXED_NOW, material)
+    hsm = Pkcs11MasterKeys(config)
+    try:
+        by_token = hsm.wrap(DEK, tenant_id="tn_1", purpose="record")
+        opened = unwrap_data_key(software, by_token, tenant_id="tn_1", purpose="record", dek_id=DEK.key_id)
+        assert opened == DEK
+        by_software = wrap_data_key(software, DEK, tenant_id="tn_1", purpose="record")
+        assert hsm.unwrap(by_software, tenant_id="tn_1", purpose="record", dek_id=DEK.key_id) == DEK
+        assert hsm.versions()[0].created_at is None  # made by another tool: no creation time
+    finally:
+        hsm.close()
+
+
+def test_versions_are_added_and_removed_in_the_token(hsm: Pkcs11MasterKeys, config: Pkcs11Config) -> None:
+    old = hsm.wrap(DEK, tenant_id="tn_1", purpose="profile")
+    assert hsm.add_version(now=FIXED_NOW) == "mk_0002"
+    other_process = Pkcs11MasterKeys(config)  # its own session sees the new key
+    try:
+        assert other_process.active_key_id == "mk_0002"
+        new = other_process.wrap(DEK, tenant_id="tn_1", purpose="profile")
+        assert sealed_key_id(new) == "mk_0002"
+        assert hsm.unwrap(new, tenant_id="tn_1", purpose="profile", dek_id=DEK.key_id) == DEK
+        with pytest.raises(ValueError, match="active"):
+            hsm.remove_version("mk_0002")
+        hsm.remove_version("mk_0001")
+        with pytest.raises(ValueError, match="no master key"):
+            hsm.remove_version("mk_0001")
+        for provider in (hsm, other_process):
+            with pytest.raises(DecryptionError):
+                provider.unwrap(old, tenant_id="tn_1", purpose="profile", dek_id=DEK.key_id)
+        assert hsm.add_version(now=FIXED_NOW) == "mk_0003", "numbers are never reused"
+    finally:
+        other_process.close()
+
+
+def test_versions_added_and_destroyed_by_another_process_are_seen_at_once(
+    hsm: Pkcs11MasterKeys, config: Pkcs11Config
+) -> None:
+    wrapped = hsm.wrap(DEK, tenant_id="tn_1", purpose="profile")
+    other_process = (
+        "import os, sys; from datetime import UTC, datetime; "
+        "from billing import Pkcs11Config, Pkcs11MasterKeys; "
+        "keys = Pkcs11MasterKeys(Pkcs11Config(sys.argv[1], sys.argv[2], os.environ['TEST_PIN'])); "
+        "print(keys.add_version(now=datetime.now(UTC))); keys.remove_version('mk_0001')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", other_process, config.module_path, config.token_label],
+        env={**os.environ, "TEST_PIN": PIN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "mk_0002", result.stderr
+    assert hsm.active_key_id == "mk_0002"
+    with pytest.raises(DecryptionError):  # destroyed in the token: gone for this process too
+        hsm.unwrap(wrapped, tenant_id="tn_1", purpose="profile", dek_id=DEK.key_id)
+
+
+def test_an_unusable_token_is_a_keyring_error_that_never_shows_the_pin(
+    softhsm: SoftHsm, config: Pkcs11Config
+) -> None:
+    wrong_pin = Pkcs11Config(
+        module_path=config.module_path, token_label=config.token_label, user_pin="0000-x"
+    )
+    missing = Pkcs11Config(module_path=config.module_path, token_label="no-such-token", user_pin=PIN)
+    no_module = Pkcs11Config(module_path="/nonexistent/libpkcs11.so", token_label="x", user_pin=PIN)
+    empty = Pkcs11MasterKeys(config)  # a token without master keys
+    for provider, message in (
+        (Pkcs11MasterKeys(wrong_pin), "cannot log in"),
+        (Pkcs11MasterKeys(missing), "cannot find"),
+        (Pkcs11MasterKeys(no_module), "cannot load"),
+        (empty, "holds no master key"),
+    ):
+        with pytest.raises(KeyringError, match=message) as failure:
+            provider.wrap(DEK, tenant_id="tn_1", purpose="profile")
+        assert PIN not in str(failure.value) and "0000-x" not in str(failure.value)
+    empty.close()
+    assert PIN not in repr(config) and PIN not in str(config) and PIN not in repr(empty)
+    with pytest.raises(ValueError, match="token_label"):
+        Pkcs11Config(module_path=config.module_path, token_label="x" * 33, user_pin=PIN)
+
+
+def test_billing_on_the_hsm_creates_reads_rotates_and_retires(
+    database: Database, keyring: Keyring, hsm: Pkcs11MasterKeys, fake: Faker
+) -> None:
+    billing = Billing(db=database, keyring=keyring, key_provider=hsm, clock=lambda: FIXED_NOW)
+    issued = billing.tenants.create_tenant(fake.company())
+    actor = Actor(tenant_id=issued.tenant_id, role="booking", key_id=issued.id)
+    name, email = fake.name(), fake.email()
+    customer = billing.customers.create(actor, CustomerInput(name=name, email=email))
+
+    assert billing.customers.read(actor, customer.id).email == email
+    with database.read() as session:
+        records = list(session.exec(select(DataKeyRecord).where(col(DataKeyRecord.wrapped).is_not(None))))
+    assert records and {record.master_key_id for record in records} == {"mk_0001"}
+    software_only = Billing(db=database, keyring=keyring)  # the keyring file's keys cannot unwrap them
+    with pytest.raises(DecryptionError):
+        software_only.customers.read(actor, customer.id)
+
+    report = billing.rotation.rotate_master_key(batch_size=2)
+    assert (report.to_version, report.rewrapped, report.remaining) == ("mk_0002", len(records), 0)
+    billing.rotation.retire_master_key("mk_0001")
+    assert [v.key_id for v in hsm.versions()] == ["mk_0002"]
+    assert billing.customers.read(actor, customer.id).name == name
+    assert billing.rotation.key_status().versions[0].live_deks == len(records)
