@@ -84,6 +84,11 @@ class AuditTrail:
     def __init__(self, keyring: Keyring, *, clock: Callable[[], datetime]) -> None:
         self._keyring = keyring
         self._clock = clock
+        self._observers: list[Callable[[Session, AuditEvent], None]] = []
+
+    def observe(self, observer: Callable[[Session, AuditEvent], None]) -> None:
+        """Call ``observer`` after each appended event, in the same transaction (access monitoring)."""
+        self._observers.append(observer)
 
     def record(
         self,
@@ -129,6 +134,8 @@ class AuditTrail:
         head.mac = event.mac
         session.add(head)
         session.flush()
+        for observer in self._observers:
+            observer(session, event)
         return event
 
     def verify(self, session: Session, *, chain: str | None = None) -> AuditVerification:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlmodel import Field, SQLModel
 
@@ -35,6 +37,7 @@ __all__ = [
     "AuditCheckpoint",
     "AuditEvent",
     "AuditHead",
+    "Breach",
     "CreditNote",
     "Customer",
     "DataKeyRecord",
@@ -129,6 +132,11 @@ class Tenant(SQLModel, table=True):
     vat_id: str | None = Field(default=None, max_length=40)
     billing_email: str | None = Field(default=None, max_length=320)
     retention_country: str | None = Field(default=None, max_length=2)
+    pii_read_threshold: int | None = Field(default=None)
+    pii_read_window_minutes: int | None = Field(default=None)
+    suspend_on_alert: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
     invoice_retention_years: int | None = Field(default=None)
     audit_retention_years: int | None = Field(default=None)
 
@@ -148,6 +156,10 @@ class ApiKey(SQLModel, table=True):
     created_by: str | None = Field(default=None, max_length=40)
     revoked_at: datetime | None = _ts(nullable=True)
     expires_at: datetime | None = _ts(nullable=True)
+    suspended_at: datetime | None = _ts(nullable=True)
+    last_used_at: datetime | None = _ts(nullable=True)
+    last_used_ip: str | None = Field(default=None, max_length=64)
+    last_used_user_agent: str | None = Field(default=None, max_length=200)
 
 
 class DataKeyRecord(SQLModel, table=True):
@@ -277,7 +289,10 @@ class AuditEvent(SQLModel, table=True):
     """
 
     __tablename__ = "audit_events"
-    __table_args__ = (UniqueConstraint("chain", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("chain", "seq"),
+        Index("ix_audit_events_actor_time", "actor_key_id", "occurred_at"),
+    )
 
     id: int | None = Field(
         default=None,
@@ -498,3 +513,26 @@ class AuditCheckpoint(SQLModel, table=True):
     audit_key_id: str = Field(max_length=40)
     signature: str = Field(max_length=64)
     created_at: datetime = _ts()
+
+
+class Breach(SQLModel, table=True):
+    """A personal-data breach: when it became known, and the fields a notification needs.
+
+    GDPR Art. 33: notify the authority within 72 hours of awareness; HIPAA: individuals within 60
+    days. The register holds no personal data: subjects are counted, and listed by id on request.
+    """
+
+    __tablename__ = "breaches"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str | None = Field(default=None, max_length=40, index=True)
+    aware_at: datetime = _ts()
+    nature: str = Field(max_length=2000)
+    categories: str | None = Field(default=None, max_length=1000)
+    approx_subjects: int | None = Field(default=None)
+    approx_records: int | None = Field(default=None)
+    consequences: str | None = Field(default=None, max_length=2000)
+    measures: str | None = Field(default=None, max_length=2000)
+    suspected_key_id: str | None = Field(default=None, max_length=40)
+    created_at: datetime = _ts()
+    closed_at: datetime | None = _ts(nullable=True)

@@ -15,23 +15,26 @@ import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import msgspec
-from sqlmodel import Session, select
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
 from billing._actor import ROLES, Actor
 from billing._audit import AuditTrail
-from billing._db import Database
+from billing._db import Database, get_for_tenant
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import ApiKey, Tenant, new_id
+from billing._monitoring import AccessPolicy, access_policy_of
 from billing.errors import ApiKeyInvalid, NotFound, ValidationFailed
 
 __all__ = ["ApiKeyView", "BusinessDetails", "IssuedApiKey", "TenantService", "hash_api_key"]
 
 KEY_PREFIX = "vb_"
+LAST_USE_RESOLUTION = timedelta(minutes=1)
 
 
 def hash_api_key(raw_key: str) -> str:
@@ -71,6 +74,10 @@ class ApiKeyView:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    suspended_at: datetime | None = None
+    last_used_at: datetime | None = None
+    last_used_ip: str | None = None
+    last_used_user_agent: str | None = None
 
 
 class TenantService:
@@ -209,9 +216,12 @@ class TenantService:
                     key = None
                 if key is not None and key.revoked_at is not None:
                     reason = "revoked"
+                elif key is not None and key.suspended_at is not None:
+                    reason = "suspended"
                 elif key is not None and key.expires_at is not None and key.expires_at <= now:
                     reason = "expired"
                 elif key is not None:
+                    self._record_use(key, now, client_ip, user_agent)
                     return Actor(
                         tenant_id=key.tenant_id,
                         role=key.role,
@@ -237,6 +247,69 @@ class TenantService:
                 detail={"reason": reason},
             )
         raise ApiKeyInvalid(reason=reason)
+
+    def _record_use(self, key: ApiKey, now: datetime, client_ip: str | None, user_agent: str | None) -> None:
+        """Remember when and from where the key was last used (at most one write a minute per key)."""
+        if key.last_used_at is not None and now - key.last_used_at < LAST_USE_RESOLUTION:
+            return
+        with self._db.transaction() as session:
+            session.execute(
+                update(ApiKey)
+                .where(col(ApiKey.id) == key.id)
+                .values(
+                    last_used_at=now,
+                    last_used_ip=client_ip,
+                    last_used_user_agent=(user_agent or "")[:200] or None,
+                )
+            )
+
+    def reinstate_api_key(self, actor: Actor, key_id: str) -> ApiKeyView:
+        """Lift a suspension (an admin decided the alert was a false alarm)."""
+        with self._db.transaction() as session:
+            key = get_for_tenant(
+                session, ApiKey, actor.tenant_id, key_id, resource="api_key", for_update=True
+            )
+            if key.suspended_at is not None:
+                key.suspended_at = None
+                session.add(key)
+                self._audit.record(
+                    session,
+                    actor=actor,
+                    action="api_key.reinstated",
+                    resource_type="api_key",
+                    resource_id=key.id,
+                )
+            return _view(key)
+
+    def access_policy(self, tenant_id: str) -> AccessPolicy:
+        with self._db.read() as session:
+            tenant = session.get(Tenant, tenant_id)
+            if tenant is None:
+                raise NotFound(resource="tenant")
+            return access_policy_of(tenant)
+
+    def set_access_policy(self, actor: Actor, policy: AccessPolicy) -> AccessPolicy:
+        if not 1 <= policy.pii_read_threshold <= 1_000_000:
+            raise ValidationFailed("The threshold is 1 to 1,000,000 clients.", field="pii_read_threshold")
+        if not 1 <= policy.window_minutes <= 7 * 24 * 60:
+            raise ValidationFailed("The window is 1 minute to 7 days.", field="window_minutes")
+        with self._db.transaction() as session:
+            tenant = session.get(Tenant, actor.tenant_id, with_for_update=True)
+            if tenant is None:
+                raise NotFound(resource="tenant")
+            tenant.pii_read_threshold = policy.pii_read_threshold
+            tenant.pii_read_window_minutes = policy.window_minutes
+            tenant.suspend_on_alert = policy.suspend_on_alert
+            session.add(tenant)
+            self._audit.record(
+                session,
+                actor=actor,
+                action="access.policy_set",
+                resource_type="tenant",
+                resource_id=actor.tenant_id,
+                detail={"threshold": policy.pii_read_threshold, "suspend": policy.suspend_on_alert},
+            )
+            return access_policy_of(tenant)
 
     def _insert_key(self, session: Session, actor: Actor, *, role: str, name: str) -> IssuedApiKey:
         raw = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -270,4 +343,8 @@ def _view(key: ApiKey) -> ApiKeyView:
         prefix=key.key_prefix,
         created_at=key.created_at,
         revoked_at=key.revoked_at,
+        suspended_at=key.suspended_at,
+        last_used_at=key.last_used_at,
+        last_used_ip=key.last_used_ip,
+        last_used_user_agent=key.last_used_user_agent,
     )
