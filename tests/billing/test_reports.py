@@ -1,0 +1,307 @@
+"""Anonymized reports from the billing services, on both databases, checked by plain-Python checkers."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from faker import Faker
+from sqlmodel import select
+
+from billing import (
+    Actor,
+    Address,
+    Billing,
+    CustomerInput,
+    Database,
+    InvoiceInput,
+    InvoiceLineInput,
+    Keyring,
+)
+from billing._models import Invoice, Payment, PaymentMethod, new_id
+from billing.errors import ValidationFailed
+
+CATEGORIES = ("hair", "nails", "skin", "massage")
+QIS = ("region", "age_band", "gender", "period")
+START = date(2026, 1, 5)
+
+
+@dataclass
+class Clock:
+    now: datetime = datetime(2026, 1, 5, 10, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Seeded:
+    tenant_id: str
+    booking: Actor
+    customers: dict[str, CustomerInput] = field(default_factory=dict)
+    invoices: list[str] = field(default_factory=list)
+
+
+def seed(billing: Billing, clock: Clock, fake: Faker, *, clients: int = 20, per_client: int = 3) -> Seeded:
+    """``clients`` clients with ``per_client`` finalized invoices each, spread over 2026 H1, plus a draft."""
+    issued = billing.tenants.create_tenant("Salon Reports")
+    booking = Actor(tenant_id=issued.tenant_id, role="booking", key_id="key_booking")
+    seeded = Seeded(issued.tenant_id, booking)
+    postcodes = {"03612"}  # a restricted ZIP3 (036)
+    while len(postcodes) < clients:
+        postcodes.add(fake.numerify("%####"))
+    for index, postcode in enumerate(sorted(postcodes)):
+        birth = date(1931, 3, 1) if index == 1 else fake.date_of_birth(minimum_age=20, maximum_age=80)
+        data = CustomerInput(
+            name=fake.name(),
+            email=fake.unique.email(),
+            phone=fake.numerify("+33 6 ## ## ## ##"),
+            address=Address(line1="1 rue Test", city=fake.city(), postcode=postcode, country="FR"),
+            birth_date=birth,
+            gender=fake.random_element(["female", "male", "non_binary"]),
+        )  # fmt: skip
+        customer = billing.customers.create(booking, data)
+        seeded.customers[customer.id] = data
+        for _ in range(per_client):
+            clock.now = datetime.combine(START, datetime.min.time(), UTC) + timedelta(
+                days=fake.random_int(0, 170), hours=10
+            )
+            lines = [
+                InvoiceLineInput(
+                    description="treatment",
+                    quantity=fake.random_int(1, 3),
+                    unit_amount=fake.random_int(10, 90) * 100,
+                    tax_rate_bps=fake.random_element([550, 2000]),
+                    category=fake.random_element(CATEGORIES),
+                )
+                for _ in range(2)
+            ]
+            draft = billing.invoices.create_draft(
+                booking, InvoiceInput(customer_id=customer.id, currency="EUR", lines=lines)
+            )
+            billing.invoices.finalize(booking, draft.id)
+            seeded.invoices.append(draft.id)
+    line = InvoiceLineInput(description="draft", unit_amount=999, category="hair")
+    billing.invoices.create_draft(
+        booking, InvoiceInput(customer_id=customer.id, currency="EUR", lines=[line])
+    )
+    return seeded
+
+
+def check_k_l(rows: list[dict[str, object]], *, k: int, l: int) -> int:  # noqa: E741
+    """Independent check of k-anonymity and distinct l-diversity; returns the fully suppressed rows."""
+    classes: dict[tuple[object, ...], list[object]] = defaultdict(list)
+    suppressed = 0
+    for row in rows:
+        key = tuple(row[q] for q in QIS)
+        if all(value == "*" for value in key):
+            suppressed += 1
+            continue
+        classes[key].append(row["category"])
+    for key, sensitive in classes.items():
+        assert len(sensitive) >= k, key
+        assert len(set(sensitive)) >= l, key
+    return suppressed
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def clocked(database: Database, keyring: Keyring, clock: Clock) -> Billing:
+    return Billing(db=database, keyring=keyring, clock=clock)
+
+
+def accountant(seeded: Seeded, key_id: str = "key_accountant") -> Actor:
+    return Actor(tenant_id=seeded.tenant_id, role="accountant", key_id=key_id)
+
+
+def test_invoice_dataset_and_revenue_on_sixty_invoices(clocked: Billing, clock: Clock, fake: Faker) -> None:
+    seeded = seed(clocked, clock, fake)
+    dataset = clocked.reports.invoice_dataset(accountant(seeded), date(2026, 1, 1), date(2026, 12, 31))
+    rows = dataset.frame.to_dicts()
+    assert len(rows) == 60  # the draft is left out
+    suppressed = check_k_l(rows, k=5, l=2)
+    guarantee = dataset.guarantee
+    assert guarantee["k"] == 5
+    assert guarantee["l"] == 2
+    assert guarantee["rows"] == 60
+    assert isinstance(guarantee["suppressed"], int)
+    assert guarantee["suppressed"] <= 3  # ⌊0.05 · 60⌋
+    assert suppressed >= guarantee["suppressed"]
+    assert set(guarantee["levels"]) == set(QIS)  # type: ignore[arg-type]
+    assert dataset.frame.columns[0] == "customer"
+    assert {row["customer"] for row in rows}.isdisjoint(seeded.customers)  # pseudonyms, not ids
+    events = [
+        e for e in clocked.audit_events(accountant(seeded), limit=1000) if e.action == "report.exported"
+    ]
+    assert len(events) == 1
+    assert json.loads(events[0].detail or "{}") == {
+        "report": "invoices", "profile": None, "rows": 60, "k": 5, "l": 2
+    }  # fmt: skip
+
+    # revenue, on the same invoices: small cells fold into ``other`` and the sums still reconcile
+    with clocked.db.read() as session:
+        invoices = session.exec(select(Invoice).where(Invoice.status != "draft")).all()
+    for group_by in ("month", "category", "month,category"):
+        revenue = clocked.reports.revenue(
+            accountant(seeded), date(2026, 1, 1), date(2026, 12, 31), group_by=group_by
+        )
+        released = revenue.frame.to_dicts()
+        for column, attribute in (("net", "subtotal"), ("tax", "tax"), ("total", "total")):
+            assert sum(int(r[column]) for r in released) == sum(getattr(v, attribute) for v in invoices)
+        assert sum(int(r["invoices"]) for r in released) == 60
+        assert all(int(r["customers"]) >= 5 for r in released)
+    assert any(r["category"] == "other" for r in released)  # month and category has small cells
+    assert revenue.guarantee["suppressed"]
+
+
+def test_pseudonyms_are_scoped_per_api_key(clocked: Billing, clock: Clock, fake: Faker) -> None:
+    seeded = seed(clocked, clock, fake, clients=5, per_client=2)
+    period = (date(2026, 1, 1), date(2026, 12, 31))
+    first = clocked.reports.invoice_dataset(accountant(seeded), *period, k=2, l=1)
+    again = clocked.reports.invoice_dataset(accountant(seeded), *period, k=2, l=1)
+    other = clocked.reports.invoice_dataset(accountant(seeded, "key_other"), *period, k=2, l=1)
+    mine = set(first.frame.get_column("customer"))
+    assert len(mine) == 5
+    assert mine == set(again.frame.get_column("customer"))
+    assert mine.isdisjoint(set(other.frame.get_column("customer")))
+
+
+def test_main_category_card_brand_and_erased_clients(clocked: Billing, clock: Clock, fake: Faker) -> None:
+    seeded = seed(clocked, clock, fake, clients=6, per_client=1)
+    booking = seeded.booking
+    customer_id = next(iter(seeded.customers))
+    clock.now = datetime(2026, 8, 3, 9, tzinfo=UTC)
+    lines = [
+        InvoiceLineInput(description="a", unit_amount=1000, category="nails"),
+        InvoiceLineInput(description="b", unit_amount=3000, category="skin"),
+        InvoiceLineInput(description="c", unit_amount=3000, category="hair"),
+    ]
+    draft = clocked.invoices.create_draft(
+        booking, InvoiceInput(customer_id=customer_id, currency="EUR", lines=lines)
+    )
+    clocked.invoices.finalize(booking, draft.id)
+    with clocked.db.transaction() as session:
+        method = PaymentMethod(
+            id=new_id("pm"),
+            tenant_id=seeded.tenant_id,
+            customer_id=customer_id,
+            gateway_payment_method_id="pm_gateway",
+            brand="visa",
+            last4="4242",
+            exp_month=12,
+            exp_year=2030,
+            created_at=clock.now,
+        )
+        session.add(method)
+        session.flush()
+        for status in ("failed", "succeeded"):
+            session.add(
+                Payment(
+                    id=new_id("pay"),
+                    tenant_id=seeded.tenant_id,
+                    invoice_id=draft.id,
+                    customer_id=customer_id,
+                    payment_method_id=method.id,
+                    amount=6000,
+                    currency="EUR",
+                    status=status,
+                    gateway_idempotency_key=new_id("idem"),
+                    created_at=clock.now,
+                    updated_at=clock.now,
+                )
+            )
+        invoice = session.exec(select(Invoice).where(Invoice.id == draft.id)).one()
+        invoice.amount_refunded = 500
+        session.add(invoice)
+    erased = list(seeded.customers)[1]
+    clocked.privacy.erase_customer(Actor(seeded.tenant_id, "admin", key_id="key_admin"), erased)
+
+    dataset = clocked.reports.invoice_dataset(
+        accountant(seeded), date(2026, 8, 1), date(2026, 8, 31), k=2, l=1, suppression=1.0
+    )
+    (row,) = dataset.frame.to_dicts()
+    assert row["category"] == "skin"  # largest net, tie broken by position
+    assert row["card_brand"] == "visa"
+    assert row["refunded"] == 500
+    assert row["total"] == 7000
+
+    everything = clocked.reports.invoice_dataset(
+        accountant(seeded), date(2026, 1, 1), date(2026, 12, 31), k=2, l=1, suppression=1.0
+    )
+    assert everything.frame.height == 7
+    assert isinstance(everything.guarantee["suppressed"], int)
+    assert everything.guarantee["suppressed"] >= 1  # the erased client's invoice
+    check_k_l(everything.frame.to_dicts(), k=2, l=1)
+
+
+def test_hipaa_profile_keeps_years_zip3_and_top_codes_ages(
+    clocked: Billing, clock: Clock, fake: Faker
+) -> None:
+    seeded = seed(clocked, clock, fake, clients=6, per_client=1)
+    dataset = clocked.reports.invoice_dataset(
+        accountant(seeded), date(2026, 1, 1), date(2026, 12, 31), profile="hipaa-safe-harbor"
+    )
+    rows = dataset.frame.to_dicts()
+    assert "customer" not in dataset.frame.columns
+    assert {row["period"] for row in rows} == {"2026"}
+    assert "000**" in {row["region"] for row in rows}
+    assert all(str(row["region"]).endswith("**") and len(str(row["region"])) == 5 for row in rows)
+    assert "90+" in {row["age_band"] for row in rows}
+    assert all(row["age_band"] == "90+" or int(str(row["age_band"])) <= 89 for row in rows)
+    assert dataset.guarantee["profile"] == "hipaa-safe-harbor"
+
+
+def test_revenue_withholds_a_population_smaller_than_k(clocked: Billing, clock: Clock, fake: Faker) -> None:
+    seeded = seed(clocked, clock, fake, clients=3, per_client=1)
+    dataset = clocked.reports.revenue(accountant(seeded), date(2026, 1, 1), date(2026, 12, 31), k=5)
+    assert dataset.frame.is_empty()
+    assert dataset.guarantee["withheld_currencies"] == ["EUR"]
+
+
+def test_tax_summary_sums_lines_per_rate_and_month(clocked: Billing, clock: Clock, fake: Faker) -> None:
+    seeded = seed(clocked, clock, fake, clients=4, per_client=2)
+    dataset = clocked.reports.tax_summary(accountant(seeded), date(2026, 1, 1), date(2026, 12, 31))
+    expected: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    for invoice_id in seeded.invoices:
+        view = clocked.invoices.read(seeded.booking, invoice_id)
+        assert view.issue_date is not None
+        for line in view.lines:
+            entry = expected[(view.issue_date.strftime("%Y-%m"), line.tax_rate_bps)]
+            entry[0] += line.net
+            entry[1] += line.tax
+    got = {(r["month"], r["tax_rate_bps"]): [r["net"], r["tax"]] for r in dataset.frame.to_dicts()}
+    assert got == dict(expected)
+    assert "customer" not in dataset.frame.columns
+
+
+def test_reports_refuse_bad_parameters(billing: Billing) -> None:
+    actor = Actor(tenant_id="ten_x", role="accountant", key_id="key_x")
+    period = (date(2026, 1, 1), date(2026, 2, 1))
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"k": 1}, "k"),
+        ({"l": 0}, "l"),
+        ({"suppression": 1.5}, "suppression"),
+        ({"profile": "gdpr"}, "profile"),
+    ]
+    for kwargs, field_name in bad:
+        with pytest.raises(ValidationFailed) as raised:
+            billing.reports.invoice_dataset(actor, *period, **kwargs)
+        assert raised.value.ids["field"] == field_name
+    with pytest.raises(ValidationFailed):
+        billing.reports.invoice_dataset(actor, date(2026, 2, 1), date(2026, 1, 1))
+    with pytest.raises(ValidationFailed):
+        billing.reports.tax_summary(actor, date(2026, 2, 1), date(2026, 1, 1))
+    with pytest.raises(ValidationFailed) as raised:
+        billing.reports.revenue(actor, *period, group_by="year")
+    assert raised.value.ids["field"] == "group_by"
+    with pytest.raises(ValidationFailed) as raised:
+        billing.reports.revenue(actor, *period, k=1)
+    assert raised.value.ids["field"] == "k"
