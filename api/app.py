@@ -29,6 +29,7 @@ from api.controllers import (
     InvoiceController,
     PaymentController,
     PrivacyController,
+    ReportController,
     WebhookController,
 )
 from api.controllers.pay import HostedPaymentController, pay_assets_router
@@ -37,10 +38,19 @@ from api.idempotency import IdempotencyMiddleware
 from api.logging import configure_logging
 from api.middleware import RequestIdMiddleware, guard_request
 from api.settings import Settings
-from billing import Billing, Database, DatabaseConfig, load_keyring, utcnow
+from billing import (
+    Billing,
+    Database,
+    DatabaseConfig,
+    MasterKeyProvider,
+    Pkcs11Config,
+    Pkcs11MasterKeys,
+    load_keyring,
+    utcnow,
+)
 from tokenization import PaymentGateway, StripeGateway, make_stripe_client
 
-__all__ = ["app_from_env", "create_app", "gateway_from_settings"]
+__all__ = ["app_from_env", "create_app", "gateway_from_settings", "key_provider_from_settings"]
 
 _ASSETS = "/schema/assets"
 _UNAUTHENTICATED = ["^/schema", "^/health/", "^/v1/webhooks/", "^/pay"]
@@ -70,6 +80,7 @@ def create_app(
         keyring=keyring,
         gateway=gateway or gateway_from_settings(settings),
         erasure_journal=settings.erasure_journal_path,
+        key_provider=key_provider_from_settings(settings),
         clock=clock,
     )
 
@@ -84,6 +95,7 @@ def create_app(
             CardController,
             PaymentController,
             PrivacyController,
+            ReportController,
             WebhookController,
             AdminController,
             AuditController,
@@ -117,6 +129,14 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+
+
+def key_provider_from_settings(settings: Settings) -> MasterKeyProvider | None:
+    """The PKCS#11 master-key provider when an HSM is configured; None means the keyring file."""
+    if not settings.hsm_module:
+        return None
+    label, pin = settings.hsm_token_label or "", settings.hsm_pin or ""  # both required by Settings
+    return Pkcs11MasterKeys(Pkcs11Config(settings.hsm_module, label, pin))
 
 
 def gateway_from_settings(settings: Settings) -> PaymentGateway | None:

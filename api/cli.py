@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,19 @@ import click
 import msgspec
 from litestar.plugins import CLIPluginProtocol
 
-from api.app import gateway_from_settings
+from anonymize import AnonymizationError
+from api.app import gateway_from_settings, key_provider_from_settings
 from api.settings import Settings
 from billing import (
+    DEFAULT_ROTATION_BATCH_SIZE,
     Actor,
     Billing,
+    BreachInput,
     Database,
     DatabaseConfig,
     InvoiceQuery,
+    KeyStatus,
+    RotationProgress,
     create_keyring,
     current_revision,
     downgrade,
@@ -69,6 +75,7 @@ class _Context:
             keyring=keyring,
             gateway=gateway_from_settings(self.settings),
             erasure_journal=self.settings.erasure_journal_path,
+            key_provider=key_provider_from_settings(self.settings),
         )
 
 
@@ -217,18 +224,121 @@ def keys_init(ctx: _Context, if_missing: bool) -> None:
     billing.db.dispose()
 
 
-@keys.command("status", help="Show key versions and ages (never key material).")
+@keys.command("status", help="Show key versions, ages, live data keys per version and rotation progress.")
+@click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
 @pass_context
-def keys_status(ctx: _Context) -> None:
-    keyring = ctx.billing().keyring
-    now = utcnow()
-    for key in keyring.master_keys:
-        active = " (active)" if key.key_id == keyring.active_master_id else ""
-        age = (now - key.created_at).days
-        click.echo(f"master {key.key_id}{active}: created {key.created_at:%Y-%m-%d}, {age} days old")
+def keys_status(ctx: _Context, as_json: bool) -> None:
+    billing = ctx.billing()
+    status = billing.rotation.key_status()
+    keyring = billing.keyring
+    if as_json:
+        click.echo(json.dumps(_key_status_document(status)))
+        return
+    for version in status.versions:
+        active = " (active)" if version.active else ""
+        created = f"created {version.created_at:%Y-%m-%d}, " if version.created_at else ""
+        age = f"{version.age_days} days old, " if version.age_days is not None else ""
+        click.echo(f"master {version.key_id}{active}: {created}{age}{version.live_deks} live data keys")
     for audit_key in keyring.audit_keys:
         active = " (active)" if audit_key.key_id == keyring.active_audit_id else ""
         click.echo(f"audit  {audit_key.key_id}{active}: created {audit_key.created_at:%Y-%m-%d}")
+    if status.rotation_in_progress:
+        done = status.live_deks - status.pending_deks
+        click.echo(
+            f"rotation: in progress, {done} of {status.live_deks} live data keys under "
+            f"{status.active_key_id} ({status.progress:.0%}); run `veilbill keys rotate` to finish"
+        )
+    else:
+        click.echo(f"rotation: complete, all {status.live_deks} live data keys under {status.active_key_id}")
+    if status.orphaned_deks:
+        click.echo(f"warning: {status.orphaned_deks} live data keys name a master key that no longer exists")
+
+
+def _key_status_document(status: KeyStatus) -> dict[str, Any]:
+    return {
+        "active": status.active_key_id,
+        "versions": [
+            {
+                "id": version.key_id,
+                "created_at": version.created_at.isoformat() if version.created_at else None,
+                "age_days": version.age_days,
+                "active": version.active,
+                "live_deks": version.live_deks,
+            }
+            for version in status.versions
+        ],
+        "live_deks": status.live_deks,
+        "pending_deks": status.pending_deks,
+        "orphaned_deks": status.orphaned_deks,
+        "rotation_in_progress": status.rotation_in_progress,
+        "progress": round(status.progress, 4),
+    }
+
+
+@keys.command(
+    "rotate",
+    help="Add a master key version and re-wrap every data key under it, online; resumes an "
+    "interrupted rotation instead of adding another version.",
+)
+@click.option(
+    "--batch-size", default=DEFAULT_ROTATION_BATCH_SIZE, show_default=True, type=click.IntRange(1, 10_000)
+)
+@click.option(
+    "--pause",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 60),
+    help="seconds to wait between batches, to spare a busy database",
+)
+@pass_context
+def keys_rotate(ctx: _Context, batch_size: int, pause: float) -> None:
+    billing = ctx.billing()
+
+    def progress(step: RotationProgress) -> None:
+        failed = f", {step.failed} failed" if step.failed else ""
+        click.echo(
+            f"batch {step.batches}: {step.rewrapped} data keys re-wrapped under {step.to_version}{failed}",
+            err=True,
+        )
+        if pause:
+            time.sleep(pause)
+
+    try:
+        report = billing.rotation.rotate_master_key(batch_size=batch_size, on_batch=progress)
+    except BillingError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(
+        json.dumps(
+            {
+                "from": list(report.from_versions),
+                "to": report.to_version,
+                "resumed": report.resumed,
+                "rewrapped": report.rewrapped,
+                "failed": report.failed,
+                "remaining": report.remaining,
+                "complete": report.complete,
+            }
+        )
+    )
+    if not report.complete:
+        click.echo("rotation incomplete: run `veilbill keys rotate` again to resume", err=True)
+        sys.exit(1)
+
+
+@keys.command(
+    "retire",
+    help="Destroy old master key versions (in the order given) once no live data key needs them.",
+)
+@click.argument("key_ids", metavar="KEY_ID...", nargs=-1, required=True)
+@pass_context
+def keys_retire(ctx: _Context, key_ids: tuple[str, ...]) -> None:
+    rotation = ctx.billing().rotation
+    for key_id in key_ids:
+        try:
+            report = rotation.retire_master_key(key_id)
+        except BillingError as error:
+            raise click.ClickException(error.message) from None
+        click.echo(json.dumps({"retired": report.key_id, "retired_at": report.retired_at.isoformat()}))
 
 
 @veilbill.group(help="Tenants (businesses).")
@@ -271,6 +381,100 @@ def audit_verify(ctx: _Context, tenant_id: str | None) -> None:
     click.echo(json.dumps(report))
     if not result.ok:
         sys.exit(1)
+
+
+@veilbill.command(
+    help="Anonymize any CSV: k-anonymity, l-diversity, optimal generalization; prints the guarantee."
+)
+@click.argument("input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--sep", default=";", show_default=True, help="field separator of the input and the output")
+@click.option(
+    "--qi",
+    "qi_options",
+    multiple=True,
+    required=True,
+    help="COLUMN=HIERARCHY.csv (ARX format) or COLUMN=builtin:postcode|age|date|interval:5,10,20|flat",
+)
+@click.option("--sensitive", default=None, help="the sensitive column (for l-diversity)")
+@click.option("--k", "k", type=int, default=5, show_default=True)
+@click.option("--l", "l_value", type=int, default=None, help="distinct l-diversity on --sensitive")
+@click.option("--l-kind", type=click.Choice(["distinct", "entropy"]), default="distinct", show_default=True)
+@click.option(
+    "--suppression", type=float, default=0.0, show_default=True, help="largest fraction of rows suppressed"
+)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def anonymize(
+    input_path: Path,
+    sep: str,
+    qi_options: tuple[str, ...],
+    sensitive: str | None,
+    k: int,
+    l_value: int | None,
+    l_kind: str,
+    suppression: float,
+    out_path: Path,
+) -> None:
+    import anonymize as engine
+
+    specs = dict(engine.parse_qi_option(option) for option in qi_options)
+    guarantee = engine.anonymize_csv(
+        input_path,
+        qi_specs=specs,
+        out_path=out_path,
+        sep=sep,
+        sensitive=sensitive,
+        k=k,
+        l=l_value,
+        l_kind="entropy" if l_kind == "entropy" else "distinct",
+        suppression=suppression,
+    )
+    click.echo(json.dumps(guarantee.to_dict()))
+
+
+@veilbill.group(help="The breach register (GDPR 72 hours, HIPAA 60 days).")
+def breach() -> None:
+    pass
+
+
+@breach.command("open", help="Record a breach: the moment of awareness starts the deadlines.")
+@click.option("--nature", required=True, help="what happened (no personal data)")
+@click.option("--tenant", "tenant_id", default=None)
+@click.option(
+    "--aware-at", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z"]), default=None
+)
+@click.option("--categories", default=None, help="categories of data and of data subjects")
+@click.option(
+    "--subjects", "approx_subjects", type=int, default=None, help="approximate number of data subjects"
+)
+@click.option("--records", "approx_records", type=int, default=None, help="approximate number of records")
+@click.option("--consequences", default=None)
+@click.option("--measures", default=None)
+@click.option("--key", "suspected_key_id", default=None, help="the API key suspected")
+@pass_context
+def breach_open(ctx: _Context, /, **fields: Any) -> None:
+    view = ctx.billing().breaches.open(BreachInput(**fields))
+    click.echo(msgspec.json.encode(view).decode())
+
+
+@breach.command("affected", help="The clients whose data a key read since a moment (from the audit chain).")
+@click.option("--key", "key_id", required=True)
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), required=True)
+@pass_context
+def breach_affected(ctx: _Context, key_id: str, since: datetime) -> None:
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    subjects = ctx.billing().breaches.affected(key_id, since)
+    click.echo(
+        json.dumps(
+            {"key_id": key_id, "since": since.isoformat(), "subjects": subjects, "count": len(subjects)}
+        )
+    )
+
+
+@breach.command("export", help="The notification fields of a breach, as JSON.")
+@click.argument("breach_id")
+@pass_context
+def breach_export(ctx: _Context, breach_id: str) -> None:
+    click.echo(msgspec.json.encode(ctx.billing().breaches.get(breach_id)).decode())
 
 
 @veilbill.group(help="Retention of invoices, events and audit trails.")
@@ -380,8 +584,9 @@ def main() -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except (BillingError, GatewayError) as error:
+    except (BillingError, GatewayError, AnonymizationError) as error:
         # Domain errors carry a stable code and no input or personal data: safe to print.
         message = getattr(error, "message", None) or str(error)
-        click.echo(f"Error: {error.code}: {message}", err=True)
+        code = getattr(error, "code", type(error).__name__)
+        click.echo(f"Error: {code}: {message}", err=True)
         sys.exit(1)

@@ -42,6 +42,13 @@ class Settings:
     stripe_publishable_key: str | None = None
     stripe_webhook_secret: str | None = field(default=None, repr=False)
     webhooks_allow_private: bool = False
+    hsm_module: str | None = None
+    hsm_token_label: str | None = None
+    hsm_pin: str | None = field(default=None, repr=False)
+
+    @property
+    def hsm_configured(self) -> bool:
+        return bool(self.hsm_module)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
@@ -50,6 +57,10 @@ class Settings:
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
         object.__setattr__(self, "keyring_path", Path(self.keyring_path))
         object.__setattr__(self, "erasure_journal_path", Path(self.erasure_journal_path))
+        if self.hsm_module and not (self.hsm_token_label and self.hsm_pin):
+            raise ValueError(
+                "VEILBILL_HSM_TOKEN_LABEL and VEILBILL_HSM_PIN are required with VEILBILL_HSM_MODULE"
+            )
         if self.stripe_api_key and not self.webhook_secrets:
             raise ValueError(
                 "VEILBILL_STRIPE_WEBHOOK_SECRET is required when a gateway is configured: "
@@ -94,6 +105,9 @@ class Settings:
             "VEILBILL_STRIPE_PUBLISHABLE_KEY": self.stripe_publishable_key,
             "VEILBILL_STRIPE_WEBHOOK_SECRET": self.stripe_webhook_secret,
             "VEILBILL_WEBHOOKS_ALLOW_PRIVATE": "1" if self.webhooks_allow_private else "0",
+            "VEILBILL_HSM_MODULE": self.hsm_module,
+            "VEILBILL_HSM_TOKEN_LABEL": self.hsm_token_label,
+            "VEILBILL_HSM_PIN": self.hsm_pin,
         }
         return {k: v for k, v in values.items() if v}
 
@@ -114,6 +128,9 @@ class Settings:
             "VEILBILL_STRIPE_API_BASE": "stripe_api_base",
             "VEILBILL_STRIPE_PUBLISHABLE_KEY": "stripe_publishable_key",
             "VEILBILL_STRIPE_WEBHOOK_SECRET": "stripe_webhook_secret",
+            "VEILBILL_HSM_MODULE": "hsm_module",
+            "VEILBILL_HSM_TOKEN_LABEL": "hsm_token_label",
+            "VEILBILL_HSM_PIN": "hsm_pin",
         }
         for var, name in text_vars.items():
             if env.get(var):

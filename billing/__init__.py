@@ -8,6 +8,7 @@ knows about HTTP; errors live in :mod:`billing.errors`.
 from billing._actor import ROLES, Actor
 from billing._audit import AuditBreak, AuditTrail, AuditVerification
 from billing._blind_index import blind_index, normalize_email, normalize_ref
+from billing._breaches import BreachInput, BreachView
 from billing._customers import (
     Address,
     CustomerInput,
@@ -24,6 +25,7 @@ from billing._envelope import (
     seal,
     seal_text,
 )
+from billing._hsm import Pkcs11Config, Pkcs11MasterKeys
 from billing._idempotency import IdempotencyStore, StoredResponse
 from billing._invoices import (
     InvoiceInput,
@@ -37,10 +39,20 @@ from billing._invoices import (
     InvoiceSummary,
     InvoiceView,
 )
-from billing._keyring import Keyring, create_keyring, load_keyring, write_keyring
+from billing._keyring import (
+    Keyring,
+    KeyringFileMasterKeys,
+    KeyringMasterKeys,
+    MasterKeyProvider,
+    MasterKeyVersion,
+    create_keyring,
+    load_keyring,
+    write_keyring,
+)
 from billing._migrations import current_revision, downgrade, head_revision, upgrade
 from billing._models import utcnow
 from billing._money import Money, compute_line, compute_totals, currency_exponent
+from billing._monitoring import PII_READ_ACTIONS, AccessPolicy
 from billing._payments import (
     HANDLED_EVENT_TYPES,
     CardView,
@@ -50,16 +62,32 @@ from billing._payments import (
     SetupIntentView,
 )
 from billing._privacy import DATA_CATEGORIES, ErasureReceipt, PrivacyService, SubjectExport
+from billing._reports import PROFILES as REPORT_PROFILES
+from billing._reports import REVENUE_GROUPINGS, Dataset, ReportService, RevenueGrouping
 from billing._retention import RETENTION_PRESETS, RetentionPolicy, RetentionPolicyInput, RetentionReport
+from billing._rotation import (
+    DEFAULT_ROTATION_BATCH_SIZE,
+    KeyRotationService,
+    KeyStatus,
+    MasterKeyState,
+    RetirementReport,
+    RotationProgress,
+    RotationReport,
+)
 from billing._service import Billing
 from billing._sessions import HostedInvoice, IssuedPaymentSession, PaymentSessionService
 from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantService
 
 __all__ = [
     "DATA_CATEGORIES",
+    "DEFAULT_ROTATION_BATCH_SIZE",
     "HANDLED_EVENT_TYPES",
+    "PII_READ_ACTIONS",
+    "REPORT_PROFILES",
     "RETENTION_PRESETS",
+    "REVENUE_GROUPINGS",
     "ROLES",
+    "AccessPolicy",
     "Actor",
     "Address",
     "ApiKeyView",
@@ -67,6 +95,8 @@ __all__ = [
     "AuditTrail",
     "AuditVerification",
     "Billing",
+    "BreachInput",
+    "BreachView",
     "BusinessDetails",
     "CardView",
     "CustomerInput",
@@ -76,6 +106,7 @@ __all__ = [
     "DataKey",
     "Database",
     "DatabaseConfig",
+    "Dataset",
     "ErasureReceipt",
     "FieldContext",
     "HostedInvoice",
@@ -92,16 +123,30 @@ __all__ = [
     "InvoiceView",
     "IssuedApiKey",
     "IssuedPaymentSession",
+    "KeyRotationService",
+    "KeyStatus",
     "Keyring",
+    "KeyringFileMasterKeys",
+    "KeyringMasterKeys",
+    "MasterKeyProvider",
+    "MasterKeyState",
+    "MasterKeyVersion",
     "Money",
     "PaymentService",
     "PaymentSessionService",
     "PaymentView",
+    "Pkcs11Config",
+    "Pkcs11MasterKeys",
     "PrivacyService",
     "RefundView",
+    "ReportService",
     "RetentionPolicy",
     "RetentionPolicyInput",
     "RetentionReport",
+    "RetirementReport",
+    "RevenueGrouping",
+    "RotationProgress",
+    "RotationReport",
     "SetupIntentView",
     "StoredResponse",
     "SubjectExport",

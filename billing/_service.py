@@ -12,16 +12,20 @@ from sqlmodel import select
 
 from billing._actor import Actor
 from billing._audit import AuditTrail, AuditVerification
+from billing._breaches import BreachService
 from billing._customers import CustomerService
 from billing._db import Database
 from billing._idempotency import IdempotencyStore
 from billing._invoices import InvoiceService
-from billing._keyring import Keyring
+from billing._keyring import Keyring, KeyringFileMasterKeys, KeyringMasterKeys, MasterKeyProvider
 from billing._models import AuditEvent, utcnow
+from billing._monitoring import AccessMonitor
 from billing._payments import PaymentService
 from billing._pdf import SellerDetails, render_invoice_pdf
 from billing._privacy import PrivacyService
+from billing._reports import ReportService
 from billing._retention import RetentionService
+from billing._rotation import KeyRotationService
 from billing._sessions import PaymentSessionService
 from billing._tenants import TenantService
 from tokenization import PaymentGateway
@@ -31,7 +35,14 @@ __all__ = ["Billing"]
 
 @dataclass
 class Billing:
-    """Every billing service, sharing one database, keyring, clock and randomness source."""
+    """Every billing service, sharing one database, keyring, clock and randomness source.
+
+    DEKs are wrapped by ``key_provider``: when it is ``None``, a :class:`KeyringFileMasterKeys`
+    that follows the file the keyring was loaded from (``keyring.source``), else the keyring's own
+    master keys in memory. Pass a :class:`~billing.Pkcs11MasterKeys` to keep master keys in an HSM
+    (the keyring then only supplies the audit keys). The provider is attached to ``keyring``, so
+    every service handed the keyring wraps through it.
+    """
 
     db: Database
     keyring: Keyring
@@ -39,7 +50,9 @@ class Billing:
     erasure_journal: Path | None = None
     clock: Callable[[], datetime] = utcnow
     rng: Callable[[int], bytes] = os.urandom
+    key_provider: MasterKeyProvider | None = None
     audit: AuditTrail = field(init=False)
+    monitor: AccessMonitor = field(init=False)
     tenants: TenantService = field(init=False)
     customers: CustomerService = field(init=False)
     invoices: InvoiceService = field(init=False)
@@ -47,11 +60,25 @@ class Billing:
     idempotency: IdempotencyStore = field(init=False)
     sessions: PaymentSessionService = field(init=False)
     privacy: PrivacyService = field(init=False)
+    rotation: KeyRotationService = field(init=False)
     retention: RetentionService = field(init=False)
+    breaches: BreachService = field(init=False)
+    reports: ReportService = field(init=False)
 
     def __post_init__(self) -> None:
         clock, rng = self.clock, self.rng
+        if self.key_provider is None:
+            source = self.keyring.source
+            self.key_provider = self.keyring.master_key_provider or (
+                KeyringFileMasterKeys(source, rng=rng)
+                if source is not None
+                else KeyringMasterKeys(self.keyring, rng=rng)
+            )
+        self.keyring = self.keyring.with_master_key_provider(self.key_provider)
         self.audit = AuditTrail(self.keyring, clock=clock)
+        self.monitor = AccessMonitor(self.audit, clock=clock)
+        self.audit.observe(self.monitor.after_event)
+        self.rotation = KeyRotationService(self.db, self.key_provider, self.audit, clock=clock)
         self.tenants = TenantService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
         self.customers = CustomerService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
         self.invoices = InvoiceService(
@@ -71,6 +98,8 @@ class Billing:
             clock=clock,
         )
         self.retention = RetentionService(self.db, self.keyring, self.audit, clock=clock)
+        self.breaches = BreachService(self.db, self.audit, clock=clock)
+        self.reports = ReportService(self.db, self.keyring, self.audit, clock=clock)
 
     def invoice_pdf(self, actor: Actor, invoice_id: str) -> tuple[str, bytes]:
         """The invoice as PDF, rendered in memory from the decrypted content and never stored.

@@ -7,6 +7,7 @@ from api.controllers.health import HealthController
 from api.controllers.invoices import InvoiceController
 from api.controllers.payments import CardController, PaymentController
 from api.controllers.privacy import PrivacyController
+from api.controllers.reports import ReportController
 from api.controllers.webhooks import WebhookController
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "InvoiceController",
     "PaymentController",
     "PrivacyController",
+    "ReportController",
     "WebhookController",
 ]

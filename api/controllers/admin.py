@@ -1,4 +1,8 @@
-"""``/v1/admin``: API keys and roles (admin role)."""
+"""``/v1/admin``: API keys and roles, seller details, retention, master keys (admin role).
+
+Master keys serve every tenant of the deployment: ``GET /keys`` shows the versions and ages, but
+counts only the caller's tenant's data keys, so that no tenant learns how many another holds.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,21 @@ from litestar.params import FromPath, JSONBody
 
 from api.auth import requires_role
 from api.deps import ActorDep, BillingDep
-from billing import ApiKeyView, BusinessDetails, RetentionPolicy, RetentionPolicyInput, RetentionReport
+from billing import (
+    AccessPolicy,
+    ApiKeyView,
+    BusinessDetails,
+    KeyStatus,
+    RetentionPolicy,
+    RetentionPolicyInput,
+    RetentionReport,
+)
 
 Role = Literal["booking", "accountant", "admin", "auditor"]
+
+# A rotation started or continued over HTTP re-wraps at most this many batches per request
+# (at the default size, 10 000 data keys); call again until "complete" is true.
+ROTATION_BATCHES_PER_REQUEST = 20
 
 
 class ApiKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -41,10 +57,63 @@ class ApiKeyResponse(msgspec.Struct, kw_only=True):
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    suspended_at: datetime | None
+    last_used_at: datetime | None
+    last_used_ip: str | None
+    last_used_user_agent: str | None
 
 
 class ApiKeyList(msgspec.Struct, kw_only=True):
     data: list[ApiKeyResponse]
+
+
+class MasterKeyVersionResponse(msgspec.Struct, kw_only=True):
+    """A master key version: never its material. ``tenant_deks`` counts this tenant's keys only."""
+
+    id: str
+    created_at: datetime | None
+    age_days: int | None
+    active: bool
+    tenant_deks: int
+
+
+class MasterKeysResponse(msgspec.Struct, kw_only=True):
+    """Master key versions and the re-wrapping progress of this tenant's data keys.
+
+    ``rotation_in_progress`` is true while any data key (of any tenant) awaits re-wrapping.
+    """
+
+    active: str
+    versions: list[MasterKeyVersionResponse]
+    rotation_in_progress: bool
+    tenant_pending_deks: int
+    tenant_progress: float
+
+
+class RotationStepResponse(msgspec.Struct, kw_only=True):
+    to_version: str
+    from_versions: list[str]
+    resumed: bool
+    complete: bool
+
+
+def _shape_keys(status: KeyStatus) -> MasterKeysResponse:
+    return MasterKeysResponse(
+        active=status.active_key_id,
+        versions=[
+            MasterKeyVersionResponse(
+                id=version.key_id,
+                created_at=version.created_at,
+                age_days=version.age_days,
+                active=version.active,
+                tenant_deks=version.live_deks,
+            )
+            for version in status.versions
+        ],
+        rotation_in_progress=status.rotation_in_progress,
+        tenant_pending_deks=status.pending_deks,
+        tenant_progress=round(status.progress, 4),
+    )
 
 
 def _shape(view: ApiKeyView) -> ApiKeyResponse:
@@ -55,6 +124,10 @@ def _shape(view: ApiKeyView) -> ApiKeyResponse:
         prefix=view.prefix,
         created_at=view.created_at,
         revoked_at=view.revoked_at,
+        suspended_at=view.suspended_at,
+        last_used_at=view.last_used_at,
+        last_used_ip=view.last_used_ip,
+        last_used_user_agent=view.last_used_user_agent,
     )
 
 
@@ -84,6 +157,27 @@ class AdminController(Controller):
     ) -> BusinessDetails:
         return billing.tenants.update_business_details(actor, data)
 
+    @post(
+        "/api-keys/{key_id:str}/reinstate",
+        status_code=200,
+        sync_to_thread=True,
+        summary="Lift a key's suspension",
+    )
+    def reinstate_api_key(
+        self, key_id: FromPath[str], billing: BillingDep, actor: ActorDep
+    ) -> ApiKeyResponse:
+        return _shape(billing.tenants.reinstate_api_key(actor, key_id))
+
+    @get("/access-policy", sync_to_thread=True, summary="When a key reading many clients' data is flagged")
+    def read_access_policy(self, billing: BillingDep, actor: ActorDep) -> AccessPolicy:
+        return billing.tenants.access_policy(actor.tenant_id)
+
+    @put("/access-policy", sync_to_thread=True, summary="Set the PII-read threshold, window and suspension")
+    def set_access_policy(
+        self, data: JSONBody[AccessPolicy], billing: BillingDep, actor: ActorDep
+    ) -> AccessPolicy:
+        return billing.tenants.set_access_policy(actor, data)
+
     @get("/retention", sync_to_thread=True, summary="The tenant's retention policy")
     def read_retention_policy(self, billing: BillingDep, actor: ActorDep) -> RetentionPolicy:
         return billing.retention.policy(actor.tenant_id)
@@ -104,6 +198,25 @@ class AdminController(Controller):
         self, data: JSONBody[RetentionRun], billing: BillingDep, actor: ActorDep
     ) -> RetentionReport:
         return billing.retention.run(dry_run=data.dry_run, tenant_id=actor.tenant_id, actor=actor)
+
+    @get("/keys", sync_to_thread=True, summary="Master key versions, ages and rotation progress")
+    def read_master_keys(self, billing: BillingDep, actor: ActorDep) -> MasterKeysResponse:
+        return _shape_keys(billing.rotation.key_status(tenant_id=actor.tenant_id))
+
+    @post(
+        "/keys/rotate",
+        status_code=200,
+        sync_to_thread=True,
+        summary="Start or continue a master key rotation (a bounded number of batches per call)",
+    )
+    def rotate_master_key(self, billing: BillingDep, actor: ActorDep) -> RotationStepResponse:
+        report = billing.rotation.rotate_master_key(max_batches=ROTATION_BATCHES_PER_REQUEST, actor=actor)
+        return RotationStepResponse(
+            to_version=report.to_version,
+            from_versions=list(report.from_versions),
+            resumed=report.resumed,
+            complete=report.complete,
+        )
 
     @delete("/api-keys/{key_id:str}", status_code=200, sync_to_thread=True, summary="Revoke an API key")
     def revoke_api_key(self, key_id: FromPath[str], billing: BillingDep, actor: ActorDep) -> ApiKeyResponse:

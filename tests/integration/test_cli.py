@@ -152,3 +152,67 @@ def test_customers_erase_and_erasures_replay(operator: Operator, tmp_path: Path)
     assert "customer_erased" in again.stderr and "Traceback" not in again.stderr
     replay = json.loads(operator.run("erasures", "replay").stdout)
     assert replay == {"reapplied": 0}  # nothing to redo: the database already has the erasure
+
+
+def test_breach_open_and_affected(operator: Operator) -> None:
+    opened = json.loads(
+        operator.run(
+            "breach", "open", "--nature", "laptop stolen", "--aware-at", "2026-11-20T08:00:00+0000"
+        ).stdout
+    )
+    assert opened["gdpr_authority_deadline"].startswith("2026-11-23T08:00:00")
+    assert json.loads(operator.run("breach", "export", opened["id"]).stdout)["nature"] == "laptop stolen"
+    affected = json.loads(
+        operator.run("breach", "affected", "--key", "key_nobody", "--since", "2026-01-01").stdout
+    )
+    assert affected == {
+        "key_id": "key_nobody",
+        "since": "2026-01-01T00:00:00+00:00",
+        "subjects": [],
+        "count": 0,
+    }
+
+
+def test_anonymize_any_csv_prints_its_guarantee(operator: Operator, tmp_path: Path) -> None:
+    table = tmp_path / "visits.csv"
+    rows = ["postcode;age;gender;diagnosis"]
+    rows += [f"750{i % 3}{i % 10};{20 + i % 50};{'female' if i % 2 else 'male'};d{i % 4}" for i in range(300)]
+    table.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "released.csv"
+    result = operator.run(
+        "anonymize",
+        str(table),
+        "--sep",
+        ";",
+        "--qi",
+        "postcode=builtin:postcode",
+        "--qi",
+        "age=builtin:age",
+        "--qi",
+        "gender=builtin:flat",
+        "--sensitive",
+        "diagnosis",
+        "--k",
+        "5",
+        "--l",
+        "2",
+        "--suppression",
+        "0.05",
+        "--out",
+        str(out),
+    )
+    guarantee = json.loads(result.stdout)
+    assert (
+        guarantee["k"] == 5
+        and guarantee["l"] == 2
+        and set(guarantee["levels"]) == {"postcode", "age", "gender"}
+    )
+    released = [line.split(";") for line in out.read_text().splitlines()[1:]]
+    classes: dict[tuple[str, ...], list[str]] = {}
+    for postcode, age, gender, diagnosis in released:
+        if (postcode, age, gender) != ("*", "*", "*"):
+            classes.setdefault((postcode, age, gender), []).append(diagnosis)
+    assert classes and all(len(c) >= 5 and len(set(c)) >= 2 for c in classes.values())
+    assert sum(1 for r in released if r[0] == "*" and r[1] == "*") == guarantee["suppressed"] <= 15
+    bad = operator.run("anonymize", str(table), "--qi", "nope=builtin:flat", "--out", str(out), expect=None)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
