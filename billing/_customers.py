@@ -27,6 +27,7 @@ from billing._models import Customer, new_id
 from billing.errors import CustomerErased
 
 __all__ = [
+    "PII_FIELDS",
     "Address",
     "CustomerInput",
     "CustomerPatch",
@@ -45,7 +46,8 @@ Country = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")]
 AddressLine = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Postcode = Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
 
-_PII_FIELDS = ("name", "email", "phone", "address", "birth_date", "gender", "notes", "external_ref")
+# Every sealed profile column (``{name}_ct``): encryption, rectification and erasure all use this list.
+PII_FIELDS = ("name", "email", "phone", "address", "birth_date", "gender", "notes", "external_ref")
 
 
 class _Masked(msgspec.Struct, forbid_unknown_fields=True):
@@ -127,7 +129,7 @@ class CustomerService:
             keys = self._keys(session)
             profile = keys.create(actor.tenant_id, customer.id, "profile")
             keys.create(actor.tenant_id, customer.id, "record")
-            values = {name: getattr(data, name) for name in _PII_FIELDS}
+            values = {name: getattr(data, name) for name in PII_FIELDS}
             self._seal_fields(customer, profile, values)
             self._index(customer, keys.index_key(actor.tenant_id), values)
             session.add(customer)
@@ -156,9 +158,7 @@ class CustomerService:
             profile = keys.get(actor.tenant_id, customer.id, "profile")
             values = self._open_values(customer, profile)
             changed = {
-                name: getattr(patch, name)
-                for name in _PII_FIELDS
-                if getattr(patch, name) is not msgspec.UNSET
+                name: getattr(patch, name) for name in PII_FIELDS if getattr(patch, name) is not msgspec.UNSET
             }
             values.update(changed)
             self._seal_fields(customer, profile, changed)
@@ -240,7 +240,7 @@ class CustomerService:
 
     def _open_values(self, customer: Customer, key: DataKey) -> dict[str, object]:
         values: dict[str, object] = {}
-        for name in _PII_FIELDS:
+        for name in PII_FIELDS:
             sealed = getattr(customer, f"{name}_ct")
             if sealed is None:
                 values[name] = None

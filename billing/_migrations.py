@@ -15,7 +15,7 @@ __all__ = ["current_revision", "downgrade", "head_revision", "upgrade"]
 _SCRIPT_LOCATION = str(Path(__file__).with_name("migrations"))
 
 
-def _config(engine: Engine) -> Config:
+def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", _SCRIPT_LOCATION)
     return config
@@ -24,7 +24,7 @@ def _config(engine: Engine) -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the schema up to ``revision`` in one transaction."""
     with engine.begin() as connection:
-        config = _config(engine)
+        config = _config()
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
@@ -32,7 +32,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def downgrade(engine: Engine, revision: str = "base") -> None:
     """Migrate the schema down to ``revision`` (``base`` drops every table)."""
     with engine.begin() as connection:
-        config = _config(engine)
+        config = _config()
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
 
@@ -43,10 +43,4 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(_config_without_engine()).get_current_head()
-
-
-def _config_without_engine() -> Config:
-    config = Config()
-    config.set_main_option("script_location", _SCRIPT_LOCATION)
-    return config
+    return ScriptDirectory.from_config(_config()).get_current_head()

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 from sqlalchemy import delete
@@ -30,7 +31,7 @@ from sqlmodel import col, select
 
 from billing._actor import Actor
 from billing._audit import AuditTrail
-from billing._customers import CustomerService, CustomerView
+from billing._customers import PII_FIELDS, CustomerService, CustomerView
 from billing._db import Database, get_for_tenant
 from billing._invoices import InvoiceService, InvoiceView
 from billing._keyring import Keyring
@@ -49,9 +50,10 @@ from billing._payments import PaymentService
 from billing.errors import CustomerErased
 from tokenization import derive_idempotency_key
 
+_Struct = TypeVar("_Struct", bound=msgspec.Struct)
+
 __all__ = ["DATA_CATEGORIES", "ErasureReceipt", "PrivacyService", "SubjectExport"]
 
-_PROFILE_COLUMNS = ("name", "email", "phone", "address", "birth_date", "gender", "notes", "external_ref")
 
 # What Veilbill holds about a client, why, and for how long (shown in every access export).
 DATA_CATEGORIES: dict[str, dict[str, str]] = {
@@ -216,52 +218,11 @@ class PrivacyService:
                 erased_at=customer.erased_at,
                 profile=profile,
                 invoices=invoices,
-                payments=[
-                    PaymentRecord(
-                        id=p.id,
-                        invoice_id=p.invoice_id,
-                        amount=p.amount,
-                        currency=p.currency,
-                        status=p.status,
-                        created_at=p.created_at,
-                    )
-                    for p in payments
-                ],
-                refunds=[
-                    RefundRecord(
-                        id=r.id,
-                        invoice_id=r.invoice_id,
-                        amount=r.amount,
-                        currency=r.currency,
-                        status=r.status,
-                        created_at=r.created_at,
-                    )
-                    for r in refunds
-                ],
-                cards=[
-                    CardSummary(
-                        id=c.id,
-                        brand=c.brand,
-                        last4=c.last4,
-                        exp_month=c.exp_month,
-                        exp_year=c.exp_year,
-                        created_at=c.created_at,
-                        detached_at=c.detached_at,
-                    )
-                    for c in cards
-                ],
+                payments=_project(payments, PaymentRecord),
+                refunds=_project(refunds, RefundRecord),
+                cards=_project(cards, CardSummary),
                 data_categories=DATA_CATEGORIES,
-                access_log=[
-                    AccessRecord(
-                        occurred_at=e.occurred_at,
-                        action=e.action,
-                        actor_role=e.actor_role,
-                        actor_key_id=e.actor_key_id,
-                        resource_type=e.resource_type,
-                        resource_id=e.resource_id,
-                    )
-                    for e in accesses
-                ],
+                access_log=_project(accesses, AccessRecord),
             )
 
     def erase_customer(self, actor: Actor, customer_id: str) -> ErasureReceipt:
@@ -304,7 +265,7 @@ class PrivacyService:
             )
             keys = SubjectKeys(session, self._keyring, clock=self._clock)
             shredded = keys.shred(actor.tenant_id, customer_id, "profile")
-            for column in _PROFILE_COLUMNS:
+            for column in PII_FIELDS:
                 setattr(customer, f"{column}_ct", None)
             indexes_removed = customer.email_bidx is not None or customer.external_ref_bidx is not None
             customer.email_bidx = customer.external_ref_bidx = None
@@ -379,6 +340,11 @@ class PrivacyService:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _project(rows: Sequence[object], kind: type[_Struct]) -> list[_Struct]:
+    """Rows as export records: only the fields the record declares leave the database."""
+    return [msgspec.convert(row, kind, from_attributes=True) for row in rows]
 
 
 def _read_journal(path: Path) -> Iterator[dict[str, str]]:

@@ -117,18 +117,7 @@ def _shape_keys(status: KeyStatus) -> MasterKeysResponse:
 
 
 def _shape(view: ApiKeyView) -> ApiKeyResponse:
-    return ApiKeyResponse(
-        id=view.id,
-        name=view.name,
-        role=view.role,
-        prefix=view.prefix,
-        created_at=view.created_at,
-        revoked_at=view.revoked_at,
-        suspended_at=view.suspended_at,
-        last_used_at=view.last_used_at,
-        last_used_ip=view.last_used_ip,
-        last_used_user_agent=view.last_used_user_agent,
-    )
+    return msgspec.convert(view, ApiKeyResponse, from_attributes=True)
 
 
 class AdminController(Controller):

@@ -79,24 +79,5 @@ class AuditController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> AuditEventPage:
         events = billing.audit_events(actor, after=after, limit=limit)
-        data = [
-            AuditEventResponse(
-                id=e.id,
-                seq=e.seq,
-                occurred_at=e.occurred_at,
-                actor_key_id=e.actor_key_id,
-                actor_role=e.actor_role,
-                action=e.action,
-                resource_type=e.resource_type,
-                resource_id=e.resource_id,
-                subject_id=e.subject_id,
-                outcome=e.outcome,
-                request_id=e.request_id,
-                client_ip=e.client_ip,
-                user_agent=e.user_agent,
-                detail=e.detail,
-                mac=e.mac,
-            )
-            for e in events
-        ]
+        data = [msgspec.convert(e, AuditEventResponse, from_attributes=True) for e in events]
         return AuditEventPage(data=data, next_after=data[-1].seq if len(data) == limit else None)

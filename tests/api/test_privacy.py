@@ -19,6 +19,7 @@ from sqlmodel import select
 from api.app import create_app
 from api.settings import Settings
 from billing import Billing
+from billing._customers import PII_FIELDS
 from billing._models import AuditEvent, Customer, DataKeyRecord
 
 from ..conftest import API_KEY, TEST_CARDS
@@ -122,7 +123,7 @@ def test_erasure_shreds_the_profile_and_restricts_the_invoices(
         raw = repr(session.execute(text("SELECT * FROM customers")).all())
         reasons = session.exec(select(AuditEvent).where(AuditEvent.action == "invoice.restricted_read")).all()
     assert row is not None and row.erased_at is not None
-    assert all(getattr(row, f"{c}_ct") is None for c in ("name", "email", "phone", "address", "notes"))
+    assert all(getattr(row, f"{c}_ct") is None for c in PII_FIELDS)  # every sealed profile column
     assert {k.purpose: k.wrapped is None for k in keys} == {"profile": True, "record": False}
     for value in (customer["payload"]["name"], customer["payload"]["email"]):
         assert value not in raw

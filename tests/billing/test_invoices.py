@@ -12,8 +12,6 @@ from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInpu
 from billing._models import DataKeyRecord
 from billing.errors import DecryptionError
 
-ACTOR = Actor(tenant_id="", role="booking")
-
 
 def _setup(billing: Billing, fake: Faker) -> tuple[Actor, str]:
     issued = billing.tenants.create_tenant("Hotel Test")
