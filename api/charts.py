@@ -87,18 +87,25 @@ def _nice_step(top: int, exponent: int) -> int:
 
 
 def bar_chart(
-    title: str, currency: str, items: Sequence[tuple[str, int]], *, folded_label: str = "other"
+    title: str,
+    currency: str,
+    items: Sequence[tuple[str, int]],
+    *,
+    folded_label: str = "other",
+    min_plot_width: int = _MIN_PLOT_WIDTH,
 ) -> BarChart:
     """A vertical bar chart of ``items`` (label, amount in minor units), in the given order.
 
     Negative amounts are drawn as empty bars on the baseline (their text still says the amount).
     The bar labelled ``folded_label`` is marked ``folded``: the small cells that suppression folded.
+    The plot is ``min_plot_width`` wide at least (64 units per bar beyond that), so that a chart
+    drawn for a given column of the page keeps its text at about the stylesheet's size.
     """
     exponent = currency_exponent(currency)
     largest = max((amount for _, amount in items), default=0)
     step = _nice_step(max(largest, 1), exponent)
     top = max(step, -(-largest // step) * step)
-    plot_width = max(_MIN_PLOT_WIDTH, _SLOT * len(items))
+    plot_width = max(min_plot_width, _SLOT * len(items))
     width = _AXIS_WIDTH + plot_width + 16
     baseline = _PLOT_TOP + _PLOT_HEIGHT
     bars = []

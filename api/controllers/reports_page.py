@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 import polars as pl
 from litestar import Request, Response, get
-from litestar.params import QueryParameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream, Template
 
 from api.charts import BarChart, bar_chart, display_amount
@@ -102,7 +102,7 @@ class ReportsPageController(PageController):
         self,
         billing: BillingDep,
         actor: ActorDep,
-        dataset: str,
+        dataset: FromPath[str],
         date_from: DateFrom,
         date_to: DateTo,
         report_format: Annotated[ReportFormat, QueryParameter(name="format")] = "csv",
@@ -189,12 +189,14 @@ def _currency_overview(currency: str, months: pl.DataFrame, categories: pl.DataF
             currency,
             [(label, int(row["net"])) for label, row in zip(month_labels, month_rows, strict=True)],
             folded_label="Other",
+            min_plot_width=520,
         ),
         by_category=bar_chart(
             f"Net revenue by category ({currency})",
             currency,
             [(label, int(row["net"])) for label, row in zip(category_labels, category_rows, strict=True)],
             folded_label="Other",
+            min_plot_width=300,
         ),
         month_rows=tuple(
             _summary({**row, "label_source": row["month"]}, label, currency)
