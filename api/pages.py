@@ -49,6 +49,7 @@ from litestar import Controller, Request, Response, Router
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, MutableScopeHeaders
 from litestar.enums import ScopeType
+from litestar.exceptions import ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.response import Redirect, Template
@@ -319,10 +320,21 @@ def _csrf_invalid(request: Request[Any, Any, Any], exc: CsrfTokenInvalid) -> Res
     )
 
 
+def _invalid_parameters(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    return error_page(
+        request,
+        400,
+        "invalid_value",
+        "This address has parameters the page does not accept",
+        "Dates are written YYYY-MM-DD. Go back to the page and choose the period again.",
+    )
+
+
 PAGE_EXCEPTION_HANDLERS: Final[dict[type[Exception] | int, Any]] = {
     PageSignInRequired: _to_signin,
     RoleForbidden: _forbidden_role,
     CsrfTokenInvalid: _csrf_invalid,
+    ValidationException: _invalid_parameters,
 }
 
 

@@ -38,7 +38,7 @@ from billing.errors import ApiKeyInvalid, RoleForbidden
 __all__ = ["SignInController", "SignInForm"]
 
 _NOTICES = {
-    "ended": "Your session has ended — after 15 minutes without activity, at its time limit, or "
+    "ended": "Your session has ended — after {idle} minutes without activity, at its time limit, or "
     "because its key was revoked. Sign in again to continue.",
     "signed_out": "You are signed out.",
 }
@@ -138,6 +138,9 @@ def _form(
 ) -> Template:
     """The sign-in form with a fresh pre-session cookie and its token. The key is never echoed."""
     nonce = new_signin_nonce()
+    billing: Billing = request.app.state.billing
+    idle = int(billing.page_sessions.policy.idle.total_seconds() // 60)
+    lifetime = int(billing.page_sessions.policy.lifetime.total_seconds() // 3600)
     view = request.scope.get("auth")
     session = view if isinstance(view, PageSessionView) else None
     response = Template(
@@ -146,7 +149,9 @@ def _form(
         context={
             "csrf_token": signin_csrf_token(nonce),
             "next": next_path or "",
-            "notice": _NOTICES.get(notice or ""),
+            "notice": _NOTICES.get(notice or "", "").format(idle=idle) or None,
+            "idle_minutes": idle,
+            "lifetime_hours": lifetime,
             "error": _ERRORS.get(error or ""),
             "session": session,
             "home": PAGE_HOMES.get(session.actor.role) if session else None,

@@ -188,6 +188,11 @@ def test_bad_empty_and_too_small_periods(
     assert backwards.status_code == 422
     assert "The period starts after it ends." in backwards.text
 
+    malformed = web.get("/reports", params={"from": "01/02/2026", "to": "2026-01-01"})
+    assert malformed.status_code == 400
+    assert malformed.headers["content-type"].startswith("text/html")
+    assert "invalid_value" in malformed.text and "01/02/2026" not in malformed.text
+
     empty = web.get("/reports", params={"from": "2025-01-01", "to": "2025-12-31"})
     assert empty.status_code == 200
     assert 'id="no-data"' in empty.text

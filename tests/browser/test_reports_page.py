@@ -161,6 +161,8 @@ def test_an_accountant_signs_in_reads_the_charts_and_downloads_the_csv(
     server = reports_server
     page.goto(f"{server.base_url}/reports?{PERIOD}")
     assert page.url.startswith(f"{server.base_url}/signin?next=")
+    artifacts = _artifacts_dir(tmp_path)
+    page.screenshot(path=str(artifacts / "signin-page.png"), full_page=True)
     page.get_by_label("API key").fill(server.accountant_key)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{server.base_url}/reports?{PERIOD}")
@@ -191,7 +193,7 @@ def test_an_accountant_signs_in_reads_the_charts_and_downloads_the_csv(
     assert int(rows) == server.invoices
     assert re.fullmatch(r"\d+\.\d %", page.locator("#g-loss").inner_text())
 
-    screenshot = _artifacts_dir(tmp_path) / "reports-page.png"
+    screenshot = artifacts / "reports-page.png"
     page.screenshot(path=str(screenshot), full_page=True)
     print(f"\nscreenshot of /reports: {screenshot}")
     assert screenshot.stat().st_size > 20_000
