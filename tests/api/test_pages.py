@@ -19,7 +19,7 @@ from litestar.testing import TestClient
 from sqlalchemy import text
 
 from api.app import create_app
-from api.pages import SESSION_COOKIE, SIGNIN_COOKIE, safe_next
+from api.pages import SESSION_COOKIE, SIGNIN_COOKIE, requires_page_role, safe_next
 from api.settings import Settings
 from billing import Actor, Billing
 
@@ -334,6 +334,21 @@ def test_next_never_leaves_the_origin(
     )
     assert signed_in.status_code == 303
     assert signed_in.headers["location"] == "/reports"
+
+
+def test_the_csrf_token_may_come_in_a_header_and_unknown_roles_are_a_programming_error(
+    web: TestClient,  # type: ignore[type-arg]
+    keys: TenantKeys,
+) -> None:
+    sign_in(web, keys.accountant)
+    token = csrf_token(web.get("/signin").text)
+    assert web.post("/signout", headers={"X-CSRF-Token": "nope"}, follow_redirects=False).status_code == 403
+    signed_out = web.post("/signout", headers={"X-CSRF-Token": token}, follow_redirects=False)
+    assert signed_out.status_code == 303
+    with pytest.raises(ValueError, match="unknown roles"):
+        requires_page_role("accountant", "owner")
+    with pytest.raises(ValueError, match="unknown roles"):
+        requires_page_role()
 
 
 def test_safe_next_keeps_same_origin_paths_only() -> None:

@@ -176,6 +176,8 @@ def test_the_page_runs_no_script_and_is_never_cached(
         assert response.headers["x-content-type-options"] == "nosniff"
         assert "<script" not in response.text
         assert " style=" not in response.text
+    page = web.get("/reports").text
+    assert '<meta http-equiv="refresh" content="905">' in page, "reloads itself after 15 idle minutes"
 
 
 def test_bad_empty_and_too_small_periods(
