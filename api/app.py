@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -33,16 +33,20 @@ from api.controllers import (
     WebhookController,
 )
 from api.controllers.pay import HostedPaymentController, pay_assets_router
+from api.controllers.reports_page import ReportsPageController
+from api.controllers.signin import SignInController
 from api.errors import EXCEPTION_HANDLERS
 from api.idempotency import IdempotencyMiddleware
 from api.logging import configure_logging
 from api.middleware import RequestIdMiddleware, guard_request
+from api.pages import page_assets_router
 from api.settings import Settings
 from billing import (
     Billing,
     Database,
     DatabaseConfig,
     MasterKeyProvider,
+    PageSessionPolicy,
     Pkcs11Config,
     Pkcs11MasterKeys,
     load_keyring,
@@ -53,6 +57,8 @@ from tokenization import PaymentGateway, StripeGateway, make_stripe_client
 __all__ = ["app_from_env", "create_app", "gateway_from_settings", "key_provider_from_settings"]
 
 _ASSETS = "/schema/assets"
+# Routes without bearer authentication. Session pages (api.pages.PageController: /signin, /reports,
+# /pci…) are excluded through their ``exclude_from_auth`` opt and authenticate by their cookie.
 _UNAUTHENTICATED = ["^/schema", "^/health/", "^/v1/webhooks/", "^/pay"]
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -67,7 +73,8 @@ def create_app(
     """Build the service for ``settings``.
 
     Loads the keyring (raises ``KeyringError`` when it is missing or unsafe) and opens the database
-    engine; no connection is made until the first request. The payment gateway is the Stripe adapter
+    engine; no connection is made until the first request. ``clock`` is the time of every service,
+    page sessions included (tests move it to expire sessions). The payment gateway is the Stripe adapter
     when ``settings.stripe_api_key`` is set, unless ``gateway`` is given (tests pass a
     fault-injecting double that wraps the real adapter).
     """
@@ -82,6 +89,10 @@ def create_app(
         erasure_journal=settings.erasure_journal_path,
         key_provider=key_provider_from_settings(settings),
         clock=clock,
+        page_session_policy=PageSessionPolicy(
+            idle=timedelta(minutes=settings.page_idle_minutes),
+            lifetime=timedelta(hours=settings.page_max_hours),
+        ),
     )
 
     def provide_billing() -> Billing:
@@ -101,6 +112,9 @@ def create_app(
             AuditController,
             HostedPaymentController,
             pay_assets_router(),
+            SignInController,
+            ReportsPageController,
+            page_assets_router(),
             create_static_files_router(
                 path=_ASSETS,
                 directories=[_swagger_ui_assets()],

@@ -27,6 +27,8 @@ class Settings:
         max_body_bytes: requests with a larger body are refused with ``body_too_large``.
         public_url: where the service is reached, for links it hands out.
         log_path: JSON log file; ``None`` logs to stderr.
+        page_idle_minutes: a page session ends after this long without a request (automatic logoff).
+        page_max_hours: a page session ends this long after sign-in, however active.
     """
 
     database_url: str = "sqlite:///var/veilbill.db"
@@ -45,6 +47,8 @@ class Settings:
     hsm_module: str | None = None
     hsm_token_label: str | None = None
     hsm_pin: str | None = field(default=None, repr=False)
+    page_idle_minutes: int = 15
+    page_max_hours: int = 8
 
     @property
     def hsm_configured(self) -> bool:
@@ -55,6 +59,12 @@ class Settings:
             raise ValueError("max_body_bytes must be at least 1024")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        if not 1 <= self.page_idle_minutes <= 24 * 60:
+            raise ValueError("page_idle_minutes must be 1 to 1440")
+        if not 1 <= self.page_max_hours <= 24 * 7:
+            raise ValueError("page_max_hours must be 1 to 168")
+        if self.page_idle_minutes > self.page_max_hours * 60:
+            raise ValueError("page_idle_minutes cannot exceed page_max_hours")
         object.__setattr__(self, "keyring_path", Path(self.keyring_path))
         object.__setattr__(self, "erasure_journal_path", Path(self.erasure_journal_path))
         if self.hsm_module and not (self.hsm_token_label and self.hsm_pin):
@@ -108,6 +118,8 @@ class Settings:
             "VEILBILL_HSM_MODULE": self.hsm_module,
             "VEILBILL_HSM_TOKEN_LABEL": self.hsm_token_label,
             "VEILBILL_HSM_PIN": self.hsm_pin,
+            "VEILBILL_PAGE_IDLE_MINUTES": str(self.page_idle_minutes),
+            "VEILBILL_PAGE_MAX_HOURS": str(self.page_max_hours),
         }
         return {k: v for k, v in values.items() if v}
 
@@ -137,6 +149,12 @@ class Settings:
                 values[name] = env[var]
         if env.get("VEILBILL_MAX_BODY_BYTES"):
             values["max_body_bytes"] = int(env["VEILBILL_MAX_BODY_BYTES"])
+        for var, name in (
+            ("VEILBILL_PAGE_IDLE_MINUTES", "page_idle_minutes"),
+            ("VEILBILL_PAGE_MAX_HOURS", "page_max_hours"),
+        ):
+            if env.get(var):
+                values[name] = int(env[var])
         if "VEILBILL_DEBUG" in env:
             values["debug"] = env["VEILBILL_DEBUG"].lower() in _TRUE
         if "VEILBILL_WEBHOOKS_ALLOW_PRIVATE" in env:

@@ -53,6 +53,12 @@ from billing._migrations import current_revision, downgrade, head_revision, upgr
 from billing._models import utcnow
 from billing._money import Money, compute_line, compute_totals, currency_exponent
 from billing._monitoring import PII_READ_ACTIONS, AccessPolicy
+from billing._page_sessions import (
+    IssuedPageSession,
+    PageSessionPolicy,
+    PageSessionService,
+    PageSessionView,
+)
 from billing._payments import (
     HANDLED_EVENT_TYPES,
     CardView,
@@ -122,6 +128,7 @@ __all__ = [
     "InvoiceSummary",
     "InvoiceView",
     "IssuedApiKey",
+    "IssuedPageSession",
     "IssuedPaymentSession",
     "KeyRotationService",
     "KeyStatus",
@@ -132,6 +139,9 @@ __all__ = [
     "MasterKeyState",
     "MasterKeyVersion",
     "Money",
+    "PageSessionPolicy",
+    "PageSessionService",
+    "PageSessionView",
     "PaymentService",
     "PaymentSessionService",
     "PaymentView",

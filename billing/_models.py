@@ -47,6 +47,7 @@ __all__ = [
     "Invoice",
     "InvoiceLine",
     "InvoiceSequence",
+    "PageSession",
     "Payment",
     "PaymentMethod",
     "PaymentSession",
@@ -481,6 +482,31 @@ class PaymentSession(SQLModel, table=True):
     created_at: datetime = _ts()
     expires_at: datetime = _ts()
     completed_at: datetime | None = _ts(nullable=True)
+
+
+class PageSession(SQLModel, table=True):
+    """A browser session of the server-rendered pages, opened by signing in with an API key.
+
+    Only the SHA-256 of the cookie's random token is stored. ``expires_at`` is the absolute limit
+    (``created_at`` + the maximum lifetime); the idle limit is checked against ``last_seen_at``.
+    ``ended_at`` and ``end_reason`` (``signout``, ``idle``, ``lifetime``, ``key_unusable``,
+    ``replaced``) record how it ended.
+    """
+
+    __tablename__ = "page_sessions"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = _tenant_fk()
+    api_key_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("api_keys.id"), nullable=False, index=True)
+    )
+    role: str = Field(max_length=20)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = _ts()
+    last_seen_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    ended_at: datetime | None = _ts(nullable=True)
+    end_reason: str | None = Field(default=None, max_length=20)
 
 
 class Dispute(SQLModel, table=True):

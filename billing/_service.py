@@ -20,6 +20,7 @@ from billing._invoices import InvoiceService
 from billing._keyring import Keyring, KeyringFileMasterKeys, KeyringMasterKeys, MasterKeyProvider
 from billing._models import AuditEvent, utcnow
 from billing._monitoring import AccessMonitor
+from billing._page_sessions import PageSessionPolicy, PageSessionService
 from billing._payments import PaymentService
 from billing._pdf import SellerDetails, render_invoice_pdf
 from billing._privacy import PrivacyService
@@ -51,6 +52,7 @@ class Billing:
     clock: Callable[[], datetime] = utcnow
     rng: Callable[[int], bytes] = os.urandom
     key_provider: MasterKeyProvider | None = None
+    page_session_policy: PageSessionPolicy = field(default_factory=PageSessionPolicy)
     audit: AuditTrail = field(init=False)
     monitor: AccessMonitor = field(init=False)
     tenants: TenantService = field(init=False)
@@ -64,6 +66,7 @@ class Billing:
     retention: RetentionService = field(init=False)
     breaches: BreachService = field(init=False)
     reports: ReportService = field(init=False)
+    page_sessions: PageSessionService = field(init=False)
 
     def __post_init__(self) -> None:
         clock, rng = self.clock, self.rng
@@ -100,6 +103,9 @@ class Billing:
         self.retention = RetentionService(self.db, self.keyring, self.audit, clock=clock)
         self.breaches = BreachService(self.db, self.audit, clock=clock)
         self.reports = ReportService(self.db, self.keyring, self.audit, clock=clock)
+        self.page_sessions = PageSessionService(
+            self.db, self.audit, policy=self.page_session_policy, clock=clock
+        )
 
     def invoice_pdf(self, actor: Actor, invoice_id: str) -> tuple[str, bytes]:
         """The invoice as PDF, rendered in memory from the decrypted content and never stored.

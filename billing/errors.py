@@ -21,6 +21,7 @@ __all__ = [
     "InvalidStateTransition",
     "KeyringError",
     "NotFound",
+    "PageSessionInvalid",
     "PaymentDeclined",
     "PaymentInProgress",
     "PaymentSessionInvalid",
@@ -158,6 +159,16 @@ class PaymentSessionInvalid(BillingError):
     """The payment link is unknown or expired."""
 
     code = "payment_session_invalid"
+
+
+class PageSessionInvalid(BillingError):
+    """The page session is unknown, ended, idle too long, past its lifetime, or its key is unusable.
+
+    ``ids['reason']`` (``unknown``, ``ended``, ``idle``, ``lifetime``, ``key_unusable``) is for the
+    audit chain and tests; the pages show every case the same way (sign in again).
+    """
+
+    code = "page_session_invalid"
 
 
 class CustomerErased(BillingError):

@@ -24,7 +24,7 @@ from api.auth import requires_role
 from api.deps import ActorDep, BillingDep
 from billing import Dataset, RevenueGrouping
 
-__all__ = ["ReportController"]
+__all__ = ["DateFrom", "DateTo", "ReportController", "ReportFormat", "export_dataset", "guarantee_headers"]
 
 ReportFormat = Literal["csv", "jsonl", "parquet", "guarantee"]
 ReportProfile = Literal["hipaa-safe-harbor"]
@@ -67,7 +67,7 @@ class ReportController(Controller):
         profile: Annotated[ReportProfile | None, QueryParameter()] = None,
     ) -> Response[bytes] | Stream:
         dataset = billing.reports.invoice_dataset(actor, date_from, date_to, k=k, l=l, profile=profile)
-        return _export(dataset, report_format, date_from, date_to)
+        return export_dataset(dataset, report_format, date_from, date_to)
 
     @get("/revenue", sync_to_thread=True, summary="Revenue per period/category, small cells folded")
     def revenue_report(
@@ -81,7 +81,7 @@ class ReportController(Controller):
         k: Annotated[int, QueryParameter(ge=2, le=1000)] = 5,
     ) -> Response[bytes] | Stream:
         dataset = billing.reports.revenue(actor, date_from, date_to, group_by=group_by, k=k)
-        return _export(dataset, report_format, date_from, date_to)
+        return export_dataset(dataset, report_format, date_from, date_to)
 
     @get("/tax", sync_to_thread=True, summary="Net and tax per rate and month")
     def tax_report(
@@ -93,7 +93,7 @@ class ReportController(Controller):
         report_format: Annotated[ReportFormat, QueryParameter(name="format")] = "csv",
     ) -> Response[bytes] | Stream:
         dataset = billing.reports.tax_summary(actor, date_from, date_to)
-        return _export(dataset, report_format, date_from, date_to)
+        return export_dataset(dataset, report_format, date_from, date_to)
 
 
 def guarantee_headers(guarantee: Mapping[str, object]) -> dict[str, str]:
@@ -110,9 +110,13 @@ def guarantee_headers(guarantee: Mapping[str, object]) -> dict[str, str]:
     return headers
 
 
-def _export(
+def export_dataset(
     dataset: Dataset, report_format: ReportFormat, date_from: date, date_to: date
 ) -> Response[bytes] | Stream:
+    """``dataset`` as a streamed download (or its guarantee document), with the guarantee headers.
+
+    Shared by the API and the ``/reports`` page, so both serve byte-identical files.
+    """
     headers = {**guarantee_headers(dataset.guarantee), "Cache-Control": "no-store"}
     if report_format == "guarantee":
         body = json.dumps(dict(dataset.guarantee), sort_keys=True).encode()
