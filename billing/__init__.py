@@ -76,6 +76,12 @@ from billing._rotation import (
 )
 from billing._service import Billing
 from billing._sessions import HostedInvoice, IssuedPaymentSession, PaymentSessionService
+from billing._subject_rotation import (
+    SUBJECT_KEY_PURPOSES,
+    SubjectKeyRotation,
+    SubjectKeyRotationService,
+    SubjectPurpose,
+)
 from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantService
 
 __all__ = [
@@ -87,6 +93,7 @@ __all__ = [
     "RETENTION_PRESETS",
     "REVENUE_GROUPINGS",
     "ROLES",
+    "SUBJECT_KEY_PURPOSES",
     "AccessPolicy",
     "Actor",
     "Address",
@@ -150,6 +157,9 @@ __all__ = [
     "SetupIntentView",
     "StoredResponse",
     "SubjectExport",
+    "SubjectKeyRotation",
+    "SubjectKeyRotationService",
+    "SubjectPurpose",
     "TenantService",
     "blind_index",
     "compute_line",
