@@ -36,6 +36,7 @@ from billing import (
     InvoiceQuery,
     KeyStatus,
     RotationProgress,
+    SubjectPurpose,
     create_keyring,
     current_revision,
     downgrade,
@@ -323,6 +324,33 @@ def keys_rotate(ctx: _Context, batch_size: int, pause: float) -> None:
     if not report.complete:
         click.echo("rotation incomplete: run `veilbill keys rotate` again to resume", err=True)
         sys.exit(1)
+
+
+@keys.command(
+    "rotate-subject",
+    help="Give one client new data keys: re-encrypt their values, destroy the old keys (one transaction).",
+)
+@click.argument("tenant_id")
+@click.argument("customer_id")
+@click.option(
+    "--purpose", type=click.Choice(["profile", "record", "all"]), default="all", show_default=True
+)
+@pass_context
+def keys_rotate_subject(ctx: _Context, tenant_id: str, customer_id: str, purpose: SubjectPurpose) -> None:
+    billing = ctx.billing()
+    result = billing.subject_rotation.rotate_subject_keys(
+        Actor.operator(tenant_id), customer_id, purpose=purpose
+    )
+    click.echo(
+        json.dumps(
+            {
+                "customer_id": result.customer_id,
+                "rotated": result.rotated,
+                "skipped": list(result.skipped),
+                "values_reencrypted": result.values,
+            }
+        )
+    )
 
 
 @keys.command(

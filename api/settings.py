@@ -27,6 +27,10 @@ class Settings:
         max_body_bytes: requests with a larger body are refused with ``body_too_large``.
         public_url: where the service is reached, for links it hands out.
         log_path: JSON log file; ``None`` logs to stderr.
+        tenant_admin_master_key_rotation: whether a tenant's admin may start or continue a master
+            key rotation with ``POST /v1/admin/keys/rotate``. Off by default: master keys are shared
+            by every tenant, so rotating them is the operator's decision (``veilbill keys rotate``);
+            a deployment serving one business may turn it on.
     """
 
     database_url: str = "sqlite:///var/veilbill.db"
@@ -45,6 +49,7 @@ class Settings:
     hsm_module: str | None = None
     hsm_token_label: str | None = None
     hsm_pin: str | None = field(default=None, repr=False)
+    tenant_admin_master_key_rotation: bool = False
 
     @property
     def hsm_configured(self) -> bool:
@@ -108,6 +113,7 @@ class Settings:
             "VEILBILL_HSM_MODULE": self.hsm_module,
             "VEILBILL_HSM_TOKEN_LABEL": self.hsm_token_label,
             "VEILBILL_HSM_PIN": self.hsm_pin,
+            "VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION": "1" if self.tenant_admin_master_key_rotation else None,
         }
         return {k: v for k, v in values.items() if v}
 
@@ -141,4 +147,8 @@ class Settings:
             values["debug"] = env["VEILBILL_DEBUG"].lower() in _TRUE
         if "VEILBILL_WEBHOOKS_ALLOW_PRIVATE" in env:
             values["webhooks_allow_private"] = env["VEILBILL_WEBHOOKS_ALLOW_PRIVATE"].lower() in _TRUE
+        if "VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION" in env:
+            values["tenant_admin_master_key_rotation"] = (
+                env["VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION"].lower() in _TRUE
+            )
         return replace(base, **values)  # type: ignore[arg-type]
