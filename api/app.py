@@ -46,6 +46,7 @@ from billing import (
     Pkcs11Config,
     Pkcs11MasterKeys,
     load_keyring,
+    probe_master_keys,
     utcnow,
 )
 from tokenization import PaymentGateway, StripeGateway, make_stripe_client
@@ -123,7 +124,11 @@ def create_app(
         openapi_config=_openapi(),
         template_config=TemplateConfig(directory=_TEMPLATES, engine=JinjaTemplateEngine),
         state=State(
-            {"billing": billing, "settings": settings, "readiness": partial(_readiness, db, settings)}
+            {
+                "billing": billing,
+                "settings": settings,
+                "readiness": partial(_readiness, db, settings, billing.key_provider),
+            }
         ),
         on_shutdown=[db.dispose],
         logging_config=None,
@@ -191,7 +196,10 @@ def _openapi() -> OpenAPIConfig:
     )
 
 
-def _readiness(db: Database, settings: Settings) -> dict[str, str]:
+def _readiness(db: Database, settings: Settings, key_provider: MasterKeyProvider | None) -> dict[str, str]:
+    """``database``, ``keyring`` and, with an HSM configured, ``hsm``: a wrap and unwrap round trip
+    of a throwaway key in the token (``unavailable`` when the token is unreachable, locked or holds
+    no master key)."""
     checks = {}
     try:
         db.ping()
@@ -203,4 +211,10 @@ def _readiness(db: Database, settings: Settings) -> dict[str, str]:
         checks["keyring"] = "ok"
     except Exception:
         checks["keyring"] = "unavailable"
+    if settings.hsm_configured and key_provider is not None:
+        try:
+            probe_master_keys(key_provider)
+            checks["hsm"] = "ok"
+        except Exception:
+            checks["hsm"] = "unavailable"
     return checks

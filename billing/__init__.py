@@ -47,6 +47,7 @@ from billing._keyring import (
     MasterKeyVersion,
     create_keyring,
     load_keyring,
+    probe_master_keys,
     write_keyring,
 )
 from billing._migrations import current_revision, downgrade, head_revision, upgrade
@@ -175,6 +176,7 @@ __all__ = [
     "normalize_ref",
     "open_sealed",
     "open_sealed_text",
+    "probe_master_keys",
     "seal",
     "seal_text",
     "upgrade",

@@ -85,6 +85,7 @@ __all__ = [
     "create_keyring",
     "load_keyring",
     "master_key_provider_of",
+    "probe_master_keys",
     "remove_master_key",
     "unwrap_data_key",
     "wrap_data_key",
@@ -514,6 +515,23 @@ def master_key_provider_of(
     if keyring.master_key_provider is not None:
         return keyring.master_key_provider
     return KeyringMasterKeys(keyring, rng=rng)
+
+
+def probe_master_keys(provider: MasterKeyProvider, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+    """Wrap a throwaway random DEK under the active version and unwrap it again (readiness probes).
+
+    Nothing is stored. For an HSM this opens (or reuses) the session and runs both operations in
+    the token, so it fails when the token is unreachable, locked or holds no master key.
+
+    Raises:
+        KeyringError: the master-key store is unavailable.
+        DecryptionError: the round trip did not give the key back.
+    """
+    probe = DataKey("dek_probe", generate_key_material(rng))
+    wrapped = provider.wrap(probe, tenant_id="system", purpose="probe")
+    unwrapped = provider.unwrap(wrapped, tenant_id="system", purpose="probe", dek_id=probe.key_id)
+    if unwrapped.material != probe.material:
+        raise DecryptionError from None
 
 
 class _KeyringBackedMasterKeys:

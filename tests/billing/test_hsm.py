@@ -9,15 +9,11 @@ these tests are skipped — or fail under ``VEILBILL_REQUIRE_ALL=1``.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -39,60 +35,13 @@ from billing._keyring import MasterKey, unwrap_data_key, wrap_data_key
 from billing._models import DataKeyRecord
 from billing.errors import DecryptionError, KeyringError
 
-from ..conftest import FIXED_NOW, require_or_skip
+from ..conftest import FIXED_NOW, PIN, SoftHsm
 
 if TYPE_CHECKING:
     from pkcs11 import Session
 
-PIN = "4096-user-pin"
-SO_PIN = "8192-so-pin"
-MODULE_CANDIDATES = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-)
 DEK = DataKey("dek_hsm", bytes(range(32)))
 OPAQUE = str(DecryptionError())
-
-
-@dataclass(frozen=True)
-class SoftHsm:
-    module: str
-    util: str
-    conf: Path
-
-    def new_token(self) -> Pkcs11Config:
-        """Initialize a fresh token and make the (already loaded) library see it."""
-        label = f"vb-{secrets.token_hex(4)}"
-        subprocess.run(
-            [self.util, "--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", SO_PIN],
-            env={**os.environ, "SOFTHSM2_CONF": str(self.conf)},
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        pkcs11_library(self.module).reinitialize()  # SoftHSM lists tokens when it initializes
-        return Pkcs11Config(module_path=self.module, token_label=label, user_pin=PIN)
-
-
-@pytest.fixture(scope="module")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
-    if importlib.util.find_spec("pkcs11") is None:
-        require_or_skip("python-pkcs11 is not installed")
-    module = next((path for path in MODULE_CANDIDATES if Path(path).exists()), None)
-    util = shutil.which("softhsm2-util")
-    if module is None or util is None:
-        require_or_skip("SoftHSM2 is not installed (apt-get install softhsm2)")
-    assert module is not None and util is not None
-    directory = tmp_path_factory.mktemp("softhsm")
-    (directory / "tokens").mkdir(mode=0o700)
-    conf = directory / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SOFTHSM2_CONF", str(conf))
-        yield SoftHsm(module=module, util=util, conf=conf)
 
 
 @pytest.fixture
