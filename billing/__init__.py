@@ -25,7 +25,7 @@ from billing._envelope import (
     seal,
     seal_text,
 )
-from billing._hsm import Pkcs11Config, Pkcs11MasterKeys
+from billing._hsm import HsmMigrationMasterKeys, Pkcs11Config, Pkcs11MasterKeys, migrate_to_hsm
 from billing._idempotency import IdempotencyStore, StoredResponse
 from billing._invoices import (
     InvoiceInput,
@@ -118,6 +118,7 @@ __all__ = [
     "ErasureReceipt",
     "FieldContext",
     "HostedInvoice",
+    "HsmMigrationMasterKeys",
     "IdempotencyStore",
     "InvoiceInput",
     "InvoiceLineInput",
@@ -171,6 +172,7 @@ __all__ = [
     "downgrade",
     "head_revision",
     "load_keyring",
+    "migrate_to_hsm",
     "normalize_database_url",
     "normalize_email",
     "normalize_ref",
