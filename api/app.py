@@ -136,7 +136,7 @@ def create_app(
     )
 
 
-def key_provider_from_settings(settings: Settings) -> MasterKeyProvider | None:
+def key_provider_from_settings(settings: Settings) -> Pkcs11MasterKeys | None:
     """The PKCS#11 master-key provider when an HSM is configured; None means the keyring file."""
     if not settings.hsm_module:
         return None
