@@ -368,8 +368,7 @@ def keys_migrate_to_hsm(ctx: _Context, batch_size: int, pause: float, retire_fil
         )
         retired = []
         if report.complete and retire_file_keys:
-            for key_id in migration.source_versions():
-                retired.append(billing.rotation.retire_master_key(key_id).key_id)
+            retired = [billing.rotation.retire_master_key(v).key_id for v in migration.source_versions()]
     except BillingError as error:
         raise click.ClickException(error.message) from None
     click.echo(json.dumps({**_rotation_summary(report), "file_keys_retired": retired}))
@@ -384,9 +383,7 @@ def keys_migrate_to_hsm(ctx: _Context, batch_size: int, pause: float, retire_fil
 )
 @click.argument("tenant_id")
 @click.argument("customer_id")
-@click.option(
-    "--purpose", type=click.Choice(["profile", "record", "all"]), default="all", show_default=True
-)
+@click.option("--purpose", type=click.Choice(["profile", "record", "all"]), default="all", show_default=True)
 @pass_context
 def keys_rotate_subject(ctx: _Context, tenant_id: str, customer_id: str, purpose: SubjectPurpose) -> None:
     billing = ctx.billing()

@@ -85,7 +85,12 @@ from billing._keyring import (
     KeyringFileMasterKeys,
     MasterKeyVersion,
 )
-from billing._rotation import DEFAULT_ROTATION_BATCH_SIZE, KeyRotationService, RotationProgress, RotationReport
+from billing._rotation import (
+    DEFAULT_ROTATION_BATCH_SIZE,
+    KeyRotationService,
+    RotationProgress,
+    RotationReport,
+)
 from billing.errors import DecryptionError, KeyringError
 
 if TYPE_CHECKING:

@@ -39,9 +39,9 @@ from billing._money import compute_line, compute_totals, currency_exponent
 from billing.errors import InvalidStateTransition, NotFound, RecordExpired, RecordRestricted, ValidationFailed
 
 __all__ = [
-    "InvoiceInput",
     "SEALED_INVOICE_COLUMNS",
     "SEALED_LINE_COLUMNS",
+    "InvoiceInput",
     "InvoiceLineInput",
     "InvoiceLineView",
     "InvoicePage",

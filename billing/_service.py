@@ -81,7 +81,9 @@ class Billing:
         self.monitor = AccessMonitor(self.audit, clock=clock)
         self.audit.observe(self.monitor.after_event)
         self.rotation = KeyRotationService(self.db, self.key_provider, self.audit, clock=clock)
-        self.subject_rotation = SubjectKeyRotationService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
+        self.subject_rotation = SubjectKeyRotationService(
+            self.db, self.keyring, self.audit, clock=clock, rng=rng
+        )
         self.tenants = TenantService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
         self.customers = CustomerService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
         self.invoices = InvoiceService(

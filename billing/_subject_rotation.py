@@ -58,7 +58,7 @@ from billing._customers import PII_FIELDS
 from billing._db import Database, get_for_tenant
 from billing._envelope import DataKey, FieldContext, generate_key_material, open_sealed, seal, sealed_key_id
 from billing._invoices import SEALED_INVOICE_COLUMNS, SEALED_LINE_COLUMNS
-from billing._keyring import Keyring, MasterKeyProvider, master_key_provider_of
+from billing._keyring import Keyring, master_key_provider_of
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, new_id
 from billing.errors import CustomerErased, RecordExpired
 
@@ -142,7 +142,9 @@ class SubjectKeyRotationService:
                         raise RecordExpired(resource="customer")
                     skipped.append(name)
                     continue
-                old = masters.unwrap(record.wrapped, tenant_id=actor.tenant_id, purpose=name, dek_id=record.id)
+                old = masters.unwrap(
+                    record.wrapped, tenant_id=actor.tenant_id, purpose=name, dek_id=record.id
+                )
                 new = DataKey(key_id=new_id("dek"), material=generate_key_material(self._rng))
                 if name == "profile":
                     values += self._reseal_profile(customer, old, new)

@@ -105,7 +105,9 @@ class RotationStepResponse(msgspec.Struct, kw_only=True):
     complete: bool
 
 
-def tenant_master_key_rotation_enabled(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+def tenant_master_key_rotation_enabled(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
     """Guard: the operator let tenant admins rotate the (shared) master keys."""
     settings: Settings = connection.app.state.settings
     if not settings.tenant_admin_master_key_rotation:

@@ -76,7 +76,7 @@ class PrivacyController(Controller):
         guards=[requires_role("admin")],
         status_code=200,
         sync_to_thread=True,
-        summary="Rotate a client's data keys: re-encrypt their values under new keys, destroy the old (audited)",
+        summary="Rotate a client's data keys: re-encrypt their values, destroy the old keys (audited)",
     )
     def rotate_customer_keys(
         self,

@@ -150,5 +150,7 @@ def test_the_operator_can_let_tenant_admins_rotate_master_keys(
         assert step.status_code == 200, step.text
         assert step.json()["to_version"] == "mk_0002" and step.json()["complete"] is True
     assert [key.key_id for key in load_keyring(keyring_path).master_keys] == ["mk_0001", "mk_0002"]
-    assert Settings.from_env({"VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION": "1"}).tenant_admin_master_key_rotation
+    assert Settings.from_env(
+        {"VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION": "1"}
+    ).tenant_admin_master_key_rotation
     assert not Settings.from_env({}).tenant_admin_master_key_rotation

@@ -66,7 +66,9 @@ def test_ready_fails_for_a_token_that_holds_no_master_key_or_does_not_exist(
 ) -> None:
     empty = softhsm.new_token()
     for label in (empty.token_label, "vb-no-such-token"):
-        on_hsm = replace(settings, hsm_module=empty.module_path, hsm_token_label=label, hsm_pin=empty.user_pin)
+        on_hsm = replace(
+            settings, hsm_module=empty.module_path, hsm_token_label=label, hsm_pin=empty.user_pin
+        )
         with TestClient(create_app(on_hsm, configure_logs=False)) as client:
             ready = client.get("/health/ready")
         assert ready.status_code == 503 and ready.json()["checks"]["hsm"] == "unavailable"

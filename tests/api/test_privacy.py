@@ -241,7 +241,10 @@ def test_an_admin_rotates_a_clients_keys_and_everything_still_reads(
     customer, invoice = _client_with_invoice(client, tenant, fake)
     cid, path = customer["id"], f"/v1/customers/{customer['id']}/rotate-keys"
     with app_billing.db.read() as session:
-        before = {k.purpose: k.id for k in session.exec(select(DataKeyRecord).where(DataKeyRecord.subject_id == cid))}
+        before = {
+            k.purpose: k.id
+            for k in session.exec(select(DataKeyRecord).where(DataKeyRecord.subject_id == cid))
+        }
         sealed_before = session.get(Customer, cid).email_ct  # type: ignore[union-attr]
 
     for role in ("booking", "accountant", "auditor"):
@@ -258,7 +261,10 @@ def test_an_admin_rotates_a_clients_keys_and_everything_still_reads(
     assert set(body["rotated"]) == {"profile", "record"} and body["skipped"] == []
     assert body["values_reencrypted"] > 8 and set(body["rotated"].values()).isdisjoint(before.values())
     with app_billing.db.read() as session:
-        after = {k.purpose: k.id for k in session.exec(select(DataKeyRecord).where(DataKeyRecord.subject_id == cid))}
+        after = {
+            k.purpose: k.id
+            for k in session.exec(select(DataKeyRecord).where(DataKeyRecord.subject_id == cid))
+        }
         sealed_after = session.get(Customer, cid).email_ct  # type: ignore[union-attr]
         events = session.exec(select(AuditEvent).where(AuditEvent.action == "keys.subject_rotated")).all()
     assert after == body["rotated"] and sealed_after != sealed_before

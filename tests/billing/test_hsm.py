@@ -14,6 +14,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -255,7 +256,9 @@ def _stop_after_first_batch(progress: RotationProgress) -> None:
 
 def _dek_versions(database: Database) -> dict[str, int]:
     with database.read() as session:
-        rows = session.exec(select(DataKeyRecord.master_key_id).where(col(DataKeyRecord.wrapped).is_not(None)))
+        rows = session.exec(
+            select(DataKeyRecord.master_key_id).where(col(DataKeyRecord.wrapped).is_not(None))
+        )
         versions: dict[str, int] = {}
         for key_id in rows:
             versions[key_id] = versions.get(key_id, 0) + 1
@@ -302,9 +305,7 @@ def test_migration_to_the_hsm_rewraps_every_key_resumably_and_the_file_keys_can_
     assert on_file.master_keys[0].material not in file_material.values()
     assert [key.key_id for key in on_file.audit_keys] == ["ak_0001"], "the audit keys stay"
 
-    hsm_only = Billing(
-        db=database, keyring=load_keyring(keyring_path), key_provider=Pkcs11MasterKeys(config)
-    )
+    hsm_only = Billing(db=database, keyring=load_keyring(keyring_path), key_provider=Pkcs11MasterKeys(config))
     for customer_id, name in names.items():
         assert hsm_only.customers.read(actor, customer_id).name == name
     assert hsm_only.verify_audit().ok

@@ -68,7 +68,9 @@ def make_client(billing: Billing, fake: Faker, actor: Actor | None = None, *, in
                 customer_id=customer.id,
                 currency="EUR",
                 notes=notes,
-                lines=[InvoiceLineInput(description=d, unit_amount=4500, tax_rate_bps=2000) for d in descriptions],
+                lines=[
+                    InvoiceLineInput(description=d, unit_amount=4500, tax_rate_bps=2000) for d in descriptions
+                ],
             ),
         )
         if number == 0:
@@ -142,7 +144,9 @@ def test_rotation_reencrypts_every_value_and_destroys_the_old_keys(
     for purpose in ("profile", "record"):
         assert old_keys[purpose].id not in remaining, "the old DEK is gone"
         assert new_keys[purpose].id == result.rotated[purpose] != old_keys[purpose].id
-        assert new_keys[purpose].wrapped is not None and new_keys[purpose].wrapped != old_keys[purpose].wrapped
+        assert (
+            new_keys[purpose].wrapped is not None and new_keys[purpose].wrapped != old_keys[purpose].wrapped
+        )
     after = sealed_values(database, client)
     assert after.keys() == before.keys()
     for where, sealed in after.items():
@@ -165,7 +169,9 @@ def test_rotation_reencrypts_every_value_and_destroys_the_old_keys(
     assert client.name not in event.detail and client.email not in event.detail
 
 
-def test_a_value_sealed_under_the_old_key_no_longer_opens(billing: Billing, database: Database, fake: Faker) -> None:
+def test_a_value_sealed_under_the_old_key_no_longer_opens(
+    billing: Billing, database: Database, fake: Faker
+) -> None:
     client = make_client(billing, fake, invoices=1)
     before = sealed_values(database, client)
     billing.subject_rotation.rotate_subject_keys(client.actor, client.customer_id)
@@ -201,7 +207,9 @@ def test_one_purpose_rotates_only_its_key(billing: Billing, database: Database, 
     assert_client_opens(billing, client)
 
 
-def test_an_erased_clients_record_key_can_still_be_rotated(billing: Billing, database: Database, fake: Faker) -> None:
+def test_an_erased_clients_record_key_can_still_be_rotated(
+    billing: Billing, database: Database, fake: Faker
+) -> None:
     client = make_client(billing, fake, invoices=1)
     admin = Actor(tenant_id=client.actor.tenant_id, role="admin", key_id=client.actor.key_id)
     billing.privacy.erase_customer(admin, client.customer_id)

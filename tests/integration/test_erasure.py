@@ -45,7 +45,10 @@ def copy_of(database_url: str, tmp_path: Path) -> Iterator[str]:
     """A copy of the live database, as a backup or an attacker would take it; dropped afterwards."""
     if database_url.startswith("sqlite:///"):
         copy_path = tmp_path / "copy-before-erasure.db"
-        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as live, sqlite3.connect(copy_path) as copy:
+        with (
+            sqlite3.connect(database_url.removeprefix("sqlite:///")) as live,
+            sqlite3.connect(copy_path) as copy,
+        ):
             live.backup(copy)
         yield f"sqlite:///{copy_path}"
         return
@@ -75,7 +78,9 @@ def copy_of(database_url: str, tmp_path: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def open_profile_with_every_key(database_url: str, keyring_path: Path, tenant_id: str, customer_id: str) -> str:
+def open_profile_with_every_key(
+    database_url: str, keyring_path: Path, tenant_id: str, customer_id: str
+) -> str:
     """Try to read the client's name from ``database_url`` with every master key that exists."""
     db = Database(DatabaseConfig(database_url))
     try:
@@ -106,7 +111,9 @@ def test_erasing_a_client_who_paid(
         customer = client.post("/v1/customers", json=payload, headers=booking).json()
         cid = customer["id"]
         card = client.post(
-            f"/v1/customers/{cid}/payment-methods", json={"token": card_token(TEST_CARDS["visa"])}, headers=booking
+            f"/v1/customers/{cid}/payment-methods",
+            json={"token": card_token(TEST_CARDS["visa"])},
+            headers=booking,
         ).json()
         invoices = []
         for number in range(2):
@@ -145,14 +152,18 @@ def test_erasing_a_client_who_paid(
             copy_db = Database(DatabaseConfig(copy_url))
             with copy_db.read() as session:
                 wrapped_then = session.exec(
-                    select(DataKeyRecord).where(DataKeyRecord.subject_id == cid, DataKeyRecord.purpose == "profile")
+                    select(DataKeyRecord).where(
+                        DataKeyRecord.subject_id == cid, DataKeyRecord.purpose == "profile"
+                    )
                 ).one()
             copy_db.dispose()
             assert wrapped_then.wrapped is not None and wrapped_then.master_key_id == "mk_0001"
             provider = KeyringFileMasterKeys(settings.keyring_path)
             assert [v.key_id for v in provider.versions()] == ["mk_0002"]
             with pytest.raises(DecryptionError):  # every master key there is
-                provider.unwrap(wrapped_then.wrapped, tenant_id=keys.tenant_id, purpose="profile", dek_id=wrapped_then.id)
+                provider.unwrap(
+                    wrapped_then.wrapped, tenant_id=keys.tenant_id, purpose="profile", dek_id=wrapped_then.id
+                )
 
         # Live: the profile is gone, not merely hidden.
         gone = client.get(f"/v1/customers/{cid}", headers=booking)
@@ -160,7 +171,9 @@ def test_erasing_a_client_who_paid(
         with operator.db.read() as session:
             row = session.get(Customer, cid)
             profile_key = session.exec(
-                select(DataKeyRecord).where(DataKeyRecord.subject_id == cid, DataKeyRecord.purpose == "profile")
+                select(DataKeyRecord).where(
+                    DataKeyRecord.subject_id == cid, DataKeyRecord.purpose == "profile"
+                )
             ).one()
         assert row is not None and row.name_ct is None and row.email_ct is None
         assert profile_key.wrapped is None and profile_key.destroyed_at is not None
@@ -196,7 +209,9 @@ def test_erasing_a_client_who_paid(
             assert read.json()["lines"][0]["description"] == invoices[0]["lines"][0]["description"]
             assert read.json()["total"] == invoices[0]["total"]
         with operator.db.read() as session:
-            reads = session.exec(select(AuditEvent).where(AuditEvent.action == "invoice.restricted_read")).all()
+            reads = session.exec(
+                select(AuditEvent).where(AuditEvent.action == "invoice.restricted_read")
+            ).all()
         assert sorted(e.actor_role or "" for e in reads) == ["admin", "auditor"]
         assert all(json.loads(e.detail or "{}")["reason"] == "VAT audit 2026" for e in reads)
 

@@ -95,14 +95,18 @@ def test_migrate_to_hsm_killed_halfway_rerun_retire_file_keys_then_serve_from_th
     assert [key.key_id for key in on_file] == ["mk_0000"] and on_file[0].material not in file_material
 
     status_doc = json.loads(on_hsm.run("keys", "status", "--json").stdout)
-    assert [(v["id"], v["active"], v["live_deks"]) for v in status_doc["versions"]] == [("mk_0002", True, total)]
+    assert [(v["id"], v["active"], v["live_deks"]) for v in status_doc["versions"]] == [
+        ("mk_0002", True, total)
+    ]
     assert status_doc["rotation_in_progress"] is False and status_doc["orphaned_deks"] == 0
 
     (server,) = servers.start(on_hsm)
     base, booking = server.base_url, bearer(demo["keys"]["booking"])
     ready = httpx.get(f"{base}/health/ready", timeout=10).json()
     assert ready["checks"]["hsm"] == "ok"
-    invoices = httpx.get(f"{base}/v1/invoices", params={"limit": 100}, headers=booking, timeout=10).json()["data"]
+    invoices = httpx.get(f"{base}/v1/invoices", params={"limit": 100}, headers=booking, timeout=10).json()[
+        "data"
+    ]
     assert len(invoices) == 8
     for invoice in invoices:
         read = httpx.get(f"{base}/v1/invoices/{invoice['id']}", headers=booking, timeout=10)
