@@ -24,7 +24,7 @@ import msgspec
 from litestar.plugins import CLIPluginProtocol
 
 from anonymize import AnonymizationError
-from api.app import gateway_from_settings, key_provider_from_settings
+from api.app import gateway_from_settings, hsm_from_settings, key_provider_from_settings
 from api.settings import Settings
 from billing import (
     DEFAULT_ROTATION_BATCH_SIZE,
@@ -355,7 +355,7 @@ def _rotation_summary(report: RotationReport) -> dict[str, Any]:
 )
 @pass_context
 def keys_migrate_to_hsm(ctx: _Context, batch_size: int, pause: float, retire_file_keys: bool) -> None:
-    token = key_provider_from_settings(ctx.settings)
+    token = hsm_from_settings(ctx.settings)
     if token is None:
         raise click.ClickException(
             "Set VEILBILL_HSM_MODULE, VEILBILL_HSM_TOKEN_LABEL and VEILBILL_HSM_PIN to the target token."

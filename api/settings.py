@@ -27,6 +27,9 @@ class Settings:
         max_body_bytes: requests with a larger body are refused with ``body_too_large``.
         public_url: where the service is reached, for links it hands out.
         log_path: JSON log file; ``None`` logs to stderr.
+        hsm_migration: while master keys move from the keyring file to the HSM (``veilbill keys
+            migrate-to-hsm``), serve from both: unwrap with whichever store holds the version a
+            data key names, wrap in the token once it holds the new version.
         tenant_admin_master_key_rotation: whether a tenant's admin may start or continue a master
             key rotation with ``POST /v1/admin/keys/rotate``. Off by default: master keys are shared
             by every tenant, so rotating them is the operator's decision (``veilbill keys rotate``);
@@ -50,6 +53,7 @@ class Settings:
     hsm_token_label: str | None = None
     hsm_pin: str | None = field(default=None, repr=False)
     tenant_admin_master_key_rotation: bool = False
+    hsm_migration: bool = False
 
     @property
     def hsm_configured(self) -> bool:
@@ -66,6 +70,8 @@ class Settings:
             raise ValueError(
                 "VEILBILL_HSM_TOKEN_LABEL and VEILBILL_HSM_PIN are required with VEILBILL_HSM_MODULE"
             )
+        if self.hsm_migration and not self.hsm_module:
+            raise ValueError("VEILBILL_HSM_MIGRATION needs the VEILBILL_HSM_* settings of the target token")
         if self.stripe_api_key and not self.webhook_secrets:
             raise ValueError(
                 "VEILBILL_STRIPE_WEBHOOK_SECRET is required when a gateway is configured: "
@@ -149,6 +155,8 @@ class Settings:
             values["debug"] = env["VEILBILL_DEBUG"].lower() in _TRUE
         if "VEILBILL_WEBHOOKS_ALLOW_PRIVATE" in env:
             values["webhooks_allow_private"] = env["VEILBILL_WEBHOOKS_ALLOW_PRIVATE"].lower() in _TRUE
+        if "VEILBILL_HSM_MIGRATION" in env:
+            values["hsm_migration"] = env["VEILBILL_HSM_MIGRATION"].lower() in _TRUE
         if "VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION" in env:
             values["tenant_admin_master_key_rotation"] = (
                 env["VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION"].lower() in _TRUE

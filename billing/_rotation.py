@@ -35,8 +35,9 @@ Tenants
     Master keys serve every tenant; their status is shown per tenant (``tenant_id``) to tenant
     admins, so that no tenant learns how many data keys another holds.
 
-DEK rotation (re-encrypting one subject's values under a new DEK) is not done here: see
-``docs/encryption.md``.
+DEK rotation (re-encrypting one subject's values under a new DEK) is in
+:mod:`billing._subject_rotation`; moving master keys from the keyring file into an HSM runs this
+rotation over :class:`billing._hsm.HsmMigrationMasterKeys`.
 """
 
 from __future__ import annotations

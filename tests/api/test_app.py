@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
@@ -102,3 +103,17 @@ def test_request_id_is_echoed_when_safe(client: TestClient) -> None:
     )
     generated = client.get("/health/live", headers={"X-Request-Id": "<script>"}).headers["x-request-id"]
     assert generated.startswith("req_")
+
+
+def test_hsm_migration_mode_needs_the_hsm_settings(keyring_path: Path) -> None:
+    with pytest.raises(ValueError, match="VEILBILL_HSM_MIGRATION"):
+        Settings(keyring_path=keyring_path, hsm_migration=True)
+    env = {
+        "VEILBILL_HSM_MODULE": "/usr/lib/softhsm/libsofthsm2.so",
+        "VEILBILL_HSM_TOKEN_LABEL": "veilbill",
+        "VEILBILL_HSM_PIN": "1234",
+        "VEILBILL_HSM_MIGRATION": "1",
+    }
+    settings = Settings.from_env(env)
+    assert settings.hsm_migration and settings.as_env()["VEILBILL_HSM_MIGRATION"] == "1"
+    assert "1234" not in repr(settings)
