@@ -119,9 +119,10 @@ class Settings:
             "VEILBILL_HSM_MODULE": self.hsm_module,
             "VEILBILL_HSM_TOKEN_LABEL": self.hsm_token_label,
             "VEILBILL_HSM_PIN": self.hsm_pin,
-            "VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION": "1"
-            if self.tenant_admin_master_key_rotation
-            else None,
+            "VEILBILL_HSM_MIGRATION": "1" if self.hsm_migration else None,
+            "VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION": (
+                "1" if self.tenant_admin_master_key_rotation else None
+            ),
         }
         return {k: v for k, v in values.items() if v}
 
