@@ -31,6 +31,9 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     operator = Operator("sqlite:///unused.db", tmp_path / "unused.json", tmp_path)
     result = operator.run("--help")
     assert {"serve", "db", "keys", "tenants", "audit", "demo"} <= _commands(result.stdout)
+    keys = operator.run("keys", "--help")
+    expected = {"init", "status", "rotate", "retire", "rotate-subject", "migrate-to-hsm"}
+    assert expected <= _commands(keys.stdout)
     assert not (tmp_path / "unused.db").exists(), "--help must not touch the database"
 
 
