@@ -45,16 +45,25 @@ from billing import (
     Billing,
     Database,
     DatabaseConfig,
+    HsmMigrationMasterKeys,
+    KeyringFileMasterKeys,
     MasterKeyProvider,
     PageSessionPolicy,
     Pkcs11Config,
     Pkcs11MasterKeys,
     load_keyring,
+    probe_master_keys,
     utcnow,
 )
 from tokenization import PaymentGateway, StripeGateway, make_stripe_client
 
-__all__ = ["app_from_env", "create_app", "gateway_from_settings", "key_provider_from_settings"]
+__all__ = [
+    "app_from_env",
+    "create_app",
+    "gateway_from_settings",
+    "hsm_from_settings",
+    "key_provider_from_settings",
+]
 
 _ASSETS = "/schema/assets"
 # Routes without bearer authentication. Session pages (api.pages.PageController: /signin, /reports,
@@ -82,12 +91,13 @@ def create_app(
         configure_logging(level=settings.log_level, log_path=settings.log_path)
     keyring = load_keyring(settings.keyring_path)
     db = Database(DatabaseConfig(settings.database_url))
+    token = hsm_from_settings(settings)
     billing = Billing(
         db=db,
         keyring=keyring,
         gateway=gateway or gateway_from_settings(settings),
         erasure_journal=settings.erasure_journal_path,
-        key_provider=key_provider_from_settings(settings),
+        key_provider=key_provider_from_settings(settings, token),
         clock=clock,
         page_session_policy=PageSessionPolicy(
             idle=timedelta(minutes=settings.page_idle_minutes),
@@ -137,7 +147,11 @@ def create_app(
         openapi_config=_openapi(),
         template_config=TemplateConfig(directory=_TEMPLATES, engine=JinjaTemplateEngine),
         state=State(
-            {"billing": billing, "settings": settings, "readiness": partial(_readiness, db, settings)}
+            {
+                "billing": billing,
+                "settings": settings,
+                "readiness": partial(_readiness, db, settings, billing.key_provider),
+            }
         ),
         on_shutdown=[db.dispose],
         logging_config=None,
@@ -145,8 +159,24 @@ def create_app(
     )
 
 
-def key_provider_from_settings(settings: Settings) -> MasterKeyProvider | None:
-    """The PKCS#11 master-key provider when an HSM is configured; None means the keyring file."""
+def key_provider_from_settings(
+    settings: Settings, token: Pkcs11MasterKeys | None = None
+) -> MasterKeyProvider | None:
+    """The master-key provider of ``settings``; None means the keyring file's master keys.
+
+    With an HSM configured: the token's keys (:func:`hsm_from_settings`) — or, while
+    ``hsm_migration`` is on, both the keyring file's and the token's (:class:`HsmMigrationMasterKeys`),
+    so the service keeps serving while ``veilbill keys migrate-to-hsm`` moves the data keys.
+    ``token`` is the provider of the configured token when the caller built it already.
+    """
+    token = token or hsm_from_settings(settings)
+    if token is None or not settings.hsm_migration:
+        return token
+    return HsmMigrationMasterKeys(KeyringFileMasterKeys(settings.keyring_path), token, clock=utcnow)
+
+
+def hsm_from_settings(settings: Settings) -> Pkcs11MasterKeys | None:
+    """The PKCS#11 master-key provider when an HSM is configured (nothing is opened yet)."""
     if not settings.hsm_module:
         return None
     label, pin = settings.hsm_token_label or "", settings.hsm_pin or ""  # both required by Settings
@@ -205,7 +235,11 @@ def _openapi() -> OpenAPIConfig:
     )
 
 
-def _readiness(db: Database, settings: Settings) -> dict[str, str]:
+def _readiness(db: Database, settings: Settings, key_provider: MasterKeyProvider | None) -> dict[str, str]:
+    """``database``, ``keyring`` and, with an HSM configured, ``hsm``: a wrap and unwrap round trip
+    of a throwaway key in the token (``unavailable`` when the token is unreachable, locked or holds
+    no master key). While ``hsm_migration`` is on, the round trip goes through the store that
+    wraps now — the file's until the token holds the new version — and the token must answer."""
     checks = {}
     try:
         db.ping()
@@ -217,4 +251,10 @@ def _readiness(db: Database, settings: Settings) -> dict[str, str]:
         checks["keyring"] = "ok"
     except Exception:
         checks["keyring"] = "unavailable"
+    if settings.hsm_configured and key_provider is not None:
+        try:
+            probe_master_keys(key_provider)
+            checks["hsm"] = "ok"
+        except Exception:
+            checks["hsm"] = "unavailable"
     return checks

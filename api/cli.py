@@ -13,7 +13,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ import msgspec
 from litestar.plugins import CLIPluginProtocol
 
 from anonymize import AnonymizationError
-from api.app import gateway_from_settings, key_provider_from_settings
+from api.app import gateway_from_settings, hsm_from_settings, key_provider_from_settings
 from api.settings import Settings
 from billing import (
     DEFAULT_ROTATION_BATCH_SIZE,
@@ -33,14 +33,20 @@ from billing import (
     BreachInput,
     Database,
     DatabaseConfig,
+    HsmMigrationMasterKeys,
     InvoiceQuery,
+    KeyringFileMasterKeys,
     KeyStatus,
+    MasterKeyProvider,
     RotationProgress,
+    RotationReport,
+    SubjectPurpose,
     create_keyring,
     current_revision,
     downgrade,
     head_revision,
     load_keyring,
+    migrate_to_hsm,
     upgrade,
     utcnow,
     write_keyring,
@@ -65,7 +71,8 @@ class _Context:
     def database(self) -> Database:
         return Database(DatabaseConfig(self.settings.database_url))
 
-    def billing(self) -> Billing:
+    def billing(self, key_provider: MasterKeyProvider | None = None) -> Billing:
+        """The services; master keys from the settings (HSM or keyring file) unless given."""
         try:
             keyring = load_keyring(self.settings.keyring_path)
         except KeyringError as exc:
@@ -75,7 +82,7 @@ class _Context:
             keyring=keyring,
             gateway=gateway_from_settings(self.settings),
             erasure_journal=self.settings.erasure_journal_path,
-            key_provider=key_provider_from_settings(self.settings),
+            key_provider=key_provider or key_provider_from_settings(self.settings),
         )
 
 
@@ -293,6 +300,18 @@ def _key_status_document(status: KeyStatus) -> dict[str, Any]:
 @pass_context
 def keys_rotate(ctx: _Context, batch_size: int, pause: float) -> None:
     billing = ctx.billing()
+    try:
+        report = billing.rotation.rotate_master_key(batch_size=batch_size, on_batch=_progress_printer(pause))
+    except BillingError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(json.dumps(_rotation_summary(report)))
+    if not report.complete:
+        click.echo("rotation incomplete: run `veilbill keys rotate` again to resume", err=True)
+        sys.exit(1)
+
+
+def _progress_printer(pause: float) -> Callable[[RotationProgress], None]:
+    """Prints each committed batch on stderr, then waits ``pause`` seconds."""
 
     def progress(step: RotationProgress) -> None:
         failed = f", {step.failed} failed" if step.failed else ""
@@ -303,26 +322,84 @@ def keys_rotate(ctx: _Context, batch_size: int, pause: float) -> None:
         if pause:
             time.sleep(pause)
 
+    return progress
+
+
+def _rotation_summary(report: RotationReport) -> dict[str, Any]:
+    return {
+        "from": list(report.from_versions),
+        "to": report.to_version,
+        "resumed": report.resumed,
+        "rewrapped": report.rewrapped,
+        "failed": report.failed,
+        "remaining": report.remaining,
+        "complete": report.complete,
+    }
+
+
+@keys.command(
+    "migrate-to-hsm",
+    help="Move master keys from the keyring file to the PKCS#11 token of the VEILBILL_HSM_* settings: "
+    "a new version in the token re-wraps every data key, online and resumably (rerun after an "
+    "interruption). --retire-file-keys then destroys the file's master keys.",
+)
+@click.option(
+    "--batch-size", default=DEFAULT_ROTATION_BATCH_SIZE, show_default=True, type=click.IntRange(1, 10_000)
+)
+@click.option("--pause", default=0.0, show_default=True, type=click.FloatRange(0, 60))
+@click.option(
+    "--retire-file-keys",
+    is_flag=True,
+    help="once every data key is in the token, destroy the file's master keys "
+    "(database backups taken before then become unreadable)",
+)
+@pass_context
+def keys_migrate_to_hsm(ctx: _Context, batch_size: int, pause: float, retire_file_keys: bool) -> None:
+    token = hsm_from_settings(ctx.settings)
+    if token is None:
+        raise click.ClickException(
+            "Set VEILBILL_HSM_MODULE, VEILBILL_HSM_TOKEN_LABEL and VEILBILL_HSM_PIN to the target token."
+        )
+    migration = HsmMigrationMasterKeys(KeyringFileMasterKeys(ctx.settings.keyring_path), token, clock=utcnow)
+    billing = ctx.billing(key_provider=migration)
     try:
-        report = billing.rotation.rotate_master_key(batch_size=batch_size, on_batch=progress)
+        report = migrate_to_hsm(
+            billing.rotation, migration, batch_size=batch_size, on_batch=_progress_printer(pause)
+        )
+        retired = []
+        if report.complete and retire_file_keys:
+            retired = [billing.rotation.retire_master_key(v).key_id for v in migration.source_versions()]
     except BillingError as error:
         raise click.ClickException(error.message) from None
+    click.echo(json.dumps({**_rotation_summary(report), "file_keys_retired": retired}))
+    if not report.complete:
+        click.echo("migration incomplete: run `veilbill keys migrate-to-hsm` again to resume", err=True)
+        sys.exit(1)
+
+
+@keys.command(
+    "rotate-subject",
+    help="Give one client new data keys: re-encrypt their values, destroy the old keys (one transaction).",
+)
+@click.argument("tenant_id")
+@click.argument("customer_id")
+@click.option("--purpose", type=click.Choice(["profile", "record", "all"]), default="all", show_default=True)
+@pass_context
+def keys_rotate_subject(ctx: _Context, tenant_id: str, customer_id: str, purpose: SubjectPurpose) -> None:
+    billing = ctx.billing()
+    result = billing.subject_rotation.rotate_subject_keys(
+        Actor.operator(tenant_id), customer_id, purpose=purpose
+    )
     click.echo(
         json.dumps(
             {
-                "from": list(report.from_versions),
-                "to": report.to_version,
-                "resumed": report.resumed,
-                "rewrapped": report.rewrapped,
-                "failed": report.failed,
-                "remaining": report.remaining,
-                "complete": report.complete,
+                "customer_id": result.customer_id,
+                "rotated": result.rotated,
+                "skipped": list(result.skipped),
+                "values_reencrypted": result.values,
             }
         )
     )
-    if not report.complete:
-        click.echo("rotation incomplete: run `veilbill keys rotate` again to resume", err=True)
-        sys.exit(1)
 
 
 @keys.command(

@@ -29,6 +29,13 @@ class Settings:
         log_path: JSON log file; ``None`` logs to stderr.
         page_idle_minutes: a page session ends after this long without a request (automatic logoff).
         page_max_hours: a page session ends this long after sign-in, however active.
+        hsm_migration: while master keys move from the keyring file to the HSM (``veilbill keys
+            migrate-to-hsm``), serve from both: unwrap with whichever store holds the version a
+            data key names, wrap in the token once it holds the new version.
+        tenant_admin_master_key_rotation: whether a tenant's admin may start or continue a master
+            key rotation with ``POST /v1/admin/keys/rotate``. Off by default: master keys are shared
+            by every tenant, so rotating them is the operator's decision (``veilbill keys rotate``);
+            a deployment serving one business may turn it on.
     """
 
     database_url: str = "sqlite:///var/veilbill.db"
@@ -49,6 +56,8 @@ class Settings:
     hsm_pin: str | None = field(default=None, repr=False)
     page_idle_minutes: int = 15
     page_max_hours: int = 8
+    tenant_admin_master_key_rotation: bool = False
+    hsm_migration: bool = False
 
     @property
     def hsm_configured(self) -> bool:
@@ -71,6 +80,8 @@ class Settings:
             raise ValueError(
                 "VEILBILL_HSM_TOKEN_LABEL and VEILBILL_HSM_PIN are required with VEILBILL_HSM_MODULE"
             )
+        if self.hsm_migration and not self.hsm_module:
+            raise ValueError("VEILBILL_HSM_MIGRATION needs the VEILBILL_HSM_* settings of the target token")
         if self.stripe_api_key and not self.webhook_secrets:
             raise ValueError(
                 "VEILBILL_STRIPE_WEBHOOK_SECRET is required when a gateway is configured: "
@@ -120,6 +131,10 @@ class Settings:
             "VEILBILL_HSM_PIN": self.hsm_pin,
             "VEILBILL_PAGE_IDLE_MINUTES": str(self.page_idle_minutes),
             "VEILBILL_PAGE_MAX_HOURS": str(self.page_max_hours),
+            "VEILBILL_HSM_MIGRATION": "1" if self.hsm_migration else None,
+            "VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION": (
+                "1" if self.tenant_admin_master_key_rotation else None
+            ),
         }
         return {k: v for k, v in values.items() if v}
 
@@ -159,4 +174,10 @@ class Settings:
             values["debug"] = env["VEILBILL_DEBUG"].lower() in _TRUE
         if "VEILBILL_WEBHOOKS_ALLOW_PRIVATE" in env:
             values["webhooks_allow_private"] = env["VEILBILL_WEBHOOKS_ALLOW_PRIVATE"].lower() in _TRUE
+        if "VEILBILL_HSM_MIGRATION" in env:
+            values["hsm_migration"] = env["VEILBILL_HSM_MIGRATION"].lower() in _TRUE
+        if "VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION" in env:
+            values["tenant_admin_master_key_rotation"] = (
+                env["VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION"].lower() in _TRUE
+            )
         return replace(base, **values)  # type: ignore[arg-type]

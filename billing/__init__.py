@@ -25,7 +25,7 @@ from billing._envelope import (
     seal,
     seal_text,
 )
-from billing._hsm import Pkcs11Config, Pkcs11MasterKeys
+from billing._hsm import HsmMigrationMasterKeys, Pkcs11Config, Pkcs11MasterKeys, migrate_to_hsm
 from billing._idempotency import IdempotencyStore, StoredResponse
 from billing._invoices import (
     InvoiceInput,
@@ -47,6 +47,7 @@ from billing._keyring import (
     MasterKeyVersion,
     create_keyring,
     load_keyring,
+    probe_master_keys,
     write_keyring,
 )
 from billing._migrations import current_revision, downgrade, head_revision, upgrade
@@ -82,6 +83,12 @@ from billing._rotation import (
 )
 from billing._service import Billing
 from billing._sessions import HostedInvoice, IssuedPaymentSession, PaymentSessionService
+from billing._subject_rotation import (
+    SUBJECT_KEY_PURPOSES,
+    SubjectKeyRotation,
+    SubjectKeyRotationService,
+    SubjectPurpose,
+)
 from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantService
 
 __all__ = [
@@ -93,6 +100,7 @@ __all__ = [
     "RETENTION_PRESETS",
     "REVENUE_GROUPINGS",
     "ROLES",
+    "SUBJECT_KEY_PURPOSES",
     "AccessPolicy",
     "Actor",
     "Address",
@@ -116,6 +124,7 @@ __all__ = [
     "ErasureReceipt",
     "FieldContext",
     "HostedInvoice",
+    "HsmMigrationMasterKeys",
     "IdempotencyStore",
     "InvoiceInput",
     "InvoiceLineInput",
@@ -160,6 +169,9 @@ __all__ = [
     "SetupIntentView",
     "StoredResponse",
     "SubjectExport",
+    "SubjectKeyRotation",
+    "SubjectKeyRotationService",
+    "SubjectPurpose",
     "TenantService",
     "blind_index",
     "compute_line",
@@ -170,11 +182,13 @@ __all__ = [
     "downgrade",
     "head_revision",
     "load_keyring",
+    "migrate_to_hsm",
     "normalize_database_url",
     "normalize_email",
     "normalize_ref",
     "open_sealed",
     "open_sealed_text",
+    "probe_master_keys",
     "seal",
     "seal_text",
     "upgrade",

@@ -166,8 +166,13 @@ def get_for_tenant(
     *,
     resource: str,
     for_update: bool = False,
+    for_share: bool = False,
 ) -> _Row:
     """The row of ``model`` with ``row_id`` *in this tenant*, optionally locked until commit.
+
+    ``for_update`` locks it exclusively (``SELECT … FOR UPDATE``), ``for_share`` in share mode
+    (``FOR SHARE``: other sharers go on, an exclusive locker waits). SQLite has no row locks: its
+    write transactions begin ``IMMEDIATE`` and exclude each other whole.
 
     Raises:
         NotFound: no such row in this tenant — another tenant's row is reported the same way, so
@@ -179,6 +184,8 @@ def get_for_tenant(
     query = select(model).where(id_column == row_id, tenant_column == tenant_id)
     if for_update:
         query = query.with_for_update()
+    elif for_share:
+        query = query.with_for_update(read=True)
     row = session.exec(query).one_or_none()
     if row is None:
         raise NotFound(resource=resource)

@@ -79,14 +79,25 @@ from billing._envelope import (
     FieldContext,
     sealed_key_id,
 )
-from billing._keyring import WRAPPED_KEYS_TABLE, MasterKeyVersion
+from billing._keyring import (
+    PLACEHOLDER_MASTER_ID,
+    WRAPPED_KEYS_TABLE,
+    KeyringFileMasterKeys,
+    MasterKeyVersion,
+)
+from billing._rotation import (
+    DEFAULT_ROTATION_BATCH_SIZE,
+    KeyRotationService,
+    RotationProgress,
+    RotationReport,
+)
 from billing.errors import DecryptionError, KeyringError
 
 if TYPE_CHECKING:
     from pkcs11 import GCMParams, Mechanism, Session
     from pkcs11._pkcs11 import lib as Pkcs11Library  # noqa: N812 - the binding's class is named lib
 
-__all__ = ["Pkcs11Config", "Pkcs11MasterKeys", "pkcs11_library"]
+__all__ = ["HsmMigrationMasterKeys", "Pkcs11Config", "Pkcs11MasterKeys", "migrate_to_hsm", "pkcs11_library"]
 
 _LABEL_PATTERN: Final = re.compile(r"mk_(\d{4,})")
 _MAX_TOKEN_LABEL: Final = 32  # CK_TOKEN_INFO.label is 32 bytes
@@ -293,11 +304,12 @@ class Pkcs11MasterKeys:
             raise DecryptionError from None
         return DataKey(dek_id, material)
 
-    def add_version(self, *, now: datetime) -> str:
+    def add_version(self, *, now: datetime, number_above: int = 0) -> str:
         """Generate the next ``mk_NNNN`` in the token (non-extractable, sensitive) and return it.
 
-        ``NNNN`` is one more than the highest present, which is always the active one, so a
-        retired number is never reused.
+        ``NNNN`` is one more than the highest present (which is always the active one) or than
+        ``number_above``, whichever is higher, so a retired number is never reused — and a key
+        migrated from the keyring file never shares an id with the file's versions.
 
         Raises:
             KeyringError: the token is unavailable or refused to generate the key.
@@ -308,7 +320,7 @@ class Pkcs11MasterKeys:
 
         def generate(session: Session) -> str:
             numbers = [number for number, _, _ in self._labels(session)]
-            key_id = f"mk_{max(numbers, default=0) + 1:04d}"
+            key_id = f"mk_{max(*numbers, number_above, 0) + 1:04d}"
             try:
                 session.generate_key(
                     KeyType.AES,
@@ -461,3 +473,119 @@ class Pkcs11MasterKeys:
         if not (isinstance(key, EncryptMixin) and isinstance(key, DecryptMixin)):
             raise KeyringError(f"the PKCS#11 key {key_id} cannot encrypt and decrypt", key_id=key_id)
         return cast("_TokenAesKey", key)
+
+
+class HsmMigrationMasterKeys:
+    """A :class:`~billing._keyring.MasterKeyProvider` for moving DEKs from the keyring file's
+    master keys to a PKCS#11 token (``veilbill keys migrate-to-hsm``).
+
+    - ``versions()`` lists the file's versions, then the token's; the two must not share an id
+      (:class:`~billing.errors.KeyringError` otherwise: a blob's header would not say which key it
+      needs). The file's placeholder ``mk_0000`` is left out.
+    - :meth:`add_version` creates the version **in the token**, numbered above every version of
+      both, so ids never collide.
+    - The token is *active* once it holds a version numbered above every file version; until then
+      the file's active version is. ``wrap`` uses the active store; ``unwrap`` the store holding the
+      version the blob's header names.
+    - :meth:`remove_version` destroys a token version in the token, and a file version in the file
+      (the file's active one included: :func:`~billing._keyring.retire_master_key_for_hsm`).
+
+    Used with :class:`~billing._rotation.KeyRotationService`, which does the re-wrapping — online,
+    in batches, resumably — exactly as for any rotation; see :func:`migrate_to_hsm`.
+    """
+
+    def __init__(
+        self,
+        source: KeyringFileMasterKeys,
+        target: Pkcs11MasterKeys,
+        *,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._source = source
+        self._target = target
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(source={self._source!r}, target={self._target!r})"
+
+    @property
+    def target_active(self) -> bool:
+        """True once the token holds a version numbered above every version of the file."""
+        target = [_number(v.key_id) for v in self._target.versions()]
+        return bool(target) and max(target) > self._highest_source_number()
+
+    @property
+    def active_key_id(self) -> str:
+        return self._target.active_key_id if self.target_active else self._source.active_key_id
+
+    def versions(self) -> tuple[MasterKeyVersion, ...]:
+        source = tuple(v for v in self._source.versions() if v.key_id != PLACEHOLDER_MASTER_ID)
+        target = self._target.versions()
+        shared = {v.key_id for v in source} & {v.key_id for v in target}
+        if shared:
+            raise KeyringError(
+                f"the keyring file and the PKCS#11 token both hold {', '.join(sorted(shared))}; "
+                "a blob would not say which one it needs"
+            )
+        return source + target
+
+    def wrap(self, dek: DataKey, *, tenant_id: str, purpose: str) -> bytes:
+        store = self._target if self.target_active else self._source
+        return store.wrap(dek, tenant_id=tenant_id, purpose=purpose)
+
+    def unwrap(self, wrapped: bytes, *, tenant_id: str, purpose: str, dek_id: str) -> DataKey:
+        key_id = sealed_key_id(wrapped)  # DecryptionError for a malformed blob
+        in_token = key_id in {v.key_id for v in self._target.versions()}
+        store = self._target if in_token else self._source
+        return store.unwrap(wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=dek_id)
+
+    def add_version(self, *, now: datetime) -> str:
+        highest = max([self._highest_source_number(), *(_number(v.key_id) for v in self._target.versions())])
+        return self._target.add_version(now=now, number_above=highest)
+
+    def remove_version(self, key_id: str) -> None:
+        if key_id in {v.key_id for v in self._target.versions()}:
+            self._target.remove_version(key_id)
+        elif key_id in {v.key_id for v in self.versions()}:
+            self._source.remove_version_for_hsm(key_id, now=self._clock())
+        else:
+            raise ValueError("no master key has this id")
+
+    def source_versions(self) -> tuple[str, ...]:
+        """The keyring file's master versions (the placeholder ``mk_0000`` left out)."""
+        return tuple(v.key_id for v in self._source.versions() if v.key_id != PLACEHOLDER_MASTER_ID)
+
+    def _highest_source_number(self) -> int:
+        return max((_number(v.key_id) for v in self._source.versions()), default=0)
+
+
+def _number(key_id: str) -> int:
+    match = _LABEL_PATTERN.fullmatch(key_id)
+    return int(match.group(1)) if match else 0
+
+
+def migrate_to_hsm(
+    rotation: KeyRotationService,
+    migration: HsmMigrationMasterKeys,
+    *,
+    batch_size: int = DEFAULT_ROTATION_BATCH_SIZE,
+    on_batch: Callable[[RotationProgress], None] | None = None,
+) -> RotationReport:
+    """Re-wrap every live DEK under a new master version in the token, resumably.
+
+    ``rotation`` must wrap through ``migration`` (a :class:`~billing.Billing` built with
+    ``key_provider=migration``). The first run adds a version in the token and re-wraps every DEK
+    under it; a run killed at any point is resumed by the next, which adds nothing. (If a rotation
+    of the file's own keys was left unfinished, it is finished first.) Once complete, the file's
+    master versions wrap nothing and can be retired (``rotation.retire_master_key``).
+
+    Raises:
+        KeyringError: the keyring file or the token is unavailable, or they share a version id.
+    """
+    if migration.target_active:
+        return rotation.rotate_master_key(batch_size=batch_size, on_batch=on_batch, resume_only=True)
+    report = rotation.rotate_master_key(batch_size=batch_size, on_batch=on_batch)
+    if not report.complete or migration.target_active:
+        return report
+    # That run finished an interrupted rotation of the file's keys; now move to the token.
+    return rotation.rotate_master_key(batch_size=batch_size, on_batch=on_batch)

@@ -36,9 +36,11 @@ from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
-from billing.errors import InvalidStateTransition, RecordExpired, RecordRestricted, ValidationFailed
+from billing.errors import InvalidStateTransition, NotFound, RecordExpired, RecordRestricted, ValidationFailed
 
 __all__ = [
+    "SEALED_INVOICE_COLUMNS",
+    "SEALED_LINE_COLUMNS",
     "InvoiceInput",
     "InvoiceLineInput",
     "InvoiceLineView",
@@ -62,6 +64,9 @@ Notes = Annotated[str, msgspec.Meta(max_length=2000)]
 Lines = Annotated[list["InvoiceLineInput"], msgspec.Meta(max_length=200)]
 
 MAX_PAGE = 100
+# Columns sealed under the client's ``record`` key (``{name}_ct``); DEK rotation re-seals them all.
+SEALED_INVOICE_COLUMNS = ("notes", "customer_snapshot")
+SEALED_LINE_COLUMNS = ("description",)
 # Roles that may read an erased client's invoices, stating a reason.
 RESTRICTED_READERS = frozenset({"admin", "auditor"})
 # Credit notes are numbered in their own gapless series; invoices may not use it.
@@ -198,7 +203,10 @@ class InvoiceService:
         totals = compute_totals((ln.quantity, ln.unit_amount, ln.tax_rate_bps) for ln in data.lines)
         now = self._clock()
         with self._db.transaction() as session:
-            get_for_tenant(session, Customer, actor.tenant_id, data.customer_id, resource="customer")
+            # The subject lock, before the record key is read (see _subject_rotation).
+            get_for_tenant(
+                session, Customer, actor.tenant_id, data.customer_id, resource="customer", for_share=True
+            )
             invoice = Invoice(
                 id=new_id("inv"),
                 tenant_id=actor.tenant_id,
@@ -307,7 +315,7 @@ class InvoiceService:
 
     def update_draft(self, actor: Actor, invoice_id: str, patch: InvoicePatch) -> InvoiceView:
         with self._db.transaction() as session:
-            invoice = get_invoice(session, actor.tenant_id, invoice_id, for_update=True)
+            invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
             if invoice.status != "draft":
                 raise InvalidStateTransition(
                     "Only draft invoices can be edited.", current_status=invoice.status
@@ -346,7 +354,7 @@ class InvoiceService:
     def finalize(self, actor: Actor, invoice_id: str) -> InvoiceView:
         """Assign the next number and open the invoice, in one transaction."""
         with self._db.transaction() as session:
-            invoice = get_invoice(session, actor.tenant_id, invoice_id, for_update=True)
+            invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
             if invoice.status != "draft":
                 raise InvalidStateTransition(
                     "Only draft invoices can be finalized.", current_status=invoice.status
@@ -527,6 +535,22 @@ def next_number(session: Session, tenant_id: str, series: str, year: int) -> int
         .returning(col(InvoiceSequence.last_value))
     )
     return int(result.scalar_one())
+
+
+def _lock_for_sealing(session: Session, tenant_id: str, invoice_id: str) -> Invoice:
+    """The invoice locked ``FOR UPDATE``, after its client's row is locked ``FOR SHARE``.
+
+    The client's row is the subject lock that DEK rotation takes ``FOR UPDATE`` before it re-seals
+    anything; taking it first (never after the invoice's lock) means a draft edit or a finalization
+    never seals under a record key being replaced, and the two never deadlock.
+    """
+    customer_id = session.exec(
+        select(Invoice.customer_id).where(Invoice.id == invoice_id, Invoice.tenant_id == tenant_id)
+    ).one_or_none()
+    if customer_id is None:
+        raise NotFound(resource="invoice")
+    get_for_tenant(session, Customer, tenant_id, customer_id, resource="customer", for_share=True)
+    return get_invoice(session, tenant_id, invoice_id, for_update=True)
 
 
 def _refuse_if_restricted(session: Session, invoice: Invoice) -> None:

@@ -85,7 +85,9 @@ __all__ = [
     "create_keyring",
     "load_keyring",
     "master_key_provider_of",
+    "probe_master_keys",
     "remove_master_key",
+    "retire_master_key_for_hsm",
     "unwrap_data_key",
     "wrap_data_key",
     "write_keyring",
@@ -97,6 +99,8 @@ FILE_MODE: Final = 0o600
 WRAPPED_KEYS_TABLE: Final = "data_keys"
 
 _MASTER_ID_PATTERN: Final = re.compile(r"mk_(\d+)")
+# The file's only master key once master keys live in an HSM: fresh, never used to wrap anything.
+PLACEHOLDER_MASTER_ID: Final = "mk_0000"
 _TOP_LEVEL_FIELDS: Final = frozenset(
     {"format", "version", "active_master_key", "master_keys", "active_audit_key", "audit_keys"}
 )
@@ -266,6 +270,34 @@ def remove_master_key(keyring: Keyring, key_id: str) -> Keyring:
     if len(kept) == len(keyring.master_keys):
         raise ValueError("no master key has this id")
     return replace(keyring, master_keys=kept, master_key_provider=None)
+
+
+def retire_master_key_for_hsm(
+    keyring: Keyring, key_id: str, *, now: datetime, rng: Callable[[int], bytes] = os.urandom
+) -> Keyring:
+    """Return ``keyring`` without master key ``key_id`` — even the active one — once master keys
+    live in an HSM (after ``veilbill keys migrate-to-hsm``; the caller checked that no live DEK
+    needs it).
+
+    The file format needs an active master key. When the active one goes, a fresh
+    ``mk_0000`` takes its place: it has never wrapped anything, and nothing wraps with the file's
+    master keys while the HSM is configured.
+
+    Raises:
+        ValueError: ``key_id`` is the placeholder ``mk_0000`` or names no master key.
+    """
+    if key_id == PLACEHOLDER_MASTER_ID:
+        raise ValueError("mk_0000 is the keyring file's placeholder; there is nothing to retire")
+    kept = tuple(key for key in keyring.master_keys if key.key_id != key_id)
+    if len(kept) == len(keyring.master_keys):
+        raise ValueError("no master key has this id")
+    active = keyring.active_master_id
+    if key_id == active:
+        placeholder = next((key for key in kept if key.key_id == PLACEHOLDER_MASTER_ID), None)
+        if placeholder is None:
+            kept = (*kept, MasterKey(PLACEHOLDER_MASTER_ID, now, generate_key_material(rng)))
+        active = PLACEHOLDER_MASTER_ID
+    return replace(keyring, master_keys=kept, active_master_id=active, master_key_provider=None)
 
 
 # --- wrapping data keys ---------------------------------------------------------------------------
@@ -516,6 +548,23 @@ def master_key_provider_of(
     return KeyringMasterKeys(keyring, rng=rng)
 
 
+def probe_master_keys(provider: MasterKeyProvider, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+    """Wrap a throwaway random DEK under the active version and unwrap it again (readiness probes).
+
+    Nothing is stored. For an HSM this opens (or reuses) the session and runs both operations in
+    the token, so it fails when the token is unreachable, locked or holds no master key.
+
+    Raises:
+        KeyringError: the master-key store is unavailable.
+        DecryptionError: the round trip did not give the key back.
+    """
+    probe = DataKey("dek_probe", generate_key_material(rng))
+    wrapped = provider.wrap(probe, tenant_id="system", purpose="probe")
+    unwrapped = provider.unwrap(wrapped, tenant_id="system", purpose="probe", dek_id=probe.key_id)
+    if unwrapped.material != probe.material:
+        raise DecryptionError from None
+
+
 class _KeyringBackedMasterKeys:
     """Wraps and unwraps with the master keys of a keyring that a subclass loads and stores."""
 
@@ -625,6 +674,13 @@ class KeyringFileMasterKeys(_KeyringBackedMasterKeys):
     def _store(self, keyring: Keyring) -> None:
         write_keyring(self._path, keyring, overwrite=True)
         self._cache = None  # the next operation reads the file back
+
+    def remove_version_for_hsm(self, key_id: str, *, now: datetime) -> None:
+        """Destroy version ``key_id`` in the file, the active one included (see
+        :func:`retire_master_key_for_hsm`); only for a deployment whose master keys moved to an HSM.
+        """
+        with self._lock:
+            self._store(retire_master_key_for_hsm(self._current(), key_id, now=now, rng=self._rng))
 
 
 # --- parsing --------------------------------------------------------------------------------------

@@ -35,8 +35,9 @@ Tenants
     Master keys serve every tenant; their status is shown per tenant (``tenant_id``) to tenant
     admins, so that no tenant learns how many data keys another holds.
 
-DEK rotation (re-encrypting one subject's values under a new DEK) is not done here: see
-``docs/encryption.md``.
+DEK rotation (re-encrypting one subject's values under a new DEK) is in
+:mod:`billing._subject_rotation`; moving master keys from the keyring file into an HSM runs this
+rotation over :class:`billing._hsm.HsmMigrationMasterKeys`.
 """
 
 from __future__ import annotations
@@ -226,12 +227,14 @@ class KeyRotationService:
         max_batches: int | None = None,
         on_batch: Callable[[RotationProgress], None] | None = None,
         actor: Actor | None = None,
+        resume_only: bool = False,
     ) -> RotationReport:
         """Add a master key version and re-wrap every live DEK under it — or resume doing so.
 
         See the module docstring. ``on_batch`` is called after each committed batch; if it raises,
         the run stops there (what was committed stays) and the exception propagates. With
-        ``max_batches`` the run stops after that many batches; call again to go on.
+        ``max_batches`` the run stops after that many batches; call again to go on. With
+        ``resume_only`` no version is added: pending DEKs are re-wrapped, or nothing is done.
 
         Raises:
             ValueError: ``batch_size`` is not 1..10000 or ``max_batches`` is below 1.
@@ -241,7 +244,7 @@ class KeyRotationService:
             raise ValueError(f"batch_size must be 1..{MAX_BATCH_SIZE}")
         if max_batches is not None and max_batches < 1:
             raise ValueError("max_batches must be at least 1")
-        from_versions, to_version, resumed = self._start(actor)
+        from_versions, to_version, resumed = self._start(actor, resume_only=resume_only)
         run = _Run(to_version=to_version)
         while max_batches is None or run.batches < max_batches:
             rewrapped_before = run.rewrapped
@@ -277,7 +280,7 @@ class KeyRotationService:
             )
         return report
 
-    def _start(self, actor: Actor | None) -> tuple[tuple[str, ...], str, bool]:
+    def _start(self, actor: Actor | None, *, resume_only: bool) -> tuple[tuple[str, ...], str, bool]:
         """Decide under the lock: resume, or add a version first. ``(from, to, resumed)``."""
         with self._db.transaction() as session:
             _lock_key_administration(session)
@@ -286,6 +289,8 @@ class KeyRotationService:
             pending = tuple(key_id for key_id in old if counts.get(key_id))
             if pending:
                 return pending, active, True
+            if resume_only:
+                return (), active, False
             new_version = self._provider.add_version(now=self._clock())  # durable before any use
             self._audit.record(
                 session,

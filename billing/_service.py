@@ -28,6 +28,7 @@ from billing._reports import ReportService
 from billing._retention import RetentionService
 from billing._rotation import KeyRotationService
 from billing._sessions import PaymentSessionService
+from billing._subject_rotation import SubjectKeyRotationService
 from billing._tenants import TenantService
 from tokenization import PaymentGateway
 
@@ -63,6 +64,7 @@ class Billing:
     sessions: PaymentSessionService = field(init=False)
     privacy: PrivacyService = field(init=False)
     rotation: KeyRotationService = field(init=False)
+    subject_rotation: SubjectKeyRotationService = field(init=False)
     retention: RetentionService = field(init=False)
     breaches: BreachService = field(init=False)
     reports: ReportService = field(init=False)
@@ -82,6 +84,9 @@ class Billing:
         self.monitor = AccessMonitor(self.audit, clock=clock)
         self.audit.observe(self.monitor.after_event)
         self.rotation = KeyRotationService(self.db, self.key_provider, self.audit, clock=clock)
+        self.subject_rotation = SubjectKeyRotationService(
+            self.db, self.keyring, self.audit, clock=clock, rng=rng
+        )
         self.tenants = TenantService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
         self.customers = CustomerService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
         self.invoices = InvoiceService(

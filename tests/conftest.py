@@ -8,15 +8,18 @@ databases. PostgreSQL is found at ``VEILBILL_TEST_POSTGRES_URL`` (default: the l
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,10 +39,12 @@ from billing import (
     Database,
     DatabaseConfig,
     Keyring,
+    Pkcs11Config,
     create_keyring,
     upgrade,
     write_keyring,
 )
+from billing._hsm import pkcs11_library
 from tokenization import LocalStripeSandbox, SandboxUnavailable, make_stripe_client
 
 REQUIRE_ALL = os.environ.get("VEILBILL_REQUIRE_ALL") == "1"
@@ -256,3 +261,74 @@ def serve_in_thread(app: Litestar) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# --- SoftHSM2 (a PKCS#11 token for the HSM master-key provider) ---------------------------------
+
+PIN = "4096-user-pin"
+SO_PIN = "8192-so-pin"
+MODULE_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+)
+
+
+@dataclass(frozen=True)
+class SoftHsm:
+    module: str
+    util: str
+    conf: Path
+
+    def new_token(self) -> Pkcs11Config:
+        """Initialize a fresh token and make the (already loaded) library see it."""
+        label = f"vb-{secrets.token_hex(4)}"
+        subprocess.run(
+            [self.util, "--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", SO_PIN],
+            env={**os.environ, "SOFTHSM2_CONF": str(self.conf)},
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        pkcs11_library(self.module).reinitialize()  # SoftHSM lists tokens when it initializes
+        return Pkcs11Config(module_path=self.module, token_label=label, user_pin=PIN)
+
+    def delete_token(self, label: str) -> None:
+        """Remove a token, as a pulled or failed HSM would vanish from under a running service."""
+        subprocess.run(
+            [self.util, "--delete-token", "--token", label],
+            env={**os.environ, "SOFTHSM2_CONF": str(self.conf)},
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+    def settings_env(self, config: Pkcs11Config) -> dict[str, str]:
+        """The ``VEILBILL_HSM_*`` variables (and SoftHSM's own) of a process using ``config``."""
+        return {
+            "SOFTHSM2_CONF": str(self.conf),
+            "VEILBILL_HSM_MODULE": config.module_path,
+            "VEILBILL_HSM_TOKEN_LABEL": config.token_label,
+            "VEILBILL_HSM_PIN": config.user_pin,
+        }
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    if importlib.util.find_spec("pkcs11") is None:
+        require_or_skip("python-pkcs11 is not installed")
+    module = next((path for path in MODULE_CANDIDATES if Path(path).exists()), None)
+    util = shutil.which("softhsm2-util")
+    if module is None or util is None:
+        require_or_skip("SoftHSM2 is not installed (apt-get install softhsm2)")
+    assert module is not None and util is not None
+    directory = tmp_path_factory.mktemp("softhsm")
+    (directory / "tokens").mkdir(mode=0o700)
+    conf = directory / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    )
+    # SoftHSM2 reads SOFTHSM2_CONF when the library initializes; child processes inherit it.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SOFTHSM2_CONF", str(conf))
+        yield SoftHsm(module=module, util=util, conf=conf)

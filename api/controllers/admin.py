@@ -2,19 +2,27 @@
 
 Master keys serve every tenant of the deployment: ``GET /keys`` shows the versions and ages, but
 counts only the caller's tenant's data keys, so that no tenant learns how many another holds.
+``POST /keys/rotate`` starts a rotation of those shared keys, so it is the operator's: a tenant's
+admin may call it only where the operator turned ``VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION`` on
+(a deployment serving one business); otherwise it answers ``403 master_key_rotation_reserved``
+(docs/decisions.md).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, delete, get, post, put
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
 
 from api.auth import requires_role
 from api.deps import ActorDep, BillingDep
+from api.errors import ProblemError
+from api.settings import Settings
 from billing import (
     AccessPolicy,
     ApiKeyView,
@@ -95,6 +103,19 @@ class RotationStepResponse(msgspec.Struct, kw_only=True):
     from_versions: list[str]
     resumed: bool
     complete: bool
+
+
+def tenant_master_key_rotation_enabled(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Guard: the operator let tenant admins rotate the (shared) master keys."""
+    settings: Settings = connection.app.state.settings
+    if not settings.tenant_admin_master_key_rotation:
+        raise ProblemError(
+            403,
+            "master_key_rotation_reserved",
+            "Master keys are shared by every tenant; their rotation is run by the operator.",
+        )
 
 
 def _shape_keys(status: KeyStatus) -> MasterKeysResponse:
@@ -194,6 +215,7 @@ class AdminController(Controller):
 
     @post(
         "/keys/rotate",
+        guards=[tenant_master_key_rotation_enabled],
         status_code=200,
         sync_to_thread=True,
         summary="Start or continue a master key rotation (a bounded number of batches per call)",

@@ -1,7 +1,9 @@
-"""Data-subject rights: access export (booking, admin), erasure (admin), restricted reads."""
+"""Data-subject rights: access export (booking, admin), erasure (admin), restricted reads, and the
+rotation of one client's data keys (admin)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -10,11 +12,25 @@ from litestar.params import FromPath, JSONBody
 
 from api.auth import requires_role
 from api.deps import ActorDep, BillingDep
-from billing import ErasureReceipt, InvoiceView, SubjectExport
+from billing import ErasureReceipt, InvoiceView, SubjectExport, SubjectPurpose
 
 
 class RestrictedRead(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reason: Annotated[str, msgspec.Meta(min_length=5, max_length=200)]
+
+
+class SubjectKeyRotationRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    purpose: SubjectPurpose = "all"
+
+
+class SubjectKeyRotationResponse(msgspec.Struct, kw_only=True):
+    """``rotated``: purpose → the new data key's id (an opaque id, never key material)."""
+
+    customer_id: str
+    rotated: dict[str, str]
+    skipped: list[str]
+    values_reencrypted: int
+    rotated_at: datetime
 
 
 class PrivacyController(Controller):
@@ -54,3 +70,26 @@ class PrivacyController(Controller):
         self, invoice_id: FromPath[str], data: JSONBody[RestrictedRead], billing: BillingDep, actor: ActorDep
     ) -> InvoiceView:
         return billing.invoices.read_restricted(actor, invoice_id, data.reason)
+
+    @post(
+        "/v1/customers/{customer_id:str}/rotate-keys",
+        guards=[requires_role("admin")],
+        status_code=200,
+        sync_to_thread=True,
+        summary="Rotate a client's data keys: re-encrypt their values, destroy the old keys (audited)",
+    )
+    def rotate_customer_keys(
+        self,
+        customer_id: FromPath[str],
+        data: JSONBody[SubjectKeyRotationRequest],
+        billing: BillingDep,
+        actor: ActorDep,
+    ) -> SubjectKeyRotationResponse:
+        result = billing.subject_rotation.rotate_subject_keys(actor, customer_id, purpose=data.purpose)
+        return SubjectKeyRotationResponse(
+            customer_id=result.customer_id,
+            rotated=result.rotated,
+            skipped=list(result.skipped),
+            values_reencrypted=result.values,
+            rotated_at=result.rotated_at,
+        )

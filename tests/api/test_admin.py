@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from faker import Faker
@@ -10,10 +13,12 @@ from litestar.testing import TestClient
 from pypdf import PdfReader
 from sqlalchemy import select
 
-from billing import Billing
+from api.app import create_app
+from api.settings import Settings
+from billing import Billing, load_keyring
 from billing._models import ApiKey, AuditEvent
 
-from .conftest import TenantKeys, customer_payload, invoice_payload
+from .conftest import TenantKeys, customer_payload, invoice_payload, make_tenant
 
 
 def test_issued_key_is_shown_once_and_stored_hashed(
@@ -105,3 +110,47 @@ def test_business_details_appear_on_invoices(client: TestClient, tenant: TenantK
     text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
     for expected in ("Rivoli Coiffure SARL", "12 rue de Rivoli", "FR40303265045", customer["name"]):
         assert expected in text
+
+
+def test_master_key_status_is_shown_to_admins_with_this_tenants_counts_only(
+    client: TestClient, tenant: TenantKeys, other_tenant: TenantKeys, fake: Faker
+) -> None:
+    client.post("/v1/customers", json={"name": fake.name()}, headers=tenant.headers("booking"))
+    assert client.get("/v1/admin/keys", headers=tenant.headers("booking")).status_code == 403
+    mine = client.get("/v1/admin/keys", headers=tenant.headers("admin")).json()
+    theirs = client.get("/v1/admin/keys", headers=other_tenant.headers("admin")).json()
+    assert mine["active"] == "mk_0001" and [v["id"] for v in mine["versions"]] == ["mk_0001"]
+    assert mine["versions"][0]["age_days"] is not None and "material" not in json.dumps(mine)
+    # both tenants hold their blind-index key; this one also the client's profile and record keys
+    assert mine["versions"][0]["tenant_deks"] == theirs["versions"][0]["tenant_deks"] + 2
+    assert mine["tenant_progress"] == 1.0 and mine["rotation_in_progress"] is False
+
+
+def test_a_tenant_admin_cannot_rotate_the_shared_master_keys_by_default(
+    client: TestClient, tenant: TenantKeys, settings: Settings, keyring_path: Path
+) -> None:
+    for role in ("booking", "accountant", "auditor"):
+        refused = client.post("/v1/admin/keys/rotate", headers=tenant.headers(role))
+        assert refused.status_code == 403 and refused.json()["code"] == "forbidden_role"
+    refused = client.post("/v1/admin/keys/rotate", headers=tenant.headers("admin"))
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["code"] == "master_key_rotation_reserved"
+    assert [key.key_id for key in load_keyring(keyring_path).master_keys] == ["mk_0001"]
+    assert settings.tenant_admin_master_key_rotation is False
+
+
+def test_the_operator_can_let_tenant_admins_rotate_master_keys(
+    settings: Settings, keyring_path: Path, app_billing: Billing
+) -> None:
+    enabled = replace(settings, tenant_admin_master_key_rotation=True)
+    with TestClient(create_app(enabled, configure_logs=False)) as client:
+        keys = make_tenant(client, app_billing, "Salon du Coin")
+        assert client.post("/v1/admin/keys/rotate", headers=keys.headers("booking")).status_code == 403
+        step = client.post("/v1/admin/keys/rotate", headers=keys.headers("admin"))
+        assert step.status_code == 200, step.text
+        assert step.json()["to_version"] == "mk_0002" and step.json()["complete"] is True
+    assert [key.key_id for key in load_keyring(keyring_path).master_keys] == ["mk_0001", "mk_0002"]
+    assert Settings.from_env(
+        {"VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION": "1"}
+    ).tenant_admin_master_key_rotation
+    assert not Settings.from_env({}).tenant_admin_master_key_rotation

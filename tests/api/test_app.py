@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
 from api.settings import Settings
+from billing import Pkcs11MasterKeys
+
+from ..conftest import FIXED_NOW, SoftHsm
 
 
 def test_health(client: TestClient) -> None:
@@ -30,6 +35,44 @@ def test_ready_reports_an_unreachable_database(keyring_path: Path, tmp_path: Pat
         response = client.get("/health/ready")
     assert response.status_code == 503
     assert response.json()["checks"]["database"] == "unreachable"
+
+
+def test_ready_checks_the_hsm_round_trip_and_fails_when_the_token_goes(
+    settings: Settings, softhsm: SoftHsm
+) -> None:
+    config = softhsm.new_token()
+    token = Pkcs11MasterKeys(config)
+    token.add_version(now=FIXED_NOW)
+    token.close()
+    on_hsm = replace(
+        settings, hsm_module=config.module_path, hsm_token_label=config.token_label, hsm_pin=config.user_pin
+    )
+    with TestClient(create_app(on_hsm, configure_logs=False)) as client:
+        ready = client.get("/health/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "keyring": "ok", "hsm": "ok"}
+
+        softhsm.delete_token(config.token_label)
+        gone = client.get("/health/ready")
+        assert gone.status_code == 503
+        assert gone.json() == {
+            "status": "not_ready",
+            "checks": {"database": "ok", "keyring": "ok", "hsm": "unavailable"},
+        }
+        assert config.user_pin not in gone.text
+
+
+def test_ready_fails_for_a_token_that_holds_no_master_key_or_does_not_exist(
+    settings: Settings, softhsm: SoftHsm
+) -> None:
+    empty = softhsm.new_token()
+    for label in (empty.token_label, "vb-no-such-token"):
+        on_hsm = replace(
+            settings, hsm_module=empty.module_path, hsm_token_label=label, hsm_pin=empty.user_pin
+        )
+        with TestClient(create_app(on_hsm, configure_logs=False)) as client:
+            ready = client.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["hsm"] == "unavailable"
 
 
 def test_openapi_lists_every_v1_route(client: TestClient) -> None:
@@ -60,3 +103,17 @@ def test_request_id_is_echoed_when_safe(client: TestClient) -> None:
     )
     generated = client.get("/health/live", headers={"X-Request-Id": "<script>"}).headers["x-request-id"]
     assert generated.startswith("req_")
+
+
+def test_hsm_migration_mode_needs_the_hsm_settings(keyring_path: Path) -> None:
+    with pytest.raises(ValueError, match="VEILBILL_HSM_MIGRATION"):
+        Settings(keyring_path=keyring_path, hsm_migration=True)
+    env = {
+        "VEILBILL_HSM_MODULE": "/usr/lib/softhsm/libsofthsm2.so",
+        "VEILBILL_HSM_TOKEN_LABEL": "veilbill",
+        "VEILBILL_HSM_PIN": "1234",
+        "VEILBILL_HSM_MIGRATION": "1",
+    }
+    settings = Settings.from_env(env)
+    assert settings.hsm_migration and settings.as_env()["VEILBILL_HSM_MIGRATION"] == "1"
+    assert "1234" not in repr(settings)

@@ -233,3 +233,53 @@ def test_retention_policy_and_dry_run_through_the_api(client: TestClient, tenant
     for role in ("booking", "accountant", "auditor"):
         refused = client.post("/v1/admin/retention/run", json={}, headers=tenant.headers(role))
         assert refused.status_code == 403
+
+
+def test_an_admin_rotates_a_clients_keys_and_everything_still_reads(
+    client: TestClient, tenant: TenantKeys, other_tenant: TenantKeys, fake: Faker, app_billing: Billing
+) -> None:
+    customer, invoice = _client_with_invoice(client, tenant, fake)
+    cid, path = customer["id"], f"/v1/customers/{customer['id']}/rotate-keys"
+    with app_billing.db.read() as session:
+        before = {
+            k.purpose: k.id
+            for k in session.exec(select(DataKeyRecord).where(DataKeyRecord.subject_id == cid))
+        }
+        sealed_before = session.get(Customer, cid).email_ct  # type: ignore[union-attr]
+
+    for role in ("booking", "accountant", "auditor"):
+        refused = client.post(path, json={}, headers=tenant.headers(role))
+        assert refused.status_code == 403 and refused.json()["code"] == "forbidden_role"
+    stranger = client.post(path, json={}, headers=other_tenant.headers("admin"))
+    assert stranger.status_code == 404 and stranger.json()["code"] == "not_found"
+    bad = client.post(path, json={"purpose": "index"}, headers=tenant.headers("admin"))
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_value"
+
+    rotated = client.post(path, json={"purpose": "all"}, headers=tenant.headers("admin"))
+    assert rotated.status_code == 200, rotated.text
+    body = rotated.json()
+    assert set(body["rotated"]) == {"profile", "record"} and body["skipped"] == []
+    assert body["values_reencrypted"] > 8 and set(body["rotated"].values()).isdisjoint(before.values())
+    with app_billing.db.read() as session:
+        after = {
+            k.purpose: k.id
+            for k in session.exec(select(DataKeyRecord).where(DataKeyRecord.subject_id == cid))
+        }
+        sealed_after = session.get(Customer, cid).email_ct  # type: ignore[union-attr]
+        events = session.exec(select(AuditEvent).where(AuditEvent.action == "keys.subject_rotated")).all()
+    assert after == body["rotated"] and sealed_after != sealed_before
+    assert [(e.subject_id, e.actor_role) for e in events] == [(cid, "admin")]
+
+    booking = tenant.headers("booking")
+    read = client.get(f"/v1/customers/{cid}", headers=booking).json()
+    assert read["email"] == customer["payload"]["email"] and read["notes"] == customer["payload"]["notes"]
+    lines = client.get(f"/v1/invoices/{invoice['id']}", headers=booking).json()["lines"]
+    assert [line["description"] for line in lines] == [line["description"] for line in invoice["lines"]]
+    profile_only = client.post(path, json={"purpose": "profile"}, headers=tenant.headers("admin"))
+    assert list(profile_only.json()["rotated"]) == ["profile"]
+
+    client.post(f"/v1/customers/{cid}/erase", headers=tenant.headers("admin"))
+    erased = client.post(path, json={"purpose": "profile"}, headers=tenant.headers("admin"))
+    assert erased.status_code == 410 and erased.json()["code"] == "customer_erased"
+    records_only = client.post(path, json={}, headers=tenant.headers("admin")).json()
+    assert list(records_only["rotated"]) == ["record"] and records_only["skipped"] == ["profile"]

@@ -9,14 +9,11 @@ these tests are skipped — or fail under ``VEILBILL_REQUIRE_ALL=1``.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,9 +26,14 @@ from billing import (
     Billing,
     CustomerInput,
     Database,
+    HsmMigrationMasterKeys,
     Keyring,
+    KeyringFileMasterKeys,
     Pkcs11Config,
     Pkcs11MasterKeys,
+    RotationProgress,
+    load_keyring,
+    migrate_to_hsm,
 )
 from billing._envelope import DataKey, sealed_key_id
 from billing._hsm import pkcs11_library
@@ -39,60 +41,13 @@ from billing._keyring import MasterKey, unwrap_data_key, wrap_data_key
 from billing._models import DataKeyRecord
 from billing.errors import DecryptionError, KeyringError
 
-from ..conftest import FIXED_NOW, require_or_skip
+from ..conftest import FIXED_NOW, PIN, SoftHsm
 
 if TYPE_CHECKING:
     from pkcs11 import Session
 
-PIN = "4096-user-pin"
-SO_PIN = "8192-so-pin"
-MODULE_CANDIDATES = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-)
 DEK = DataKey("dek_hsm", bytes(range(32)))
 OPAQUE = str(DecryptionError())
-
-
-@dataclass(frozen=True)
-class SoftHsm:
-    module: str
-    util: str
-    conf: Path
-
-    def new_token(self) -> Pkcs11Config:
-        """Initialize a fresh token and make the (already loaded) library see it."""
-        label = f"vb-{secrets.token_hex(4)}"
-        subprocess.run(
-            [self.util, "--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", SO_PIN],
-            env={**os.environ, "SOFTHSM2_CONF": str(self.conf)},
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        pkcs11_library(self.module).reinitialize()  # SoftHSM lists tokens when it initializes
-        return Pkcs11Config(module_path=self.module, token_label=label, user_pin=PIN)
-
-
-@pytest.fixture(scope="module")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
-    if importlib.util.find_spec("pkcs11") is None:
-        require_or_skip("python-pkcs11 is not installed")
-    module = next((path for path in MODULE_CANDIDATES if Path(path).exists()), None)
-    util = shutil.which("softhsm2-util")
-    if module is None or util is None:
-        require_or_skip("SoftHSM2 is not installed (apt-get install softhsm2)")
-    assert module is not None and util is not None
-    directory = tmp_path_factory.mktemp("softhsm")
-    (directory / "tokens").mkdir(mode=0o700)
-    conf = directory / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SOFTHSM2_CONF", str(conf))
-        yield SoftHsm(module=module, util=util, conf=conf)
 
 
 @pytest.fixture
@@ -286,3 +241,99 @@ def test_billing_on_the_hsm_creates_reads_rotates_and_retires(
     assert [v.key_id for v in hsm.versions()] == ["mk_0002"]
     assert billing.customers.read(actor, customer.id).name == name
     assert billing.rotation.key_status().versions[0].live_deks == len(records)
+
+
+# --- migration from the keyring file to the token ------------------------------------------------
+
+
+class Interrupted(Exception):
+    """Raised by a batch callback to stop a migration the way a crash would."""
+
+
+def _stop_after_first_batch(progress: RotationProgress) -> None:
+    raise Interrupted
+
+
+def _dek_versions(database: Database) -> dict[str, int]:
+    with database.read() as session:
+        rows = session.exec(
+            select(DataKeyRecord.master_key_id).where(col(DataKeyRecord.wrapped).is_not(None))
+        )
+        versions: dict[str, int] = {}
+        for key_id in rows:
+            versions[key_id] = versions.get(key_id, 0) + 1
+        return versions
+
+
+def test_migration_to_the_hsm_rewraps_every_key_resumably_and_the_file_keys_can_be_retired(
+    database: Database, keyring_path: Path, config: Pkcs11Config, fake: Faker
+) -> None:
+    from_file = Billing(db=database, keyring=load_keyring(keyring_path), clock=lambda: FIXED_NOW)
+    issued = from_file.tenants.create_tenant(fake.company())
+    actor = Actor(tenant_id=issued.tenant_id, role="booking", key_id=issued.id)
+    names = {}
+    for _ in range(3):
+        customer = from_file.customers.create(actor, CustomerInput(name=fake.name(), email=fake.email()))
+        names[customer.id] = customer.name
+    from_file.rotation.rotate_master_key()  # the file now holds mk_0001 and mk_0002
+    file_material = {key.key_id: key.material for key in load_keyring(keyring_path).master_keys}
+    live = sum(_dek_versions(database).values())
+
+    token = Pkcs11MasterKeys(config)
+    migration = HsmMigrationMasterKeys(KeyringFileMasterKeys(keyring_path), token, clock=lambda: FIXED_NOW)
+    migrating = Billing(
+        db=database, keyring=load_keyring(keyring_path), key_provider=migration, clock=lambda: FIXED_NOW
+    )
+    with pytest.raises(Interrupted):
+        migrate_to_hsm(migrating.rotation, migration, batch_size=2, on_batch=_stop_after_first_batch)
+    assert [v.key_id for v in token.versions()] == ["mk_0003"], "numbered above the file's versions"
+    assert _dek_versions(database) == {"mk_0003": 2, "mk_0002": live - 2}
+    for customer_id, name in names.items():  # online: both stores serve while it runs
+        assert migrating.customers.read(actor, customer_id).name == name
+
+    report = migrate_to_hsm(migrating.rotation, migration, batch_size=2)
+    assert (report.resumed, report.to_version, report.complete) == (True, "mk_0003", True)
+    assert _dek_versions(database) == {"mk_0003": live}
+    again = migrate_to_hsm(migrating.rotation, migration)
+    assert (again.rewrapped, again.complete) == (0, True)
+    assert [v.key_id for v in token.versions()] == ["mk_0003"], "a rerun adds no version"
+
+    for key_id in migration.source_versions():
+        migrating.rotation.retire_master_key(key_id)
+    on_file = load_keyring(keyring_path)
+    assert [key.key_id for key in on_file.master_keys] == ["mk_0000"]
+    assert on_file.master_keys[0].material not in file_material.values()
+    assert [key.key_id for key in on_file.audit_keys] == ["ak_0001"], "the audit keys stay"
+
+    hsm_only = Billing(db=database, keyring=load_keyring(keyring_path), key_provider=Pkcs11MasterKeys(config))
+    for customer_id, name in names.items():
+        assert hsm_only.customers.read(actor, customer_id).name == name
+    assert hsm_only.verify_audit().ok
+    file_only = Billing(db=database, keyring=load_keyring(keyring_path))
+    with pytest.raises(DecryptionError):
+        file_only.customers.read(actor, next(iter(names)))
+    token.close()
+
+
+def test_migration_refuses_a_token_and_a_file_that_share_a_version_id(
+    keyring_path: Path, hsm: Pkcs11MasterKeys
+) -> None:
+    migration = HsmMigrationMasterKeys(KeyringFileMasterKeys(keyring_path), hsm, clock=lambda: FIXED_NOW)
+    with pytest.raises(KeyringError, match="mk_0001"):
+        migration.versions()
+
+
+def test_the_placeholder_file_key_cannot_be_retired_and_unknown_versions_are_refused(
+    keyring_path: Path, config: Pkcs11Config
+) -> None:
+    token = Pkcs11MasterKeys(config)
+    migration = HsmMigrationMasterKeys(KeyringFileMasterKeys(keyring_path), token, clock=lambda: FIXED_NOW)
+    assert not migration.target_active and migration.active_key_id == "mk_0001"
+    assert migration.add_version(now=FIXED_NOW) == "mk_0002"
+    assert migration.target_active and migration.active_key_id == "mk_0002"
+    migration.remove_version("mk_0001")
+    assert [v.key_id for v in migration.versions()] == ["mk_0002"]
+    for key_id in ("mk_0000", "mk_0009"):
+        with pytest.raises(ValueError, match="no master key"):
+            migration.remove_version(key_id)
+    token.close()

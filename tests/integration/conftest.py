@@ -14,8 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class Operator:
     keyring_path: Path
     workdir: Path
     log_path: Path | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("VEILBILL_")}
@@ -67,6 +68,7 @@ class Operator:
         env["VEILBILL_ERASURE_JOURNAL"] = str(self.keyring_path.with_name("erasures.jsonl"))
         if self.log_path is not None:
             env["VEILBILL_LOG_PATH"] = str(self.log_path)
+        env.update(self.extra_env)
         return env
 
     def run(self, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess[str]:
@@ -163,7 +165,7 @@ class ServerPool:
             port = free_port()
             log_path = self._tmp_path / f"server-{index}.log.jsonl"
             output_path = self._tmp_path / f"server-{index}.out"
-            env = Operator(operator.database_url, operator.keyring_path, operator.workdir, log_path).env()
+            env = replace(operator, log_path=log_path).env()
             with output_path.open("wb") as output:
                 process = subprocess.Popen(
                     [*veilbill_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)],

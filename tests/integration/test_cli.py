@@ -31,6 +31,9 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     operator = Operator("sqlite:///unused.db", tmp_path / "unused.json", tmp_path)
     result = operator.run("--help")
     assert {"serve", "db", "keys", "tenants", "audit", "demo"} <= _commands(result.stdout)
+    keys = operator.run("keys", "--help")
+    expected = {"init", "status", "rotate", "retire", "rotate-subject", "migrate-to-hsm"}
+    assert expected <= _commands(keys.stdout)
     assert not (tmp_path / "unused.db").exists(), "--help must not touch the database"
 
 
@@ -152,6 +155,34 @@ def test_customers_erase_and_erasures_replay(operator: Operator, tmp_path: Path)
     assert "customer_erased" in again.stderr and "Traceback" not in again.stderr
     replay = json.loads(operator.run("erasures", "replay").stdout)
     assert replay == {"reapplied": 0}  # nothing to redo: the database already has the erasure
+
+
+def test_keys_rotate_subject_gives_one_client_new_data_keys(operator: Operator, tmp_path: Path) -> None:
+    keys_file = tmp_path / "demo-keys.json"
+    operator.run("demo", "--customers", "2", "--invoices", "3", "--keys-file", str(keys_file))
+    tenant = json.loads(keys_file.read_text())["tenant_id"]
+    customer, other = (
+        row[0] for row in operator.sql("SELECT id FROM customers WHERE tenant_id = :t ORDER BY id", t=tenant)
+    )
+    keys_sql = "SELECT purpose, id FROM data_keys WHERE subject_id = :c ORDER BY purpose"
+    before, other_before = operator.sql(keys_sql, c=customer), operator.sql(keys_sql, c=other)
+    name_before = operator.sql("SELECT name_ct FROM customers WHERE id = :c", c=customer)
+
+    result = json.loads(
+        operator.run("keys", "rotate-subject", tenant, customer, "--purpose", "profile").stdout
+    )
+    assert result["customer_id"] == customer and list(result["rotated"]) == ["profile"]
+    assert result["values_reencrypted"] >= 1
+    after = dict(operator.sql(keys_sql, c=customer))
+    assert after["profile"] == result["rotated"]["profile"] != dict(before)["profile"]
+    assert after["record"] == dict(before)["record"]
+    assert operator.sql(keys_sql, c=other) == other_before
+    assert operator.sql("SELECT name_ct FROM customers WHERE id = :c", c=customer) != name_before
+    audited = operator.sql("SELECT subject_id FROM audit_events WHERE action = 'keys.subject_rotated'")
+    assert audited == [(customer,)]
+
+    unknown = operator.run("keys", "rotate-subject", "ten_unknown", customer, expect=1)
+    assert "not_found" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_breach_open_and_affected(operator: Operator) -> None:

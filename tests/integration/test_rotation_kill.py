@@ -154,7 +154,12 @@ def test_the_service_keeps_serving_while_keys_are_rotated_and_retired(
     # keyring file; the database side of rotation runs on both kinds above and in tests/billing.
     database_path = tmp_path / "served.db"
     shutil.copy(sqlite_template, database_path)
-    operator = Operator(f"sqlite:///{database_path}", keyring_path, tmp_path)
+    operator = Operator(
+        f"sqlite:///{database_path}",
+        keyring_path,
+        tmp_path,
+        extra_env={"VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION": "1"},  # one business on this deployment
+    )
     (server,) = servers.start(operator)
     base = server.base_url
     admin = operator.create_tenant(fake.company())["admin_key"]
