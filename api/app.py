@@ -25,32 +25,44 @@ from api.controllers import (
     AuditController,
     CardController,
     CustomerController,
+    EventController,
     HealthController,
     InvoiceController,
     PaymentController,
     PrivacyController,
     ReportController,
     WebhookController,
+    WebhookEndpointController,
 )
 from api.controllers.pay import HostedPaymentController, pay_assets_router
 from api.errors import EXCEPTION_HANDLERS
 from api.idempotency import IdempotencyMiddleware
-from api.logging import configure_logging
+from api.logging import configure_logging, get_logger
 from api.middleware import RequestIdMiddleware, guard_request
 from api.settings import Settings
 from billing import (
     Billing,
     Database,
     DatabaseConfig,
+    DeliveryWorker,
+    DestinationPolicy,
     MasterKeyProvider,
     Pkcs11Config,
     Pkcs11MasterKeys,
+    WebhookDelivery,
+    WebhookSender,
     load_keyring,
     utcnow,
 )
 from tokenization import PaymentGateway, StripeGateway, make_stripe_client
 
-__all__ = ["app_from_env", "create_app", "gateway_from_settings", "key_provider_from_settings"]
+__all__ = [
+    "app_from_env",
+    "create_app",
+    "gateway_from_settings",
+    "key_provider_from_settings",
+    "webhook_delivery_for",
+]
 
 _ASSETS = "/schema/assets"
 _UNAUTHENTICATED = ["^/schema", "^/health/", "^/v1/webhooks/", "^/pay"]
@@ -81,8 +93,11 @@ def create_app(
         gateway=gateway or gateway_from_settings(settings),
         erasure_journal=settings.erasure_journal_path,
         key_provider=key_provider_from_settings(settings),
+        webhook_destinations=DestinationPolicy(allow_private=settings.webhooks_allow_private),
         clock=clock,
     )
+    worker = DeliveryWorker(webhook_delivery_for(billing, clock=clock), on_error=_log_worker_error)
+    on_startup = [worker.start] if settings.webhooks_worker else []
 
     def provide_billing() -> Billing:
         return billing
@@ -98,6 +113,8 @@ def create_app(
             ReportController,
             WebhookController,
             AdminController,
+            WebhookEndpointController,
+            EventController,
             AuditController,
             HostedPaymentController,
             pay_assets_router(),
@@ -125,10 +142,22 @@ def create_app(
         state=State(
             {"billing": billing, "settings": settings, "readiness": partial(_readiness, db, settings)}
         ),
-        on_shutdown=[db.dispose],
+        on_startup=on_startup,
+        on_shutdown=[worker.stop, worker.delivery.close, db.dispose],
         logging_config=None,
         debug=False,
     )
+
+
+def webhook_delivery_for(billing: Billing, *, clock: Callable[[], datetime] = utcnow) -> WebhookDelivery:
+    """The outbound-webhook deliverer of ``billing``: same database, keys and destination policy."""
+    return WebhookDelivery(
+        billing.db, billing.keyring, WebhookSender(billing.webhook_destinations), clock=clock
+    )
+
+
+def _log_worker_error(error: Exception) -> None:
+    get_logger("api.webhooks").error("webhook_worker_error", error_type=type(error).__name__)
 
 
 def key_provider_from_settings(settings: Settings) -> MasterKeyProvider | None:

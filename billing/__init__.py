@@ -25,6 +25,17 @@ from billing._envelope import (
     seal,
     seal_text,
 )
+from billing._event_models import EventDelivery, EventRecord, WebhookEndpoint
+from billing._events import (
+    EVENT_TYPES,
+    PAYLOAD_FIELDS,
+    DeliveryView,
+    EndpointView,
+    EventOutbox,
+    EventPage,
+    EventService,
+    EventView,
+)
 from billing._hsm import Pkcs11Config, Pkcs11MasterKeys
 from billing._idempotency import IdempotencyStore, StoredResponse
 from billing._invoices import (
@@ -77,11 +88,22 @@ from billing._rotation import (
 from billing._service import Billing
 from billing._sessions import HostedInvoice, IssuedPaymentSession, PaymentSessionService
 from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantService
+from billing._webhook_delivery import (
+    AttemptOutcome,
+    DeliveryWorker,
+    RetryPolicy,
+    WebhookDelivery,
+    WebhookSender,
+)
+from billing._webhook_signing import SigningSecret, generate_secret, sign, signature_header
+from billing._webhook_urls import Destination, DestinationPolicy, address_allowed
 
 __all__ = [
     "DATA_CATEGORIES",
     "DEFAULT_ROTATION_BATCH_SIZE",
+    "EVENT_TYPES",
     "HANDLED_EVENT_TYPES",
+    "PAYLOAD_FIELDS",
     "PII_READ_ACTIONS",
     "REPORT_PROFILES",
     "RETENTION_PRESETS",
@@ -91,6 +113,7 @@ __all__ = [
     "Actor",
     "Address",
     "ApiKeyView",
+    "AttemptOutcome",
     "AuditBreak",
     "AuditTrail",
     "AuditVerification",
@@ -107,7 +130,18 @@ __all__ = [
     "Database",
     "DatabaseConfig",
     "Dataset",
+    "DeliveryView",
+    "DeliveryWorker",
+    "Destination",
+    "DestinationPolicy",
+    "EndpointView",
     "ErasureReceipt",
+    "EventDelivery",
+    "EventOutbox",
+    "EventPage",
+    "EventRecord",
+    "EventService",
+    "EventView",
     "FieldContext",
     "HostedInvoice",
     "IdempotencyStore",
@@ -144,13 +178,19 @@ __all__ = [
     "RetentionPolicyInput",
     "RetentionReport",
     "RetirementReport",
+    "RetryPolicy",
     "RevenueGrouping",
     "RotationProgress",
     "RotationReport",
     "SetupIntentView",
+    "SigningSecret",
     "StoredResponse",
     "SubjectExport",
     "TenantService",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookSender",
+    "address_allowed",
     "blind_index",
     "compute_line",
     "compute_totals",
@@ -158,6 +198,7 @@ __all__ = [
     "currency_exponent",
     "current_revision",
     "downgrade",
+    "generate_secret",
     "head_revision",
     "load_keyring",
     "normalize_database_url",
@@ -167,6 +208,8 @@ __all__ = [
     "open_sealed_text",
     "seal",
     "seal_text",
+    "sign",
+    "signature_header",
     "upgrade",
     "utcnow",
     "write_keyring",

@@ -30,6 +30,8 @@ __all__ = [
     "RoleForbidden",
     "UnknownCurrency",
     "ValidationFailed",
+    "WebhookUrlInvalid",
+    "WebhookUrlRefused",
 ]
 
 
@@ -176,3 +178,15 @@ class RecordExpired(BillingError):
     """The record's retention period ended and its content was destroyed; amounts remain."""
 
     code = "record_retention_expired"
+
+
+class WebhookUrlInvalid(BillingError):
+    """The webhook URL is not an absolute http(s) URL without credentials or fragment."""
+
+    code = "webhook_url_invalid"
+
+
+class WebhookUrlRefused(BillingError):
+    """The webhook URL's host does not resolve, or resolves to a non-public address."""
+
+    code = "webhook_url_refused"

@@ -137,7 +137,10 @@ def billing(database: Database, keyring: Keyring) -> Billing:
 @pytest.fixture
 def settings(database_url: str, keyring_path: Path, tmp_path: Path) -> Settings:
     return Settings(
-        database_url=database_url, keyring_path=keyring_path, erasure_journal_path=tmp_path / "erasures.jsonl"
+        database_url=database_url,
+        keyring_path=keyring_path,
+        erasure_journal_path=tmp_path / "erasures.jsonl",
+        webhooks_worker=False,  # tests deliver webhooks explicitly (tests/billing/test_webhook_delivery.py)
     )
 
 
