@@ -2,7 +2,7 @@
 
 **The outbox.** :meth:`EventOutbox.record` is called inside the transaction of the state change
 that causes the event (finalizing, voiding or paying an invoice, a payment outcome, a refund, a
-dispute, an erasure). The event row and one delivery row per subscribed, enabled endpoint commit
+dispute, an erasure). The event row and one delivery row per subscribed endpoint commit
 with that change or not at all: no event is lost when the process dies after the commit, and none
 exists for a change that rolled back. Delivery happens later, by :class:`~billing._webhook_delivery.
 WebhookDelivery`, from these rows.
@@ -188,9 +188,9 @@ class EventOutbox:
         session.flush()
         assert record.seq is not None
         endpoints = session.exec(
+            # Disabled endpoints get deliveries too: they wait, and flow in order once re-enabled.
             select(WebhookEndpoint).where(
                 WebhookEndpoint.tenant_id == tenant_id,
-                WebhookEndpoint.status == "enabled",
                 col(WebhookEndpoint.deleted_at).is_(None),
             )
         ).all()
