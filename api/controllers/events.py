@@ -42,7 +42,7 @@ class RotateSecretRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
 
 
 class RedeliverRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    endpoint_id: Annotated[str | None, msgspec.Meta(max_length=40)] = None
+    endpoint_id: Annotated[str, msgspec.Meta(max_length=40)] | None = None
 
 
 class EndpointList(msgspec.Struct, kw_only=True):
