@@ -289,7 +289,7 @@ class WebhookReceiver:
     ``response_body`` is sent back (so tests can check that none of it is stored).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.received: list[ReceivedWebhook] = []
         self.status = 200
         self.delay = 0.0
@@ -319,7 +319,7 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
