@@ -97,7 +97,14 @@ def create_app(
         clock=clock,
     )
     worker = DeliveryWorker(webhook_delivery_for(billing, clock=clock), on_error=_log_worker_error)
-    on_startup = [worker.start] if settings.webhooks_worker else []
+
+    def start_worker() -> None:
+        if settings.webhooks_worker:
+            worker.start()
+
+    def stop_worker() -> None:
+        worker.stop()
+        worker.delivery.close()
 
     def provide_billing() -> Billing:
         return billing
@@ -142,8 +149,8 @@ def create_app(
         state=State(
             {"billing": billing, "settings": settings, "readiness": partial(_readiness, db, settings)}
         ),
-        on_startup=on_startup,
-        on_shutdown=[worker.stop, worker.delivery.close, db.dispose],
+        on_startup=[start_worker],
+        on_shutdown=[stop_worker, db.dispose],
         logging_config=None,
         debug=False,
     )
