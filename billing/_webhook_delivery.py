@@ -196,6 +196,15 @@ class WebhookDelivery:
 
     def _claim(self, limit: int) -> list[_Claim]:
         now = self._clock()
+        # A read first: an idle worker never opens a write transaction (SQLite's single writer).
+        with self._db.read() as session:
+            due = session.exec(
+                select(EventDelivery.id)
+                .where(EventDelivery.status == "pending", col(EventDelivery.next_attempt_at) <= now)
+                .limit(1)
+            ).first()
+        if due is None:
+            return []
         earlier = aliased(EventDelivery)
         blocked = exists().where(
             and_(
