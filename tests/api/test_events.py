@@ -4,6 +4,8 @@ receiver, verified by the reference ``standardwebhooks`` library, without any cl
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -222,6 +224,39 @@ def test_delete_cancels_pending_deliveries_and_redeliver_replays(
         == event["id"]
     )
     assert dev_client.get("/v1/events?type=bogus", headers=admin).status_code == 400
+
+
+def test_settings_read_the_webhook_variables() -> None:
+    default = Settings.from_env({})
+    assert default.webhooks_worker is True and default.webhooks_allow_private is False
+    chosen = Settings.from_env({"VEILBILL_WEBHOOKS_WORKER": "0", "VEILBILL_WEBHOOKS_ALLOW_PRIVATE": "1"})
+    assert chosen.webhooks_worker is False and chosen.webhooks_allow_private is True
+    assert Settings.from_env(chosen.as_env()) == chosen
+
+
+def test_the_service_delivers_in_the_background_and_stops_its_worker_on_shutdown(
+    settings: Settings,
+    app_billing: Billing,
+    fake: Faker,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    serving = replace(settings, webhooks_allow_private=True, webhooks_worker=True)
+    with TestClient(create_app(serving, configure_logs=False)) as client:
+        assert any(t.name == "veilbill-webhooks" for t in threading.enumerate())
+        keys = make_tenant(client, app_billing, "Salon Rivoli")
+        register(client, keys, webhook_receiver.url)
+        booking = keys.headers("booking")
+        customer = client.post("/v1/customers", json=customer_payload(fake), headers=booking).json()
+        draft = client.post(
+            "/v1/invoices", json=invoice_payload(customer["id"], fake), headers=booking
+        ).json()
+        client.post(f"/v1/invoices/{draft['id']}/finalize", headers=booking)
+        deadline = time.monotonic() + 20
+        while not webhook_receiver.snapshot() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (received,) = webhook_receiver.snapshot()
+        assert received.json()["data"]["invoice_id"] == draft["id"]
+    assert not any(t.name == "veilbill-webhooks" for t in threading.enumerate())
 
 
 # --- a whole payment lifecycle, through the gateway sandbox ------------------------------------
