@@ -25,6 +25,7 @@ of the response are read and discarded. Only the status code and an error class 
 from __future__ import annotations
 
 import random
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,14 +106,15 @@ class WebhookSender:
         *,
         connect_timeout: float = 3.0,
         timeout: float = 5.0,
-        transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
+        """``verify`` is the TLS trust (the system's CA bundle by default; tests pass their own CA)."""
         self._policy = policy
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             follow_redirects=False,
             trust_env=False,
-            transport=transport,
+            verify=verify,
         )
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -331,6 +332,10 @@ class WebhookReceiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hooks/veilbill"
+
+    def wrap_tls(self, context: ssl.SSLContext) -> None:
+        """Serve HTTPS with ``context`` from now on (the listening descriptor stays the same)."""
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
 
     def start(self) -> WebhookReceiver:
         self._thread.start()

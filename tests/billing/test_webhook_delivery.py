@@ -7,11 +7,17 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import ssl
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from faker import Faker
 from sqlalchemy import text
 from sqlmodel import select
@@ -415,3 +421,57 @@ def test_concurrent_workers_send_each_delivery_once(
     assert len(ids) == 12 and len(set(ids)) == 12
     assert {(d.status, d.attempts) for d in deliveries(events_billing)} == {("delivered", 1)}
     assert json.loads(webhook_receiver.snapshot()[0].body)["type"] == "invoice.finalized"
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_host_name(
+    tmp_path: Path, webhook_receiver: WebhookReceiver
+) -> None:
+    """A TLS receiver named ``hooks.example.test`` on loopback: the sender connects to the address
+    the policy checked, sends the name as SNI and Host, and verifies the certificate against it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.example.test")])
+    now = utcnow()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.example.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_path, key_path)
+    seen_sni: list[str | None] = []
+
+    def remember_sni(sock: ssl.SSLObject, sni: str | None, context: ssl.SSLContext) -> None:
+        seen_sni.append(sni)
+
+    server_context.sni_callback = remember_sni
+    webhook_receiver.wrap_tls(server_context)
+    trust = ssl.create_default_context(cafile=str(cert_path))
+
+    def pinned(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"] if host == "hooks.example.test" else []
+
+    policy = DestinationPolicy(allow_private=True, resolver=pinned)
+    url = f"https://hooks.example.test:{webhook_receiver.port}/hooks"
+    outcome = WebhookSender(policy, verify=trust).send(url, {"webhook-id": "evt_tls"}, b"{}")
+    assert outcome.delivered, outcome
+    (received,) = webhook_receiver.snapshot()
+    assert received.headers["host"] == f"hooks.example.test:{webhook_receiver.port}"
+    assert seen_sni == ["hooks.example.test"]
+    wrong_name = WebhookSender(
+        DestinationPolicy(allow_private=True, resolver=lambda host, port: ["127.0.0.1"]), verify=trust
+    ).send(f"https://other.example.test:{webhook_receiver.port}/hooks", {}, b"{}")
+    assert (wrong_name.delivered, wrong_name.error) == (False, "connection")
