@@ -108,6 +108,10 @@ def test_the_secret_is_shown_once(
     )
     assert rotated.status_code == 200 and rotated.json()["secret"] not in (secret, None)
     assert rotated.json()["previous_secret_expires_at"]
+    trail = dev_client.get("/v1/audit/events", headers=dev_tenant.headers("auditor"))
+    actions = [e["action"] for e in trail.json()["data"]]
+    assert "webhook_endpoint.created" in actions and "webhook_endpoint.secret_rotated" in actions
+    assert secret not in trail.text and rotated.json()["secret"] not in trail.text
 
 
 def test_other_tenants_endpoints_and_events_are_not_found(
