@@ -438,8 +438,8 @@ class EventService:
                 if delivery is None:
                     session.add(_new_delivery(event, endpoint.id, now))
                     continue
+                # attempts keeps counting: a worker still sending an older attempt cannot record over it
                 delivery.status = "pending"
-                delivery.attempts = 0
                 delivery.first_attempt_at = None
                 delivery.next_attempt_at = now
                 delivery.delivered_at = None
