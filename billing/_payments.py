@@ -708,13 +708,14 @@ class PaymentService:
             if status == "succeeded":
                 now = self._clock()
                 seq = next_number(session, refund.tenant_id, CREDIT_NOTE_SERIES, now.year)
+                credit_note_number = f"{CREDIT_NOTE_SERIES}-{now.year}-{seq:06d}"
                 session.add(
                     CreditNote(
                         id=new_id("cn"),
                         tenant_id=refund.tenant_id,
                         invoice_id=refund.invoice_id,
                         refund_id=refund.id,
-                        number=f"{CREDIT_NOTE_SERIES}-{now.year}-{seq:06d}",
+                        number=credit_note_number,
                         number_year=now.year,
                         number_seq=seq,
                         amount=refund.amount,
@@ -741,7 +742,7 @@ class PaymentService:
                         "status": refund.status,
                         "amount": refund.amount,
                         "currency": refund.currency,
-                        "credit_note_number": f"{CREDIT_NOTE_SERIES}-{now.year}-{seq:06d}",
+                        "credit_note_number": credit_note_number,
                     },
                 )
             self._audit.record(
