@@ -405,3 +405,16 @@ def test_a_payment_lifecycle_reaches_the_receiver_signed_ordered_and_without_pii
     for body in [m.body.decode() for m in received] + payloads:
         for value in pii:
             assert value not in body
+
+
+def test_the_routes_are_documented(client: TestClient) -> None:  # type: ignore[type-arg]
+    paths = set(client.get("/schema/openapi.json").json()["paths"])
+    assert {
+        "/v1/admin/webhook-endpoints",
+        "/v1/admin/webhook-endpoints/{endpoint_id}",
+        "/v1/admin/webhook-endpoints/{endpoint_id}/rotate-secret",
+        "/v1/admin/webhook-endpoints/{endpoint_id}/enable",
+        "/v1/events",
+        "/v1/events/{event_id}",
+        "/v1/events/{event_id}/redeliver",
+    } <= paths
