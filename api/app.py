@@ -25,19 +25,21 @@ from api.controllers import (
     AuditController,
     CardController,
     CustomerController,
+    EventController,
     HealthController,
     InvoiceController,
     PaymentController,
     PrivacyController,
     ReportController,
     WebhookController,
+    WebhookEndpointController,
 )
 from api.controllers.pay import HostedPaymentController, pay_assets_router
 from api.controllers.reports_page import ReportsPageController
 from api.controllers.signin import SignInController
 from api.errors import EXCEPTION_HANDLERS
 from api.idempotency import IdempotencyMiddleware
-from api.logging import configure_logging
+from api.logging import configure_logging, get_logger
 from api.middleware import RequestIdMiddleware, guard_request
 from api.pages import page_assets_router
 from api.settings import Settings
@@ -45,12 +47,16 @@ from billing import (
     Billing,
     Database,
     DatabaseConfig,
+    DeliveryWorker,
+    DestinationPolicy,
     HsmMigrationMasterKeys,
     KeyringFileMasterKeys,
     MasterKeyProvider,
     PageSessionPolicy,
     Pkcs11Config,
     Pkcs11MasterKeys,
+    WebhookDelivery,
+    WebhookSender,
     load_keyring,
     probe_master_keys,
     utcnow,
@@ -63,6 +69,7 @@ __all__ = [
     "gateway_from_settings",
     "hsm_from_settings",
     "key_provider_from_settings",
+    "webhook_delivery_for",
 ]
 
 _ASSETS = "/schema/assets"
@@ -98,12 +105,22 @@ def create_app(
         gateway=gateway or gateway_from_settings(settings),
         erasure_journal=settings.erasure_journal_path,
         key_provider=key_provider_from_settings(settings, token),
+        webhook_destinations=DestinationPolicy(allow_private=settings.webhooks_allow_private),
         clock=clock,
         page_session_policy=PageSessionPolicy(
             idle=timedelta(minutes=settings.page_idle_minutes),
             lifetime=timedelta(hours=settings.page_max_hours),
         ),
     )
+    worker = DeliveryWorker(webhook_delivery_for(billing, clock=clock), on_error=_log_worker_error)
+
+    def start_worker() -> None:
+        if settings.webhooks_worker:
+            worker.start()
+
+    def stop_worker() -> None:
+        worker.stop()
+        worker.delivery.close()
 
     def provide_billing() -> Billing:
         return billing
@@ -119,6 +136,8 @@ def create_app(
             ReportController,
             WebhookController,
             AdminController,
+            WebhookEndpointController,
+            EventController,
             AuditController,
             HostedPaymentController,
             pay_assets_router(),
@@ -153,7 +172,8 @@ def create_app(
                 "readiness": partial(_readiness, db, settings, billing.key_provider),
             }
         ),
-        on_shutdown=[db.dispose],
+        on_startup=[start_worker],
+        on_shutdown=[stop_worker, db.dispose],
         logging_config=None,
         debug=False,
     )
@@ -181,6 +201,17 @@ def hsm_from_settings(settings: Settings) -> Pkcs11MasterKeys | None:
         return None
     label, pin = settings.hsm_token_label or "", settings.hsm_pin or ""  # both required by Settings
     return Pkcs11MasterKeys(Pkcs11Config(settings.hsm_module, label, pin))
+
+
+def webhook_delivery_for(billing: Billing, *, clock: Callable[[], datetime] = utcnow) -> WebhookDelivery:
+    """The outbound-webhook deliverer of ``billing``: same database, keys and destination policy."""
+    return WebhookDelivery(
+        billing.db, billing.keyring, WebhookSender(billing.webhook_destinations), clock=clock
+    )
+
+
+def _log_worker_error(error: Exception) -> None:
+    get_logger("api.webhooks").error("webhook_worker_error", error_type=type(error).__name__)
 
 
 def gateway_from_settings(settings: Settings) -> PaymentGateway | None:

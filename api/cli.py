@@ -24,7 +24,12 @@ import msgspec
 from litestar.plugins import CLIPluginProtocol
 
 from anonymize import AnonymizationError
-from api.app import gateway_from_settings, hsm_from_settings, key_provider_from_settings
+from api.app import (
+    gateway_from_settings,
+    hsm_from_settings,
+    key_provider_from_settings,
+    webhook_delivery_for,
+)
 from api.settings import Settings
 from billing import (
     DEFAULT_ROTATION_BATCH_SIZE,
@@ -33,6 +38,8 @@ from billing import (
     BreachInput,
     Database,
     DatabaseConfig,
+    DeliveryWorker,
+    DestinationPolicy,
     HsmMigrationMasterKeys,
     InvoiceQuery,
     KeyringFileMasterKeys,
@@ -83,6 +90,7 @@ class _Context:
             gateway=gateway_from_settings(self.settings),
             erasure_journal=self.settings.erasure_journal_path,
             key_provider=key_provider or key_provider_from_settings(self.settings),
+            webhook_destinations=DestinationPolicy(allow_private=self.settings.webhooks_allow_private),
         )
 
 
@@ -597,6 +605,58 @@ def erasures_replay(ctx: _Context, journal: Path | None) -> None:
     billing = ctx.billing()
     applied = billing.privacy.replay_erasures(journal)
     click.echo(json.dumps({"reapplied": applied}))
+
+
+@veilbill.group(
+    invoke_without_command=True,
+    help="Outbound webhooks: list deliveries (the default), or deliver them (`webhooks deliver`).",
+)
+@click.option("--tenant", "tenant_id", default=None, help="only this tenant's deliveries")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "delivered", "failed", "canceled"]),
+    default=None,
+    help="only deliveries in this state",
+)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="one JSON document per line")
+@click.pass_context
+def webhooks(
+    click_ctx: click.Context, tenant_id: str | None, status: str | None, limit: int, as_json: bool
+) -> None:
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx = click_ctx.ensure_object(_Context)
+    deliveries = ctx.billing().events.list_deliveries(tenant_id=tenant_id, status=status, limit=limit)
+    for delivery in deliveries:
+        if as_json:
+            click.echo(msgspec.json.encode(delivery).decode())
+            continue
+        code = delivery.last_status_code if delivery.last_status_code is not None else "-"
+        click.echo(
+            f"{delivery.id}  {delivery.event_id}  {delivery.event_type:<24} {delivery.endpoint_id}  "
+            f"{delivery.status:<9} attempts={delivery.attempts} last={code}/{delivery.last_error or '-'}"
+        )
+
+
+@webhooks.command("deliver", help="Deliver due webhooks until interrupted (--once: one pass, then exit).")
+@click.option("--once", is_flag=True, help="deliver what is due now and exit")
+@click.option("--poll", default=1.0, show_default=True, type=click.FloatRange(0.1, 60.0), help="seconds")
+@pass_context
+def webhooks_deliver(ctx: _Context, once: bool, poll: float) -> None:
+    delivery = webhook_delivery_for(ctx.billing())
+    try:
+        if once:
+            total = 0
+            while sent := delivery.deliver_due():
+                total += sent
+            click.echo(json.dumps({"attempts": total}))
+            return
+        worker = DeliveryWorker(delivery, poll_interval=poll)
+        with contextlib.suppress(KeyboardInterrupt):
+            worker.run()
+    finally:
+        delivery.close()
 
 
 @veilbill.command(help="Seed a demo tenant with Faker clients and invoices; print its keys.")

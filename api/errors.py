@@ -49,6 +49,8 @@ from billing.errors import (
     RoleForbidden,
     UnknownCurrency,
     ValidationFailed,
+    WebhookUrlInvalid,
+    WebhookUrlRefused,
 )
 from tokenization.errors import (
     CardDataRejected,
@@ -90,6 +92,8 @@ _BILLING_STATUS: dict[type[BillingError], int] = {
     CustomerErased: 410,
     RecordRestricted: 403,
     RecordExpired: 410,
+    WebhookUrlInvalid: 422,
+    WebhookUrlRefused: 422,
 }
 
 # ids that are safe to show a caller: ids and codes chosen by the service, never input values.

@@ -36,6 +36,10 @@ class Settings:
             key rotation with ``POST /v1/admin/keys/rotate``. Off by default: master keys are shared
             by every tenant, so rotating them is the operator's decision (``veilbill keys rotate``);
             a deployment serving one business may turn it on.
+        webhooks_allow_private: outbound webhooks may go to loopback and private addresses
+            (development receivers); off by default, so receivers must be public hosts.
+        webhooks_worker: the service delivers outbound webhooks from a background thread; tests
+            and one-off commands turn it off (``veilbill webhooks deliver`` runs it on its own).
     """
 
     database_url: str = "sqlite:///var/veilbill.db"
@@ -51,6 +55,7 @@ class Settings:
     stripe_publishable_key: str | None = None
     stripe_webhook_secret: str | None = field(default=None, repr=False)
     webhooks_allow_private: bool = False
+    webhooks_worker: bool = True
     hsm_module: str | None = None
     hsm_token_label: str | None = None
     hsm_pin: str | None = field(default=None, repr=False)
@@ -126,6 +131,7 @@ class Settings:
             "VEILBILL_STRIPE_PUBLISHABLE_KEY": self.stripe_publishable_key,
             "VEILBILL_STRIPE_WEBHOOK_SECRET": self.stripe_webhook_secret,
             "VEILBILL_WEBHOOKS_ALLOW_PRIVATE": "1" if self.webhooks_allow_private else "0",
+            "VEILBILL_WEBHOOKS_WORKER": "1" if self.webhooks_worker else "0",
             "VEILBILL_HSM_MODULE": self.hsm_module,
             "VEILBILL_HSM_TOKEN_LABEL": self.hsm_token_label,
             "VEILBILL_HSM_PIN": self.hsm_pin,
@@ -180,4 +186,6 @@ class Settings:
             values["tenant_admin_master_key_rotation"] = (
                 env["VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION"].lower() in _TRUE
             )
+        if "VEILBILL_WEBHOOKS_WORKER" in env:
+            values["webhooks_worker"] = env["VEILBILL_WEBHOOKS_WORKER"].lower() in _TRUE
         return replace(base, **values)  # type: ignore[arg-type]

@@ -25,6 +25,17 @@ from billing._envelope import (
     seal,
     seal_text,
 )
+from billing._event_models import EventDelivery, EventRecord, WebhookEndpoint
+from billing._events import (
+    EVENT_TYPES,
+    PAYLOAD_FIELDS,
+    DeliveryView,
+    EndpointView,
+    EventOutbox,
+    EventPage,
+    EventService,
+    EventView,
+)
 from billing._hsm import HsmMigrationMasterKeys, Pkcs11Config, Pkcs11MasterKeys, migrate_to_hsm
 from billing._idempotency import IdempotencyStore, StoredResponse
 from billing._invoices import (
@@ -90,11 +101,22 @@ from billing._subject_rotation import (
     SubjectPurpose,
 )
 from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantService
+from billing._webhook_delivery import (
+    AttemptOutcome,
+    DeliveryWorker,
+    RetryPolicy,
+    WebhookDelivery,
+    WebhookSender,
+)
+from billing._webhook_signing import SigningSecret, generate_secret, sign, signature_header
+from billing._webhook_urls import Destination, DestinationPolicy, address_allowed
 
 __all__ = [
     "DATA_CATEGORIES",
     "DEFAULT_ROTATION_BATCH_SIZE",
+    "EVENT_TYPES",
     "HANDLED_EVENT_TYPES",
+    "PAYLOAD_FIELDS",
     "PII_READ_ACTIONS",
     "REPORT_PROFILES",
     "RETENTION_PRESETS",
@@ -105,6 +127,7 @@ __all__ = [
     "Actor",
     "Address",
     "ApiKeyView",
+    "AttemptOutcome",
     "AuditBreak",
     "AuditTrail",
     "AuditVerification",
@@ -121,7 +144,18 @@ __all__ = [
     "Database",
     "DatabaseConfig",
     "Dataset",
+    "DeliveryView",
+    "DeliveryWorker",
+    "Destination",
+    "DestinationPolicy",
+    "EndpointView",
     "ErasureReceipt",
+    "EventDelivery",
+    "EventOutbox",
+    "EventPage",
+    "EventRecord",
+    "EventService",
+    "EventView",
     "FieldContext",
     "HostedInvoice",
     "HsmMigrationMasterKeys",
@@ -163,16 +197,22 @@ __all__ = [
     "RetentionPolicyInput",
     "RetentionReport",
     "RetirementReport",
+    "RetryPolicy",
     "RevenueGrouping",
     "RotationProgress",
     "RotationReport",
     "SetupIntentView",
+    "SigningSecret",
     "StoredResponse",
     "SubjectExport",
     "SubjectKeyRotation",
     "SubjectKeyRotationService",
     "SubjectPurpose",
     "TenantService",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookSender",
+    "address_allowed",
     "blind_index",
     "compute_line",
     "compute_totals",
@@ -180,6 +220,7 @@ __all__ = [
     "currency_exponent",
     "current_revision",
     "downgrade",
+    "generate_secret",
     "head_revision",
     "load_keyring",
     "migrate_to_hsm",
@@ -191,6 +232,8 @@ __all__ = [
     "probe_master_keys",
     "seal",
     "seal_text",
+    "sign",
+    "signature_header",
     "upgrade",
     "utcnow",
     "write_keyring",

@@ -32,6 +32,7 @@ from billing._audit import AuditTrail
 from billing._customers import CustomerService
 from billing._db import Database, get_for_tenant, insert_ignore
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
+from billing._events import EventOutbox
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
@@ -189,6 +190,7 @@ class InvoiceService:
         *,
         clock: Callable[[], datetime],
         rng: Callable[[int], bytes] = os.urandom,
+        events: EventOutbox | None = None,
     ) -> None:
         self._db = db
         self._keyring = keyring
@@ -196,6 +198,7 @@ class InvoiceService:
         self._customers = customers
         self._clock = clock
         self._rng = rng
+        self._events = events or EventOutbox(clock=clock)
 
     def create_draft(self, actor: Actor, data: InvoiceInput) -> InvoiceView:
         currency_exponent(data.currency)
@@ -384,6 +387,7 @@ class InvoiceService:
                 subject_id=invoice.customer_id,
                 detail={"number": invoice.number},
             )
+            record_invoice_event(self._events, session, invoice, "invoice.finalized")
             return self._open(session, invoice)
 
     def void(self, actor: Actor, invoice_id: str) -> InvoiceView:
@@ -441,6 +445,8 @@ class InvoiceService:
                 resource_id=invoice.id,
                 subject_id=invoice.customer_id,
             )
+            event_type = "invoice.voided" if target == "void" else f"invoice.{target}"
+            record_invoice_event(self._events, session, invoice, event_type)
             return self._open(session, invoice)
 
     def _record_key(self, session: Session, invoice: Invoice) -> DataKey:
@@ -518,6 +524,29 @@ class InvoiceService:
         if sealed is None:
             return None
         return open_sealed_text(key, sealed, FieldContext(invoice.tenant_id, "invoices", column, invoice.id))
+
+
+def record_invoice_event(events: EventOutbox, session: Session, invoice: Invoice, event_type: str) -> None:
+    """Append an ``invoice.*`` event (ids, amounts, status, booking ref) in ``session``'s transaction."""
+    events.record(
+        session,
+        tenant_id=invoice.tenant_id,
+        type=event_type,
+        ordering_key=invoice.id,
+        data={
+            "invoice_id": invoice.id,
+            "customer_id": invoice.customer_id,
+            "booking_ref": invoice.booking_ref,
+            "number": invoice.number,
+            "status": invoice.status,
+            "currency": invoice.currency,
+            "total": invoice.total,
+            "amount_paid": invoice.amount_paid,
+            "amount_refunded": invoice.amount_refunded,
+            "issue_date": invoice.issue_date.isoformat() if invoice.issue_date else None,
+            "due_date": invoice.due_date.isoformat() if invoice.due_date else None,
+        },
+    )
 
 
 def next_number(session: Session, tenant_id: str, series: str, year: int) -> int:

@@ -6,6 +6,7 @@ Each subject (a customer; a tenant for its blind-index key) has at most one live
 - ``record``: the invoice content the law requires to keep (client snapshot, line descriptions).
 - ``index``: a tenant's blind-index key (subject = the tenant).
 - ``idempotency``: a tenant's key for stored idempotent responses (subject = the tenant).
+- ``webhooks``: a tenant's key for the signing secrets of its webhook endpoints (subject = the tenant).
 
 A DEK is 32 random bytes, wrapped by the active master key version of a
 :class:`~billing._keyring.MasterKeyProvider` (the keyring file's keys or an HSM's) and bound
@@ -32,7 +33,7 @@ from billing.errors import DecryptionError
 
 __all__ = ["PURPOSES", "SubjectKeys"]
 
-PURPOSES = ("profile", "record", "index", "idempotency")
+PURPOSES = ("profile", "record", "index", "idempotency", "webhooks")
 
 
 class SubjectKeys:

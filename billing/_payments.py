@@ -33,7 +33,8 @@ from sqlmodel import Session, col, select
 from billing._actor import Actor
 from billing._audit import AuditTrail
 from billing._db import Database, get_for_tenant, insert_ignore
-from billing._invoices import CREDIT_NOTE_SERIES, get_invoice, next_number
+from billing._events import EventOutbox
+from billing._invoices import CREDIT_NOTE_SERIES, get_invoice, next_number, record_invoice_event
 from billing._models import (
     CreditNote,
     Customer,
@@ -155,12 +156,14 @@ class PaymentService:
         *,
         clock: Callable[[], datetime],
         rng: Callable[[int], bytes] = os.urandom,
+        events: EventOutbox | None = None,
     ) -> None:
         self._db = db
         self._audit = audit
         self._gateway = gateway
         self._clock = clock
         self._rng = rng
+        self._events = events or EventOutbox(clock=clock)
 
     @property
     def gateway_or_none(self) -> PaymentGateway | None:
@@ -540,7 +543,10 @@ class PaymentService:
 
     def _record_decline(self, actor: Actor, payment_id: str, declined: CardDeclined) -> None:
         with self._db.transaction() as session:
-            payment = session.get(Payment, payment_id, with_for_update=True)
+            payment = session.get(Payment, payment_id)
+            assert payment is not None
+            invoice = get_invoice(session, payment.tenant_id, payment.invoice_id, for_update=True)
+            payment = session.get(Payment, payment_id, with_for_update=True, populate_existing=True)
             assert payment is not None
             payment.status = "failed"
             payment.decline_code = (declined.decline_code or "generic_decline")[:60]
@@ -558,6 +564,7 @@ class PaymentService:
                 outcome="declined",
                 detail={"decline_code": payment.decline_code},
             )
+            self._record_payment_event(session, payment, invoice.booking_ref)
 
     def _apply_payment_result(
         self, payment_id: str, result: PaymentResult, *, actor: Actor | None
@@ -580,9 +587,11 @@ class PaymentService:
                 payment.decline_code = (result.decline_code or "generic_decline")[:60]
             payment.updated_at = self._clock()
             session.add(payment)
+            became_paid = False
             if result.status == "succeeded":
                 invoice.amount_paid += payment.amount
                 if invoice.status in ("open", "uncollectible") and invoice.amount_paid >= invoice.total:
+                    became_paid = True
                     invoice.status = "paid"
                     invoice.paid_at = self._clock()
                 invoice.updated_at = self._clock()
@@ -598,7 +607,31 @@ class PaymentService:
                     subject_id=payment.customer_id,
                     detail={"invoice_id": payment.invoice_id, "source": "api" if actor else "gateway_event"},
                 )
+                self._record_payment_event(session, payment, invoice.booking_ref)
+                if became_paid:
+                    record_invoice_event(self._events, session, invoice, "invoice.paid")
             return _payment_view(payment)
+
+    def _record_payment_event(self, session: Session, payment: Payment, booking_ref: str | None) -> None:
+        """``payment.succeeded|failed|requires_action`` in the transaction that set the status."""
+        if payment.status not in ("succeeded", "failed", "requires_action"):
+            return
+        self._events.record(
+            session,
+            tenant_id=payment.tenant_id,
+            type=f"payment.{payment.status}",
+            ordering_key=payment.invoice_id,
+            data={
+                "payment_id": payment.id,
+                "invoice_id": payment.invoice_id,
+                "customer_id": payment.customer_id,
+                "booking_ref": booking_ref,
+                "status": payment.status,
+                "amount": payment.amount,
+                "currency": payment.currency,
+                "decline_code": payment.decline_code,
+            },
+        )
 
     def _reserve_refund(
         self, actor: Actor, invoice_id: str, amount: int | None, reason: str | None, gateway_key: str
@@ -675,13 +708,14 @@ class PaymentService:
             if status == "succeeded":
                 now = self._clock()
                 seq = next_number(session, refund.tenant_id, CREDIT_NOTE_SERIES, now.year)
+                credit_note_number = f"{CREDIT_NOTE_SERIES}-{now.year}-{seq:06d}"
                 session.add(
                     CreditNote(
                         id=new_id("cn"),
                         tenant_id=refund.tenant_id,
                         invoice_id=refund.invoice_id,
                         refund_id=refund.id,
-                        number=f"{CREDIT_NOTE_SERIES}-{now.year}-{seq:06d}",
+                        number=credit_note_number,
                         number_year=now.year,
                         number_seq=seq,
                         amount=refund.amount,
@@ -695,6 +729,22 @@ class PaymentService:
                 )
                 invoice.updated_at = now
                 session.add(invoice)
+                self._events.record(
+                    session,
+                    tenant_id=refund.tenant_id,
+                    type="refund.succeeded",
+                    ordering_key=refund.invoice_id,
+                    data={
+                        "refund_id": refund.id,
+                        "payment_id": refund.payment_id,
+                        "invoice_id": refund.invoice_id,
+                        "booking_ref": invoice.booking_ref,
+                        "status": refund.status,
+                        "amount": refund.amount,
+                        "currency": refund.currency,
+                        "credit_note_number": credit_note_number,
+                    },
+                )
             self._audit.record(
                 session,
                 actor=actor,
@@ -767,11 +817,13 @@ class PaymentService:
         with self._db.transaction() as session:
             payment = session.get(Payment, payment_id)
             assert payment is not None
+            invoice = get_invoice(session, payment.tenant_id, payment.invoice_id, for_update=True)
             amount = obj.get("amount")
             status = obj.get("status")
             reason = obj.get("reason")
             dispute = session.get(Dispute, event.object_id)
             now = self._clock()
+            opened = dispute is None
             if dispute is None:
                 dispute = Dispute(
                     id=event.object_id,
@@ -796,6 +848,23 @@ class PaymentService:
                 subject_id=payment.customer_id,
                 detail={"payment_id": payment.id, "status": dispute.status},
             )
+            if opened:
+                self._events.record(
+                    session,
+                    tenant_id=payment.tenant_id,
+                    type="dispute.opened",
+                    ordering_key=payment.invoice_id,
+                    data={
+                        "dispute_id": dispute.id,
+                        "payment_id": payment.id,
+                        "invoice_id": payment.invoice_id,
+                        "booking_ref": invoice.booking_ref,
+                        "status": dispute.status,
+                        "amount": dispute.amount,
+                        "currency": payment.currency,
+                        "reason": dispute.reason,
+                    },
+                )
         return "applied"
 
 

@@ -33,6 +33,7 @@ from billing._actor import Actor
 from billing._audit import AuditTrail
 from billing._customers import PII_FIELDS, CustomerService, CustomerView
 from billing._db import Database, get_for_tenant
+from billing._events import EventOutbox
 from billing._invoices import InvoiceService, InvoiceView
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
@@ -169,6 +170,7 @@ class PrivacyService:
         *,
         journal_path: Path | None,
         clock: Callable[[], datetime],
+        events: EventOutbox | None = None,
     ) -> None:
         self._db = db
         self._keyring = keyring
@@ -178,6 +180,7 @@ class PrivacyService:
         self._payments = payments
         self._journal = journal_path
         self._clock = clock
+        self._events = events or EventOutbox(clock=clock)
 
     def export_customer(self, actor: Actor, customer_id: str) -> SubjectExport:
         """The client's whole file, decrypted; audited as one ``customer.exported`` event."""
@@ -293,6 +296,12 @@ class PrivacyService:
                 resource_id=customer_id,
                 subject_id=customer_id,
                 detail={"receipt_id": receipt_id, "invoices_restricted": restricted},
+            )
+            self._events.record(
+                session,
+                tenant_id=actor.tenant_id,
+                type="customer.erased",
+                data={"customer_id": customer_id, "erased_at": customer.erased_at.isoformat()},
             )
         return ErasureReceipt(
             id=receipt_id,

@@ -15,6 +15,7 @@ from billing._audit import AuditTrail, AuditVerification
 from billing._breaches import BreachService
 from billing._customers import CustomerService
 from billing._db import Database
+from billing._events import EventOutbox, EventService
 from billing._idempotency import IdempotencyStore
 from billing._invoices import InvoiceService
 from billing._keyring import Keyring, KeyringFileMasterKeys, KeyringMasterKeys, MasterKeyProvider
@@ -30,6 +31,7 @@ from billing._rotation import KeyRotationService
 from billing._sessions import PaymentSessionService
 from billing._subject_rotation import SubjectKeyRotationService
 from billing._tenants import TenantService
+from billing._webhook_urls import DestinationPolicy
 from tokenization import PaymentGateway
 
 __all__ = ["Billing"]
@@ -54,6 +56,7 @@ class Billing:
     rng: Callable[[int], bytes] = os.urandom
     key_provider: MasterKeyProvider | None = None
     page_session_policy: PageSessionPolicy = field(default_factory=PageSessionPolicy)
+    webhook_destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
     audit: AuditTrail = field(init=False)
     monitor: AccessMonitor = field(init=False)
     tenants: TenantService = field(init=False)
@@ -69,6 +72,8 @@ class Billing:
     breaches: BreachService = field(init=False)
     reports: ReportService = field(init=False)
     page_sessions: PageSessionService = field(init=False)
+    outbox: EventOutbox = field(init=False)
+    events: EventService = field(init=False)
 
     def __post_init__(self) -> None:
         clock, rng = self.clock, self.rng
@@ -81,6 +86,10 @@ class Billing:
             )
         self.keyring = self.keyring.with_master_key_provider(self.key_provider)
         self.audit = AuditTrail(self.keyring, clock=clock)
+        self.outbox = EventOutbox(clock=clock)
+        self.events = EventService(
+            self.db, self.keyring, self.audit, policy=self.webhook_destinations, clock=clock, rng=rng
+        )
         self.monitor = AccessMonitor(self.audit, clock=clock)
         self.audit.observe(self.monitor.after_event)
         self.rotation = KeyRotationService(self.db, self.key_provider, self.audit, clock=clock)
@@ -90,9 +99,11 @@ class Billing:
         self.tenants = TenantService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
         self.customers = CustomerService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
         self.invoices = InvoiceService(
-            self.db, self.keyring, self.audit, self.customers, clock=clock, rng=rng
+            self.db, self.keyring, self.audit, self.customers, clock=clock, rng=rng, events=self.outbox
         )
-        self.payments = PaymentService(self.db, self.audit, self.gateway, clock=clock, rng=rng)
+        self.payments = PaymentService(
+            self.db, self.audit, self.gateway, clock=clock, rng=rng, events=self.outbox
+        )
         self.idempotency = IdempotencyStore(self.db, self.keyring, clock=clock, rng=rng)
         self.sessions = PaymentSessionService(self.db, self.audit, self.payments, clock=clock)
         self.privacy = PrivacyService(
@@ -104,6 +115,7 @@ class Billing:
             self.payments,
             journal_path=self.erasure_journal,
             clock=clock,
+            events=self.outbox,
         )
         self.retention = RetentionService(self.db, self.keyring, self.audit, clock=clock)
         self.breaches = BreachService(self.db, self.audit, clock=clock)

@@ -31,6 +31,8 @@ __all__ = [
     "RoleForbidden",
     "UnknownCurrency",
     "ValidationFailed",
+    "WebhookUrlInvalid",
+    "WebhookUrlRefused",
 ]
 
 
@@ -187,3 +189,15 @@ class RecordExpired(BillingError):
     """The record's retention period ended and its content was destroyed; amounts remain."""
 
     code = "record_retention_expired"
+
+
+class WebhookUrlInvalid(BillingError):
+    """The webhook URL is not an absolute http(s) URL without credentials or fragment."""
+
+    code = "webhook_url_invalid"
+
+
+class WebhookUrlRefused(BillingError):
+    """The webhook URL's host does not resolve, or resolves to a non-public address."""
+
+    code = "webhook_url_refused"

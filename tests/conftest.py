@@ -8,12 +8,16 @@ databases. PostgreSQL is found at ``VEILBILL_TEST_POSTGRES_URL`` (default: the l
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import importlib.util
+import json
 import logging
 import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -22,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -142,7 +147,10 @@ def billing(database: Database, keyring: Keyring) -> Billing:
 @pytest.fixture
 def settings(database_url: str, keyring_path: Path, tmp_path: Path) -> Settings:
     return Settings(
-        database_url=database_url, keyring_path=keyring_path, erasure_journal_path=tmp_path / "erasures.jsonl"
+        database_url=database_url,
+        keyring_path=keyring_path,
+        erasure_journal_path=tmp_path / "erasures.jsonl",
+        webhooks_worker=False,  # tests deliver webhooks explicitly (tests/billing/test_webhook_delivery.py)
     )
 
 
@@ -332,3 +340,93 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SOFTHSM2_CONF", str(conf))
         yield SoftHsm(module=module, util=util, conf=conf)
+
+
+# --- a webhook receiver (a real HTTP server on loopback) -----------------------------------------
+
+
+@dataclass
+class ReceivedWebhook:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def id(self) -> str:
+        return self.headers["webhook-id"]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class WebhookReceiver:
+    """A booking app's webhook endpoint: records what arrives; can be told to fail, stall or redirect.
+
+    ``status`` is what it answers (200 by default); ``delay`` seconds it waits first; a
+    ``response_body`` is sent back (so tests can check that none of it is stored).
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        self.received: list[ReceivedWebhook] = []
+        self.status = 200
+        self.delay = 0.0
+        self.location: str | None = None
+        self.response_body = b"ok"
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                time.sleep(receiver.delay)
+                status = receiver.status
+                if 200 <= status < 300:
+                    with receiver._lock:
+                        received = {k.lower(): v for k, v in self.headers.items()}
+                        receiver.received.append(ReceivedWebhook(received, body))
+                self.send_response(status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
+                self.send_header("Content-Length", str(len(receiver.response_body)))
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    self.wfile.write(receiver.response_body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        port: int = self._server.server_address[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/veilbill"
+
+    def wrap_tls(self, context: ssl.SSLContext) -> None:
+        """Serve HTTPS with ``context`` from now on (the listening descriptor stays the same)."""
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+
+    def start(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def snapshot(self) -> list[ReceivedWebhook]:
+        with self._lock:
+            return list(self.received)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()

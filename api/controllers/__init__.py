@@ -3,6 +3,7 @@
 from api.controllers.admin import AdminController
 from api.controllers.audit import AuditController
 from api.controllers.customers import CustomerController
+from api.controllers.events import EventController, WebhookEndpointController
 from api.controllers.health import HealthController
 from api.controllers.invoices import InvoiceController
 from api.controllers.payments import CardController, PaymentController
@@ -15,10 +16,12 @@ __all__ = [
     "AuditController",
     "CardController",
     "CustomerController",
+    "EventController",
     "HealthController",
     "InvoiceController",
     "PaymentController",
     "PrivacyController",
     "ReportController",
     "WebhookController",
+    "WebhookEndpointController",
 ]

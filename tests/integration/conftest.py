@@ -157,8 +157,13 @@ class ServerPool:
         self._tmp_path = tmp_path
         self._servers: list[Server] = []
 
-    def start(self, operator: Operator, count: int = 1) -> list[Server]:
-        """Start ``count`` servers on free ports, all on ``operator``'s database; wait until ready."""
+    def start(
+        self, operator: Operator, count: int = 1, extra_env: dict[str, str] | None = None
+    ) -> list[Server]:
+        """Start ``count`` servers on free ports, all on ``operator``'s database; wait until ready.
+
+        ``extra_env`` adds ``VEILBILL_*`` settings (a gateway, loopback webhook receivers…).
+        """
         started = []
         for _ in range(count):
             index = len(self._servers)
@@ -166,6 +171,7 @@ class ServerPool:
             log_path = self._tmp_path / f"server-{index}.log.jsonl"
             output_path = self._tmp_path / f"server-{index}.out"
             env = replace(operator, log_path=log_path).env()
+            env.update(extra_env or {})
             with output_path.open("wb") as output:
                 process = subprocess.Popen(
                     [*veilbill_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)],
