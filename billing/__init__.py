@@ -27,6 +27,13 @@ from billing._envelope import (
 )
 from billing._hsm import Pkcs11Config, Pkcs11MasterKeys
 from billing._idempotency import IdempotencyStore, StoredResponse
+from billing._inventory import (
+    Inventory,
+    InventoryEntry,
+    Sealed,
+    inventory_entries,
+    inventory_markdown,
+)
 from billing._invoices import (
     InvoiceInput,
     InvoiceLineInput,
@@ -61,6 +68,19 @@ from billing._payments import (
     RefundView,
     SetupIntentView,
 )
+from billing._pci import (
+    PCI_REQUIREMENTS,
+    CardDerivedField,
+    ConfigCheck,
+    DeploymentFacts,
+    Finding,
+    Location,
+    PciService,
+    RequirementEvidence,
+    ScanResult,
+    ScanStats,
+    ScopeReport,
+)
 from billing._privacy import DATA_CATEGORIES, ErasureReceipt, PrivacyService, SubjectExport
 from billing._reports import PROFILES as REPORT_PROFILES
 from billing._reports import REVENUE_GROUPINGS, Dataset, ReportService, RevenueGrouping
@@ -82,6 +102,7 @@ __all__ = [
     "DATA_CATEGORIES",
     "DEFAULT_ROTATION_BATCH_SIZE",
     "HANDLED_EVENT_TYPES",
+    "PCI_REQUIREMENTS",
     "PII_READ_ACTIONS",
     "REPORT_PROFILES",
     "RETENTION_PRESETS",
@@ -98,7 +119,9 @@ __all__ = [
     "BreachInput",
     "BreachView",
     "BusinessDetails",
+    "CardDerivedField",
     "CardView",
+    "ConfigCheck",
     "CustomerInput",
     "CustomerPatch",
     "CustomerService",
@@ -107,10 +130,14 @@ __all__ = [
     "Database",
     "DatabaseConfig",
     "Dataset",
+    "DeploymentFacts",
     "ErasureReceipt",
     "FieldContext",
+    "Finding",
     "HostedInvoice",
     "IdempotencyStore",
+    "Inventory",
+    "InventoryEntry",
     "InvoiceInput",
     "InvoiceLineInput",
     "InvoiceLineView",
@@ -128,6 +155,7 @@ __all__ = [
     "Keyring",
     "KeyringFileMasterKeys",
     "KeyringMasterKeys",
+    "Location",
     "MasterKeyProvider",
     "MasterKeyState",
     "MasterKeyVersion",
@@ -135,11 +163,13 @@ __all__ = [
     "PaymentService",
     "PaymentSessionService",
     "PaymentView",
+    "PciService",
     "Pkcs11Config",
     "Pkcs11MasterKeys",
     "PrivacyService",
     "RefundView",
     "ReportService",
+    "RequirementEvidence",
     "RetentionPolicy",
     "RetentionPolicyInput",
     "RetentionReport",
@@ -147,6 +177,10 @@ __all__ = [
     "RevenueGrouping",
     "RotationProgress",
     "RotationReport",
+    "ScanResult",
+    "ScanStats",
+    "ScopeReport",
+    "Sealed",
     "SetupIntentView",
     "StoredResponse",
     "SubjectExport",
@@ -159,6 +193,8 @@ __all__ = [
     "current_revision",
     "downgrade",
     "head_revision",
+    "inventory_entries",
+    "inventory_markdown",
     "load_keyring",
     "normalize_database_url",
     "normalize_email",

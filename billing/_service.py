@@ -21,6 +21,7 @@ from billing._keyring import Keyring, KeyringFileMasterKeys, KeyringMasterKeys, 
 from billing._models import AuditEvent, utcnow
 from billing._monitoring import AccessMonitor
 from billing._payments import PaymentService
+from billing._pci import PciService
 from billing._pdf import SellerDetails, render_invoice_pdf
 from billing._privacy import PrivacyService
 from billing._reports import ReportService
@@ -64,6 +65,7 @@ class Billing:
     retention: RetentionService = field(init=False)
     breaches: BreachService = field(init=False)
     reports: ReportService = field(init=False)
+    pci: PciService = field(init=False)
 
     def __post_init__(self) -> None:
         clock, rng = self.clock, self.rng
@@ -100,6 +102,9 @@ class Billing:
         self.retention = RetentionService(self.db, self.keyring, self.audit, clock=clock)
         self.breaches = BreachService(self.db, self.audit, clock=clock)
         self.reports = ReportService(self.db, self.keyring, self.audit, clock=clock)
+        self.pci = PciService(
+            self.db, self.keyring, self.audit, key_status=self.rotation.key_status, clock=clock
+        )
 
     def invoice_pdf(self, actor: Actor, invoice_id: str) -> tuple[str, bytes]:
         """The invoice as PDF, rendered in memory from the decrypted content and never stored.
