@@ -28,6 +28,8 @@ from api.controllers import (
     HealthController,
     InvoiceController,
     PaymentController,
+    PciController,
+    PciPageController,
     PrivacyController,
     ReportController,
     WebhookController,
@@ -36,7 +38,7 @@ from api.controllers.pay import HostedPaymentController, pay_assets_router
 from api.errors import EXCEPTION_HANDLERS
 from api.idempotency import IdempotencyMiddleware
 from api.logging import configure_logging
-from api.middleware import RequestIdMiddleware, guard_request
+from api.middleware import RequestIdMiddleware, StrictTransportSecurity, guard_request
 from api.settings import Settings
 from billing import (
     Billing,
@@ -55,6 +57,7 @@ __all__ = ["app_from_env", "create_app", "gateway_from_settings", "key_provider_
 _ASSETS = "/schema/assets"
 _UNAUTHENTICATED = ["^/schema", "^/health/", "^/v1/webhooks/", "^/pay"]
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
+_PCI_ASSETS = Path(__file__).resolve().parent / "static" / "pci"
 
 
 def create_app(
@@ -99,6 +102,14 @@ def create_app(
             WebhookController,
             AdminController,
             AuditController,
+            PciController,
+            PciPageController,
+            create_static_files_router(
+                path="/pci/assets",
+                directories=[_PCI_ASSETS],
+                include_in_schema=False,
+                opt={"exclude_from_auth": True},
+            ),
             HostedPaymentController,
             pay_assets_router(),
             create_static_files_router(
@@ -114,6 +125,7 @@ def create_app(
         },
         middleware=[
             RequestIdMiddleware(),
+            StrictTransportSecurity(),
             DefineMiddleware(ApiKeyAuthentication, exclude=_UNAUTHENTICATED),
             IdempotencyMiddleware(settings.max_body_bytes),
         ],

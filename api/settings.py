@@ -27,6 +27,10 @@ class Settings:
         max_body_bytes: requests with a larger body are refused with ``body_too_large``.
         public_url: where the service is reached, for links it hands out.
         log_path: JSON log file; ``None`` logs to stderr.
+        pci_scan_paths: extra files and folders (backups, exports) the card-data scan reads,
+            besides ``log_path``.
+        master_key_max_age_days: the master-key cryptoperiod the scope report checks against.
+        api_key_max_age_days, api_key_idle_days: API keys older, or unused for longer, are reported.
     """
 
     database_url: str = "sqlite:///var/veilbill.db"
@@ -45,6 +49,10 @@ class Settings:
     hsm_module: str | None = None
     hsm_token_label: str | None = None
     hsm_pin: str | None = field(default=None, repr=False)
+    pci_scan_paths: tuple[Path, ...] = ()
+    master_key_max_age_days: int = 365
+    api_key_max_age_days: int = 365
+    api_key_idle_days: int = 90
 
     @property
     def hsm_configured(self) -> bool:
@@ -57,6 +65,10 @@ class Settings:
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
         object.__setattr__(self, "keyring_path", Path(self.keyring_path))
         object.__setattr__(self, "erasure_journal_path", Path(self.erasure_journal_path))
+        object.__setattr__(self, "pci_scan_paths", tuple(Path(p) for p in self.pci_scan_paths))
+        for name in ("master_key_max_age_days", "api_key_max_age_days", "api_key_idle_days"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
         if self.hsm_module and not (self.hsm_token_label and self.hsm_pin):
             raise ValueError(
                 "VEILBILL_HSM_TOKEN_LABEL and VEILBILL_HSM_PIN are required with VEILBILL_HSM_MODULE"
@@ -72,6 +84,16 @@ class Settings:
         """Every accepted webhook secret (comma-separated in the setting, for rotation)."""
         raw = self.stripe_webhook_secret or ""
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+    @property
+    def scan_paths(self) -> tuple[Path, ...]:
+        """What the card-data scan reads besides the database: the log file and the extra paths."""
+        log = (Path(self.log_path),) if self.log_path else ()
+        return (*log, *self.pci_scan_paths)
+
+    @property
+    def serves_https(self) -> bool:
+        return urlsplit(self.public_url).scheme == "https"
 
     @property
     def gateway_configured(self) -> bool:
@@ -108,6 +130,10 @@ class Settings:
             "VEILBILL_HSM_MODULE": self.hsm_module,
             "VEILBILL_HSM_TOKEN_LABEL": self.hsm_token_label,
             "VEILBILL_HSM_PIN": self.hsm_pin,
+            "VEILBILL_PCI_SCAN_PATHS": ",".join(str(p) for p in self.pci_scan_paths),
+            "VEILBILL_MASTER_KEY_MAX_AGE_DAYS": str(self.master_key_max_age_days),
+            "VEILBILL_API_KEY_MAX_AGE_DAYS": str(self.api_key_max_age_days),
+            "VEILBILL_API_KEY_IDLE_DAYS": str(self.api_key_idle_days),
         }
         return {k: v for k, v in values.items() if v}
 
@@ -135,6 +161,17 @@ class Settings:
         for var, name in text_vars.items():
             if env.get(var):
                 values[name] = env[var]
+        if env.get("VEILBILL_PCI_SCAN_PATHS"):
+            parts = env["VEILBILL_PCI_SCAN_PATHS"].split(",")
+            values["pci_scan_paths"] = tuple(Path(p.strip()) for p in parts if p.strip())
+        day_vars = {
+            "VEILBILL_MASTER_KEY_MAX_AGE_DAYS": "master_key_max_age_days",
+            "VEILBILL_API_KEY_MAX_AGE_DAYS": "api_key_max_age_days",
+            "VEILBILL_API_KEY_IDLE_DAYS": "api_key_idle_days",
+        }
+        for var, name in day_vars.items():
+            if env.get(var):
+                values[name] = int(env[var])
         if env.get("VEILBILL_MAX_BODY_BYTES"):
             values["max_body_bytes"] = int(env["VEILBILL_MAX_BODY_BYTES"])
         if "VEILBILL_DEBUG" in env:

@@ -81,6 +81,7 @@ from billing._pci import (
     ScanStats,
     ScopeReport,
 )
+from billing._pci_pdf import render_scope_report_pdf
 from billing._privacy import DATA_CATEGORIES, ErasureReceipt, PrivacyService, SubjectExport
 from billing._reports import PROFILES as REPORT_PROFILES
 from billing._reports import REVENUE_GROUPINGS, Dataset, ReportService, RevenueGrouping
@@ -201,6 +202,7 @@ __all__ = [
     "normalize_ref",
     "open_sealed",
     "open_sealed_text",
+    "render_scope_report_pdf",
     "seal",
     "seal_text",
     "upgrade",

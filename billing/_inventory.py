@@ -116,7 +116,7 @@ def inventory_entries(metadata: MetaData | None = None) -> list[InventoryEntry]:
         for column in metadata.tables[name].columns:
             found = inventory_of(column)
             if found is not None:
-                entries.append(InventoryEntry(name, column.name, found))
+                entries.append(InventoryEntry(str(name), str(column.name), found))
     return entries
 
 

@@ -265,10 +265,10 @@ class CardDataScanner:
                 name = column.name.removesuffix("_ct").removesuffix("_bidx")
                 if is_card_field_name(column.name) or is_card_field_name(name):
                     yield Finding(
-                        Location("schema", table=table.name, column=column.name),
+                        Location("schema", table=str(table.name), column=str(column.name)),
                         "card_field_name",
                         "field-name",
-                        field=column.name,
+                        field=str(column.name),
                     )
             yield from self._scan_table(table, tally, tenant_id)
 
@@ -315,8 +315,8 @@ class CardDataScanner:
                 if hits:
                     where = Location(
                         "database",
-                        table=table.name,
-                        column=name,
+                        table=str(table.name),
+                        column=str(name),
                         row_id=row_id,
                         tenant_id=None if tenant is None else str(tenant),
                         encrypted=sealed is not None,
@@ -579,7 +579,7 @@ def _check_webhooks(facts: DeploymentFacts) -> ConfigCheck:
         return ConfigCheck(
             "webhook_secret",
             "Gateway webhooks are verified",
-            "6.2.4, 12.8",
+            "12.8",
             "warn",
             ("no gateway is configured: payments and webhooks are disabled",),
         )
@@ -587,14 +587,14 @@ def _check_webhooks(facts: DeploymentFacts) -> ConfigCheck:
         return ConfigCheck(
             "webhook_secret",
             "Gateway webhooks are verified",
-            "6.2.4, 12.8",
+            "12.8",
             "fail",
             ("a gateway is configured without VEILBILL_STRIPE_WEBHOOK_SECRET",),
         )
     return ConfigCheck(
         "webhook_secret",
         "Gateway webhooks are verified",
-        "6.2.4, 12.8",
+        "12.8",
         "pass",
         (
             f"{facts.webhook_secret_count} signing secret(s) configured; unsigned, stale (over 300 s) "
@@ -854,10 +854,8 @@ class ScopeReport:
     scan: ScanResult
     checks: tuple[ConfigCheck, ...]
     requirements: tuple[RequirementEvidence, ...]
-
-    @property
-    def passed(self) -> bool:
-        return self.scan.clean and not self.scan.stats.errors and all(c.status != "fail" for c in self.checks)
+    passed: bool
+    """No card data found, the scan complete, and no check failed."""
 
 
 INTEGRATION_TYPE: Final = (
@@ -897,11 +895,15 @@ def _requirements(scan: ScanResult, checks: Sequence[ConfigCheck]) -> tuple[Requ
         if req.scan:
             scan_ok = scan.clean and not scan.stats.errors
             statuses.append("pass" if scan_ok else "fail")
+            files = (
+                f" and {scan.stats.lines} lines of {scan.stats.files} files"
+                if scan.tenant_id is None
+                else " (log and backup files: see the operator's `veilbill pci scan`)"
+            )
             evidence.append(
                 f"scope scan: {len(scan.findings)} finding(s) in {scan.stats.rows} rows of "
                 f"{scan.stats.tables} tables ({scan.stats.values_decrypted} encrypted values opened, "
-                f"{scan.stats.unreadable} unreadable: shredded) and {scan.stats.lines} lines of "
-                f"{scan.stats.files} files"
+                f"{scan.stats.unreadable} unreadable: shredded){files}"
             )
         for check_id in req.checks:
             check = by_id.get(check_id)
@@ -983,6 +985,7 @@ class PciService:
             scan=scan,
             checks=tuple(checks),
             requirements=_requirements(scan, checks),
+            passed=scan.clean and not scan.stats.errors and all(c.status != "fail" for c in checks),
         )
 
     def _record(

@@ -6,6 +6,7 @@ from api.controllers.customers import CustomerController
 from api.controllers.health import HealthController
 from api.controllers.invoices import InvoiceController
 from api.controllers.payments import CardController, PaymentController
+from api.controllers.pci import PciController, PciPageController
 from api.controllers.privacy import PrivacyController
 from api.controllers.reports import ReportController
 from api.controllers.webhooks import WebhookController
@@ -18,6 +19,8 @@ __all__ = [
     "HealthController",
     "InvoiceController",
     "PaymentController",
+    "PciController",
+    "PciPageController",
     "PrivacyController",
     "ReportController",
     "WebhookController",

@@ -34,7 +34,9 @@ def test_the_check_fails_for_a_new_column_without_annotation() -> None:
     Table(
         "example",
         metadata,
-        Column("id", String, primary_key=True, info=note(Inventory("technical", "id", "contract", "clear", "-"))),
+        Column(
+            "id", String, primary_key=True, info=note(Inventory("technical", "id", "contract", "clear", "-"))
+        ),
         Column("card_hint", String),
     )
     assert _unannotated(metadata) == ["example.card_hint"]
@@ -79,6 +81,5 @@ def test_card_derived_fields_are_exactly_the_card_summary() -> None:
 
 def test_the_committed_document_matches_the_annotations() -> None:
     expected = inventory_markdown()
-    assert DOC.read_text() == expected, (
-        "docs/data-inventory.md is out of date: run `veilbill privacy inventory --markdown > docs/data-inventory.md`"
-    )
+    regenerate = "veilbill privacy inventory --markdown > docs/data-inventory.md"
+    assert DOC.read_text() == expected, f"docs/data-inventory.md is out of date: run `{regenerate}`"

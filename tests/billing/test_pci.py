@@ -79,7 +79,9 @@ def test_finds_a_number_in_an_encrypted_note_a_clear_column_and_a_line_descripti
     result = billing.pci.scan()
 
     where = {
-        (f.location.table, f.location.column, f.location.row_id): f for f in result.findings if f.kind == "pan"
+        (f.location.table, f.location.column, f.location.row_id): f
+        for f in result.findings
+        if f.kind == "pan"
     }
     note = where[("invoices", "notes_ct", sealed_invoice)]
     assert note.location.encrypted and note.separators and note.detector == "luhn+iin"
