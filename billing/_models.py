@@ -955,7 +955,7 @@ class WebhookEvent(SQLModel, table=True):
     outcome: str | None = _f(_bookkeeping("what processing did", _WEBHOOKS), default=None, max_length=40)
 
 
-_SESSIONS = "as the invoice (the link itself expires within the hour)"
+_SESSIONS = "as the invoice (the link itself expires after 30 minutes)"
 
 
 class PaymentSession(SQLModel, table=True):

@@ -163,6 +163,14 @@ def _story(ts: _Typesetter, report: ScopeReport) -> list[Flowable]:
             block.append(ts.lines([f"Evidence: {line}" for line in req.evidence], muted))
         block.append(Spacer(1, 3 * mm))
         story.append(KeepTogether(block))
+    signoff = Table(
+        [[ts.para(label, ts.label) for label in ("REVIEWED BY", "DATE", "SIGNATURE")]],
+        colWidths=[_FRAME_WIDTH * 0.4, _FRAME_WIDTH * 0.2, _FRAME_WIDTH * 0.4],
+        style=ts.table_style(
+            [("LINEABOVE", (0, 0), (-1, 0), 0.8, colors.black), ("TOPPADDING", (0, 0), (-1, -1), 3)]
+        ),
+    )
+    story += [*_heading(ts, "Review"), Spacer(1, 12 * mm), signoff]
     return story
 
 
