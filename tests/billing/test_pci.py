@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from faker import Faker
 from sqlalchemy import text, update
+from sqlmodel import SQLModel
 
 from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInput, ScanResult
 from billing._models import Invoice
@@ -58,7 +60,7 @@ def test_a_clean_database_has_no_findings(billing: Billing, fake: Faker) -> None
     result = billing.pci.scan()
 
     assert result.clean, result.findings
-    assert result.stats.tables >= 18
+    assert result.stats.tables == len(SQLModel.metadata.tables)  # every table, new ones included
     assert result.stats.values_decrypted >= 4  # profile fields, notes, snapshot, line description
     assert result.stats.unreadable == 0
 
@@ -105,6 +107,27 @@ def test_finds_card_field_names_in_a_stored_response(billing: Billing, fake: Fak
     names = {(f.location.table, f.field) for f in result.findings if f.kind == "card_field_name"}
     assert names == {("idempotency_records", "card_number"), ("idempotency_records", "cvc")}
     assert all(f.location.encrypted for f in result.findings)
+
+
+def test_finds_a_card_field_name_in_a_stored_webhook_payload(billing: Billing) -> None:
+    with billing.db.transaction() as session:
+        session.execute(
+            text(
+                "INSERT INTO webhook_events (id, type, payload, received_at) "
+                "VALUES ('evt_planted', 'payment_intent.succeeded', :payload, :now)"
+            ),
+            {"payload": '{"id": "pi_x", "card": {"cvc": "[gone]"}}', "now": datetime(2026, 11, 22, 9, 30)},
+        )
+
+    (finding,) = billing.pci.scan().findings
+
+    assert (finding.location.table, finding.location.column, finding.location.row_id) == (
+        "webhook_events",
+        "payload",
+        "evt_planted",
+    )
+    assert (finding.kind, finding.field, finding.location.tenant_id) == ("card_field_name", "cvc", None)
+    assert billing.pci.scan(tenant_id="ten_anyone").clean  # tenantless: the operator's scan only
 
 
 def test_shredded_values_are_counted_unreadable_not_errors(billing: Billing, fake: Faker) -> None:
@@ -187,6 +210,12 @@ def test_files_and_folders_with_line_numbers_gzip_included(tmp_path: Path, billi
         ("CVV = 1", ["card_field_name"]),
         ('{"fields": "$.card_number"}', []),  # an audit detail naming a refused path
         ("last4=4242 brand=visa exp_month=12", []),
+        # Hex digests and ids: a digit run inside them is not a card number ...
+        ("d0f1" + VISA + "ab39", []),
+        (f"req_9a{VISA}", []),
+        # ... but a number next to other letters, or alone in a hex-looking column, is.
+        (f"x{VISA}y", ["pan"]),
+        (f"abc {VISA}", ["pan"]),
     ],
 )
 def test_what_the_value_detector_reports(text: str, kinds: list[str]) -> None:

@@ -129,3 +129,13 @@ def test_a_scan_that_cannot_run_exits_two(operator: Operator, tmp_path: Path) ->
 
     assert "the scan did not complete" in result.stderr
     assert "keyring_unavailable" in result.stderr
+
+
+def test_the_inventory_command_prints_the_committed_document(operator: Operator) -> None:
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "data-inventory.md").read_text()
+
+    assert operator.run("privacy", "inventory", "--markdown").stdout == committed
+    fields = json.loads(operator.run("privacy", "inventory").stdout)["fields"]
+    assert {"table": "customers", "column": "email_ct"}.items() <= next(
+        f for f in fields if f["column"] == "email_ct"
+    ).items()
