@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,15 @@ from faker import Faker
 from sqlalchemy import text, update
 from sqlmodel import SQLModel
 
-from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInput, ScanResult
+from billing import (
+    Actor,
+    Billing,
+    CustomerInput,
+    DeploymentFacts,
+    InvoiceInput,
+    InvoiceLineInput,
+    ScanResult,
+)
 from billing._models import Invoice
 from billing._pci import CardDataScanner, _hits_in_text
 
@@ -233,3 +242,90 @@ def test_the_scan_is_audited_with_counts_only(billing: Billing, fake: Faker) -> 
     assert scan.outcome == "alert"
     assert json.loads(scan.detail or "{}")["findings"] == 1
     assert VISA not in (scan.detail or "")
+
+
+# --- deployment checks ---------------------------------------------------------------------------------
+
+GOOD_CSP = (
+    "default-src 'none'; script-src 'self' https://js.stripe.com; frame-src https://js.stripe.com; "
+    "style-src 'self'; frame-ancestors 'none'"
+)
+
+
+def _facts(**changes: object) -> DeploymentFacts:
+    base = DeploymentFacts(
+        public_url="https://billing.example.org",
+        hsts_header="max-age=31536000; includeSubDomains",
+        payment_page_csp=GOOD_CSP,
+        payment_page_scripts=(("https://js.stripe.com/v3/", "gateway"), ("/pay/assets/pay.js", "ours")),
+        gateway_origins=("https://js.stripe.com",),
+        gateway_configured=True,
+        gateway_is_sandbox=False,
+        webhook_secret_count=1,
+        card_guard_exemptions=("/v1/webhooks/stripe",),
+        allowed_exemptions=("/v1/webhooks/stripe",),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def _statuses(billing: Billing, facts: DeploymentFacts) -> dict[str, str]:
+    return {check.id: check.status for check in billing.pci.checks(facts)}
+
+
+def test_a_well_configured_deployment_passes_every_check(billing: Billing) -> None:
+    assert set(_statuses(billing, _facts()).values()) == {"pass"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "check"),
+    [
+        (
+            {"payment_page_csp": GOOD_CSP.replace("'self' https", "'self' 'unsafe-inline' https")},
+            "payment_page_csp",
+        ),
+        ({"payment_page_csp": GOOD_CSP + "; script-src https://cdn.example.net"}, "payment_page_csp"),
+        ({"payment_page_csp": GOOD_CSP.replace("frame-ancestors 'none'", "")}, "payment_page_csp"),
+        ({"payment_page_scripts": (("https://cdn.example.net/x.js", "?"),)}, "payment_page_scripts"),
+        ({"card_guard_exemptions": ("/v1/webhooks/stripe", "/v1/customers")}, "gateway_tokens_only"),
+        ({"webhook_secret_count": 0}, "webhook_secret"),
+        ({"public_url": "http://billing.example.org", "hsts_header": None}, "tls"),
+        ({"hsts_header": "max-age=300"}, "hsts"),
+        ({"master_key_max_age_days": 1}, "master_key_age"),
+    ],
+)
+def test_each_misconfiguration_fails_its_check(
+    billing: Billing, changes: dict[str, object], check: str
+) -> None:
+    later = Billing(
+        db=billing.db, keyring=billing.keyring, clock=lambda: datetime.now(UTC) + timedelta(days=30)
+    )
+    statuses = _statuses(later, _facts(**changes))
+    assert statuses[check] == "fail"
+
+
+def test_a_stored_payment_method_that_is_not_a_token_fails(billing: Billing, fake: Faker) -> None:
+    actor, customer_id = _tenant(billing, fake)
+    with billing.db.transaction() as session:
+        session.execute(
+            text(
+                "INSERT INTO payment_methods (id, tenant_id, customer_id, gateway_payment_method_id, brand, "
+                "last4, exp_month, exp_year, created_at) VALUES ('pm_row', :t, :c, 'card_raw', 'visa', "
+                "'4242', 12, 2030, :now)"
+            ),
+            {"t": actor.tenant_id, "c": customer_id, "now": datetime(2026, 11, 22, 9, 30)},
+        )
+    assert _statuses(billing, _facts())["gateway_tokens_only"] == "fail"
+
+
+def test_idle_and_old_api_keys_are_named(billing: Billing) -> None:
+    issued = billing.tenants.create_tenant("Old Salon")
+    later = Billing(
+        db=billing.db, keyring=billing.keyring, clock=lambda: datetime.now(UTC) + timedelta(days=400)
+    )
+
+    (check,) = [c for c in later.pci.checks(_facts(master_key_max_age_days=1000)) if c.id == "api_keys"]
+
+    assert check.status == "warn"
+    assert any(issued.id in line and "never used" in line for line in check.evidence)
+    assert any(issued.id in line and "never rotated" in line for line in check.evidence)
+    assert issued.key not in repr(check)
