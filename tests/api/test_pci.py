@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from faker import Faker
@@ -172,3 +173,19 @@ def test_the_data_inventory_is_served_to_auditors_and_admins(client: TestClient,
         assert email["protection"] == "encrypted" and email["key_purpose"] == "profile"
         assert email["category"] == "contact" and email["lawful_basis"] == "contract"
     assert client.get("/v1/privacy/inventory", headers=tenant.headers("booking")).status_code == 403
+
+
+def test_a_report_with_findings_writes_no_number_to_the_log(
+    settings: Settings, app_billing: Billing, fake: Faker, tmp_path: Path, restore_logging: None
+) -> None:
+    log = tmp_path / "veilbill.log"
+    app = create_app(replace(settings, log_path=str(log)), configure_logs=True)
+    with TestClient(app) as logged:
+        keys = make_tenant(logged, app_billing, "Salon Logged")
+        _plant_note(app_billing, keys.tenant_id, fake, VISA_SPACED)
+        for path in ("/v1/pci/scope-report", "/v1/pci/scope-report.pdf", "/pci"):
+            assert logged.get(path, headers=keys.headers("auditor")).status_code == 200
+
+    written = log.read_text()
+    assert "/v1/pci/scope-report" in written  # the access log ran
+    _never_printed(written)

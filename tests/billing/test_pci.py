@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from faker import Faker
-from sqlalchemy import text, update
+from sqlalchemy import Column, String, Table, text, update
 from sqlmodel import SQLModel
 
 from billing import (
@@ -329,3 +329,28 @@ def test_idle_and_old_api_keys_are_named(billing: Billing) -> None:
     assert any(issued.id in line and "never used" in line for line in check.evidence)
     assert any(issued.id in line and "never rotated" in line for line in check.evidence)
     assert issued.key not in repr(check)
+
+
+def test_a_table_added_later_is_scanned_without_registration(billing: Billing) -> None:
+    """A new model's table is in the metadata, so the scan reads it (and its column names) at once."""
+    table = Table(
+        "pci_probe_added_later",
+        SQLModel.metadata,
+        Column("id", String(40), primary_key=True),
+        Column("tenant_id", String(40)),
+        Column("cvv", String(10)),
+        Column("memo", String(200)),
+    )
+    try:
+        table.create(billing.db.engine)
+        with billing.db.transaction() as session:
+            row = {"id": "row_a", "tenant_id": "ten_x", "cvv": None, "memo": f"paid {VISA}"}
+            session.execute(table.insert().values(**row))
+
+        result = billing.pci.scan()
+
+        where = {(f.location.source, f.location.column, f.location.row_id) for f in result.findings}
+        assert where == {("schema", "cvv", None), ("database", "memo", "row_a")}
+    finally:
+        table.drop(billing.db.engine, checkfirst=True)
+        SQLModel.metadata.remove(table)
