@@ -7,6 +7,12 @@ are clear because accounting needs them and they are not client PII on their own
 external reference are findable through blind indexes (``*_bidx``), never stored in clear.
 
 Every row carries ``tenant_id`` and every query filters on it.
+
+Every column is annotated with its data inventory (``_inventory.Inventory``: category, purpose,
+lawful basis, protection, retention) through the helpers below — ``_f(Inventory(...), max_length=…)``
+for plain fields, ``_ts``/``_ct``/``_money`` for the typed ones, ``note(...)`` as a ``Column``'s
+``info``. ``tests/billing/test_inventory.py`` fails on a column without one; regenerate
+``docs/data-inventory.md`` with ``veilbill privacy inventory --markdown`` after changing any.
 """
 
 from __future__ import annotations
@@ -121,7 +127,9 @@ def _money(inventory: Inventory) -> Any:
 
 def _tenant_fk() -> Any:
     return Field(
-        sa_column=Column(String(40), ForeignKey("tenants.id"), nullable=False, index=True, info=note(TENANT))
+        sa_column=Column(
+            String(40), ForeignKey("tenants.id"), nullable=False, index=True, info=note(_TENANT_ID)
+        )
     )
 
 
@@ -129,7 +137,7 @@ def _tenant_fk() -> Any:
 
 _NO_PII: Final = "none (no personal data)"
 _TECH: Final = "technical"
-TENANT: Final = Inventory(
+_TENANT_ID: Final = Inventory(
     _TECH,
     "the business the row belongs to (tenant isolation)",
     "contract",
@@ -381,7 +389,7 @@ class DataKeyRecord(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("tenant_id", "subject_id", "purpose"),)
 
     id: str = _f(_row_id(_DEK_LIFE), primary_key=True, max_length=40)
-    tenant_id: str = _f(TENANT, max_length=40, index=True)
+    tenant_id: str = _f(_TENANT_ID, max_length=40, index=True)
     subject_id: str = _f(_CLIENT_ID, max_length=40)
     purpose: str = _f(_bookkeeping("profile, record, index or idempotency", _DEK_LIFE), max_length=20)
     master_key_id: str = _f(
@@ -545,7 +553,7 @@ class InvoiceLine(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("invoice_id", "position"),)
 
     id: str = _f(_row_id(_INVOICE), primary_key=True, max_length=40)
-    tenant_id: str = _f(TENANT, max_length=40, index=True)
+    tenant_id: str = _f(_TENANT_ID, max_length=40, index=True)
     invoice_id: str = Field(
         sa_column=Column(
             String(40), ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False, info=note(_INVOICE_ID)
@@ -584,7 +592,7 @@ class InvoiceSequence(SQLModel, table=True):
 
     __tablename__ = "invoice_sequences"
 
-    tenant_id: str = _f(TENANT, primary_key=True, max_length=40)
+    tenant_id: str = _f(_TENANT_ID, primary_key=True, max_length=40)
     series: str = _f(
         _bookkeeping("numbering series", _TENANT_LIFE, "legal obligation"), primary_key=True, max_length=10
     )
@@ -678,7 +686,7 @@ class GatewayCustomer(SQLModel, table=True):
     customer_id: str = Field(
         sa_column=Column(String(40), ForeignKey("customers.id"), primary_key=True, info=note(_CLIENT_ID))
     )
-    tenant_id: str = _f(TENANT, max_length=40, index=True)
+    tenant_id: str = _f(_TENANT_ID, max_length=40, index=True)
     gateway_customer_id: str = _f(
         _token("the client at the gateway (cus_…)", _PROFILE), max_length=255, unique=True
     )
@@ -704,7 +712,7 @@ class PaymentMethod(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("tenant_id", "gateway_payment_method_id"),)
 
     id: str = _f(_row_id(_CARD_LIFE), primary_key=True, max_length=40)
-    tenant_id: str = _f(TENANT, max_length=40, index=True)
+    tenant_id: str = _f(_TENANT_ID, max_length=40, index=True)
     customer_id: str = Field(
         sa_column=Column(
             String(40), ForeignKey("customers.id"), nullable=False, index=True, info=note(_CLIENT_ID)
@@ -782,7 +790,7 @@ class Payment(SQLModel, table=True):
     __table_args__ = (Index("ix_payments_tenant_invoice", "tenant_id", "invoice_id"),)
 
     id: str = _f(_row_id(_PAYMENTS), primary_key=True, max_length=40)
-    tenant_id: str = _f(TENANT, max_length=40)
+    tenant_id: str = _f(_TENANT_ID, max_length=40)
     invoice_id: str = Field(
         sa_column=Column(String(40), ForeignKey("invoices.id"), nullable=False, info=note(_INVOICE_ID))
     )
@@ -825,7 +833,7 @@ class Refund(SQLModel, table=True):
     __table_args__ = (Index("ix_refunds_tenant_invoice", "tenant_id", "invoice_id"),)
 
     id: str = _f(_row_id(_PAYMENTS), primary_key=True, max_length=40)
-    tenant_id: str = _f(TENANT, max_length=40)
+    tenant_id: str = _f(_TENANT_ID, max_length=40)
     invoice_id: str = Field(
         sa_column=Column(String(40), ForeignKey("invoices.id"), nullable=False, info=note(_INVOICE_ID))
     )
@@ -854,7 +862,7 @@ class CreditNote(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("tenant_id", "number_year", "number_seq"),)
 
     id: str = _f(_row_id(_INVOICE), primary_key=True, max_length=40)
-    tenant_id: str = _f(TENANT, max_length=40, index=True)
+    tenant_id: str = _f(_TENANT_ID, max_length=40, index=True)
     invoice_id: str = Field(
         sa_column=Column(String(40), ForeignKey("invoices.id"), nullable=False, info=note(_INVOICE_ID))
     )
@@ -889,7 +897,7 @@ class IdempotencyRecord(SQLModel, table=True):
 
     __tablename__ = "idempotency_records"
 
-    tenant_id: str = _f(TENANT, primary_key=True, max_length=40)
+    tenant_id: str = _f(_TENANT_ID, primary_key=True, max_length=40)
     key: str = _f(
         _bookkeeping(
             "the caller's Idempotency-Key", _IDEMPOTENCY, why="an opaque token chosen by the booking app"
@@ -964,7 +972,7 @@ class PaymentSession(SQLModel, table=True):
     __tablename__ = "payment_sessions"
 
     id: str = _f(_row_id(_SESSIONS), primary_key=True, max_length=40)
-    tenant_id: str = _f(TENANT, max_length=40, index=True)
+    tenant_id: str = _f(_TENANT_ID, max_length=40, index=True)
     invoice_id: str = Field(
         sa_column=Column(String(40), ForeignKey("invoices.id"), nullable=False, info=note(_INVOICE_ID))
     )
@@ -991,7 +999,7 @@ class Dispute(SQLModel, table=True):
     __tablename__ = "disputes"
 
     id: str = _f(_token("the gateway's dispute (dp_…)", _PAYMENTS), primary_key=True, max_length=255)
-    tenant_id: str = _f(TENANT, max_length=40, index=True)
+    tenant_id: str = _f(_TENANT_ID, max_length=40, index=True)
     payment_id: str = Field(
         sa_column=Column(String(40), ForeignKey("payments.id"), nullable=False, info=note(_PAYMENT_ID))
     )
@@ -1046,7 +1054,7 @@ class Breach(SQLModel, table=True):
     __tablename__ = "breaches"
 
     id: str = _f(_row_id(_BREACHES, "legal obligation"), primary_key=True, max_length=40)
-    tenant_id: str | None = _f(TENANT, default=None, max_length=40, index=True)
+    tenant_id: str | None = _f(_TENANT_ID, default=None, max_length=40, index=True)
     aware_at: datetime = _ts(_when("starts the 72-hour deadline", _BREACHES, "legal obligation"))
     nature: str = _f(_breach("what happened"), max_length=2000)
     categories: str | None = _f(_breach("categories of data and subjects"), default=None, max_length=1000)
