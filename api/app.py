@@ -29,6 +29,8 @@ from api.controllers import (
     HealthController,
     InvoiceController,
     PaymentController,
+    PciController,
+    PciPageController,
     PrivacyController,
     ReportController,
     WebhookController,
@@ -40,7 +42,7 @@ from api.controllers.signin import SignInController
 from api.errors import EXCEPTION_HANDLERS
 from api.idempotency import IdempotencyMiddleware
 from api.logging import configure_logging, get_logger
-from api.middleware import RequestIdMiddleware, guard_request
+from api.middleware import RequestIdMiddleware, StrictTransportSecurity, guard_request
 from api.pages import page_assets_router
 from api.settings import Settings
 from billing import (
@@ -77,6 +79,7 @@ _ASSETS = "/schema/assets"
 # /pci…) are excluded through their ``exclude_from_auth`` opt and authenticate by their cookie.
 _UNAUTHENTICATED = ["^/schema", "^/health/", "^/v1/webhooks/", "^/pay"]
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
+_PCI_ASSETS = Path(__file__).resolve().parent / "static" / "pci"
 
 
 def create_app(
@@ -139,6 +142,14 @@ def create_app(
             WebhookEndpointController,
             EventController,
             AuditController,
+            PciController,
+            PciPageController,
+            create_static_files_router(
+                path="/pci/assets",
+                directories=[_PCI_ASSETS],
+                include_in_schema=False,
+                opt={"exclude_from_auth": True},
+            ),
             HostedPaymentController,
             pay_assets_router(),
             SignInController,
@@ -157,6 +168,7 @@ def create_app(
         },
         middleware=[
             RequestIdMiddleware(),
+            StrictTransportSecurity(),
             DefineMiddleware(ApiKeyAuthentication, exclude=_UNAUTHENTICATED),
             IdempotencyMiddleware(settings.max_body_bytes),
         ],

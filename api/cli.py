@@ -47,11 +47,13 @@ from billing import (
     MasterKeyProvider,
     RotationProgress,
     RotationReport,
+    ScopeReport,
     SubjectPurpose,
     create_keyring,
     current_revision,
     downgrade,
     head_revision,
+    inventory_markdown,
     load_keyring,
     migrate_to_hsm,
     upgrade,
@@ -466,6 +468,87 @@ def audit_verify(ctx: _Context, tenant_id: str | None) -> None:
     click.echo(json.dumps(report))
     if not result.ok:
         sys.exit(1)
+
+
+@veilbill.group(help="PCI DSS scope evidence.")
+def pci() -> None:
+    pass
+
+
+@pci.command(
+    "scan",
+    help="Scan every table (encrypted values opened in memory), the log file and VEILBILL_PCI_SCAN_PATHS "
+    "for card numbers and card field names, and check the deployment. Prints locations, never numbers. "
+    "Exit 0: clean; 1: card data found or a check failed; 2: the scan could not run or was incomplete.",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the whole scope report as JSON")
+@pass_context
+def pci_scan(ctx: _Context, as_json: bool) -> None:
+    from api.app import create_app
+    from api.pci import deployment_facts
+
+    billing: Billing | None = None
+    try:
+        app = create_app(ctx.settings, configure_logs=False)
+        billing = app.state.billing
+        report = billing.pci.scope_report(deployment_facts(app))
+    except Exception as error:  # exit 2 for any failure; print only what cannot carry data
+        detail = f"{error.code}: {error.message}" if isinstance(error, BillingError) else type(error).__name__
+        click.echo(f"Error: the scan did not complete ({detail})", err=True)
+        sys.exit(2)
+    finally:
+        if billing is not None:
+            billing.db.dispose()
+    if as_json:
+        click.echo(msgspec.json.encode(report).decode())
+    else:
+        _print_scan(report)
+    if report.scan.stats.errors:
+        sys.exit(2)
+    sys.exit(0 if report.passed else 1)
+
+
+def _print_scan(report: ScopeReport) -> None:
+    stats = report.scan.stats
+    click.echo(
+        f"Scanned {stats.rows} rows in {stats.tables} tables ({stats.values_decrypted} encrypted values "
+        f"opened, {stats.unreadable} unreadable: shredded) and {stats.lines} lines in {stats.files} files."
+    )
+    for missing in stats.files_missing:
+        click.echo(f"  not found (skipped): {missing}")
+    for unreadable in stats.errors:
+        click.echo(f"  could not read: {unreadable}", err=True)
+    if report.scan.findings:
+        click.echo(f"{len(report.scan.findings)} finding(s) of card data:")
+        for finding in report.scan.findings:
+            what = "card number" if finding.kind == "pan" else f"card field name {finding.field!r}"
+            how = finding.detector + (", with separators" if finding.separators else "")
+            click.echo(f"  {finding.location.describe()}: {what} x{finding.count} [{how}]")
+    else:
+        click.echo("No card data found.")
+    click.echo("Configuration checks:")
+    for check in report.checks:
+        click.echo(f"  {check.status.upper():<4} {check.id} ({check.requirement}): {check.evidence[0]}")
+        for line in check.evidence[1:]:
+            click.echo(f"         {line}")
+
+
+@veilbill.group(help="Personal data held: the data inventory.")
+def privacy() -> None:
+    pass
+
+
+@privacy.command(
+    "inventory", help="Every stored field: category, purpose, lawful basis, protection, retention."
+)
+@click.option("--markdown", is_flag=True, help="print docs/data-inventory.md")
+def privacy_inventory(markdown: bool) -> None:
+    if markdown:
+        click.echo(inventory_markdown(), nl=False)
+        return
+    from api.controllers.privacy import data_inventory_document
+
+    click.echo(msgspec.json.encode(data_inventory_document()).decode())
 
 
 @veilbill.command(

@@ -23,6 +23,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.logging import get_logger
+from api.settings import Settings
 from billing import Actor, Billing
 from tokenization import (
     CardDataRejected,
@@ -31,7 +32,16 @@ from tokenization import (
     scan_query_params,
 )
 
-__all__ = ["RequestIdMiddleware", "guard_request", "refuse_card_data"]
+__all__ = [
+    "HSTS_MAX_AGE",
+    "RequestIdMiddleware",
+    "StrictTransportSecurity",
+    "guard_request",
+    "hsts_header",
+    "refuse_card_data",
+]
+
+HSTS_MAX_AGE = 31_536_000  # one year, what browsers' preload lists ask for
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -72,6 +82,34 @@ class RequestIdMiddleware(ASGIMiddleware):
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+
+
+def hsts_header(settings: Settings) -> str | None:
+    """The ``Strict-Transport-Security`` value the service sends: only when reached over https."""
+    return f"max-age={HSTS_MAX_AGE}; includeSubDomains" if settings.serves_https else None
+
+
+class StrictTransportSecurity(ASGIMiddleware):
+    """Adds HSTS to every response when the public URL is https (TLS ends at the proxy in front).
+
+    Over plain HTTP (development on loopback) the header would be ignored by browsers, so it is not
+    sent; the PCI scope report flags a non-https public URL.
+    """
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        value = hsts_header(scope["app"].state.settings)
+        if value is None:
+            await next_app(scope, receive, send)
+            return
+
+        async def send_with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableScopeHeaders.from_message(message)["Strict-Transport-Security"] = value
+            await send(message)
+
+        await next_app(scope, receive, send_with_hsts)
 
 
 def _loggable_path(scope: Scope) -> str:

@@ -40,6 +40,10 @@ class Settings:
             (development receivers); off by default, so receivers must be public hosts.
         webhooks_worker: the service delivers outbound webhooks from a background thread; tests
             and one-off commands turn it off (``veilbill webhooks deliver`` runs it on its own).
+        pci_scan_paths: extra files and folders (backups, exports) the card-data scan reads,
+            besides ``log_path``.
+        master_key_max_age_days: the master-key cryptoperiod the scope report checks against.
+        api_key_max_age_days, api_key_idle_days: API keys older, or unused for longer, are reported.
     """
 
     database_url: str = "sqlite:///var/veilbill.db"
@@ -63,6 +67,10 @@ class Settings:
     page_max_hours: int = 8
     tenant_admin_master_key_rotation: bool = False
     hsm_migration: bool = False
+    pci_scan_paths: tuple[Path, ...] = ()
+    master_key_max_age_days: int = 365
+    api_key_max_age_days: int = 365
+    api_key_idle_days: int = 90
 
     @property
     def hsm_configured(self) -> bool:
@@ -81,6 +89,10 @@ class Settings:
             raise ValueError("page_idle_minutes cannot exceed page_max_hours")
         object.__setattr__(self, "keyring_path", Path(self.keyring_path))
         object.__setattr__(self, "erasure_journal_path", Path(self.erasure_journal_path))
+        object.__setattr__(self, "pci_scan_paths", tuple(Path(p) for p in self.pci_scan_paths))
+        for name in ("master_key_max_age_days", "api_key_max_age_days", "api_key_idle_days"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
         if self.hsm_module and not (self.hsm_token_label and self.hsm_pin):
             raise ValueError(
                 "VEILBILL_HSM_TOKEN_LABEL and VEILBILL_HSM_PIN are required with VEILBILL_HSM_MODULE"
@@ -98,6 +110,16 @@ class Settings:
         """Every accepted webhook secret (comma-separated in the setting, for rotation)."""
         raw = self.stripe_webhook_secret or ""
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+    @property
+    def scan_paths(self) -> tuple[Path, ...]:
+        """What the card-data scan reads besides the database: the log file and the extra paths."""
+        log = (Path(self.log_path),) if self.log_path else ()
+        return (*log, *self.pci_scan_paths)
+
+    @property
+    def serves_https(self) -> bool:
+        return urlsplit(self.public_url).scheme == "https"
 
     @property
     def gateway_configured(self) -> bool:
@@ -141,6 +163,10 @@ class Settings:
             "VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION": (
                 "1" if self.tenant_admin_master_key_rotation else None
             ),
+            "VEILBILL_PCI_SCAN_PATHS": ",".join(str(p) for p in self.pci_scan_paths),
+            "VEILBILL_MASTER_KEY_MAX_AGE_DAYS": str(self.master_key_max_age_days),
+            "VEILBILL_API_KEY_MAX_AGE_DAYS": str(self.api_key_max_age_days),
+            "VEILBILL_API_KEY_IDLE_DAYS": str(self.api_key_idle_days),
         }
         return {k: v for k, v in values.items() if v}
 
@@ -168,24 +194,28 @@ class Settings:
         for var, name in text_vars.items():
             if env.get(var):
                 values[name] = env[var]
-        if env.get("VEILBILL_MAX_BODY_BYTES"):
-            values["max_body_bytes"] = int(env["VEILBILL_MAX_BODY_BYTES"])
-        for var, name in (
-            ("VEILBILL_PAGE_IDLE_MINUTES", "page_idle_minutes"),
-            ("VEILBILL_PAGE_MAX_HOURS", "page_max_hours"),
-        ):
+        if env.get("VEILBILL_PCI_SCAN_PATHS"):
+            parts = env["VEILBILL_PCI_SCAN_PATHS"].split(",")
+            values["pci_scan_paths"] = tuple(Path(p.strip()) for p in parts if p.strip())
+        int_vars = {
+            "VEILBILL_MASTER_KEY_MAX_AGE_DAYS": "master_key_max_age_days",
+            "VEILBILL_API_KEY_MAX_AGE_DAYS": "api_key_max_age_days",
+            "VEILBILL_API_KEY_IDLE_DAYS": "api_key_idle_days",
+            "VEILBILL_MAX_BODY_BYTES": "max_body_bytes",
+            "VEILBILL_PAGE_IDLE_MINUTES": "page_idle_minutes",
+            "VEILBILL_PAGE_MAX_HOURS": "page_max_hours",
+        }
+        for var, name in int_vars.items():
             if env.get(var):
                 values[name] = int(env[var])
-        if "VEILBILL_DEBUG" in env:
-            values["debug"] = env["VEILBILL_DEBUG"].lower() in _TRUE
-        if "VEILBILL_WEBHOOKS_ALLOW_PRIVATE" in env:
-            values["webhooks_allow_private"] = env["VEILBILL_WEBHOOKS_ALLOW_PRIVATE"].lower() in _TRUE
-        if "VEILBILL_HSM_MIGRATION" in env:
-            values["hsm_migration"] = env["VEILBILL_HSM_MIGRATION"].lower() in _TRUE
-        if "VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION" in env:
-            values["tenant_admin_master_key_rotation"] = (
-                env["VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION"].lower() in _TRUE
-            )
-        if "VEILBILL_WEBHOOKS_WORKER" in env:
-            values["webhooks_worker"] = env["VEILBILL_WEBHOOKS_WORKER"].lower() in _TRUE
+        flag_vars = {
+            "VEILBILL_DEBUG": "debug",
+            "VEILBILL_WEBHOOKS_ALLOW_PRIVATE": "webhooks_allow_private",
+            "VEILBILL_HSM_MIGRATION": "hsm_migration",
+            "VEILBILL_TENANT_ADMIN_MASTER_KEY_ROTATION": "tenant_admin_master_key_rotation",
+            "VEILBILL_WEBHOOKS_WORKER": "webhooks_worker",
+        }
+        for var, name in flag_vars.items():
+            if var in env:
+                values[name] = env[var].lower() in _TRUE
         return replace(base, **values)  # type: ignore[arg-type]

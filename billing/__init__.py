@@ -38,6 +38,13 @@ from billing._events import (
 )
 from billing._hsm import HsmMigrationMasterKeys, Pkcs11Config, Pkcs11MasterKeys, migrate_to_hsm
 from billing._idempotency import IdempotencyStore, StoredResponse
+from billing._inventory import (
+    Inventory,
+    InventoryEntry,
+    Sealed,
+    inventory_entries,
+    inventory_markdown,
+)
 from billing._invoices import (
     InvoiceInput,
     InvoiceLineInput,
@@ -79,6 +86,20 @@ from billing._payments import (
     RefundView,
     SetupIntentView,
 )
+from billing._pci import (
+    PCI_REQUIREMENTS,
+    CardDerivedField,
+    ConfigCheck,
+    DeploymentFacts,
+    Finding,
+    Location,
+    PciService,
+    RequirementEvidence,
+    ScanResult,
+    ScanStats,
+    ScopeReport,
+)
+from billing._pci_pdf import render_scope_report_pdf
 from billing._privacy import DATA_CATEGORIES, ErasureReceipt, PrivacyService, SubjectExport
 from billing._reports import PROFILES as REPORT_PROFILES
 from billing._reports import REVENUE_GROUPINGS, Dataset, ReportService, RevenueGrouping
@@ -117,6 +138,7 @@ __all__ = [
     "EVENT_TYPES",
     "HANDLED_EVENT_TYPES",
     "PAYLOAD_FIELDS",
+    "PCI_REQUIREMENTS",
     "PII_READ_ACTIONS",
     "REPORT_PROFILES",
     "RETENTION_PRESETS",
@@ -135,7 +157,9 @@ __all__ = [
     "BreachInput",
     "BreachView",
     "BusinessDetails",
+    "CardDerivedField",
     "CardView",
+    "ConfigCheck",
     "CustomerInput",
     "CustomerPatch",
     "CustomerService",
@@ -146,6 +170,7 @@ __all__ = [
     "Dataset",
     "DeliveryView",
     "DeliveryWorker",
+    "DeploymentFacts",
     "Destination",
     "DestinationPolicy",
     "EndpointView",
@@ -157,9 +182,12 @@ __all__ = [
     "EventService",
     "EventView",
     "FieldContext",
+    "Finding",
     "HostedInvoice",
     "HsmMigrationMasterKeys",
     "IdempotencyStore",
+    "Inventory",
+    "InventoryEntry",
     "InvoiceInput",
     "InvoiceLineInput",
     "InvoiceLineView",
@@ -178,6 +206,7 @@ __all__ = [
     "Keyring",
     "KeyringFileMasterKeys",
     "KeyringMasterKeys",
+    "Location",
     "MasterKeyProvider",
     "MasterKeyState",
     "MasterKeyVersion",
@@ -188,11 +217,13 @@ __all__ = [
     "PaymentService",
     "PaymentSessionService",
     "PaymentView",
+    "PciService",
     "Pkcs11Config",
     "Pkcs11MasterKeys",
     "PrivacyService",
     "RefundView",
     "ReportService",
+    "RequirementEvidence",
     "RetentionPolicy",
     "RetentionPolicyInput",
     "RetentionReport",
@@ -201,6 +232,10 @@ __all__ = [
     "RevenueGrouping",
     "RotationProgress",
     "RotationReport",
+    "ScanResult",
+    "ScanStats",
+    "ScopeReport",
+    "Sealed",
     "SetupIntentView",
     "SigningSecret",
     "StoredResponse",
@@ -222,6 +257,8 @@ __all__ = [
     "downgrade",
     "generate_secret",
     "head_revision",
+    "inventory_entries",
+    "inventory_markdown",
     "load_keyring",
     "migrate_to_hsm",
     "normalize_database_url",
@@ -230,6 +267,7 @@ __all__ = [
     "open_sealed",
     "open_sealed_text",
     "probe_master_keys",
+    "render_scope_report_pdf",
     "seal",
     "seal_text",
     "sign",

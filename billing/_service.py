@@ -23,6 +23,7 @@ from billing._models import AuditEvent, utcnow
 from billing._monitoring import AccessMonitor
 from billing._page_sessions import PageSessionPolicy, PageSessionService
 from billing._payments import PaymentService
+from billing._pci import PciService
 from billing._pdf import SellerDetails, render_invoice_pdf
 from billing._privacy import PrivacyService
 from billing._reports import ReportService
@@ -74,6 +75,7 @@ class Billing:
     page_sessions: PageSessionService = field(init=False)
     outbox: EventOutbox = field(init=False)
     events: EventService = field(init=False)
+    pci: PciService = field(init=False)
 
     def __post_init__(self) -> None:
         clock, rng = self.clock, self.rng
@@ -122,6 +124,9 @@ class Billing:
         self.reports = ReportService(self.db, self.keyring, self.audit, clock=clock)
         self.page_sessions = PageSessionService(
             self.db, self.audit, policy=self.page_session_policy, clock=clock
+        )
+        self.pci = PciService(
+            self.db, self.keyring, self.audit, key_status=self.rotation.key_status, clock=clock
         )
 
     def invoice_pdf(self, actor: Actor, invoice_id: str) -> tuple[str, bytes]:

@@ -7,6 +7,7 @@ from api.controllers.events import EventController, WebhookEndpointController
 from api.controllers.health import HealthController
 from api.controllers.invoices import InvoiceController
 from api.controllers.payments import CardController, PaymentController
+from api.controllers.pci import PciController, PciPageController
 from api.controllers.privacy import PrivacyController
 from api.controllers.reports import ReportController
 from api.controllers.webhooks import WebhookController
@@ -20,6 +21,8 @@ __all__ = [
     "HealthController",
     "InvoiceController",
     "PaymentController",
+    "PciController",
+    "PciPageController",
     "PrivacyController",
     "ReportController",
     "WebhookController",

@@ -48,6 +48,7 @@ __all__ = [
     "PageSecurityHeaders",
     "PaymentOutcome",
     "content_security_policy",
+    "gateway_script_origins",
     "pay_assets_router",
 ]
 
@@ -61,6 +62,14 @@ _PAID_STATUSES: Final = frozenset({"paid", "partially_refunded", "refunded"})
 _STRIPE_SCRIPT: Final = ("https://js.stripe.com", "https://*.js.stripe.com")
 _STRIPE_CONNECT: Final = ("https://api.stripe.com",)
 _STRIPE_FRAME: Final = ("https://js.stripe.com", "https://*.js.stripe.com", "https://hooks.stripe.com")
+
+
+def gateway_script_origins(settings: Settings) -> tuple[str, ...]:
+    """The origins besides our own from which the page may run scripts: the gateway's."""
+    if settings.gateway_is_sandbox:
+        js = urlsplit(settings.gateway_js_url)
+        return (f"{js.scheme}://{js.netloc}",)
+    return _STRIPE_SCRIPT
 
 
 def content_security_policy(settings: Settings) -> str:

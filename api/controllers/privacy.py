@@ -12,7 +12,45 @@ from litestar.params import FromPath, JSONBody
 
 from api.auth import requires_role
 from api.deps import ActorDep, BillingDep
-from billing import ErasureReceipt, InvoiceView, SubjectExport, SubjectPurpose
+from billing import ErasureReceipt, InvoiceView, SubjectExport, SubjectPurpose, inventory_entries
+
+
+class InventoryField(msgspec.Struct, kw_only=True):
+    table: str
+    column: str
+    category: str
+    purpose: str
+    lawful_basis: str
+    protection: str
+    key_purpose: str | None
+    why: str
+    retention: str
+    card_rule: str | None
+
+
+class DataInventory(msgspec.Struct, kw_only=True):
+    fields: list[InventoryField]
+
+
+def data_inventory_document() -> DataInventory:
+    """The data inventory as served by the API and printed by ``veilbill privacy inventory``."""
+    return DataInventory(
+        fields=[
+            InventoryField(
+                table=entry.table,
+                column=entry.column,
+                category=entry.inventory.category,
+                purpose=entry.inventory.purpose,
+                lawful_basis=entry.inventory.lawful_basis,
+                protection=entry.inventory.protection,
+                key_purpose=entry.inventory.key_purpose,
+                why=entry.inventory.why,
+                retention=entry.inventory.retention,
+                card_rule=entry.inventory.card,
+            )
+            for entry in inventory_entries()
+        ]
+    )
 
 
 class RestrictedRead(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -58,6 +96,15 @@ class PrivacyController(Controller):
         self, customer_id: FromPath[str], billing: BillingDep, actor: ActorDep
     ) -> ErasureReceipt:
         return billing.privacy.erase_customer(actor, customer_id)
+
+    @get(
+        "/v1/privacy/inventory",
+        guards=[requires_role("auditor", "admin")],
+        sync_to_thread=False,
+        summary="Every stored field: category, purpose, lawful basis, protection, retention",
+    )
+    def data_inventory(self) -> DataInventory:
+        return data_inventory_document()
 
     @post(
         "/v1/invoices/{invoice_id:str}/restricted-read",

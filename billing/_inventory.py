@@ -1,0 +1,181 @@
+"""The data inventory: what every stored column holds, why, on what lawful basis, how it is protected.
+
+Every column of every table carries an :class:`Inventory` in its SQLAlchemy ``info`` under
+:data:`INVENTORY_KEY` (set through :func:`note` and the column helpers of ``_models``). The
+inventory is therefore written next to the field it describes, and:
+
+- ``GET /v1/privacy/inventory`` and ``veilbill privacy inventory`` serve it;
+- ``docs/data-inventory.md`` is generated from it (:func:`inventory_markdown`), and a test fails
+  when the committed file drifts;
+- a test walks ``SQLModel.metadata`` and fails on any column without an annotation, so a new field
+  cannot be added without saying what it is;
+- the PCI scope scan reads :class:`Sealed` to open encrypted columns in memory with the right key
+  and associated data, so a new sealed column is scanned as soon as it is annotated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from sqlalchemy import Column, MetaData
+from sqlmodel import SQLModel
+
+__all__ = [
+    "INVENTORY_KEY",
+    "Category",
+    "Inventory",
+    "InventoryEntry",
+    "LawfulBasis",
+    "Protection",
+    "Sealed",
+    "inventory_entries",
+    "inventory_markdown",
+    "inventory_of",
+    "note",
+]
+
+INVENTORY_KEY: Final = "veilbill_inventory"
+
+Category = Literal["contact", "financial", "health-related", "technical"]
+LawfulBasis = Literal[
+    "contract", "legal obligation", "legitimate interests", "consent", "none (no personal data)"
+]
+Protection = Literal["encrypted", "blind index", "hashed", "keyed mac", "wrapped key", "clear"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """How an encrypted column is opened: which DEK and which :class:`~billing.FieldContext`.
+
+    ``purpose`` is the DEK purpose. The DEK's subject is the value of column ``subject`` of the row
+    or, with ``subject_via = (fk_column, table, column)``, the ``column`` of the row of ``table``
+    whose ``id`` is this row's ``fk_column``. The context is ``(tenant_id, table, field, row_id)``
+    where ``row_id`` is the value of column ``row_key``.
+    """
+
+    purpose: str
+    field: str
+    subject: str = "id"
+    row_key: str = "id"
+    subject_via: tuple[str, str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """What one stored column holds and how it is treated.
+
+    ``why`` is required for a column kept in ``clear`` that holds personal or financial data, and
+    says why clear is acceptable. ``sealed`` is required for ``encrypted`` columns. ``card`` is the
+    PCI DSS rule that allows storing a card-derived field (brand, last 4, expiry, fingerprint…).
+
+    Raises:
+        ValueError: an encrypted column without ``sealed``, or ``sealed`` on another protection.
+    """
+
+    category: Category
+    purpose: str
+    lawful_basis: LawfulBasis
+    protection: Protection
+    retention: str
+    why: str = ""
+    sealed: Sealed | None = None
+    card: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.protection == "encrypted") != (self.sealed is not None):
+            raise ValueError("an encrypted column needs Sealed(...), and only an encrypted one")
+
+    @property
+    def key_purpose(self) -> str | None:
+        return self.sealed.purpose if self.sealed else None
+
+
+def note(inventory: Inventory) -> dict[str, Any]:
+    """The ``info`` mapping of a column annotated with ``inventory``."""
+    return {INVENTORY_KEY: inventory}
+
+
+def inventory_of(column: Column[Any]) -> Inventory | None:
+    found = column.info.get(INVENTORY_KEY)
+    return found if isinstance(found, Inventory) else None
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryEntry:
+    table: str
+    column: str
+    inventory: Inventory
+
+
+def inventory_entries(metadata: MetaData | None = None) -> list[InventoryEntry]:
+    """Every annotated column of every table (default: the models'), tables by name, columns in order."""
+    metadata = SQLModel.metadata if metadata is None else metadata
+    entries = []
+    for name in sorted(metadata.tables):
+        for column in metadata.tables[name].columns:
+            found = inventory_of(column)
+            if found is not None:
+                entries.append(InventoryEntry(str(name), str(column.name), found))
+    return entries
+
+
+def _protection_text(item: Inventory) -> str:
+    if item.sealed is not None:
+        return f"encrypted (AES-256-GCM, `{item.sealed.purpose}` key)"
+    return item.protection
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def inventory_markdown(metadata: MetaData | None = None) -> str:
+    """``docs/data-inventory.md``: one table per database table; regenerate, never edit by hand."""
+    entries = inventory_entries(metadata)
+    lines = [
+        "# Data inventory",
+        "",
+        "<!-- Generated by `veilbill privacy inventory --markdown` from the annotations in",
+        "     billing/_models.py; tests/billing/test_inventory.py fails when this file drifts. -->",
+        "",
+        "Every column Veilbill stores, what it is for, the lawful basis (GDPR Art. 6) for keeping it,",
+        "how it is protected at rest, and how long it is kept. Categories: `contact` (identifies or",
+        "reaches a client), `financial` (amounts, payments, card summaries), `health-related` (may",
+        "reveal care received, e.g. line descriptions and categories at a clinic), `technical`",
+        "(ids, keys, timestamps, bookkeeping). Encrypted columns are sealed per data subject with the",
+        "key purpose named (see docs/encryption.md); `clear` columns say why clear is acceptable.",
+        "",
+        "Card-derived fields and the PCI DSS rule that allows each are listed in docs/pci-scope.md.",
+        "",
+    ]
+    tables: dict[str, list[InventoryEntry]] = {}
+    for entry in entries:
+        tables.setdefault(entry.table, []).append(entry)
+    for table, rows in tables.items():
+        lines += [
+            f"## `{table}`",
+            "",
+            "| column | category | purpose | lawful basis | protection | retention |",
+            "|---|---|---|---|---|---|",
+        ]
+        for entry in rows:
+            item = entry.inventory
+            protection = _protection_text(item) + (f" — {item.why}" if item.why else "")
+            lines.append(
+                "| "
+                + " | ".join(
+                    _cell(part)
+                    for part in (
+                        f"`{entry.column}`",
+                        item.category,
+                        item.purpose + (f" ({item.card})" if item.card else ""),
+                        item.lawful_basis,
+                        protection,
+                        item.retention,
+                    )
+                )
+                + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)
