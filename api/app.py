@@ -37,6 +37,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.idempotency import IdempotencyMiddleware
 from api.logging import configure_logging
 from api.middleware import RequestIdMiddleware, guard_request
+from api.openapi import ProblemDocumentingJsonPlugin
 from api.settings import Settings
 from billing import (
     Billing,
@@ -181,7 +182,7 @@ def _openapi() -> OpenAPIConfig:
             "`Authorization: Bearer vb_…`. Errors are RFC 9457 problem+json with a stable `code`."
         ),
         path="/schema",
-        render_plugins=[swagger],
+        render_plugins=[swagger, ProblemDocumentingJsonPlugin()],
         components=Components(
             security_schemes={
                 "ApiKey": SecurityScheme(type="http", scheme="bearer", description="Veilbill API key")
