@@ -27,7 +27,7 @@ from api.settings import Settings
 from billing import Billing
 from tokenization import LocalStripeSandbox
 
-from ..conftest import REQUIRE_ALL, require_or_skip
+from ..conftest import REQUIRE_ALL
 from .conftest import TenantKeys, customer_payload, invoice_payload, make_tenant
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
