@@ -47,7 +47,12 @@ typecheck: install ## mypy --strict
 
 check: lint typecheck test ## Everything CI runs
 
-bench: install ## Benchmarks, side by side with their baselines (see docs/benchmarks.md)
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,sandbox,bench]'
+	@touch $@
+
+bench: $(VENV)/.bench-installed ## Benchmarks, side by side with their baselines (see docs/benchmarks.md)
+	$(BIN)/python -m bench.crypto_bench
 	$(BIN)/python -m bench.anonymize_bench
 
 clean: ## Remove the virtualenv, caches and local data (var/: database and keyring!)

@@ -43,6 +43,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.idempotency import IdempotencyMiddleware
 from api.logging import configure_logging, get_logger
 from api.middleware import RequestIdMiddleware, StrictTransportSecurity, guard_request
+from api.openapi import ProblemDocumentingJsonPlugin
 from api.pages import page_assets_router
 from api.settings import Settings
 from billing import (
@@ -268,7 +269,7 @@ def _openapi() -> OpenAPIConfig:
             "`Authorization: Bearer vb_…`. Errors are RFC 9457 problem+json with a stable `code`."
         ),
         path="/schema",
-        render_plugins=[swagger],
+        render_plugins=[swagger, ProblemDocumentingJsonPlugin()],
         components=Components(
             security_schemes={
                 "ApiKey": SecurityScheme(type="http", scheme="bearer", description="Veilbill API key")

@@ -104,6 +104,10 @@ def veilbill() -> None:
     pass
 
 
+WORKER_START_TIMEOUT = 60
+"""Seconds a worker process of ``serve --workers N`` may take to import the app and answer."""
+
+
 @veilbill.command(help="Serve the HTTP API (uvicorn).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -139,6 +143,11 @@ def serve(ctx: _Context, host: str, port: int, workers: int, with_sandbox: bool)
             log_config=None,
             access_log=False,  # our own access log (api.middleware) leaves out query strings
             proxy_headers=False,
+            # With --workers > 1 the supervisor pings each spawned worker and replaces one that
+            # has not answered within this many seconds. A worker answers only once it has
+            # imported the app, which took more than uvicorn's default 5 s on a busy 2-core
+            # machine: the workers were then killed and respawned forever, and nothing listened.
+            timeout_worker_healthcheck=WORKER_START_TIMEOUT,
         )
 
 

@@ -31,6 +31,7 @@ from billing.errors import (
     BillingError,
     ConcurrentUpdate,
     CustomerErased,
+    DatabaseUnavailable,
     DecryptionError,
     GatewayNotConfigured,
     IdempotencyInProgress,
@@ -79,6 +80,7 @@ _BILLING_STATUS: dict[type[BillingError], int] = {
     ApiKeyInvalid: 401,
     RoleForbidden: 403,
     KeyringError: 503,
+    DatabaseUnavailable: 503,
     DecryptionError: 500,
     PaymentDeclined: 402,
     PaymentInProgress: 409,
@@ -142,6 +144,8 @@ def problem_response(
     headers = {"X-Request-Id": body["request_id"]}
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="veilbill"'
+    if code == "database_unavailable":
+        headers["Retry-After"] = "1"
     return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 

@@ -21,10 +21,11 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, col, select
 
-from billing.errors import NotFound
+from billing.errors import DatabaseUnavailable, NotFound
 
 __all__ = ["Database", "DatabaseConfig", "get_for_tenant", "insert_ignore", "normalize_database_url"]
 
@@ -91,14 +92,23 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session whose work is committed at the end of the block, or rolled back on error."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        """A session whose work is committed at the end of the block, or rolled back on error.
+
+        Raises:
+            DatabaseUnavailable: the connection dropped or the database aborted the transaction
+                (see :func:`_unavailable`); nothing of the block was committed.
+        """
+        with _unavailable(), Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A session for reads only: nothing is committed; loaded objects stay readable after it."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        """A session for reads only: nothing is committed; loaded objects stay readable after it.
+
+        Raises:
+            DatabaseUnavailable: as :meth:`transaction`.
+        """
+        with _unavailable(), Session(self.engine, expire_on_commit=False) as session:
             yield session
 
     def ping(self) -> None:
@@ -108,6 +118,24 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """Turn the driver's "try again" failures into :class:`DatabaseUnavailable`.
+
+    Those are the errors of the connection itself (SQLAlchemy marks the connection invalidated,
+    or the DBAPI raises ``OperationalError``/``InterfaceError``: server gone, connection refused,
+    serialization failure, deadlock, lock timeout). Constraint violations and programming errors
+    are not: they are bugs or domain conflicts and keep their own type. The driver's message is
+    dropped — it can quote SQL parameters.
+    """
+    try:
+        yield
+    except DBAPIError as error:
+        if error.connection_invalidated or isinstance(error, OperationalError | InterfaceError):
+            raise DatabaseUnavailable() from None
+        raise
 
 
 def _create_engine(config: DatabaseConfig) -> Engine:

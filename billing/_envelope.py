@@ -45,7 +45,7 @@ Failures
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import InvalidTag
@@ -85,7 +85,8 @@ def _is_valid_key_id(key_id: object) -> bool:
     return (
         isinstance(key_id, str)
         and 1 <= len(key_id) <= MAX_KEY_ID_LENGTH
-        and all(" " <= char <= "~" for char in key_id)
+        and key_id.isascii()
+        and key_id.isprintable()  # for ASCII: exactly 0x20..0x7E
     )
 
 
@@ -110,8 +111,10 @@ class FieldContext:
     table: str
     column: str
     row_id: str
+    _associated: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        parts = [_CONTEXT_LABEL]
         for name in ("tenant_id", "table", "column", "row_id"):
             value = getattr(self, name)
             if not isinstance(value, str):
@@ -121,18 +124,17 @@ class FieldContext:
                 raise ValueError(f"FieldContext.{name} is not valid Unicode")
             if len(encoded) > _MAX_CONTEXT_FIELD_BYTES:
                 raise ValueError(f"FieldContext.{name} is longer than 65535 UTF-8 bytes")
+            parts.append(len(encoded).to_bytes(2, "big"))
+            parts.append(encoded)
+        object.__setattr__(self, "_associated", b"".join(parts))
 
     def associated_data(self) -> bytes:
         """``b"veilbill-field"`` then each field as 2-byte big-endian length + UTF-8 bytes.
 
         Length prefixes make the encoding injective: ``("ab", "c")`` and ``("a", "bc")`` differ.
+        Computed once, when the context is built.
         """
-        parts = [_CONTEXT_LABEL]
-        for value in (self.tenant_id, self.table, self.column, self.row_id):
-            encoded = value.encode("utf-8")
-            parts.append(len(encoded).to_bytes(2, "big"))
-            parts.append(encoded)
-        return b"".join(parts)
+        return self._associated
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class DataKey:
 
     key_id: str
     material: bytes
+    _cipher: AESGCM = field(init=False, repr=False, compare=False)
+    _header: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _is_valid_key_id(self.key_id):
@@ -158,6 +162,10 @@ class DataKey:
             raise TypeError("key material must be bytes")
         if len(self.material) != KEY_SIZE:
             raise ValueError("key material must be exactly 32 bytes")
+        # Built once per key: the AES key schedule and the format header are the same for every
+        # value, and rebuilding them per call cost more than the encryption of a short field.
+        object.__setattr__(self, "_cipher", AESGCM(self.material))
+        object.__setattr__(self, "_header", _header(self.key_id))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(key_id={self.key_id!r}, material=<redacted>)"
@@ -204,8 +212,8 @@ def seal(
     nonce = rng(NONCE_SIZE)
     if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
         raise ValueError("rng must return exactly 12 bytes")
-    header = _header(key.key_id)
-    ciphertext = AESGCM(key.material).encrypt(nonce, plaintext, header + context.associated_data())
+    header = key._header
+    ciphertext = key._cipher.encrypt(nonce, plaintext, header + context._associated)
     return header + nonce + ciphertext
 
 
@@ -247,16 +255,16 @@ def open_sealed(key: DataKey, blob: bytes, context: FieldContext) -> bytes:
     if not isinstance(context, FieldContext):
         raise TypeError("context must be a FieldContext")
     plaintext: bytes | None = None
-    parsed = _parse(blob)
-    if parsed is not None:
-        header, key_id, nonce, ciphertext = parsed
-        if key_id == key.key_id:
-            try:
-                plaintext = AESGCM(key.material).decrypt(
-                    nonce, ciphertext, header + context.associated_data()
-                )
-            except (InvalidTag, ValueError, OverflowError):
-                plaintext = None
+    header = key._header
+    nonce_end = len(header) + NONCE_SIZE
+    # The header is this key's exactly (version, length, id), or the value is not for this key.
+    if isinstance(blob, bytes) and len(blob) >= nonce_end + TAG_SIZE and blob.startswith(header):
+        try:
+            plaintext = key._cipher.decrypt(
+                blob[len(header) : nonce_end], blob[nonce_end:], header + context._associated
+            )
+        except (InvalidTag, ValueError, OverflowError):
+            plaintext = None
     if plaintext is None:
         # Raised outside the ``except`` block so that ``__context__`` stays ``None``.
         raise DecryptionError from None

@@ -13,6 +13,7 @@ __all__ = [
     "BillingError",
     "ConcurrentUpdate",
     "CustomerErased",
+    "DatabaseUnavailable",
     "DecryptionError",
     "GatewayNotConfigured",
     "IdempotencyInProgress",
@@ -65,6 +66,17 @@ class KeyringError(BillingError):
     """The keyring file is missing, unreadable, malformed or has unsafe permissions."""
 
     code = "keyring_unavailable"
+
+
+class DatabaseUnavailable(BillingError):
+    """The database could not complete the unit of work; nothing of it was kept. Try again.
+
+    Raised for a dropped or refused connection, a server that went away mid-transaction, and the
+    conflicts a database resolves by aborting one party (serialization failure, deadlock, a lock
+    wait that timed out). The transaction was rolled back by the database, so no partial rows remain.
+    """
+
+    code = "database_unavailable"
 
 
 class UnknownCurrency(BillingError):

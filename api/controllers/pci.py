@@ -1,8 +1,8 @@
 """The PCI scope report for reviewers (auditor role): JSON, PDF, and the printable page ``/pci``.
 
 Each call runs the card-data scan of the caller's tenant and the deployment checks, and is audited
-(``pci.scan``). Findings are locations only; no response ever carries a card number. ``/pci`` is
-authenticated like the API for now (bearer key); the browser sign-in session replaces that.
+(``pci.scan``). Findings are locations only; no response ever carries a card number. ``/pci`` is a
+session page (:class:`api.pages.PageController`): auditors sign in once with their key at ``/signin``.
 """
 
 from __future__ import annotations
@@ -14,15 +14,11 @@ from litestar.response import Template
 
 from api.auth import requires_role
 from api.deps import ActorDep, BillingDep
+from api.pages import PageController, requires_page_role
 from api.pci import deployment_facts
 from billing import ScopeReport, render_scope_report_pdf
 
 __all__ = ["PciController", "PciPageController"]
-
-_PAGE_POLICY = (
-    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'none'; "
-    "base-uri 'none'; frame-ancestors 'none'"
-)
 
 
 class PciController(Controller):
@@ -61,21 +57,21 @@ class PciController(Controller):
         )
 
 
-class PciPageController(Controller):
+class PciPageController(PageController):
+    """The printable scope report, behind an auditor's sign-in session (headers: the pages')."""
+
     path = "/pci"
-    include_in_schema = False
-    guards = [requires_role("auditor")]
+    guards = [requires_page_role("auditor")]
 
     @get("/", sync_to_thread=True)
     def scope_page(self, request: Request[Any, Any, Any], billing: BillingDep, actor: ActorDep) -> Template:
         report = billing.pci.scope_report(deployment_facts(request.app), actor=actor)
         return Template(
             "pci/report.html",
-            context={"report": report, "findings": report.scan.findings, "stats": report.scan.stats},
-            headers={
-                "Content-Security-Policy": _PAGE_POLICY,
-                "Cache-Control": "no-store",
-                "Referrer-Policy": "no-referrer",
-                "X-Content-Type-Options": "nosniff",
+            context={
+                "report": report,
+                "findings": report.scan.findings,
+                "stats": report.scan.stats,
+                "session": request.auth,
             },
         )

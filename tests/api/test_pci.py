@@ -19,6 +19,7 @@ from api.app import create_app
 from api.settings import Settings
 from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInput
 
+from .test_pages import BASE_URL, sign_in
 from .conftest import TenantKeys, make_tenant
 
 VISA_SPACED = "4242 4242 4242 4242"
@@ -43,11 +44,15 @@ def _never_printed(text: str) -> None:
 
 @pytest.mark.parametrize("role", ["booking", "accountant", "admin"])
 def test_only_auditors_get_the_report(client: TestClient, tenant: TenantKeys, role: str) -> None:
-    for path in ("/v1/pci/scope-report", "/v1/pci/scope-report.pdf", "/pci"):
+    for path in ("/v1/pci/scope-report", "/v1/pci/scope-report.pdf"):
         response = client.get(path, headers=tenant.headers(role))
         assert response.status_code == 403, path
         assert response.json()["code"] == "forbidden_role"
     assert client.get("/v1/pci/scope-report").status_code == 401
+    # The page is a session page: a bearer key opens nothing there, whatever its role.
+    page = client.get("/pci", headers=tenant.headers(role), follow_redirects=False)
+    assert page.status_code == 303
+    assert page.headers["location"].startswith("/signin?next=")
 
 
 def test_a_clean_tenant_report(client: TestClient, tenant: TenantKeys) -> None:
@@ -111,8 +116,13 @@ def test_the_pdf_is_a_document_without_the_number(
     _never_printed(response.content.decode("latin-1"))
 
 
-def test_the_page_renders_the_report_with_a_strict_policy(client: TestClient, tenant: TenantKeys) -> None:
-    response = client.get("/pci", headers=tenant.headers("auditor"))
+def test_the_page_renders_the_report_with_a_strict_policy(settings: Settings, app_billing: Billing) -> None:
+    # Session cookies are Secure (and __Host-): the client speaks to an https origin.
+    with TestClient(create_app(settings, configure_logs=False), base_url=BASE_URL) as client:
+        tenant = make_tenant(client, app_billing, "Cabinet Morel")
+        assert sign_in(client, tenant.auditor, "/pci").status_code == 303
+        response = client.get("/pci")
+        assert client.get("/pci/assets/pci.css").status_code == 200
 
     assert response.status_code == 200
     assert "Card-data scope report" in response.text
@@ -120,7 +130,6 @@ def test_the_page_renders_the_report_with_a_strict_policy(client: TestClient, te
     policy = response.headers["content-security-policy"]
     assert "default-src 'none'" in policy and "script-src" not in policy
     assert response.headers["cache-control"] == "no-store"
-    assert client.get("/pci/assets/pci.css").status_code == 200
 
 
 def test_the_reported_csp_is_the_one_the_payment_page_sends(client: TestClient, tenant: TenantKeys) -> None:
@@ -180,11 +189,13 @@ def test_a_report_with_findings_writes_no_number_to_the_log(
 ) -> None:
     log = tmp_path / "veilbill.log"
     app = create_app(replace(settings, log_path=str(log)), configure_logs=True)
-    with TestClient(app) as logged:
+    with TestClient(app, base_url=BASE_URL) as logged:
         keys = make_tenant(logged, app_billing, "Salon Logged")
         _plant_note(app_billing, keys.tenant_id, fake, VISA_SPACED)
-        for path in ("/v1/pci/scope-report", "/v1/pci/scope-report.pdf", "/pci"):
+        for path in ("/v1/pci/scope-report", "/v1/pci/scope-report.pdf"):
             assert logged.get(path, headers=keys.headers("auditor")).status_code == 200
+        assert sign_in(logged, keys.auditor, "/pci").status_code == 303
+        assert logged.get("/pci").status_code == 200
 
     written = log.read_text()
     assert "/v1/pci/scope-report" in written  # the access log ran

@@ -480,3 +480,67 @@ def test_generate_key_material() -> None:
 def test_generate_key_material_refuses_short_rng() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         generate_key_material(lambda size: bytes(size // 2))
+
+
+# --- fuzzing (hypothesis): the ciphertext parser --------------------------------------------------
+# Whatever bytes arrive where a sealed value is expected, the only outcome is the plaintext of an
+# untouched value or the one opaque DecryptionError: no other exception, no partial plaintext.
+
+from hypothesis import given  # noqa: E402  (kept beside the tests that use it)
+from hypothesis import strategies as st  # noqa: E402
+
+SEALED = seal(KEY, PLAINTEXT, CONTEXT, rng=lambda size: NONCE[:size])
+
+
+@given(blob=st.binary(max_size=200))
+def test_fuzz_arbitrary_bytes_only_ever_raise_the_opaque_error(blob: bytes) -> None:
+    with pytest.raises(DecryptionError) as caught:
+        open_sealed(KEY, blob, CONTEXT)
+    assert str(caught.value) == OPAQUE_MESSAGE
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+    try:
+        key_id = sealed_key_id(blob)
+    except DecryptionError:
+        return
+    assert 1 <= len(key_id) <= 64
+
+
+@given(data=st.data())
+def test_fuzz_every_mutation_of_a_sealed_value_is_refused(data: st.DataObject) -> None:
+    blob = bytearray(SEALED)
+    mutation = data.draw(st.sampled_from(["flip", "truncate", "extend", "splice"]))
+    if mutation == "flip":
+        position = data.draw(st.integers(0, len(blob) - 1))
+        blob[position] ^= data.draw(st.integers(1, 255))
+    elif mutation == "truncate":
+        del blob[data.draw(st.integers(0, len(blob) - 1)) :]
+    elif mutation == "extend":
+        blob += data.draw(st.binary(min_size=1, max_size=32))
+    else:
+        start = data.draw(st.integers(0, len(blob) - 1))
+        replacement = data.draw(st.binary(min_size=1, max_size=8))
+        assume_changed = bytes(blob[start : start + len(replacement)]) != replacement
+        if not assume_changed:
+            replacement = bytes(byte ^ 0xFF for byte in replacement)
+        blob[start : start + len(replacement)] = replacement
+    assert bytes(blob) != SEALED
+    with pytest.raises(DecryptionError):
+        open_sealed(KEY, bytes(blob), CONTEXT)
+
+
+@given(
+    tenant=st.text(max_size=12),
+    table=st.text(max_size=12),
+    column=st.text(max_size=12),
+    row=st.text(max_size=12),
+)
+def test_fuzz_any_other_context_is_refused(tenant: str, table: str, column: str, row: str) -> None:
+    try:
+        other = FieldContext(tenant, table, column, row)
+    except ValueError:  # lone surrogates are refused when the context is built
+        return
+    if other == CONTEXT:
+        assert open_sealed(KEY, SEALED, other) == PLAINTEXT
+    else:
+        with pytest.raises(DecryptionError):
+            open_sealed(KEY, SEALED, other)

@@ -30,7 +30,7 @@ from ..conftest import REQUIRE_ALL, require_or_skip
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "veilbill"
 CLI_TIMEOUT = 60.0
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 
 
@@ -158,11 +158,17 @@ class ServerPool:
         self._servers: list[Server] = []
 
     def start(
-        self, operator: Operator, count: int = 1, extra_env: dict[str, str] | None = None
+        self,
+        operator: Operator,
+        count: int = 1,
+        extra_env: dict[str, str] | None = None,
+        *,
+        workers: int = 1,
     ) -> list[Server]:
         """Start ``count`` servers on free ports, all on ``operator``'s database; wait until ready.
 
         ``extra_env`` adds ``VEILBILL_*`` settings (a gateway, loopback webhook receivers…).
+        ``workers`` > 1 starts each server with ``--workers``: uvicorn's supervisor and its workers.
         """
         started = []
         for _ in range(count):
@@ -174,7 +180,10 @@ class ServerPool:
             env.update(extra_env or {})
             with output_path.open("wb") as output:
                 process = subprocess.Popen(
-                    [*veilbill_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                    [
+                        *veilbill_argv(),
+                        *("serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
+                    ],
                     env=env,
                     cwd=operator.workdir,
                     stdin=subprocess.DEVNULL,

@@ -190,3 +190,16 @@ def test_the_schema_docs_and_probes_are_served(operator: Operator, servers: Serv
         unauthenticated = client.get("/v1/invoices")
         assert unauthenticated.status_code == 401
         assert unauthenticated.headers["content-type"].startswith("application/problem+json")
+
+
+def test_serve_with_two_workers_starts_both_and_answers(operator: Operator, servers: ServerPool) -> None:
+    """Regression: workers slower to import than uvicorn's 5 s health check were respawned forever."""
+    (server,) = servers.start(operator, workers=2)
+    for _ in range(20):
+        assert httpx.get(f"{server.base_url}/health/ready", timeout=10).status_code == 200
+    started = {
+        line["event"]
+        for line in map(json.loads, server.log_path.read_text().splitlines())
+        if line.get("event", "").startswith("Started server process")
+    }
+    assert len(started) == 2, started

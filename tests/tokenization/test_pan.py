@@ -432,3 +432,95 @@ def test_clean_query_params() -> None:
         ("format", "csv"),
     ]
     assert scan_query_params(params) == []
+
+
+# --- fuzzing (hypothesis): no crash, no false negative on generated card numbers ----------------
+#
+# Numbers are generated from every IIN range the detector knows, with every allowed length, a
+# valid Luhn check digit, any grouping, any separator and ASCII or full-width digits, then hidden
+# in text that cannot glue digits to them. Set HYPOTHESIS_SEED (or pass --hypothesis-seed) to
+# rerun with new seeds; the profile's example count is in tests/conftest.py.
+
+from hypothesis import given  # noqa: E402  (kept beside the tests that use it)
+from hypothesis import strategies as st  # noqa: E402
+
+from tokenization._pan import _IIN_RANGES, _SEPARATORS  # noqa: E402
+
+_SEPARATOR_CHARS = _SEPARATORS.replace("\\", "")
+# Text around a number: no digits of any script, no hex letters (no UUID can form), no separators.
+_SURROUNDING = st.text(
+    alphabet=st.characters(
+        blacklist_categories=("Nd", "Cs"),
+        blacklist_characters=_SEPARATOR_CHARS + "0123456789abcdefABCDEF",
+    ),
+    max_size=40,
+)
+
+
+def _luhn_complete(body: str) -> str:
+    """``body`` followed by the check digit that makes it Luhn-valid."""
+    total = 0
+    for position, char in enumerate(reversed(body)):
+        digit = int(char)
+        if position % 2 == 0:  # these are doubled once the check digit is appended
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return body + str((10 - total % 10) % 10)
+
+
+@st.composite
+def generated_card_numbers(draw: st.DrawFn) -> str:
+    low, high, lengths = draw(st.sampled_from(_IIN_RANGES))
+    prefix = str(draw(st.integers(int(low), int(high)))).zfill(len(low))
+    length = draw(st.sampled_from(sorted(lengths)))
+    middle = draw(
+        st.text(alphabet="0123456789", min_size=length - len(prefix) - 1, max_size=length - len(prefix) - 1)
+    )
+    number = _luhn_complete(prefix + middle)
+    assert luhn_valid(number) and len(number) == length
+    return number
+
+
+@st.composite
+def written_card_numbers(draw: st.DrawFn) -> str:
+    """A generated number as a person or a program might write it."""
+    number = draw(generated_card_numbers())
+    if draw(st.booleans()):
+        number = "".join(chr(0xFF10 + int(digit)) for digit in number)
+    cuts = sorted(draw(st.sets(st.integers(1, len(number) - 1), max_size=6)))
+    groups = [number[start:end] for start, end in zip([0, *cuts], [*cuts, len(number)], strict=True)]
+    written = groups[0]
+    for group in groups[1:]:
+        written += draw(st.sampled_from(_SEPARATOR_CHARS)) + group
+    return written
+
+
+@given(before=_SURROUNDING, number=written_card_numbers(), after=_SURROUNDING)
+def test_fuzz_every_generated_card_number_is_found_and_redacted(before: str, number: str, after: str) -> None:
+    text = before + number + after
+    assert find_card_numbers(text) == [(len(before), len(before) + len(number))]
+    redacted = redact_card_numbers(text)
+    assert redacted == before + PAN_REDACTION + after
+    assert find_card_data({"note": text, "nested": [{"x": text}]}) == ["$.note", "$.nested[0].x"]
+
+
+@given(number=generated_card_numbers(), key=st.text(max_size=20))
+def test_fuzz_card_numbers_in_json_numbers_and_keys_are_found(number: str, key: str) -> None:
+    assert find_card_data({key or "k": int(number)}) != []
+    assert find_card_data({number: "value"}) != []
+
+
+@given(text=st.text(max_size=400))
+def test_fuzz_arbitrary_text_never_crashes_and_redaction_is_a_fixed_point(text: str) -> None:
+    spans = find_card_numbers(text)
+    assert spans == sorted(spans)
+    assert all(0 <= start < end <= len(text) for start, end in spans)
+    redacted = redact_card_numbers(text)
+    assert not contains_card_number(redacted)
+    assert redact_card_numbers(redacted) == redacted
+    assert contains_card_number(text) == bool(spans)
+
+
+@given(digits=st.text(alphabet="0123456789 -", max_size=200))
+def test_fuzz_digit_soup_leaves_no_card_number_after_redaction(digits: str) -> None:
+    assert not contains_card_number(redact_card_numbers(digits))

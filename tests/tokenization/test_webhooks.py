@@ -465,3 +465,42 @@ def test_a_real_delivery_from_the_sandbox_verifies_and_parses(
         verify_signature(
             delivery.body, delivery.headers["stripe-signature"], ["whsec_other"], now=int(time.time())
         )
+
+
+# --- fuzzing (hypothesis): the signature header parser ---------------------------------------------
+# Any header either parses into what it says or raises WebhookSignatureInvalid; verification with an
+# arbitrary header never accepts; a header that signs another body never accepts.
+
+from hypothesis import given  # noqa: E402  (kept beside the tests that use it)
+from hypothesis import strategies as st  # noqa: E402
+
+_HEADER_ITEMS = st.one_of(
+    st.text(max_size=20),
+    st.builds("t={}".format, st.one_of(st.integers(-5, 10**13), st.text("0123456789", max_size=14))),
+    st.builds("v1={}".format, st.text("0123456789abcdefABCDEF", min_size=60, max_size=66)),
+    st.builds("{}={}".format, st.text("abcv0123456789_", min_size=1, max_size=17), st.text(max_size=10)),
+)
+_HEADERS = st.one_of(st.text(max_size=300), st.lists(_HEADER_ITEMS, max_size=40).map(",".join))
+
+
+@given(header=_HEADERS)
+def test_fuzz_headers_parse_or_raise_the_one_error(header: str) -> None:
+    try:
+        timestamp, signatures = parse_signature_header(header)
+    except WebhookSignatureInvalid:
+        return
+    assert 0 <= timestamp < 10**12
+    assert all(len(signature) == 64 for signature in signatures)
+    with pytest.raises(WebhookSignatureInvalid):
+        verify_signature(PAYLOAD, header, [SECRET], now=timestamp)
+
+
+@given(payload=st.binary(max_size=300), other=st.binary(max_size=300), timestamp=st.integers(0, 10**12 - 1))
+def test_fuzz_a_signature_is_valid_only_for_its_own_body(
+    payload: bytes, other: bytes, timestamp: int
+) -> None:
+    header = sign_payload(payload, SECRET, timestamp=timestamp)
+    verify_signature(payload, header, [SECRET], now=timestamp)
+    if other != payload:
+        with pytest.raises(WebhookSignatureInvalid):
+            verify_signature(other, header, [SECRET], now=timestamp)
