@@ -19,8 +19,8 @@ from api.app import create_app
 from api.settings import Settings
 from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInput
 
-from .test_pages import BASE_URL, sign_in
 from .conftest import TenantKeys, make_tenant
+from .test_pages import BASE_URL, sign_in
 
 VISA_SPACED = "4242 4242 4242 4242"
 OTHER = "5555555555554444"
