@@ -8,6 +8,7 @@ through :meth:`Settings.from_env`. The group is also registered as a Litestar CL
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -458,6 +459,28 @@ def tenants_create(ctx: _Context, name: str, as_json: bool) -> None:
 @veilbill.group(help="The tamper-evident audit chain.")
 def audit() -> None:
     pass
+
+
+@veilbill.command(
+    help="Compare local payments with the gateway's and the books with themselves; exit 1 on any difference."
+)
+@click.option("--tenant", "tenant_id", default=None, help="only this tenant (default: every tenant)")
+@pass_context
+def reconcile(ctx: _Context, tenant_id: str | None) -> None:
+    report = ctx.billing().reconciler.reconcile(tenant_id=tenant_id)
+    click.echo(
+        json.dumps(
+            {
+                "clean": report.clean,
+                "gateway_checked": report.gateway_checked,
+                "payments_checked": report.payments_checked,
+                "invoices_checked": report.invoices_checked,
+                "discrepancies": [dataclasses.asdict(found) for found in report.discrepancies],
+            }
+        )
+    )
+    if not report.clean:
+        sys.exit(1)
 
 
 @audit.command("verify", help="Verify every chain; exit 1 and name the first broken link.")

@@ -101,6 +101,7 @@ from billing._pci import (
 )
 from billing._pci_pdf import render_scope_report_pdf
 from billing._privacy import DATA_CATEGORIES, ErasureReceipt, PrivacyService, SubjectExport
+from billing._reconcile import Discrepancy, Reconciler, ReconciliationReport
 from billing._reports import PROFILES as REPORT_PROFILES
 from billing._reports import REVENUE_GROUPINGS, Dataset, ReportService, RevenueGrouping
 from billing._retention import RETENTION_PRESETS, RetentionPolicy, RetentionPolicyInput, RetentionReport
@@ -173,6 +174,7 @@ __all__ = [
     "DeploymentFacts",
     "Destination",
     "DestinationPolicy",
+    "Discrepancy",
     "EndpointView",
     "ErasureReceipt",
     "EventDelivery",
@@ -221,6 +223,8 @@ __all__ = [
     "Pkcs11Config",
     "Pkcs11MasterKeys",
     "PrivacyService",
+    "Reconciler",
+    "ReconciliationReport",
     "RefundView",
     "ReportService",
     "RequirementEvidence",

@@ -26,6 +26,7 @@ from billing._payments import PaymentService
 from billing._pci import PciService
 from billing._pdf import SellerDetails, render_invoice_pdf
 from billing._privacy import PrivacyService
+from billing._reconcile import Reconciler
 from billing._reports import ReportService
 from billing._retention import RetentionService
 from billing._rotation import KeyRotationService
@@ -76,6 +77,7 @@ class Billing:
     outbox: EventOutbox = field(init=False)
     events: EventService = field(init=False)
     pci: PciService = field(init=False)
+    reconciler: Reconciler = field(init=False)
 
     def __post_init__(self) -> None:
         clock, rng = self.clock, self.rng
@@ -128,6 +130,7 @@ class Billing:
         self.pci = PciService(
             self.db, self.keyring, self.audit, key_status=self.rotation.key_status, clock=clock
         )
+        self.reconciler = Reconciler(self.db, self.gateway)
 
     def invoice_pdf(self, actor: Actor, invoice_id: str) -> tuple[str, bytes]:
         """The invoice as PDF, rendered in memory from the decrypted content and never stored.
