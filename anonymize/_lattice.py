@@ -475,6 +475,7 @@ def evaluate(
     counts = np.bincount(inverse, weights=source.counts, minlength=unique.size).astype(np.int64)
     source_entities = source.entities
     class_entities: Int64Array | None = None
+    class_of_group: IntpArray | None
     if class_key is not None and source_entities is not None:
         starts, sizes, failed, class_of_group, class_entities = _failing_entity_classes(
             problem,
