@@ -6,7 +6,8 @@ optionally, distinct or entropy l-diversity within a suppression limit, and retu
 table with its ``Guarantee``; with an ``entity`` column, k counts distinct entities (people) per class
 rather than records. ``plan_release`` does the search on an ``EncodedTable`` (integer codes only)
 and returns a ``ReleasePlan`` that releases any slice of rows, for callers that stream their rows.
-``anonymize_csv`` does the same for a file. ``keyed_pseudonym``
+``anonymize_csv`` does the same for a file; ``encode_release`` writes a release arriving in chunks as
+CSV, JSON Lines or Parquet. ``keyed_pseudonym``
 replaces identifiers with HMAC-SHA256 pseudonyms under a purpose key; ``suppress_small_cells``
 protects aggregates. Every error derives from ``AnonymizationError`` (tree in ``_errors``) and names
 columns, never values. Importing this package does no work.
@@ -41,8 +42,10 @@ from anonymize._hierarchy import (
     postcode_prefix,
 )
 from anonymize._pseudonym import Pseudonymizer, keyed_pseudonym
+from anonymize._writers import RELEASE_FORMATS, ReleaseFormat, encode_release
 
 __all__ = [
+    "RELEASE_FORMATS",
     "SUPPRESSED",
     "AnonymizationConfig",
     "AnonymizationError",
@@ -62,6 +65,7 @@ __all__ = [
     "MissingValues",
     "NoAnonymousTransformation",
     "Pseudonymizer",
+    "ReleaseFormat",
     "ReleasePlan",
     "ReleasedCell",
     "UnparseableValue",
@@ -70,6 +74,7 @@ __all__ = [
     "anonymize",
     "anonymize_csv",
     "date_levels",
+    "encode_release",
     "encode_table",
     "flat_hierarchy",
     "hierarchy_for_spec",

@@ -63,7 +63,7 @@ from billing._payments import (
 )
 from billing._privacy import DATA_CATEGORIES, ErasureReceipt, PrivacyService, SubjectExport
 from billing._reports import PROFILES as REPORT_PROFILES
-from billing._reports import REVENUE_GROUPINGS, Dataset, ReportService, RevenueGrouping
+from billing._reports import REVENUE_GROUPINGS, Dataset, ReportExport, ReportService, RevenueGrouping
 from billing._retention import RETENTION_PRESETS, RetentionPolicy, RetentionPolicyInput, RetentionReport
 from billing._rotation import (
     DEFAULT_ROTATION_BATCH_SIZE,
@@ -139,6 +139,7 @@ __all__ = [
     "Pkcs11MasterKeys",
     "PrivacyService",
     "RefundView",
+    "ReportExport",
     "ReportService",
     "RetentionPolicy",
     "RetentionPolicyInput",
