@@ -291,16 +291,16 @@ def _independent_k_l(rows: list[dict[str, str]], *, k: int, l: int) -> int:  # n
     categories: dict[tuple[str, ...], set[str]] = {}
     suppressed = 0
     for row in rows:
-        key = (row["region"], row["age_band"], row["gender"], row["period"])
+        key: tuple[str, ...] = (row["region"], row["age_band"], row["gender"], row["period"])
         if key == ("*", "*", "*", "*"):
             suppressed += 1
             continue
         customers.setdefault(key, set()).add(row["customer"])
         categories.setdefault(key, set()).add(row["category"])
     assert customers, "nothing released"
-    for key, people in customers.items():
-        assert len(people) >= k, key
-        assert len(categories[key]) >= l, key
+    for released, people in customers.items():
+        assert len(people) >= k, released
+        assert len(categories[released]) >= l, released
     return suppressed
 
 
