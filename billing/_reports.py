@@ -629,10 +629,9 @@ def _main_category() -> Any:
     """The category of the invoice's line with the largest net (ties: the first position)."""
     return (
         select(InvoiceLine.category)
-        .where(
-            col(InvoiceLine.invoice_id) == col(Invoice.id),
-            col(InvoiceLine.tenant_id) == col(Invoice.tenant_id),
-        )
+        # By invoice id alone, so the (invoice_id, position) index serves it: lines belong to their
+        # invoice's tenant (foreign key), and the invoices are already filtered by tenant.
+        .where(col(InvoiceLine.invoice_id) == col(Invoice.id))
         .order_by(col(InvoiceLine.net).desc(), col(InvoiceLine.position))
         .limit(1)
         .correlate(Invoice)
