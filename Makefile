@@ -47,8 +47,10 @@ typecheck: install ## mypy --strict
 
 check: lint typecheck test ## Everything CI runs
 
-bench: install ## Benchmarks, side by side with their baselines (see docs/benchmarks.md)
-	$(BIN)/python -m bench.anonymize_bench
+BENCH_ONLY ?=
+bench: install ## Benchmarks side by side with their baselines (docs/benchmarks.md); BENCH_ONLY=anjana picks cases
+	$(BIN)/python -m bench.anonymize_bench $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
+	$(BIN)/python -m bench.export_bench
 
 clean: ## Remove the virtualenv, caches and local data (var/: database and keyring!)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var *.egg-info
