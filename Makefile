@@ -47,9 +47,8 @@ typecheck: install ## mypy --strict
 
 check: lint typecheck test ## Everything CI runs
 
-BENCH_ONLY ?=
-bench: install ## Benchmarks side by side with their baselines (docs/benchmarks.md); BENCH_ONLY=anjana picks cases
-	$(BIN)/python -m bench.anonymize_bench $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
+bench: install ## Every benchmark, side by side with its baseline (docs/benchmarks.md; --only picks cases)
+	$(BIN)/python -m bench.anonymize_bench
 	$(BIN)/python -m bench.export_bench
 
 clean: ## Remove the virtualenv, caches and local data (var/: database and keyring!)
