@@ -83,6 +83,7 @@ Int64Array = npt.NDArray[np.int64]
 IntpArray = npt.NDArray[np.intp]
 
 MAX_LATTICE_NODES = 1 << 20
+CACHE_BUDGET = 1 << 21
 ENTROPY_TOLERANCE = 1e-9
 LOSS_SLACK = 1e-9
 _KEY_LIMIT = 1 << 62
@@ -748,10 +749,13 @@ def search(
 ) -> SearchOutcome:
     """Find the optimal node (see the module docstring); raises ``NoAnonymousTransformation``.
 
-    ``cache_budget`` bounds the combinations kept in rolled-up tables (default 4 times the base + 2^20).
+    ``cache_budget`` bounds the combinations kept in rolled-up tables (default ``CACHE_BUDGET``, 2^21:
+    a fixed cap, at most about 120 MB, so the cache does not grow with the input — with an entity
+    column nearly every record is a combination of its own, and a budget proportional to the base
+    would hold several copies of the table).
     """
     started = clock()
-    state = _Search(problem, base, cache_budget if cache_budget is not None else 4 * base.size + (1 << 20))
+    state = _Search(problem, base, cache_budget if cache_budget is not None else CACHE_BUDGET)
     best = state.run()
     return SearchOutcome(
         levels=best.levels,

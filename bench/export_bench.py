@@ -299,6 +299,7 @@ def run_export(invoices: int, period: str, collect: bool) -> dict[str, object]:
     started = time.perf_counter()
     export = billing.reports.export_invoices(actor, start, end, k=5, l=2, suppression=0.05)
     pass_one = time.perf_counter() - started
+    peak_after_search = peak_rss_mb()
     metadata = {"veilbill.guarantee": json.dumps(dict(export.guarantee), sort_keys=True)}
     chunks = export.chunks()
     if collect:
@@ -321,6 +322,7 @@ def run_export(invoices: int, period: str, collect: bool) -> dict[str, object]:
         "rss_start_mb": round(rss_start, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_minus_start_mb": round(peak_rss_mb() - rss_start, 1),
+        "peak_after_pass1_and_search_mb": round(peak_after_search, 1),
         "parquet_mb": round(out.stat().st_size / 2**20, 1),
         "levels": guarantee["levels"],
         "suppressed": guarantee["suppressed"],
