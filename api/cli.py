@@ -398,6 +398,7 @@ def audit_verify(ctx: _Context, tenant_id: str | None) -> None:
     help="COLUMN=HIERARCHY.csv (ARX format) or COLUMN=builtin:postcode|age|date|interval:5,10,20|flat",
 )
 @click.option("--sensitive", default=None, help="the sensitive column (for l-diversity)")
+@click.option("--entity", default=None, help="count k in distinct values of this column (e.g. a person id)")
 @click.option("--k", "k", type=int, default=5, show_default=True)
 @click.option("--l", "l_value", type=int, default=None, help="distinct l-diversity on --sensitive")
 @click.option("--l-kind", type=click.Choice(["distinct", "entropy"]), default="distinct", show_default=True)
@@ -410,6 +411,7 @@ def anonymize(
     sep: str,
     qi_options: tuple[str, ...],
     sensitive: str | None,
+    entity: str | None,
     k: int,
     l_value: int | None,
     l_kind: str,
@@ -429,6 +431,7 @@ def anonymize(
         l=l_value,
         l_kind="entropy" if l_kind == "entropy" else "distinct",
         suppression=suppression,
+        entity=entity,
     )
     click.echo(json.dumps(guarantee.to_dict()))
 
