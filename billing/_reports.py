@@ -11,17 +11,20 @@
 * ``region`` (postcode), ``age_band`` (age at issue from the birth date), ``gender`` and ``period``
   (issue date) are quasi-identifiers, ``category`` (the category of the line with the largest net;
   ties go to the first position) the sensitive attribute. The engine (:mod:`anonymize`) chooses the
-  generalization of least loss that satisfies k-anonymity and distinct l-diversity within the
-  suppression limit.
+  generalization of least loss that satisfies k-anonymity (in distinct clients) and distinct
+  l-diversity within the suppression limit.
 * Profile decryption happens in memory, one client at a time and once per client; only postcode,
   birth date and gender are opened. Erased clients (no profile key) and clients without those fields
   have their quasi-identifiers suppressed (``*``) and count in ``suppressed``; the engine is given
   what is left of the limit.
 * Amounts are exact (accounts must reconcile): an unusual amount can single a client out, which is
   why ``revenue`` aggregates are the default for sharing beyond the accountant.
-* Residual risk: k counts invoices, not clients, so a client with at least k invoices alike in the
-  released quasi-identifiers can form a class alone. The pseudonym column links a client's rows anyway;
-  what the release protects is the link from those rows to the person.
+* k counts clients, not invoices (``"k_counts": "customers"``): a released class holds invoices of
+  at least k distinct clients, so a client with many alike invoices never forms a class alone. The
+  pseudonym column links a client's rows anyway; what the release protects is the link from those
+  rows to the person.
+* Streamed in two passes over one database snapshot (``export_invoices``): memory grows with small
+  integer codes per invoice and a few values per client, never with the rows themselves.
 
 Profile ``hipaa-safe-harbor`` (no engine search): dates to the year, ZIP3 (first 3 characters then
 ``**``) with the 17 ZIP3 areas of 20,000 people or fewer (US Census list) set to ``000**``, ages over
@@ -39,7 +42,8 @@ they carry no customer column and are released to the accountant only. A rate us
 month does reveal that client's spending at that rate to whoever knows who they are — a residual risk
 stated in ``docs/``.
 
-Every export is audited (``report.exported``) in the transaction that read the data.
+Every export is audited (``report.exported``) in a short transaction of its own once its data is read
+(reads happen in a read-only snapshot, ``Database.snapshot``), before any row is handed out.
 """
 
 from __future__ import annotations
@@ -352,7 +356,7 @@ class ReportService:
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise ValidationFailed("k must be an integer of at least 2", field="k")
         columns = group_by.split(",")
-        with self._db.transaction() as session:
+        with self._db.snapshot() as session:
             query = (
                 select_columns(
                     col(Invoice.customer_id),
@@ -415,7 +419,10 @@ class ReportService:
                 **dict.fromkeys(("invoices", "customers", "net", "tax", "total", "refunded"), pl.Int64),
             }
             frame = pl.DataFrame(records, schema=schema)
-            self._audit_export(session, actor, "revenue", profile=None, rows=frame.height, k=k, l=None)
+            with self._db.transaction() as audit_session:  # the snapshot is read-only
+                self._audit_export(
+                    audit_session, actor, "revenue", profile=None, rows=frame.height, k=k, l=None
+                )
         guarantee: dict[str, object] = {
             "report": "revenue",
             "k": k,
@@ -439,7 +446,7 @@ class ReportService:
         """Net and tax per currency, month and tax rate, from invoice lines (not suppressed: see the
         module docstring). Reads the lines in chunks. Raises ``ValidationFailed`` (field ``from``)."""
         _check_period(date_from, date_to)
-        with self._db.transaction() as session:
+        with self._db.snapshot() as session:
             query = (
                 select_columns(
                     col(Invoice.currency),
@@ -466,7 +473,10 @@ class ReportService:
                 ],
                 schema=TAX_SCHEMA,
             )
-            self._audit_export(session, actor, "tax", profile=None, rows=frame.height, k=None, l=None)
+            with self._db.transaction() as audit_session:  # the snapshot is read-only
+                self._audit_export(
+                    audit_session, actor, "tax", profile=None, rows=frame.height, k=None, l=None
+                )
         guarantee: dict[str, object] = {
             "report": "tax",
             "k": None,
@@ -781,6 +791,7 @@ class _EngineRelease(_Release):
                 "levels": {},
                 "loss": None if rows else 0.0,
                 "max_risk": self._suppressed_risk(compact) if rows else 0.0,
+                "min_customers": int(np.unique(compact.customer).size),
                 "suppressed": rows,
                 "rows": rows,
             }
