@@ -51,9 +51,10 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,sandbox,bench]'
 	@touch $@
 
-bench: $(VENV)/.bench-installed ## Benchmarks, side by side with their baselines (see docs/benchmarks.md)
+bench: $(VENV)/.bench-installed ## Every benchmark, side by side with its baseline (docs/benchmarks.md; --only picks cases)
 	$(BIN)/python -m bench.crypto_bench
 	$(BIN)/python -m bench.anonymize_bench
+	$(BIN)/python -m bench.export_bench
 
 clean: ## Remove the virtualenv, caches and local data (var/: database and keyring!)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var *.egg-info

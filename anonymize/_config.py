@@ -25,7 +25,9 @@ class AnonymizationConfig:
     """The privacy models a release must satisfy.
 
     * ``quasi_identifiers``: column → hierarchy, in the order the levels are reported (at least one);
-    * ``k``: every released equivalence class holds at least k records;
+    * ``k``: every released equivalence class holds at least k records — or, with ``entity``, records
+      of at least k distinct values of that column (k distinct people when the column identifies the
+      person a record is about, so one person's many records cannot form a class alone);
     * ``l`` / ``l_kind``: on ``sensitive``, every released class holds at least l distinct values
       (``distinct``) or has an entropy of at least log(l) (``entropy``); ``None`` disables l-diversity;
     * ``suppression_limit``: the fraction of records that may be suppressed (records of failing classes
@@ -41,6 +43,7 @@ class AnonymizationConfig:
     l: int | None = None  # noqa: E741 -- the model's name in the literature
     l_kind: LDiversity = "distinct"
     suppression_limit: float = 0.0
+    entity: str | None = None
 
     def __post_init__(self) -> None:
         if not self.quasi_identifiers:
@@ -61,6 +64,10 @@ class AnonymizationConfig:
             raise InvalidConfig("l-diversity needs a sensitive column")
         if self.sensitive is not None and self.sensitive in self.quasi_identifiers:
             raise InvalidConfig("the sensitive column cannot be a quasi-identifier", column=self.sensitive)
+        if self.entity is not None and (not isinstance(self.entity, str) or not self.entity):
+            raise InvalidConfig("the entity column must be a non-empty string")
+        if self.entity is not None and self.entity in self.quasi_identifiers:
+            raise InvalidConfig("the entity column cannot be a quasi-identifier", column=self.entity)
         limit = self.suppression_limit
         if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0.0 <= limit <= 1.0:
             raise InvalidConfig("suppression_limit must be a fraction between 0 and 1")
@@ -74,7 +81,10 @@ class Guarantee:
     ``loss_per_qi`` its per-column terms. ``discernibility`` is Σ|E|² over released classes plus n per
     suppressed record. ``avg_class_size``, ``max_risk`` and ``avg_risk`` (prosecutor risk, 1/|E|) count
     the suppressed records as one class — they are indistinguishable in the release — so ``max_risk``
-    exceeds 1/k when 0 < suppressed < k.
+    exceeds 1/k when 0 < suppressed < k. With an ``entity`` column, k counts distinct entities and the
+    risks are per entity: a record's risk is 1 / (distinct entities in its class), ``max_risk`` the
+    largest and ``avg_risk`` the mean over records; ``min_entities`` is the fewest distinct entities
+    in a class (the suppressed records included), ``None`` without an entity column.
     """
 
     levels: Mapping[str, int]
@@ -94,6 +104,8 @@ class Guarantee:
     avg_class_size: float
     max_risk: float
     avg_risk: float
+    entity: str | None = None
+    min_entities: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The JSON document of the guarantee (plain ``dict``/``int``/``float``/``str`` values)."""
@@ -115,6 +127,8 @@ class Guarantee:
             "avg_class_size": self.avg_class_size,
             "max_risk": self.max_risk,
             "avg_risk": self.avg_risk,
+            "entity": self.entity,
+            "min_entities": self.min_entities,
         }
 
 

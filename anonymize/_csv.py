@@ -27,6 +27,7 @@ def anonymize_csv(
     l_kind: LDiversity = "distinct",
     suppression: float = 0.0,
     base_dir: Path | None = None,
+    entity: str | None = None,
 ) -> Guarantee:
     """Anonymize a CSV file and write the release next to it; return the guarantee.
 
@@ -34,7 +35,8 @@ def anonymize_csv(
     ``00501``). ``qi_specs`` maps each quasi-identifier column to ``HIERARCHY.csv`` (an ARX hierarchy,
     read with the same separator, relative to ``base_dir``, default the working directory) or to a
     ``builtin:…`` spec (see ``hierarchy_for_spec``). The output has the input's columns and rows in
-    the same order and uses the same separator. Nothing is written if anonymization fails.
+    the same order and uses the same separator. With ``entity``, k counts distinct values of that
+    column per class (e.g. k distinct patients). Nothing is written if anonymization fails.
 
     Raises the ``AnonymizationError`` subclasses of ``anonymize`` and ``hierarchy_for_spec``, and
     ``OSError`` / Polars errors for unreadable or malformed files.
@@ -53,6 +55,7 @@ def anonymize_csv(
         l=l,
         l_kind=l_kind,
         suppression_limit=suppression,
+        entity=entity,
     )
     result = anonymize(frame, config)
     result.table.write_csv(out_path, separator=sep)

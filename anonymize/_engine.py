@@ -1,12 +1,16 @@
 """``anonymize``: encode a table, search the lattice, release the generalized table.
 
-Only the distinct combinations of quasi-identifier leaves (and sensitive values) reach the search;
-rows come back in at the end, when the chosen levels are applied with one gather per column.
+``plan_release`` is the search on an already encoded table (``EncodedTable``, integers only) and
+returns a ``ReleasePlan`` that generalizes any slice of rows, so a caller can stream its rows twice —
+once to encode them, once to release them — without ever holding them whole. Only the distinct
+combinations of quasi-identifier leaves (with sensitive values and entities) reach the search; rows
+come back in at the end, when the chosen levels are applied with one gather per column.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from time import perf_counter
 
@@ -15,11 +19,19 @@ import numpy.typing as npt
 import polars as pl
 
 from anonymize._config import AnonymizationConfig, AnonymizationResult, Guarantee
-from anonymize._errors import ColumnNotFound, MissingValues, ValueNotInHierarchy
+from anonymize._errors import ColumnNotFound, InvalidConfig, MissingValues, ValueNotInHierarchy
 from anonymize._hierarchy import SUPPRESSED, Hierarchy
 from anonymize._lattice import Problem, Table, evaluate, group_keys, search
 
-__all__ = ["anonymize", "distinct_combinations", "encode_columns"]
+__all__ = [
+    "EncodedTable",
+    "ReleasePlan",
+    "anonymize",
+    "distinct_combinations",
+    "encode_columns",
+    "encode_table",
+    "plan_release",
+]
 
 TableLike = pl.DataFrame | Mapping[str, Sequence[object]]
 
@@ -58,7 +70,7 @@ def encode_columns(frame: pl.DataFrame, hierarchies: Mapping[str, Hierarchy]) ->
     return codes
 
 
-def _encode_sensitive(frame: pl.DataFrame, column: str) -> tuple[npt.NDArray[np.int32], int]:
+def _encode_values(frame: pl.DataFrame, column: str) -> tuple[npt.NDArray[np.int32], int]:
     series = frame.get_column(column)
     if series.null_count():
         raise MissingValues(
@@ -77,6 +89,8 @@ def distinct_combinations(
     cardinalities: Sequence[int],
     sensitive: npt.NDArray[np.int32] | None,
     sensitive_values: int,
+    entities: npt.NDArray[np.int32] | None = None,
+    entity_values: int = 0,
 ) -> tuple[Table, npt.NDArray[np.intp]]:
     """The level-0 table of the rows (distinct combinations with counts) and each row's combination."""
     rows = int(codes[0].size) if codes else 0
@@ -85,6 +99,8 @@ def distinct_combinations(
     parts = [*zip(codes, cardinalities, strict=True)]
     if sensitive is not None:
         parts.append((sensitive, sensitive_values))
+    if entities is not None:
+        parts.append((entities, entity_values))
     for column, cardinality in parts:
         if bound * max(cardinality, 1) >= 1 << 62:
             inverse, unique, _ = group_keys(key, bound)
@@ -98,39 +114,99 @@ def distinct_combinations(
         codes=tuple(column[representative].astype(np.intp) for column in codes),
         sensitive=None if sensitive is None else sensitive[representative].astype(np.intp),
         counts=counts,
+        entities=None if entities is None else entities[representative].astype(np.intp),
     )
     return table, inverse
 
 
-def anonymize(
-    table: TableLike, config: AnonymizationConfig, *, clock: Callable[[], float] = perf_counter
-) -> AnonymizationResult:
-    """Release ``table`` under ``config`` with the least information loss.
+@dataclass(frozen=True)
+class EncodedTable:
+    """A table already reduced to integers — what the search needs and nothing else.
 
-    ``table`` is a Polars DataFrame, or a mapping column → values that Polars turns into one.
-    Quasi-identifier values are matched against hierarchy leaves by their string form (Polars'
-    cast: ``37``, ``2024-03-01``, ``1.5``). The sensitive column is compared by string form too.
-
-    Raises ``ColumnNotFound``, ``MissingValues``, ``ValueNotInHierarchy`` before searching,
-    ``LatticeTooLarge`` and ``NoAnonymousTransformation`` from the search.
+    ``leaves[column]`` holds, per row, the position of the row's value among the leaves of the
+    column's hierarchy (``Hierarchy.leaf_index``); ``sensitive`` and ``entities`` hold codes
+    ``0 … sensitive_values-1`` / ``0 … entity_values-1`` (any numbering: only equality matters).
+    This is the compact form a caller that streams its rows builds, a few bytes per row, instead of
+    a table of strings; ``anonymize`` builds it from a DataFrame.
     """
-    frame = table if isinstance(table, pl.DataFrame) else pl.DataFrame(dict(table))
-    columns = list(config.quasi_identifiers)
-    for column in [*columns, *([config.sensitive] if config.sensitive else [])]:
-        if column not in frame.columns:
+
+    leaves: Mapping[str, npt.NDArray[np.int32]]
+    sensitive: npt.NDArray[np.int32] | None = None
+    sensitive_values: int = 1
+    entities: npt.NDArray[np.int32] | None = None
+    entity_values: int = 0
+
+    @property
+    def rows(self) -> int:
+        first = next(iter(self.leaves.values()), None)
+        return 0 if first is None else int(first.size)
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """The chosen transformation: levels, which rows are suppressed, and the guarantee.
+
+    ``generalize`` applies it to any slice of the rows (``anonymize`` to all of them at once, a
+    streaming writer chunk by chunk), so the released values never need the whole table in memory.
+    """
+
+    config: AnonymizationConfig
+    guarantee: Guarantee
+    suppressed_rows: npt.NDArray[np.bool_] = field(repr=False)
+
+    def generalize(
+        self, column: str, leaves: npt.NDArray[np.int32], suppressed: npt.NDArray[np.bool_]
+    ) -> pl.Series:
+        """The released labels of ``column`` for rows with these leaf positions (``*`` where
+        ``suppressed``)."""
+        hierarchy = self.config.quasi_identifiers[column]
+        level = self.guarantee.levels[column]
+        labels = pl.Series(column, [*hierarchy.labels(level), SUPPRESSED], dtype=pl.String)
+        generalized = hierarchy.codes(level)[leaves]
+        generalized[suppressed] = len(hierarchy.labels(level))
+        return labels.gather(generalized)
+
+
+def _check_encoded(encoded: EncodedTable, config: AnonymizationConfig) -> None:
+    rows = encoded.rows
+    for column in config.quasi_identifiers:
+        if column not in encoded.leaves:
             raise ColumnNotFound(f"column {column!r} is not in the table", column=column)
+    arrays = [*encoded.leaves.values(), encoded.sensitive, encoded.entities]
+    if any(array is not None and array.size != rows for array in arrays):
+        raise InvalidConfig("every encoded column needs one entry per row")
+    if config.entity is not None and encoded.entities is None:
+        raise ColumnNotFound(f"column {config.entity!r} is not in the table", column=config.entity)
+
+
+def plan_release(
+    encoded: EncodedTable, config: AnonymizationConfig, *, clock: Callable[[], float] = perf_counter
+) -> ReleasePlan:
+    """Search the transformation of least loss for an encoded table (see ``EncodedTable``).
+
+    Raises ``ColumnNotFound`` or ``InvalidConfig`` for an encoded table that does not fit the
+    configuration, ``LatticeTooLarge`` and ``NoAnonymousTransformation`` from the search.
+    """
+    _check_encoded(encoded, config)
+    columns = list(config.quasi_identifiers)
     hierarchies = [config.quasi_identifiers[column] for column in columns]
-    leaf_codes = encode_columns(frame, config.quasi_identifiers)
+    leaf_codes = [encoded.leaves[column] for column in columns]
     check_diversity = config.l is not None and config.l > 1 and config.sensitive is not None
-    sensitive, sensitive_values = (None, 1)
-    if check_diversity and config.sensitive is not None:
-        sensitive, sensitive_values = _encode_sensitive(frame, config.sensitive)
-    rows = frame.height
+    sensitive = encoded.sensitive if check_diversity else None
+    sensitive_values = encoded.sensitive_values if check_diversity else 1
+    entities = encoded.entities if config.entity is not None else None
+    entity_values = max(encoded.entity_values, 1) if entities is not None else 0
+    rows = encoded.rows
     limit = Fraction(repr(float(config.suppression_limit)))
     max_suppressed = int(limit * rows)
 
     base, row_combination = distinct_combinations(
-        leaf_codes, [hierarchy.domain_size for hierarchy in hierarchies], sensitive, sensitive_values
+        leaf_codes,
+        [hierarchy.domain_size for hierarchy in hierarchies],
+        sensitive,
+        sensitive_values,
+        entities,
+        entity_values,
     )
     problem = Problem.build(
         columns=columns,
@@ -146,9 +222,10 @@ def anonymize(
         l=config.l,
         l_kind=config.l_kind,
         max_suppressed=max_suppressed,
+        entity_values=entity_values,
     )
     if rows == 0:
-        return _empty_result(frame, config, problem)
+        return ReleasePlan(config, _empty_guarantee(config, problem), np.zeros(0, dtype=np.bool_))
     outcome = search(problem, base, clock=clock)
     final = evaluate(problem, base, outcome.levels, keep_table=False, details=True)
     if final.source_failed is None or final.class_sizes is None or final.class_failed is None:
@@ -156,19 +233,24 @@ def anonymize(
     suppressed_rows = final.source_failed[row_combination]
     suppressed_rows.flags.writeable = False
 
-    released = []
-    for q, column in enumerate(columns):
-        hierarchy, level = hierarchies[q], outcome.levels[q]
-        labels = pl.Series(column, [*hierarchy.labels(level), SUPPRESSED], dtype=pl.String)
-        generalized = hierarchy.codes(level)[leaf_codes[q]]
-        generalized[suppressed_rows] = len(hierarchy.labels(level))
-        released.append(labels.gather(generalized))
-    released_frame = frame.with_columns(released)
-
-    kept_sizes = final.class_sizes[~final.class_failed]
+    kept = ~final.class_failed
+    kept_sizes = final.class_sizes[kept]
     suppressed = outcome.suppressed
     classes = int(kept_sizes.size) + (1 if suppressed else 0)
-    smallest = min(int(kept_sizes.min()) if kept_sizes.size else rows, suppressed or rows)
+    min_entities: int | None = None
+    if entities is not None and final.class_entities is not None:
+        # Risks per entity: a record's risk is 1 / (distinct entities in its class).
+        kept_entities = final.class_entities[kept]
+        per_class = list(zip(kept_sizes.tolist(), kept_entities.tolist(), strict=True))
+        if suppressed:
+            per_class.append((suppressed, int(np.unique(entities[suppressed_rows]).size)))
+        min_entities = min(count for _, count in per_class)
+        max_risk = 1.0 / min_entities
+        avg_risk = sum(size / count for size, count in per_class) / rows
+    else:
+        smallest = min(int(kept_sizes.min()) if kept_sizes.size else rows, suppressed or rows)
+        max_risk = 1.0 / smallest
+        avg_risk = classes / rows
     guarantee = Guarantee(
         levels=dict(zip(columns, outcome.levels, strict=True)),
         suppressed=suppressed,
@@ -185,15 +267,69 @@ def anonymize(
         search_ms=outcome.search_ms,
         discernibility=int((kept_sizes * kept_sizes).sum()) + suppressed * rows,
         avg_class_size=rows / classes,
-        max_risk=1.0 / smallest,
-        avg_risk=classes / rows,
+        max_risk=max_risk,
+        avg_risk=avg_risk,
+        entity=config.entity,
+        min_entities=min_entities,
     )
-    return AnonymizationResult(table=released_frame, guarantee=guarantee, suppressed_rows=suppressed_rows)
+    return ReleasePlan(config, guarantee, suppressed_rows)
 
 
-def _empty_result(frame: pl.DataFrame, config: AnonymizationConfig, problem: Problem) -> AnonymizationResult:
+def encode_table(frame: pl.DataFrame, config: AnonymizationConfig) -> EncodedTable:
+    """The ``EncodedTable`` of a DataFrame under ``config``.
+
+    Raises ``ColumnNotFound``, ``MissingValues`` and ``ValueNotInHierarchy``.
+    """
+    wanted = [*config.quasi_identifiers, *(c for c in (config.sensitive, config.entity) if c)]
+    for column in wanted:
+        if column not in frame.columns:
+            raise ColumnNotFound(f"column {column!r} is not in the table", column=column)
+    leaf_codes = encode_columns(frame, config.quasi_identifiers)
+    check_diversity = config.l is not None and config.l > 1 and config.sensitive is not None
+    sensitive, sensitive_values = (None, 1)
+    if check_diversity and config.sensitive is not None:
+        sensitive, sensitive_values = _encode_values(frame, config.sensitive)
+    entities, entity_values = (None, 0)
+    if config.entity is not None:
+        entities, entity_values = _encode_values(frame, config.entity)
+    return EncodedTable(
+        leaves=dict(zip(config.quasi_identifiers, leaf_codes, strict=True)),
+        sensitive=sensitive,
+        sensitive_values=sensitive_values,
+        entities=entities,
+        entity_values=entity_values,
+    )
+
+
+def anonymize(
+    table: TableLike, config: AnonymizationConfig, *, clock: Callable[[], float] = perf_counter
+) -> AnonymizationResult:
+    """Release ``table`` under ``config`` with the least information loss.
+
+    ``table`` is a Polars DataFrame, or a mapping column → values that Polars turns into one.
+    Quasi-identifier values are matched against hierarchy leaves by their string form (Polars'
+    cast: ``37``, ``2024-03-01``, ``1.5``). The sensitive and entity columns are compared by string
+    form too.
+
+    Raises ``ColumnNotFound``, ``MissingValues``, ``ValueNotInHierarchy`` before searching,
+    ``LatticeTooLarge`` and ``NoAnonymousTransformation`` from the search.
+    """
+    frame = table if isinstance(table, pl.DataFrame) else pl.DataFrame(dict(table))
+    encoded = encode_table(frame, config)
+    plan = plan_release(encoded, config, clock=clock)
+    if frame.height == 0:
+        released = frame.with_columns(pl.col(column).cast(pl.String) for column in config.quasi_identifiers)
+        return AnonymizationResult(released, plan.guarantee, plan.suppressed_rows)
+    released_frame = frame.with_columns(
+        plan.generalize(column, encoded.leaves[column], plan.suppressed_rows)
+        for column in config.quasi_identifiers
+    )
+    return AnonymizationResult(released_frame, plan.guarantee, plan.suppressed_rows)
+
+
+def _empty_guarantee(config: AnonymizationConfig, problem: Problem) -> Guarantee:
     columns = list(config.quasi_identifiers)
-    guarantee = Guarantee(
+    return Guarantee(
         levels=dict.fromkeys(columns, 0),
         suppressed=0,
         loss=0.0,
@@ -211,6 +347,6 @@ def _empty_result(frame: pl.DataFrame, config: AnonymizationConfig, problem: Pro
         avg_class_size=0.0,
         max_risk=0.0,
         avg_risk=0.0,
+        entity=config.entity,
+        min_entities=0 if config.entity is not None else None,
     )
-    released = frame.with_columns(pl.col(column).cast(pl.String) for column in columns)
-    return AnonymizationResult(released, guarantee, np.zeros(0, dtype=np.bool_))

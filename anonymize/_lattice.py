@@ -44,7 +44,9 @@ column's domain size and n the number of records. ARX's Loss for q is
    generalizations are skipped.
 5. *Monotone privacy models* (tagging). With suppression, k-anonymity is monotone: merging classes
    keeps a record in a class of ≥ k, so the suppressed set only shrinks as N is generalized; the
-   same holds for distinct l-diversity (a merge loses no distinct value). So an anonymous node makes
+   same holds for distinct l-diversity (a merge loses no distinct value) and for k counted in distinct
+   entities (a merged class holds every entity of its parts, so at least as many as its largest
+   part, and a class that had k keeps them). So an anonymous node makes
    all its generalizations anonymous and a non-anonymous one all its specializations non-anonymous.
    Entropy l-diversity is monotone only without suppression (entropy is concave: a merged class is
    at least as diverse as its least diverse part); with suppression a failing class merged into a
@@ -81,6 +83,7 @@ Int64Array = npt.NDArray[np.int64]
 IntpArray = npt.NDArray[np.intp]
 
 MAX_LATTICE_NODES = 1 << 20
+CACHE_BUDGET = 1 << 21
 ENTROPY_TOLERANCE = 1e-9
 LOSS_SLACK = 1e-9
 _KEY_LIMIT = 1 << 62
@@ -127,15 +130,24 @@ _TOP = object()
 
 
 class Table:
-    """Distinct (quasi-identifier labels, sensitive value) combinations at one node, with counts.
+    """Distinct (quasi-identifier labels, sensitive value, entity) combinations at one node, with counts.
 
     ``codes[q]`` is ``None`` for a column at its top level (one label); ``sensitive`` is ``None``
-    when no l-diversity model is checked. A table rolled up during the search keeps only its counts
-    and one representative position per combination in its source; its labels are gathered the first
-    time it serves as a source itself (most never do).
+    when no l-diversity model is checked, ``entities`` when k counts records. A table rolled up
+    during the search keeps only its counts and one representative position per combination in its
+    source; its labels are gathered the first time it serves as a source itself (most never do).
     """
 
-    __slots__ = ("_codes", "_maps", "_representative", "_sensitive", "_source", "counts", "levels")
+    __slots__ = (
+        "_codes",
+        "_entities",
+        "_maps",
+        "_representative",
+        "_sensitive",
+        "_source",
+        "counts",
+        "levels",
+    )
 
     def __init__(
         self,
@@ -143,11 +155,13 @@ class Table:
         codes: tuple[IntpArray | None, ...],
         sensitive: IntpArray | None,
         counts: Int64Array,
+        entities: IntpArray | None = None,
     ) -> None:
         self.levels = levels
         self.counts = counts
         self._codes: tuple[IntpArray | None, ...] | None = codes
         self._sensitive = sensitive
+        self._entities = entities
         self._source: Table | None = None
         self._representative: IntpArray | None = None
         self._maps: tuple[object, ...] = ()
@@ -179,8 +193,9 @@ class Table:
                 continue
             picked = source_codes[representative]
             codes.append(picked if mapping is None else mapping[picked])  # type: ignore[index]
-        sensitive = source.sensitive
+        sensitive, entities = source.sensitive, source.entities
         self._sensitive = None if sensitive is None else sensitive[representative]
+        self._entities = None if entities is None else entities[representative]
         self._codes = tuple(codes)
         self._source = self._representative = None
         self._maps = ()
@@ -197,6 +212,12 @@ class Table:
         return self._sensitive
 
     @property
+    def entities(self) -> IntpArray | None:
+        if self._codes is None:
+            self._materialize()
+        return self._entities
+
+    @property
     def size(self) -> int:
         return int(self.counts.size)
 
@@ -206,7 +227,8 @@ class Problem:
     """Everything about one search that does not depend on the node.
 
     ``up[q][a][b]`` maps column q's label numbers at level a to level b (a < b); ``leaves[q][h]`` is
-    the leaf count of each label; ``cardinality[q][h]`` the number of labels; ``bound_numerator[q][h]``
+    the leaf count of each label; ``cardinality[q][h]`` the number of labels; ``entity_values`` the
+    number of distinct entities (0 when k counts records); ``bound_numerator[q][h]``
     the integer B_q of the module docstring; ``gaps[q][h]`` the least that suppressing one record adds
     to I_q at level h (D_q minus the largest leaf count of a label present in the data).
     """
@@ -225,6 +247,7 @@ class Problem:
     l: int | None  # noqa: E741 -- the model's name in the literature
     l_kind: str
     max_suppressed: int
+    entity_values: int = 0
 
     @classmethod
     def build(
@@ -239,6 +262,7 @@ class Problem:
         l: int | None,  # noqa: E741 -- the model's name in the literature
         l_kind: str,
         max_suppressed: int,
+        entity_values: int = 0,
     ) -> Problem:
         """Precompute maps and bounds. ``level_codes[q][h]`` maps leaf → label number at level h."""
         rows = int(base.counts.sum())
@@ -287,6 +311,7 @@ class Problem:
             l=l,
             l_kind=l_kind,
             max_suppressed=max_suppressed,
+            entity_values=entity_values,
         )
 
     def loss_term(self, q: int, numerator: int) -> float:
@@ -321,13 +346,15 @@ class Evaluation:
     class_sizes: Int64Array | None = None
     class_failed: npt.NDArray[np.bool_] | None = None
     source_failed: npt.NDArray[np.bool_] | None = None
+    class_entities: Int64Array | None = None
 
 
 def _class_keys(
     problem: Problem, source: Table, levels: tuple[int, ...]
-) -> tuple[Int64Array, int, list[IntpArray | None], tuple[object, ...]]:
-    """One integer key per combination of ``source`` at ``levels`` (sensitive value last), its bound,
-    each column's generalized labels (``None`` at the top) and the maps that produced them."""
+) -> tuple[Int64Array, int, list[IntpArray | None], tuple[object, ...], Int64Array | None]:
+    """One integer key per combination of ``source`` at ``levels`` (sensitive value, then entity
+    last), its bound, each column's generalized labels (``None`` at the top), the maps that produced
+    them and, with entities, the key of the quasi-identifiers alone (the class of each combination)."""
     key: Int64Array | None = None
     bound = 1
     generalized: list[IntpArray | None] = []
@@ -342,12 +369,18 @@ def _class_keys(
         generalized.append(labels)
         maps.append(mapping)
         key, bound = _extend_key(key, bound, labels, problem.cardinality[q][level])
+    entities = source.entities
+    class_key = None
+    if entities is not None:
+        class_key = np.zeros(source.size, dtype=np.int64) if key is None else key.copy()
     sensitive = source.sensitive
     if sensitive is not None:
         key, bound = _extend_key(key, bound, sensitive, problem.sensitive_values)
+    if entities is not None:
+        key, bound = _extend_key(key, bound, entities, problem.entity_values)
     if key is None:
         key = np.zeros(source.size, dtype=np.int64)
-    return key, bound, generalized, tuple(maps)
+    return key, bound, generalized, tuple(maps), class_key
 
 
 def _extend_key(key: Int64Array | None, bound: int, labels: IntpArray, radix: int) -> tuple[Int64Array, int]:
@@ -388,6 +421,47 @@ def _failing_classes(
     return starts, sizes, failed, np.cumsum(new_class) - 1
 
 
+def _failing_entity_classes(
+    problem: Problem,
+    counts: Int64Array,
+    unique: Int64Array,
+    group_class_key: Int64Array,
+    group_entities: IntpArray,
+    diversity: bool,
+) -> tuple[IntpArray, Int64Array, npt.NDArray[np.bool_], IntpArray, Int64Array]:
+    """``_failing_classes`` when k counts distinct entities: groups are (class, sensitive, entity)
+    combinations in key order, so a class is a run of equal ``group_class_key`` and, within it, a
+    sensitive value a run of equal ``unique // entity_values``. Also returns each class's distinct
+    entities."""
+    groups = int(unique.size)
+    new_class = np.empty(groups, dtype=np.bool_)
+    new_class[:1] = True
+    np.not_equal(group_class_key[1:], group_class_key[:-1], out=new_class[1:])
+    starts = np.flatnonzero(new_class)
+    class_of_group = np.cumsum(new_class) - 1
+    sizes = np.add.reduceat(counts, starts) if groups else counts
+    classes = int(starts.size)
+    pairs = class_of_group.astype(np.int64) * problem.entity_values + group_entities
+    _, distinct_pairs, _ = group_keys(pairs, max(classes * problem.entity_values, 1))
+    entities = np.bincount(distinct_pairs // problem.entity_values, minlength=classes).astype(np.int64)
+    failed = entities < problem.k
+    if diversity and problem.l is not None and problem.l > 1:
+        prefix = unique // problem.entity_values  # (class, sensitive value), in key order
+        new_value = new_class.copy()
+        np.not_equal(prefix[1:], prefix[:-1], out=new_value[1:])
+        new_value |= new_class
+        value_starts = np.flatnonzero(new_value)
+        value_class = class_of_group[value_starts]
+        if problem.l_kind == "distinct":
+            failed |= np.bincount(value_class, minlength=classes) < problem.l
+        else:
+            value_counts = np.add.reduceat(counts, value_starts).astype(np.float64)
+            spread = np.bincount(value_class, weights=value_counts * np.log(value_counts), minlength=classes)
+            entropy = np.log(sizes) - spread / sizes
+            failed |= entropy < math.log(problem.l) - ENTROPY_TOLERANCE
+    return starts, sizes, failed, class_of_group, entities
+
+
 def evaluate(
     problem: Problem, source: Table, levels: tuple[int, ...], *, keep_table: bool, details: bool = False
 ) -> Evaluation:
@@ -397,12 +471,25 @@ def evaluate(
     ``details``, also return the class sizes, which classes fail, and, for each combination of
     ``source``, whether its records are suppressed.
     """
-    key, bound, generalized, maps = _class_keys(problem, source, levels)
+    key, bound, generalized, maps, class_key = _class_keys(problem, source, levels)
     inverse, unique, representative = group_keys(key, bound)
     counts = np.bincount(inverse, weights=source.counts, minlength=unique.size).astype(np.int64)
-    starts, sizes, failed, class_of_group = _failing_classes(
-        problem, counts, unique, source.sensitive is not None
-    )
+    source_entities = source.entities
+    class_entities: Int64Array | None = None
+    class_of_group: IntpArray | None
+    if class_key is not None and source_entities is not None:
+        starts, sizes, failed, class_of_group, class_entities = _failing_entity_classes(
+            problem,
+            counts,
+            unique,
+            class_key[representative],
+            source_entities[representative],
+            source.sensitive is not None,
+        )
+    else:
+        starts, sizes, failed, class_of_group = _failing_classes(
+            problem, counts, unique, source.sensitive is not None
+        )
     failed_classes = np.flatnonzero(failed)
     failed_sizes = sizes[failed_classes]
     suppressed = int(failed_sizes.sum())
@@ -431,6 +518,7 @@ def evaluate(
         class_sizes=sizes,
         class_failed=failed,
         source_failed=group_failed[inverse],
+        class_entities=class_entities,
     )
 
 
@@ -661,10 +749,13 @@ def search(
 ) -> SearchOutcome:
     """Find the optimal node (see the module docstring); raises ``NoAnonymousTransformation``.
 
-    ``cache_budget`` bounds the combinations kept in rolled-up tables (default 4 times the base + 2^20).
+    ``cache_budget`` bounds the combinations kept in rolled-up tables (default ``CACHE_BUDGET``, 2^21:
+    a fixed cap, at most about 120 MB, so the cache does not grow with the input — with an entity
+    column nearly every record is a combination of its own, and a budget proportional to the base
+    would hold several copies of the table).
     """
     started = clock()
-    state = _Search(problem, base, cache_budget if cache_budget is not None else 4 * base.size + (1 << 20))
+    state = _Search(problem, base, cache_budget if cache_budget is not None else CACHE_BUDGET)
     best = state.run()
     return SearchOutcome(
         levels=best.levels,

@@ -14,7 +14,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ import click
 import msgspec
 from litestar.plugins import CLIPluginProtocol
 
-from anonymize import AnonymizationError
+from anonymize import RELEASE_FORMATS, AnonymizationError, ReleaseFormat, encode_release
 from api.app import (
     gateway_from_settings,
     hsm_from_settings,
@@ -34,6 +34,8 @@ from api.app import (
 from api.settings import Settings
 from billing import (
     DEFAULT_ROTATION_BATCH_SIZE,
+    REPORT_PROFILES,
+    REVENUE_GROUPINGS,
     Actor,
     Billing,
     BreachInput,
@@ -596,6 +598,7 @@ def privacy_inventory(markdown: bool) -> None:
     help="COLUMN=HIERARCHY.csv (ARX format) or COLUMN=builtin:postcode|age|date|interval:5,10,20|flat",
 )
 @click.option("--sensitive", default=None, help="the sensitive column (for l-diversity)")
+@click.option("--entity", default=None, help="count k in distinct values of this column (e.g. a person id)")
 @click.option("--k", "k", type=int, default=5, show_default=True)
 @click.option("--l", "l_value", type=int, default=None, help="distinct l-diversity on --sensitive")
 @click.option("--l-kind", type=click.Choice(["distinct", "entropy"]), default="distinct", show_default=True)
@@ -608,6 +611,7 @@ def anonymize(
     sep: str,
     qi_options: tuple[str, ...],
     sensitive: str | None,
+    entity: str | None,
     k: int,
     l_value: int | None,
     l_kind: str,
@@ -627,8 +631,97 @@ def anonymize(
         l=l_value,
         l_kind="entropy" if l_kind == "entropy" else "distinct",
         suppression=suppression,
+        entity=entity,
     )
     click.echo(json.dumps(guarantee.to_dict()))
+
+
+@veilbill.group(help="Accountants' reports, exported by an operator.")
+def report() -> None:
+    pass
+
+
+@report.command(
+    "export",
+    help="Write an anonymized report of a tenant's period to a file (mode 0600), plus FILE.guarantee.json "
+    "for csv and jsonl; print the guarantee. Audited as the operator.",
+)
+@click.option("--tenant", "tenant_id", required=True)
+@click.option("--dataset", type=click.Choice(["invoices", "revenue", "tax"]), required=True)
+@click.option("--from", "date_from", type=click.DateTime(formats=["%Y-%m-%d"]), required=True)
+@click.option("--to", "date_to", type=click.DateTime(formats=["%Y-%m-%d"]), required=True)
+@click.option(
+    "--format", "output_format", type=click.Choice(list(RELEASE_FORMATS)), default="csv", show_default=True
+)
+@click.option("--k", "k", type=click.IntRange(2, 1000), default=5, show_default=True)
+@click.option("--l", "l_value", type=click.IntRange(1, 1000), default=2, show_default=True, help="invoices")
+@click.option(
+    "--suppression", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True, help="invoices"
+)
+@click.option("--profile", type=click.Choice(list(REPORT_PROFILES)), default=None, help="invoices")
+@click.option(
+    "--group-by",
+    type=click.Choice(list(REVENUE_GROUPINGS)),
+    default="month",
+    show_default=True,
+    help="revenue",
+)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@pass_context
+def report_export(
+    ctx: _Context,
+    tenant_id: str,
+    dataset: str,
+    date_from: datetime,
+    date_to: datetime,
+    output_format: ReleaseFormat,
+    k: int,
+    l_value: int,
+    suppression: float,
+    profile: str | None,
+    group_by: str,
+    out_path: Path,
+) -> None:
+    billing = ctx.billing()
+    billing.tenants.business_details(tenant_id)  # NotFound for an unknown tenant
+    actor = Actor.operator(tenant_id)
+    start, end = date_from.date(), date_to.date()
+    if dataset == "invoices":
+        export = billing.reports.export_invoices(
+            actor, start, end, k=k, l=l_value, suppression=suppression, profile=profile
+        )
+    elif dataset == "revenue":
+        export = billing.reports.export_revenue(actor, start, end, group_by=group_by, k=k)
+    else:
+        export = billing.reports.export_tax(actor, start, end)
+    document = json.dumps(dict(export.guarantee), sort_keys=True)
+    with export:
+        chunks = encode_release(
+            export.chunks(),
+            schema=export.schema,
+            output_format=output_format,
+            metadata={"veilbill.guarantee": document},
+        )
+        _write_private(out_path, chunks)
+    if output_format != "parquet":
+        _write_private(out_path.with_name(out_path.name + ".guarantee.json"), [document.encode() + b"\n"])
+    click.echo(document)
+
+
+def _write_private(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``path`` (mode 0600) through a temporary file renamed at the end, so a
+    failed export leaves no partial file and an existing file never keeps wider permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 @veilbill.group(help="The breach register (GDPR 72 hours, HIPAA 60 days).")

@@ -12,7 +12,15 @@
   its own: the table, the engine and the release. ``rss_before_mb`` is the resident size with the
   table generated, before the first ``anonymize`` call.
 
-Usage: ``python -m bench.anonymize_bench [--runs 7] [--only adult-a,synthetic-1m] [--adult DIR]``.
+* ``anjana``: ANJANA (PyPI ``anjana``, k-anonymity by greedy generalization and suppression)
+  side by side with this engine on the same 100,000 rows — drawn with replacement from Adult with
+  a fixed seed — and the same ARX hierarchies of the 8 quasi-identifiers: k=5, at most 5 %
+  suppressed. ANJANA pins its dependencies, so it runs in a virtualenv of its own
+  (``--anjana-venv``, default ``var/bench-anjana-venv``, created with ``python -m venv`` and
+  ``pip install anjana`` on first use) in a subprocess (``bench/anjana_child.py``); its time is its
+  ``k_anonymity_inner`` call alone, ours the whole ``anonymize`` call (median of ``--runs``).
+
+Usage: ``python -m bench.anonymize_bench [--runs 7] [--only adult-a,synthetic-1m,anjana] [--adult DIR]``.
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ ADULT_CASES: dict[str, dict[str, object]] = {
 }
 ARX_MS = {"adult-a": 48.0, "adult-b": 613.0, "adult-c": 593.0}
 SYNTHETIC = "synthetic-1m"
+ANJANA = "anjana"
+ANJANA_ROWS = 100_000
+ANJANA_SEED = 20251202
 
 
 def peak_rss_mb() -> float:
@@ -153,16 +164,70 @@ def bench_synthetic(runs: int, warmup: int, rows: int = 1_000_000, seed: int = 2
     print(json.dumps(line), flush=True)
 
 
+def anjana_python(venv: Path) -> Path:
+    """The interpreter of ANJANA's own virtualenv, created (``pip install anjana``) when missing."""
+    python = venv / "bin" / "python"
+    check = [str(python), "-c", "import anjana"]
+    if python.exists() and subprocess.run(check, capture_output=True, check=False).returncode == 0:  # noqa: S603
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)  # noqa: S603
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "anjana"], check=True)  # noqa: S603
+    return python
+
+
+def bench_anjana(adult_dir: Path, venv: Path, runs: int, workdir: Path) -> None:
+    adult = pl.read_csv(adult_dir / "adult.csv", separator=";", infer_schema=False)
+    rng = np.random.default_rng(ANJANA_SEED)
+    frame = adult[rng.integers(0, adult.height, size=ANJANA_ROWS).tolist()]
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_path = workdir / "adult-100k.csv"
+    frame.write_csv(data_path, separator=";")
+    hierarchies = {
+        name: Hierarchy.from_arx_csv(adult_dir / f"adult_hierarchy_{name}.csv") for name in ADULT_QIS
+    }
+    config = AnonymizationConfig(hierarchies, k=5, suppression_limit=0.05)
+    ours = timed_runs(frame, config, runs, 1)
+    python = anjana_python(venv)
+    command = [str(python), str(ROOT / "bench" / "anjana_child.py"), str(data_path), str(adult_dir)]
+    command += ["5", "5", *ADULT_QIS]
+    started = time.perf_counter()
+    child = subprocess.run(command, check=True, capture_output=True, text=True)  # noqa: S603
+    anjana_wall = time.perf_counter() - started
+    theirs = json.loads(child.stdout.strip().splitlines()[-1])
+    ours_s = float(str(ours["engine_ms_median"])) / 1000.0
+    line = {
+        "case": ANJANA,
+        "rows": ANJANA_ROWS,
+        "seed": ANJANA_SEED,
+        "k": 5,
+        "suppression": 0.05,
+        "ours_engine_ms_median": ours["engine_ms_median"],
+        "ours_search_ms_median": ours["search_ms_median"],
+        "ours_levels": ours["levels"],
+        "ours_suppressed": ours["suppressed"],
+        "ours_loss": ours["loss"],
+        "anjana_s": theirs["seconds"],
+        "anjana_process_s": round(anjana_wall, 1),
+        "anjana_levels": theirs["levels"],
+        "anjana_suppressed": theirs["suppressed"],
+        "anjana_version": theirs["anjana_version"],
+        "ratio_anjana_over_ours": round(float(theirs["seconds"]) / ours_s, 1),
+        "target_ratio": 100,
+    }
+    print(json.dumps(line), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--only", default=",".join([*ADULT_CASES, SYNTHETIC]))
+    parser.add_argument("--only", default=",".join([*ADULT_CASES, SYNTHETIC, ANJANA]))
+    parser.add_argument("--anjana-venv", type=Path, default=ROOT / "var" / "bench-anjana-venv")
     parser.add_argument("--adult", type=Path, default=ADULT_DIR)
     parser.add_argument("--in-process", action="store_true", help="run the synthetic case in this process")
     options = parser.parse_args(argv)
     names = [name.strip() for name in options.only.split(",") if name.strip()]
-    unknown = set(names) - {*ADULT_CASES, SYNTHETIC}
+    unknown = set(names) - {*ADULT_CASES, SYNTHETIC, ANJANA}
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     adult = [name for name in names if name in ADULT_CASES]
@@ -180,6 +245,13 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, "-m", "bench.anonymize_bench", "--only", SYNTHETIC, "--in-process"]
             command += ["--runs", str(options.runs)]
             subprocess.run(command, check=True, cwd=ROOT)  # noqa: S603 -- our own module, fixed arguments
+    if ANJANA in names:
+        if (options.adult / "adult.csv").is_file():
+            bench_anjana(
+                options.adult, options.anjana_venv, max(1, min(options.runs, 5)), ROOT / "var" / "bench"
+            )
+        else:
+            print(json.dumps({"case": ANJANA, "skipped": f"no Adult dataset at {options.adult}"}), flush=True)
     return 0
 
 

@@ -103,7 +103,7 @@ from billing._pci_pdf import render_scope_report_pdf
 from billing._privacy import DATA_CATEGORIES, ErasureReceipt, PrivacyService, SubjectExport
 from billing._reconcile import Discrepancy, Reconciler, ReconciliationReport
 from billing._reports import PROFILES as REPORT_PROFILES
-from billing._reports import REVENUE_GROUPINGS, Dataset, ReportService, RevenueGrouping
+from billing._reports import REVENUE_GROUPINGS, Dataset, ReportExport, ReportService, RevenueGrouping
 from billing._retention import RETENTION_PRESETS, RetentionPolicy, RetentionPolicyInput, RetentionReport
 from billing._rotation import (
     DEFAULT_ROTATION_BATCH_SIZE,
@@ -226,6 +226,7 @@ __all__ = [
     "Reconciler",
     "ReconciliationReport",
     "RefundView",
+    "ReportExport",
     "ReportService",
     "RequirementEvidence",
     "RetentionPolicy",

@@ -30,6 +30,7 @@ from billing.errors import DatabaseUnavailable, NotFound
 __all__ = ["Database", "DatabaseConfig", "get_for_tenant", "insert_ignore", "normalize_database_url"]
 
 _Row = TypeVar("_Row", bound=SQLModel)
+_SNAPSHOT = "veilbill.snapshot"  # connection.info flag: begin a deferred (read) transaction
 
 
 def normalize_database_url(url: str) -> str:
@@ -111,6 +112,27 @@ class Database:
         with _unavailable(), Session(self.engine, expire_on_commit=False) as session:
             yield session
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A read-only unit of work that sees the database as it was at its first read, for as long
+        as it lasts, without holding writers back — for reads that take a while and must agree with
+        each other (a report export reads its rows twice).
+
+        PostgreSQL: a ``REPEATABLE READ``, ``READ ONLY`` transaction. SQLite: a deferred ``BEGIN``
+        (a WAL read transaction: one snapshot, writers carry on) instead of ``BEGIN IMMEDIATE``.
+        Nothing is committed.
+        """
+        with self.engine.connect() as connection:
+            if self.config.is_sqlite:
+                connection.info[_SNAPSHOT] = True
+            else:
+                connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with Session(bind=connection, expire_on_commit=False) as session:
+                try:
+                    yield session
+                finally:
+                    session.rollback()
+
     def ping(self) -> None:
         """Run a trivial query; raises the driver's error when the database is unreachable."""
         with self.engine.connect() as connection:
@@ -171,7 +193,7 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _begin_immediate(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    connection.exec_driver_sql("BEGIN" if connection.info.get(_SNAPSHOT) else "BEGIN IMMEDIATE")
 
 
 def insert_ignore(session: Session, model: type[Any], values: dict[str, Any]) -> bool:

@@ -20,10 +20,10 @@ and, once the master version that wrapped it is retired, in old backups too.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from billing._db import insert_ignore
 from billing._envelope import DataKey, generate_key_material, sealed_key_id
@@ -99,6 +99,33 @@ class SubjectKeys:
         dek = self._masters.unwrap(record.wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=record.id)
         self._cache[(tenant_id, subject_id, purpose)] = dek
         return dek
+
+    def preload(self, tenant_id: str, subject_ids: Sequence[str], purpose: str) -> None:
+        """Unwrap the live DEKs of many subjects with one query, into this unit's cache.
+
+        Subjects without a live key are skipped (``get`` then raises ``DecryptionError`` for them);
+        a key that fails to unwrap is skipped the same way. For bulk readers such as report exports.
+        """
+        wanted = [s for s in subject_ids if (tenant_id, s, purpose) not in self._cache]
+        if not wanted:
+            return
+        records = self._session.exec(
+            select(DataKeyRecord).where(
+                DataKeyRecord.tenant_id == tenant_id,
+                col(DataKeyRecord.subject_id).in_(wanted),
+                DataKeyRecord.purpose == purpose,
+            )
+        ).all()
+        for record in records:
+            if record.wrapped is None:
+                continue
+            try:
+                dek = self._masters.unwrap(
+                    record.wrapped, tenant_id=tenant_id, purpose=purpose, dek_id=record.id
+                )
+            except DecryptionError:
+                continue
+            self._cache[(tenant_id, record.subject_id, purpose)] = dek
 
     def get_or_create(self, tenant_id: str, subject_id: str, purpose: str) -> DataKey:
         """The live DEK, made on first use (two concurrent first uses both end with one key)."""

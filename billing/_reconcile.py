@@ -92,6 +92,7 @@ class Reconciler:
         report.discrepancies.extend(_numbering(invoices, credit_notes))
         return report
 
+
 def _against_gateway(
     gateway: PaymentGateway, payment: Payment, gateway_customer: str | None
 ) -> list[Discrepancy]:
@@ -117,9 +118,7 @@ def _against_gateway(
     if (found.status == "succeeded") != (payment.status == "succeeded"):
         differences.append(_about(payment, "intent_status_differs", payment.status, found.status))
     if found.amount != payment.amount:
-        differences.append(
-            _about(payment, "intent_amount_differs", str(payment.amount), str(found.amount))
-        )
+        differences.append(_about(payment, "intent_amount_differs", str(payment.amount), str(found.amount)))
     return differences
 
 

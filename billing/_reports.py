@@ -11,17 +11,20 @@
 * ``region`` (postcode), ``age_band`` (age at issue from the birth date), ``gender`` and ``period``
   (issue date) are quasi-identifiers, ``category`` (the category of the line with the largest net;
   ties go to the first position) the sensitive attribute. The engine (:mod:`anonymize`) chooses the
-  generalization of least loss that satisfies k-anonymity and distinct l-diversity within the
-  suppression limit.
+  generalization of least loss that satisfies k-anonymity (in distinct clients) and distinct
+  l-diversity within the suppression limit.
 * Profile decryption happens in memory, one client at a time and once per client; only postcode,
   birth date and gender are opened. Erased clients (no profile key) and clients without those fields
   have their quasi-identifiers suppressed (``*``) and count in ``suppressed``; the engine is given
   what is left of the limit.
 * Amounts are exact (accounts must reconcile): an unusual amount can single a client out, which is
   why ``revenue`` aggregates are the default for sharing beyond the accountant.
-* Residual risk: k counts invoices, not clients, so a client with at least k invoices alike in the
-  released quasi-identifiers can form a class alone. The pseudonym column links a client's rows anyway;
-  what the release protects is the link from those rows to the person.
+* k counts clients, not invoices (``"k_counts": "customers"``): a released class holds invoices of
+  at least k distinct clients, so a client with many alike invoices never forms a class alone. The
+  pseudonym column links a client's rows anyway; what the release protects is the link from those
+  rows to the person.
+* Streamed in two passes over one database snapshot (``export_invoices``): memory grows with small
+  integer codes per invoice and a few values per client, never with the rows themselves.
 
 Profile ``hipaa-safe-harbor`` (no engine search): dates to the year, ZIP3 (first 3 characters then
 ``**``) with the 17 ZIP3 areas of 20,000 people or fewer (US Census list) set to ``000**``, ages over
@@ -39,21 +42,26 @@ they carry no customer column and are released to the accountant only. A rate us
 month does reveal that client's spending at that rate to whoever knows who they are — a residual risk
 stated in ``docs/``.
 
-Every export is audited (``report.exported``) in the transaction that read the data.
+Every export is audited (``report.exported``) in a short transaction of its own once its data is read
+(reads happen in a read-only snapshot, ``Database.snapshot``), before any row is handed out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 import polars as pl
-from sqlalchemy import ColumnElement, and_
+from sqlalchemy import ColumnElement, Executable, Select, and_
+from sqlalchemy import select as select_columns
 from sqlmodel import Session, col, select
 
 from anonymize import (
@@ -61,11 +69,14 @@ from anonymize import (
     AnonymizationConfig,
     AnonymizationError,
     Cell,
+    EncodedTable,
+    Hierarchy,
     Pseudonymizer,
+    ReleasePlan,
     age_bands,
-    anonymize,
     date_levels,
     flat_hierarchy,
+    plan_release,
     postcode_prefix,
     suppress_small_cells,
 )
@@ -80,9 +91,11 @@ from billing.errors import DecryptionError, ValidationFailed
 
 __all__ = [
     "HIPAA_RESTRICTED_ZIP3",
+    "INVOICE_SCHEMA",
     "PROFILES",
     "REVENUE_GROUPINGS",
     "Dataset",
+    "ReportExport",
     "ReportService",
     "RevenueGrouping",
 ]
@@ -116,6 +129,16 @@ _SCOPE_LABEL = b"pseudonym-scope:"
 _PSEUDONYM_PURPOSE = "reports/customer"
 
 
+INVOICE_SCHEMA: dict[str, type[pl.DataType]] = {
+    **dict.fromkeys(("customer", *QUASI_IDENTIFIERS, SENSITIVE), pl.String),
+    **dict.fromkeys(("net", "tax", "total", "refunded"), pl.Int64),
+    **dict.fromkeys(("currency", "status", "card_brand"), pl.String),
+}
+DEFAULT_CHUNK_ROWS = 20_000
+_CUSTOMER_BATCH = 500
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A released table and its guarantee (a JSON-ready ``dict``: k, l, suppression, levels, loss,
@@ -126,6 +149,63 @@ class Dataset:
     guarantee: Mapping[str, object]
 
 
+class ReportExport:
+    """One export, ready to stream: ``guarantee`` is final before the first row is read again, and
+    ``chunks()`` yields the released rows as DataFrames of ``schema``, a chunk at a time, from the
+    same database snapshot the guarantee was computed on.
+
+    Iterate ``chunks()`` once; exhausting it, ``close()`` or leaving a ``with`` block ends the
+    snapshot (an export that is never read must still be closed).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        guarantee: Mapping[str, object],
+        schema: Mapping[str, type[pl.DataType]],
+        chunks: Iterator[pl.DataFrame],
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.guarantee = guarantee
+        self.schema = dict(schema)
+        self._chunks = chunks
+        self._on_close = on_close
+        self._started = False
+
+    def chunks(self) -> Iterator[pl.DataFrame]:
+        """The released rows, chunk by chunk; raises ``RuntimeError`` when called a second time."""
+        if self._started:
+            raise RuntimeError("an export's rows can be read once")
+        self._started = True
+        try:
+            yield from self._chunks
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the snapshot (idempotent)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+    def to_dataset(self) -> Dataset:
+        """Read every chunk into one DataFrame (for small periods and tests)."""
+        frames = list(self.chunks())
+        frame = pl.concat(frames) if frames else pl.DataFrame(schema=self.schema)
+        return Dataset(self.name, frame, self.guarantee)
+
+    def __enter__(self) -> ReportExport:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class _Client:
     postcode: str | None
@@ -133,17 +213,44 @@ class _Client:
     gender: str | None
 
 
-@dataclass(frozen=True)
-class _InvoiceRow:
-    id: str
-    customer_id: str
-    issue_date: date
-    net: int
-    tax: int
-    total: int
-    refunded: int
-    currency: str
-    status: str
+@dataclass
+class _Compact:
+    """Pass 1: what the search needs, as small integers — a few bytes per invoice, plus a few values
+    per client. Row i is the i-th invoice in export order (by invoice id)."""
+
+    customer: npt.NDArray[np.int32]
+    day: npt.NDArray[np.int32]
+    category: npt.NDArray[np.int32]
+    categories: list[str]
+    customer_index: dict[str, int]
+    postcode: npt.NDArray[np.int32]  # per client: code in ``postcodes`` or -1
+    postcodes: list[str]
+    birth: npt.NDArray[np.int32]  # per client: date ordinal or -1
+    gender: npt.NDArray[np.int32]  # per client: code in ``genders`` or -1
+    genders: list[str]
+
+    @property
+    def rows(self) -> int:
+        return int(self.customer.size)
+
+
+@dataclass
+class _ClientAttributes:
+    """Per client (in order of first appearance), the decrypted quasi-identifiers as codes."""
+
+    postcode: list[int] = field(default_factory=list)
+    birth: list[int] = field(default_factory=list)
+    gender: list[int] = field(default_factory=list)
+    postcodes: dict[str, int] = field(default_factory=dict)
+    genders: dict[str, int] = field(default_factory=dict)
+
+    def add(self, client: _Client) -> None:
+        postcode, birth, gender = client.postcode, client.birth_date, client.gender
+        self.postcode.append(
+            -1 if postcode is None else self.postcodes.setdefault(postcode, len(self.postcodes))
+        )
+        self.birth.append(-1 if birth is None else birth.toordinal())
+        self.gender.append(-1 if gender is None else self.genders.setdefault(gender, len(self.genders)))
 
 
 class ReportService:
@@ -168,7 +275,31 @@ class ReportService:
         suppression: float = 0.05,
         profile: str | None = None,
     ) -> Dataset:
-        """The anonymized invoice dataset of the period (see the module docstring).
+        """``export_invoices`` read whole into one DataFrame (small periods, tests)."""
+        return self.export_invoices(
+            actor, date_from, date_to, k=k, l=l, suppression=suppression, profile=profile
+        ).to_dataset()
+
+    def export_invoices(
+        self,
+        actor: Actor,
+        date_from: date,
+        date_to: date,
+        *,
+        k: int = 5,
+        l: int = 2,  # noqa: E741 -- the model's name in the literature
+        suppression: float = 0.05,
+        profile: str | None = None,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ) -> ReportExport:
+        """The anonymized invoice dataset of the period (see the module docstring), as a stream.
+
+        Pass 1 reads, in chunks from a database snapshot, only what the search needs — client,
+        issue date and main category of each invoice as integer codes, and each client's postcode,
+        birth date and gender, decrypted once per client — and finds the release. The export is
+        audited, then pass 2 (``chunks()``) reads the same rows again from the same snapshot and
+        releases them chunk by chunk. Memory grows with the compact pass-1 arrays (about 12 bytes
+        per invoice) and the number of clients, not with the rows.
 
         Raises ``ValidationFailed`` (field ``from``, ``k``, ``l``, ``suppression`` or ``profile``) for
         bad parameters, and for a period whose invoices admit no release under k and l (field ``k``,
@@ -183,22 +314,30 @@ class ReportService:
             raise ValidationFailed("suppression must be a fraction between 0 and 1", field="suppression")
         if profile is not None and profile not in PROFILES:
             raise ValidationFailed("unknown profile", field="profile")
-        with self._db.transaction() as session:
-            invoices = _finalized_invoices(session, actor.tenant_id, date_from, date_to)
-            categories = _main_categories(session, actor.tenant_id, date_from, date_to)
-            brands = _card_brands(session, actor.tenant_id, date_from, date_to)
-            keys = SubjectKeys(session, self._keyring, clock=self._clock)
-            clients = self._clients(session, keys, actor.tenant_id, {row.customer_id for row in invoices})
+        stack = contextlib.ExitStack()
+        try:
+            session = stack.enter_context(self._db.snapshot())
+            compact = self._read_compact(session, actor.tenant_id, date_from, date_to, chunk_rows)
             pseudonym = Pseudonymizer(
-                _scope_key(keys.index_key(actor.tenant_id), actor), purpose=_PSEUDONYM_PURPOSE
+                _scope_key(self._index_key(session, actor.tenant_id), actor), purpose=_PSEUDONYM_PURPOSE
             )
-            raw = _raw_frame(invoices, clients, categories, brands, pseudonym)
+            release: _Release
             if profile == "hipaa-safe-harbor":
-                frame, guarantee = _safe_harbor(raw)
+                release = _SafeHarborRelease(compact)
             else:
-                frame, guarantee = _engine_release(raw, k=k, l=l, suppression=suppression)
-            self._audit_export(session, actor, "invoices", profile=profile, rows=frame.height, k=k, l=l)
-        return Dataset("invoices", frame, {"report": "invoices", **guarantee, "profile": profile})
+                release = _EngineRelease(compact, k=k, l=l, suppression=suppression)
+            with self._db.transaction() as audit_session:
+                self._audit_export(
+                    audit_session, actor, "invoices", profile=profile, rows=compact.rows, k=k, l=l
+                )
+        except BaseException:
+            stack.close()
+            raise
+        guarantee = {"report": "invoices", **release.guarantee, "profile": profile}
+        query = _invoice_rows_query(actor.tenant_id, date_from, date_to)
+        chunks = _released_chunks(session, query, compact, release, pseudonym, chunk_rows)
+        schema = release.schema
+        return ReportExport("invoices", guarantee, schema, chunks, on_close=stack.close)
 
     # --- aggregates ---------------------------------------------------------------------------
 
@@ -208,7 +347,8 @@ class ReportService:
         """Sums (net, tax, total, refunded) and counts per currency and group; small cells fold into
         ``other`` (per currency), so each currency's sums equal those over its invoices.
 
-        Raises ``ValidationFailed`` (field ``from``, ``group_by`` or ``k``).
+        Reads the invoices in chunks (memory grows with groups and clients, not invoices). Raises
+        ``ValidationFailed`` (field ``from``, ``group_by`` or ``k``).
         """
         _check_period(date_from, date_to)
         if group_by not in REVENUE_GROUPINGS:
@@ -216,23 +356,36 @@ class ReportService:
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise ValidationFailed("k must be an integer of at least 2", field="k")
         columns = group_by.split(",")
-        with self._db.transaction() as session:
-            invoices = _finalized_invoices(session, actor.tenant_id, date_from, date_to)
-            categories = _main_categories(session, actor.tenant_id, date_from, date_to)
-            cells: dict[str, dict[tuple[str, ...], tuple[set[str], dict[str, int]]]] = {}
-            for row in invoices:
-                # Prefixed keys cannot collide with the ``other`` key (a category may be named "other").
-                values = {"month": row.issue_date.strftime("%Y-%m"), "category": categories.get(row.id, "")}
-                key = tuple(f"{column}:{values[column]}" for column in columns)
-                customers, sums = cells.setdefault(row.currency, {}).setdefault(
-                    key, (set(), dict.fromkeys(("invoices", "net", "tax", "total", "refunded"), 0))
+        with self._db.snapshot() as session:
+            query = (
+                select_columns(
+                    col(Invoice.customer_id),
+                    col(Invoice.issue_date),
+                    _main_category(),
+                    col(Invoice.currency),
+                    col(Invoice.subtotal),
+                    col(Invoice.tax),
+                    col(Invoice.total),
+                    col(Invoice.amount_refunded),
                 )
-                customers.add(row.customer_id)
-                sums["invoices"] += 1
-                sums["net"] += row.net
-                sums["tax"] += row.tax
-                sums["total"] += row.total
-                sums["refunded"] += row.refunded
+                .where(_period_filter(actor.tenant_id, date_from, date_to))
+                .order_by(col(Invoice.id))
+            )
+            cells: dict[str, dict[tuple[str, ...], tuple[set[str], dict[str, int]]]] = {}
+            for rows in _partitions(session, query, DEFAULT_CHUNK_ROWS):
+                for customer_id, issued, category, currency, net, tax, total, refunded in rows:
+                    # Prefixed keys cannot collide with the ``other`` key (a category may be named "other").
+                    values = {"month": issued.strftime("%Y-%m"), "category": category or ""}
+                    key = tuple(f"{column}:{values[column]}" for column in columns)
+                    customers, sums = cells.setdefault(currency, {}).setdefault(
+                        key, (set(), dict.fromkeys(("invoices", "net", "tax", "total", "refunded"), 0))
+                    )
+                    customers.add(customer_id)
+                    sums["invoices"] += 1
+                    sums["net"] += net
+                    sums["tax"] += tax
+                    sums["total"] += total
+                    sums["refunded"] += refunded
             records: list[dict[str, object]] = []
             folded = 0
             withheld: list[str] = []
@@ -266,11 +419,15 @@ class ReportService:
                 **dict.fromkeys(("invoices", "customers", "net", "tax", "total", "refunded"), pl.Int64),
             }
             frame = pl.DataFrame(records, schema=schema)
-            self._audit_export(session, actor, "revenue", profile=None, rows=frame.height, k=k, l=None)
+            with self._db.transaction() as audit_session:  # the snapshot is read-only
+                self._audit_export(
+                    audit_session, actor, "revenue", profile=None, rows=frame.height, k=k, l=None
+                )
         guarantee: dict[str, object] = {
             "report": "revenue",
             "k": k,
             "l": None,
+            "k_counts": "customers",
             "group_by": group_by,
             "suppressed": folded,
             "withheld_currencies": withheld,
@@ -279,41 +436,47 @@ class ReportService:
         }
         return Dataset("revenue", frame, guarantee)
 
+    def export_revenue(
+        self, actor: Actor, date_from: date, date_to: date, *, group_by: str = "month", k: int = 5
+    ) -> ReportExport:
+        """``revenue`` as an export (aggregates are small: one chunk)."""
+        return _single_chunk(self.revenue(actor, date_from, date_to, group_by=group_by, k=k))
+
     def tax_summary(self, actor: Actor, date_from: date, date_to: date) -> Dataset:
         """Net and tax per currency, month and tax rate, from invoice lines (not suppressed: see the
-        module docstring). Raises ``ValidationFailed`` (field ``from``)."""
+        module docstring). Reads the lines in chunks. Raises ``ValidationFailed`` (field ``from``)."""
         _check_period(date_from, date_to)
-        with self._db.transaction() as session:
+        with self._db.snapshot() as session:
             query = (
-                select(Invoice.currency, col(Invoice.issue_date), InvoiceLine)
+                select_columns(
+                    col(Invoice.currency),
+                    col(Invoice.issue_date),
+                    col(InvoiceLine.tax_rate_bps),
+                    col(InvoiceLine.net),
+                    col(InvoiceLine.tax),
+                )
                 .join(Invoice, col(Invoice.id) == col(InvoiceLine.invoice_id))
                 .where(_period_filter(actor.tenant_id, date_from, date_to))
-                .where(InvoiceLine.tenant_id == actor.tenant_id)
+                .where(col(InvoiceLine.tenant_id) == actor.tenant_id)
             )
             sums: dict[tuple[str, str, int], list[int]] = {}
-            for currency, issued, line in session.exec(query):
-                if issued is None:  # excluded by the period filter; narrows the type
-                    continue
-                month = issued.strftime("%Y-%m")
-                entry = sums.setdefault((currency, month, line.tax_rate_bps), [0, 0, 0])
-                entry[0] += 1
-                entry[1] += line.net
-                entry[2] += line.tax
+            for rows in _partitions(session, query, DEFAULT_CHUNK_ROWS):
+                for currency, issued, rate, net, tax in rows:
+                    entry = sums.setdefault((currency, issued.strftime("%Y-%m"), rate), [0, 0, 0])
+                    entry[0] += 1
+                    entry[1] += net
+                    entry[2] += tax
             frame = pl.DataFrame(
                 [
                     {"currency": c, "month": m, "tax_rate_bps": r, "lines": n, "net": net, "tax": tax}
                     for (c, m, r), (n, net, tax) in sorted(sums.items())
                 ],
-                schema={
-                    "currency": pl.String,
-                    "month": pl.String,
-                    "tax_rate_bps": pl.Int64,
-                    "lines": pl.Int64,
-                    "net": pl.Int64,
-                    "tax": pl.Int64,
-                },
+                schema=TAX_SCHEMA,
             )
-            self._audit_export(session, actor, "tax", profile=None, rows=frame.height, k=None, l=None)
+            with self._db.transaction() as audit_session:  # the snapshot is read-only
+                self._audit_export(
+                    audit_session, actor, "tax", profile=None, rows=frame.height, k=None, l=None
+                )
         guarantee: dict[str, object] = {
             "report": "tax",
             "k": None,
@@ -324,21 +487,85 @@ class ReportService:
         }
         return Dataset("tax", frame, guarantee)
 
+    def export_tax(self, actor: Actor, date_from: date, date_to: date) -> ReportExport:
+        """``tax_summary`` as an export (one chunk)."""
+        return _single_chunk(self.tax_summary(actor, date_from, date_to))
+
     # --- internals ----------------------------------------------------------------------------
 
-    def _clients(
-        self, session: Session, keys: SubjectKeys, tenant_id: str, customer_ids: Iterable[str]
-    ) -> dict[str, _Client]:
-        """Each client's quasi-identifiers, decrypted once; erased or unreadable profiles → all None."""
-        clients: dict[str, _Client] = {}
-        wanted = sorted(customer_ids)
-        for start in range(0, len(wanted), 500):
-            batch = wanted[start : start + 500]
-            found = session.exec(
-                select(Customer).where(Customer.tenant_id == tenant_id, col(Customer.id).in_(batch))
-            ).all()
-            for customer in found:
-                clients[customer.id] = _open_client(keys, customer)
+    def _index_key(self, session: Session, tenant_id: str) -> bytes:
+        return SubjectKeys(session, self._keyring, clock=self._clock).index_key(tenant_id)
+
+    def _read_compact(
+        self, session: Session, tenant_id: str, date_from: date, date_to: date, chunk_rows: int
+    ) -> _Compact:
+        """Pass 1 (see ``export_invoices``)."""
+        customer_index: dict[str, int] = {}
+        categories: dict[str, int] = {}
+        clients = _ClientAttributes()
+        parts: list[tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.int32]]] = []
+        query = (
+            select_columns(col(Invoice.customer_id), col(Invoice.issue_date), _main_category())
+            .where(_period_filter(tenant_id, date_from, date_to))
+            .order_by(col(Invoice.id))
+        )
+        for rows in _partitions(session, query, chunk_rows):
+            count = len(rows)
+            customer = np.empty(count, dtype=np.int32)
+            day = np.empty(count, dtype=np.int32)
+            category = np.empty(count, dtype=np.int32)
+            new: list[str] = []
+            for position, (customer_id, issued, main) in enumerate(rows):
+                code = customer_index.get(customer_id)
+                if code is None:
+                    code = customer_index[customer_id] = len(customer_index)
+                    new.append(customer_id)
+                customer[position] = code
+                day[position] = issued.toordinal()
+                category[position] = categories.setdefault(main or "", len(categories))
+            parts.append((customer, day, category))
+            for start in range(0, len(new), _CUSTOMER_BATCH):
+                for client in self._clients(session, tenant_id, new[start : start + _CUSTOMER_BATCH]):
+                    clients.add(client)
+        empty = np.zeros(0, dtype=np.int32)
+        return _Compact(
+            customer=np.concatenate([p[0] for p in parts]) if parts else empty,
+            day=np.concatenate([p[1] for p in parts]) if parts else empty,
+            category=np.concatenate([p[2] for p in parts]) if parts else empty,
+            categories=list(categories),
+            customer_index=customer_index,
+            postcode=np.asarray(clients.postcode, dtype=np.int32),
+            postcodes=list(clients.postcodes),
+            birth=np.asarray(clients.birth, dtype=np.int32),
+            gender=np.asarray(clients.gender, dtype=np.int32),
+            genders=list(clients.genders),
+        )
+
+    def _clients(self, session: Session, tenant_id: str, customer_ids: Sequence[str]) -> list[_Client]:
+        """The quasi-identifiers of these clients, in this order, each decrypted once; erased or
+        unreadable profiles give all None. Profile keys are unwrapped with one query per batch and
+        forgotten after it."""
+        keys = SubjectKeys(session, self._keyring, clock=self._clock)
+        found = {
+            row[0]: row
+            for row in session.execute(
+                select_columns(
+                    col(Customer.id),
+                    col(Customer.erased_at),
+                    col(Customer.address_ct),
+                    col(Customer.birth_date_ct),
+                    col(Customer.gender_ct),
+                ).where(col(Customer.tenant_id) == tenant_id, col(Customer.id).in_(customer_ids))
+            )
+        }
+        keys.preload(tenant_id, [c for c, row in found.items() if row[1] is None], "profile")
+        clients = []
+        for customer_id in customer_ids:
+            row = found.get(customer_id)
+            if row is None or row[1] is not None:
+                clients.append(_Client(None, None, None))
+                continue
+            clients.append(_open_client(keys, tenant_id, customer_id, row[2], row[3], row[4]))
         return clients
 
     def _audit_export(
@@ -362,6 +589,31 @@ class ReportService:
         )
 
 
+TAX_SCHEMA: dict[str, type[pl.DataType]] = {
+    "currency": pl.String,
+    "month": pl.String,
+    "tax_rate_bps": pl.Int64,
+    "lines": pl.Int64,
+    "net": pl.Int64,
+    "tax": pl.Int64,
+}
+
+
+def _single_chunk(dataset: Dataset) -> ReportExport:
+    schema = {name: type(dtype) for name, dtype in dataset.frame.schema.items()}
+    return ReportExport(dataset.name, dataset.guarantee, schema, iter([dataset.frame]))
+
+
+def _partitions(session: Session, query: Executable, chunk_rows: int) -> Iterator[Sequence[Any]]:
+    """The rows of ``query`` in lists of ``chunk_rows``, fetched as they are consumed (a server-side
+    cursor on PostgreSQL; SQLite's cursor steps through the result the same way)."""
+    result = session.execute(query.execution_options(yield_per=chunk_rows))
+    try:
+        yield from result.partitions(chunk_rows)
+    finally:
+        result.close()
+
+
 def _check_period(date_from: date, date_to: date) -> None:
     if date_from > date_to:
         raise ValidationFailed("the period starts after it ends", field="from")
@@ -383,78 +635,78 @@ def _period_filter(tenant_id: str, date_from: date, date_to: date) -> ColumnElem
     )
 
 
-def _finalized_invoices(
-    session: Session, tenant_id: str, date_from: date, date_to: date
-) -> list[_InvoiceRow]:
-    query = (
-        select(Invoice)
-        .where(_period_filter(tenant_id, date_from, date_to))
-        .order_by(col(Invoice.issue_date), col(Invoice.number), col(Invoice.id))
+def _main_category() -> Any:
+    """The category of the invoice's line with the largest net (ties: the first position)."""
+    return (
+        select(InvoiceLine.category)
+        # By invoice id alone, so the (invoice_id, position) index serves it: lines belong to their
+        # invoice's tenant (foreign key), and the invoices are already filtered by tenant.
+        .where(col(InvoiceLine.invoice_id) == col(Invoice.id))
+        .order_by(col(InvoiceLine.net).desc(), col(InvoiceLine.position))
+        .limit(1)
+        .correlate(Invoice)
+        .scalar_subquery()
     )
-    rows = []
-    for invoice in session.exec(query):
-        if invoice.issue_date is None:  # excluded by the period filter; narrows the type
-            continue
-        rows.append(
-            _InvoiceRow(
-                id=invoice.id,
-                customer_id=invoice.customer_id,
-                issue_date=invoice.issue_date,
-                net=invoice.subtotal,
-                tax=invoice.tax,
-                total=invoice.total,
-                refunded=invoice.amount_refunded,
-                currency=invoice.currency,
-                status=invoice.status,
-            )
+
+
+def _card_brand() -> Any:
+    """The brand of the card of the invoice's earliest succeeded payment."""
+    return (
+        select(PaymentMethod.brand)
+        .join(Payment, col(Payment.payment_method_id) == col(PaymentMethod.id))
+        .where(
+            col(Payment.invoice_id) == col(Invoice.id),
+            col(Payment.tenant_id) == col(Invoice.tenant_id),
+            Payment.status == "succeeded",
         )
-    return rows
-
-
-def _main_categories(session: Session, tenant_id: str, date_from: date, date_to: date) -> dict[str, str]:
-    """Invoice id → category of its line with the largest net (ties: the first position)."""
-    query = (
-        select(InvoiceLine.invoice_id, InvoiceLine.position, InvoiceLine.net, InvoiceLine.category)
-        .join(Invoice, col(Invoice.id) == col(InvoiceLine.invoice_id))
-        .where(_period_filter(tenant_id, date_from, date_to))
-        .where(InvoiceLine.tenant_id == tenant_id)
+        .order_by(col(Payment.created_at), col(Payment.id))
+        .limit(1)
+        .correlate(Invoice)
+        .scalar_subquery()
     )
-    best: dict[str, tuple[int, int, str]] = {}
-    for invoice_id, position, net, category in session.exec(query):
-        current = best.get(invoice_id)
-        if current is None or net > current[0] or (net == current[0] and position < current[1]):
-            best[invoice_id] = (net, position, category)
-    return {invoice_id: category for invoice_id, (_, _, category) in best.items()}
 
 
-def _card_brands(session: Session, tenant_id: str, date_from: date, date_to: date) -> dict[str, str]:
-    """Invoice id → brand of the card of its (earliest) succeeded payment."""
-    query = (
-        select(Payment.invoice_id, PaymentMethod.brand)
-        .join(Invoice, col(Invoice.id) == col(Payment.invoice_id))
-        .join(PaymentMethod, col(PaymentMethod.id) == col(Payment.payment_method_id))
+def _invoice_rows_query(tenant_id: str, date_from: date, date_to: date) -> Select[Any]:
+    """Pass 2: the same invoices in the same order as pass 1, with what is released as is."""
+    return (
+        select_columns(
+            col(Invoice.customer_id),
+            col(Invoice.issue_date),
+            _main_category(),
+            col(Invoice.subtotal),
+            col(Invoice.tax),
+            col(Invoice.total),
+            col(Invoice.amount_refunded),
+            col(Invoice.currency),
+            col(Invoice.status),
+            _card_brand(),
+        )
         .where(_period_filter(tenant_id, date_from, date_to))
-        .where(Payment.tenant_id == tenant_id, Payment.status == "succeeded")
-        .order_by(col(Payment.created_at).desc())
+        .order_by(col(Invoice.id))
     )
-    return dict(session.exec(query).all())  # the earliest comes last and wins
 
 
-def _open_client(keys: SubjectKeys, customer: Customer) -> _Client:
-    if customer.erased_at is not None:
-        return _Client(None, None, None)
+def _open_client(
+    keys: SubjectKeys,
+    tenant_id: str,
+    customer_id: str,
+    address_ct: bytes | None,
+    birth_date_ct: bytes | None,
+    gender_ct: bytes | None,
+) -> _Client:
     try:
-        profile = keys.get(customer.tenant_id, customer.id, "profile")
+        profile = keys.get(tenant_id, customer_id, "profile")
 
         def opened(column: str, sealed: bytes | None) -> str | None:
             if sealed is None:
                 return None
-            context = FieldContext(customer.tenant_id, "customers", column, customer.id)
-            return open_sealed_text(profile, sealed, context)
+            return open_sealed_text(
+                profile, sealed, FieldContext(tenant_id, "customers", column, customer_id)
+            )
 
-        address = opened("address", customer.address_ct)
-        birth = opened("birth_date", customer.birth_date_ct)
-        gender = opened("gender", customer.gender_ct)
+        address = opened("address", address_ct)
+        birth = opened("birth_date", birth_date_ct)
+        gender = opened("gender", gender_ct)
     except DecryptionError:
         return _Client(None, None, None)
     postcode = None
@@ -464,126 +716,206 @@ def _open_client(keys: SubjectKeys, customer: Customer) -> _Client:
     return _Client(postcode, date.fromisoformat(birth) if birth else None, gender)
 
 
-def _age_at(birth: date, day: date) -> int:
-    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+def _calendar(ordinals: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Year and month·100 + day of date ordinals."""
+    days = (ordinals.astype(np.int64) - _EPOCH_ORDINAL).astype("datetime64[D]")
+    years = days.astype("datetime64[Y]").astype(np.int64) + 1970
+    months = days.astype("datetime64[M]").astype(np.int64) % 12 + 1
+    day_of_month = (days - days.astype("datetime64[M]")).astype(np.int64) + 1
+    return years, months * 100 + day_of_month
 
 
-def _raw_frame(
-    invoices: Sequence[_InvoiceRow],
-    clients: Mapping[str, _Client],
-    categories: Mapping[str, str],
-    brands: Mapping[str, str],
-    pseudonym: Pseudonymizer,
-) -> pl.DataFrame:
-    """The table before release: exact quasi-identifiers (None when unknown), in invoice order."""
-    pseudonyms: dict[str, str] = {}
-    records = []
-    for row in invoices:
-        client = clients.get(row.customer_id, _Client(None, None, None))
-        if row.customer_id not in pseudonyms:
-            pseudonyms[row.customer_id] = pseudonym(row.customer_id)
-        age = None if client.birth_date is None else str(_age_at(client.birth_date, row.issue_date))
-        records.append(
-            {
-                "customer": pseudonyms[row.customer_id],
-                "region": client.postcode,
-                "age_band": age,
-                "gender": client.gender,
-                "period": row.issue_date.isoformat(),
-                "category": categories.get(row.id, ""),
-                "net": row.net,
-                "tax": row.tax,
-                "total": row.total,
-                "refunded": row.refunded,
-                "currency": row.currency,
-                "status": row.status,
-                "card_brand": brands.get(row.id, ""),
-            }
-        )
-    schema = {
-        **dict.fromkeys(("customer", *QUASI_IDENTIFIERS, SENSITIVE), pl.String),
-        **dict.fromkeys(("net", "tax", "total", "refunded"), pl.Int64),
-        **dict.fromkeys(("currency", "status", "card_brand"), pl.String),
-    }
-    return pl.DataFrame(records, schema=schema)
+def _ages(compact: _Compact) -> npt.NDArray[np.int64]:
+    """Each invoice's client's age in whole years at the issue date (-1 when unknown or negative)."""
+    birth = compact.birth[compact.customer] if compact.rows else np.zeros(0, dtype=np.int32)
+    known = birth >= 0
+    birth_year, birth_md = _calendar(np.where(known, birth, _EPOCH_ORDINAL).astype(np.int32))
+    issue_year, issue_md = _calendar(compact.day)
+    ages = issue_year - birth_year - (issue_md < birth_md)
+    return np.where(known & (ages >= 0), ages, -1)
 
 
-def _missing_mask(frame: pl.DataFrame) -> pl.Series:
-    return frame.select(pl.any_horizontal(pl.col(c).is_null() for c in QUASI_IDENTIFIERS)).to_series()
+def _leaf_lookup(hierarchy: Hierarchy, codes: Mapping[int, str], size: int) -> npt.NDArray[np.int32]:
+    """Code → leaf position for the codes whose value is a leaf (0 elsewhere: masked rows)."""
+    index = hierarchy.leaf_index()
+    lookup = np.zeros(max(size, 1), dtype=np.int32)
+    for code, value in codes.items():
+        lookup[code] = index[value]
+    return lookup
 
 
-def _risk(frame: pl.DataFrame, columns: Sequence[str]) -> tuple[int, float]:
-    """Smallest class size over ``columns`` and its prosecutor risk (1 / size)."""
-    if frame.is_empty():
-        return 0, 0.0
-    smallest = int(frame.group_by(list(columns)).len().get_column("len").min())  # type: ignore[arg-type]
-    return smallest, 1.0 / smallest
+class _Release:
+    """How pass 2 turns a chunk of rows into released values; ``guarantee`` is known after pass 1."""
+
+    guarantee: dict[str, object]
+    schema: dict[str, type[pl.DataType]]
+
+    def quasi_identifiers(self, rows: slice) -> dict[str, pl.Series]:
+        raise NotImplementedError
 
 
-def _engine_release(
-    raw: pl.DataFrame,
-    *,
-    k: int,
-    l: int,  # noqa: E741 -- the model's name in the literature
-    suppression: float,
-) -> tuple[pl.DataFrame, dict[str, object]]:
-    missing = _missing_mask(raw)
-    complete = raw.filter(~missing)
-    incomplete = raw.filter(missing).with_columns(pl.lit(SUPPRESSED).alias(c) for c in QUASI_IDENTIFIERS)
-    allowed = int(suppression * raw.height + 1e-9)  # ⌊limit·n⌋ over every row, missing ones included
-    base: dict[str, object] = {"k": k, "l": l, "l_kind": "distinct", "suppression": suppression}
-    if complete.is_empty():
-        frame = incomplete.select(INVOICE_COLUMNS)
-        return frame, {
-            **base,
-            "levels": {},
-            "loss": None if frame.height else 0.0,
-            "max_risk": (1.0 / frame.height) if frame.height else 0.0,
-            "suppressed": frame.height,
-            "rows": frame.height,
+class _EngineRelease(_Release):
+    """k-anonymity in distinct clients and distinct l-diversity on the category, found by the
+    engine on the pass-1 codes. Invoices of clients with a missing quasi-identifier are suppressed
+    up front and count against the suppression limit."""
+
+    schema = INVOICE_SCHEMA
+
+    def __init__(
+        self,
+        compact: _Compact,
+        *,
+        k: int,
+        l: int,  # noqa: E741 -- the model's name in the literature
+        suppression: float,
+    ) -> None:
+        rows = compact.rows
+        ages = _ages(compact)
+        postcode = compact.postcode[compact.customer] if rows else compact.customer
+        gender = compact.gender[compact.customer] if rows else compact.customer
+        missing = (postcode < 0) | (ages < 0) | (gender < 0)
+        complete = np.flatnonzero(~missing)
+        self.suppressed = missing.copy()
+        self.leaves: dict[str, npt.NDArray[np.int32]] = {}
+        self.plan: ReleasePlan | None = None
+        base: dict[str, object] = {
+            "k": k,
+            "l": l,
+            "l_kind": "distinct",
+            "k_counts": "customers",
+            "suppression": suppression,
         }
-    left = max(allowed - incomplete.height, 0)
-    # The engine allows ⌊limit·n⌋ rows; half a row more makes float rounding unable to lose one.
-    engine_limit = min((left + 0.5) / complete.height, 1.0) if left else 0.0
-    config = AnonymizationConfig(
-        quasi_identifiers={
-            "region": postcode_prefix(
-                complete.get_column("region"),
-                keep=(max(4, int(complete.get_column("region").str.len_chars().max())), 3, 2, 0),  # type: ignore[arg-type]
-            ),
-            "age_band": age_bands(complete.get_column("age_band"), (5, 10, 20), 90),
-            "gender": flat_hierarchy(complete.get_column("gender")),
-            "period": date_levels(complete.get_column("period")),
-        },
-        sensitive=SENSITIVE,
-        k=k,
-        l=l,
-        l_kind="distinct",
-        suppression_limit=engine_limit,
-    )
-    try:
-        result = anonymize(complete, config)
-    except AnonymizationError as exc:
-        raise ValidationFailed(
-            "no release satisfies k and l for this period", field="k", reason="no_anonymous_release"
-        ) from exc
-    released = result.table.with_columns(pl.col(c).cast(pl.String) for c in QUASI_IDENTIFIERS)
-    frame = pl.concat([released.select(INVOICE_COLUMNS), incomplete.select(INVOICE_COLUMNS)])
-    g = result.guarantee
-    suppressed = g.suppressed + incomplete.height
-    # The suppressed rows form one class (all quasi-identifiers ``*``), as the engine counts them.
-    max_risk = g.max_risk
-    if incomplete.height:
-        max_risk = max(max_risk, 1.0 / suppressed)
-    return frame, {
-        **base,
-        "levels": dict(g.levels),
-        "loss": g.loss,
-        "max_risk": max_risk,
-        "avg_risk": g.avg_risk,
-        "classes": g.classes,
-        "suppressed": suppressed,
-        "rows": frame.height,
+        if complete.size == 0:
+            self.guarantee = {
+                **base,
+                "levels": {},
+                "loss": None if rows else 0.0,
+                "max_risk": self._suppressed_risk(compact) if rows else 0.0,
+                "min_customers": int(np.unique(compact.customer).size),
+                "suppressed": rows,
+                "rows": rows,
+            }
+            return
+        allowed = int(suppression * rows + 1e-9)  # ⌊limit·n⌋ over every row, missing ones included
+        left = max(allowed - (rows - complete.size), 0)
+        # The engine allows ⌊limit·n⌋ rows; half a row more makes float rounding unable to lose one.
+        engine_limit = min((left + 0.5) / complete.size, 1.0) if left else 0.0
+
+        used_postcodes = np.unique(postcode[complete])
+        values = [compact.postcodes[code] for code in used_postcodes.tolist()]
+        region = postcode_prefix(values, keep=(max(4, *(len(v) for v in values)), 3, 2, 0))
+        used_ages = np.unique(ages[complete])
+        age_band = age_bands(used_ages.tolist(), (5, 10, 20), 90)
+        used_genders = np.unique(gender[complete])
+        gender_tree = flat_hierarchy(compact.genders[code] for code in used_genders.tolist())
+        used_days = np.unique(compact.day[complete])
+        period = date_levels(date.fromordinal(day) for day in used_days.tolist())
+
+        region_lookup = _leaf_lookup(
+            region, {c: compact.postcodes[c] for c in used_postcodes.tolist()}, len(compact.postcodes)
+        )
+        age_lookup = _leaf_lookup(age_band, {a: str(a) for a in used_ages.tolist()}, int(used_ages.max()) + 1)
+        gender_lookup = _leaf_lookup(
+            gender_tree, {c: compact.genders[c] for c in used_genders.tolist()}, len(compact.genders)
+        )
+        period_index = period.leaf_index()
+        day_leaves = np.asarray(
+            [period_index[date.fromordinal(day).isoformat()] for day in used_days.tolist()], dtype=np.int32
+        )
+        safe = ~missing
+        self.leaves = {
+            "region": np.where(safe, region_lookup[np.maximum(postcode, 0)], 0).astype(np.int32),
+            "age_band": np.where(safe, age_lookup[np.clip(ages, 0, age_lookup.size - 1)], 0).astype(np.int32),
+            "gender": np.where(safe, gender_lookup[np.maximum(gender, 0)], 0).astype(np.int32),
+            "period": np.where(
+                safe, day_leaves[np.clip(np.searchsorted(used_days, compact.day), 0, used_days.size - 1)], 0
+            ).astype(np.int32),
+        }
+        config = AnonymizationConfig(
+            quasi_identifiers={
+                "region": region,
+                "age_band": age_band,
+                "gender": gender_tree,
+                "period": period,
+            },
+            sensitive=SENSITIVE,
+            k=k,
+            l=l,
+            l_kind="distinct",
+            suppression_limit=engine_limit,
+            entity="customer",
+        )
+        encoded = EncodedTable(
+            leaves={name: leaves[complete] for name, leaves in self.leaves.items()},
+            sensitive=compact.category[complete],
+            sensitive_values=max(len(compact.categories), 1),
+            entities=compact.customer[complete],
+            entity_values=max(len(compact.customer_index), 1),
+        )
+        try:
+            plan = plan_release(encoded, config)
+        except AnonymizationError as exc:
+            raise ValidationFailed(
+                "no release satisfies k and l for this period", field="k", reason="no_anonymous_release"
+            ) from exc
+        self.plan = plan
+        self.suppressed[complete] = plan.suppressed_rows
+        g = plan.guarantee
+        risks = _class_risks(compact, plan, self.leaves, self.suppressed)
+        self.guarantee = {
+            **base,
+            "levels": dict(g.levels),
+            "loss": g.loss,
+            **risks,
+            "suppressed": int(self.suppressed.sum()),
+            "rows": rows,
+        }
+
+    @staticmethod
+    def _suppressed_risk(compact: _Compact) -> float:
+        return 1.0 / max(int(np.unique(compact.customer).size), 1)
+
+    def quasi_identifiers(self, rows: slice) -> dict[str, pl.Series]:
+        suppressed = self.suppressed[rows]
+        plan = self.plan
+        if plan is None:
+            count = int(suppressed.size)
+            return {
+                name: pl.Series(name, [SUPPRESSED] * count, dtype=pl.String) for name in QUASI_IDENTIFIERS
+            }
+        return {
+            name: plan.generalize(name, self.leaves[name][rows], suppressed) for name in QUASI_IDENTIFIERS
+        }
+
+
+def _class_risks(
+    compact: _Compact,
+    plan: ReleasePlan,
+    leaves: Mapping[str, npt.NDArray[np.int32]],
+    suppressed: npt.NDArray[np.bool_],
+) -> dict[str, object]:
+    """Classes, fewest distinct clients in a class and the prosecutor risks per client (1 / distinct
+    clients of the class), over the whole release: the suppressed invoices — by the engine or for
+    missing values — are one class (all ``*``)."""
+    kept = ~suppressed
+    key = np.zeros(int(kept.sum()), dtype=np.int64)
+    for name in QUASI_IDENTIFIERS:
+        hierarchy = plan.config.quasi_identifiers[name]
+        level = plan.guarantee.levels[name]
+        key = key * len(hierarchy.labels(level)) + hierarchy.codes(level)[leaves[name][kept]]
+    _, classes, sizes = np.unique(key, return_inverse=True, return_counts=True)
+    people = max(len(compact.customer_index), 1)
+    pairs = np.unique(classes.astype(np.int64) * people + compact.customer[kept])
+    per_class = np.bincount(pairs // people, minlength=sizes.size)
+    weighted = list(zip(sizes.tolist(), per_class.tolist(), strict=True))
+    if suppressed.any():
+        weighted.append((int(suppressed.sum()), int(np.unique(compact.customer[suppressed]).size)))
+    fewest = min(count for _, count in weighted)
+    return {
+        "max_risk": 1.0 / fewest,
+        "avg_risk": sum(size / count for size, count in weighted) / compact.rows,
+        "classes": len(weighted),
+        "min_customers": fewest,
     }
 
 
@@ -594,27 +926,98 @@ def _zip3(postcode: str) -> str:
     return f"{prefix}**"
 
 
-def _safe_harbor(raw: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, object]]:
-    frame = raw.with_columns(
-        pl.col("region").map_elements(_zip3, return_dtype=pl.String).fill_null(SUPPRESSED),
-        pl.when(pl.col("age_band").cast(pl.Int64) > 89)
-        .then(pl.lit("90+"))
-        .otherwise(pl.col("age_band"))
-        .fill_null(SUPPRESSED)
-        .alias("age_band"),
-        pl.col("gender").fill_null(SUPPRESSED),
-        pl.col("period").str.slice(0, 4),
-    ).select([c for c in INVOICE_COLUMNS if c != "customer"])
-    missing = int(_missing_mask(raw).sum())
-    smallest, max_risk = _risk(frame, QUASI_IDENTIFIERS)
-    return frame, {
-        "k": None,
-        "l": None,
-        "suppression": None,
-        "levels": {"region": "zip3", "age_band": "years, 90+", "gender": "value", "period": "year"},
-        "loss": None,
-        "max_risk": max_risk,
-        "smallest_class": smallest,
-        "suppressed": missing,
-        "rows": frame.height,
-    }
+class _SafeHarborRelease(_Release):
+    """Profile ``hipaa-safe-harbor``: fixed rules, no search (module docstring)."""
+
+    schema = {name: dtype for name, dtype in INVOICE_SCHEMA.items() if name != "customer"}
+
+    def __init__(self, compact: _Compact) -> None:
+        self.compact = compact
+        self.ages = _ages(compact)
+        self.zip3 = [_zip3(postcode) for postcode in compact.postcodes]
+        zip3_codes = {label: number for number, label in enumerate(sorted(set(self.zip3)))}
+        zip3_of_postcode = np.asarray([zip3_codes[label] for label in self.zip3] or [0], dtype=np.int64)
+        rows = compact.rows
+        postcode = compact.postcode[compact.customer] if rows else compact.customer
+        gender = compact.gender[compact.customer] if rows else compact.customer
+        missing = int(((postcode < 0) | (self.ages < 0) | (gender < 0)).sum())
+        smallest = 0
+        if rows:
+            year, _ = _calendar(compact.day)
+            key = np.where(postcode < 0, len(zip3_codes), zip3_of_postcode[np.maximum(postcode, 0)])
+            key = key * 92 + np.where(self.ages < 0, 91, np.minimum(self.ages, 90))
+            key = key * (len(compact.genders) + 1) + np.where(gender < 0, len(compact.genders), gender)
+            key = key * 10_000 + year
+            smallest = int(np.unique(key, return_counts=True)[1].min())
+        self.guarantee = {
+            "k": None,
+            "l": None,
+            "suppression": None,
+            "levels": {"region": "zip3", "age_band": "years, 90+", "gender": "value", "period": "year"},
+            "loss": None,
+            "max_risk": 1.0 / smallest if smallest else 0.0,
+            "smallest_class": smallest,
+            "suppressed": missing,
+            "rows": rows,
+        }
+
+    def quasi_identifiers(self, rows: slice) -> dict[str, pl.Series]:
+        compact = self.compact
+        customers = compact.customer[rows].tolist()
+        ages = self.ages[rows].tolist()
+        years, _ = _calendar(compact.day[rows])
+        postcodes = [int(compact.postcode[c]) for c in customers]
+        genders = [int(compact.gender[c]) for c in customers]
+        return {
+            "region": pl.Series([SUPPRESSED if p < 0 else self.zip3[p] for p in postcodes], dtype=pl.String),
+            "age_band": pl.Series(
+                [SUPPRESSED if a < 0 else "90+" if a > 89 else str(a) for a in ages], dtype=pl.String
+            ),
+            "gender": pl.Series(
+                [SUPPRESSED if g < 0 else compact.genders[g] for g in genders], dtype=pl.String
+            ),
+            "period": pl.Series([str(y) for y in years.tolist()], dtype=pl.String),
+        }
+
+
+def _released_chunks(
+    session: Session,
+    query: Select[Any],
+    compact: _Compact,
+    release: _Release,
+    pseudonym: Pseudonymizer,
+    chunk_rows: int,
+) -> Iterator[pl.DataFrame]:
+    """Pass 2: the rows again, from the same snapshot and in the same order, released chunk by chunk.
+
+    Each chunk is checked against pass 1 (same clients, same issue dates, same count), so a release
+    can never pair one invoice's values with another's quasi-identifiers.
+    """
+    pseudonyms: dict[int, str] = {}
+    position = 0
+    with_customer = "customer" in release.schema
+    for rows in _partitions(session, query, chunk_rows):
+        stop = position + len(rows)
+        codes = [compact.customer_index.get(row[0], -1) for row in rows]
+        days = [row[1].toordinal() for row in rows]
+        if (
+            stop > compact.rows
+            or codes != compact.customer[position:stop].tolist()
+            or days != compact.day[position:stop].tolist()
+        ):
+            raise RuntimeError("the invoices changed between the two passes of an export")
+        columns: dict[str, pl.Series | list[object]] = {}
+        if with_customer:
+            columns["customer"] = [
+                pseudonyms[code] if code in pseudonyms else pseudonyms.setdefault(code, pseudonym(row[0]))
+                for code, row in zip(codes, rows, strict=True)
+            ]
+        columns.update(release.quasi_identifiers(slice(position, stop)))
+        columns["category"] = [row[2] or "" for row in rows]
+        for index, name in enumerate(("net", "tax", "total", "refunded", "currency", "status"), start=3):
+            columns[name] = [row[index] for row in rows]
+        columns["card_brand"] = [row[9] or "" for row in rows]
+        yield pl.DataFrame(columns, schema=release.schema)
+        position = stop
+    if position != compact.rows:
+        raise RuntimeError("the invoices changed between the two passes of an export")

@@ -3,7 +3,7 @@
 Everything shown comes from ``billing.reports``, the service behind ``/v1/reports``: revenue by
 month and by category (small cells folded into ``other``), and the guarantee of the invoice dataset.
 Downloads under ``/reports/download/…`` call the same service methods and the same streaming code
-(:func:`api.controllers.reports.export_dataset`) as the API, with the session's actor, so they are
+(:func:`api.controllers.reports.stream_export`) as the API, with the session's actor, so they are
 audited (``report.exported``) and pseudonymized for the signed-in key exactly as API exports are.
 Opening the page runs the two revenue reports and the invoice release (for its guarantee), so each
 view is audited as those three exports.
@@ -22,10 +22,10 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream, Template
 
 from api.charts import BarChart, bar_chart, display_amount
-from api.controllers.reports import DateFrom, DateTo, ReportFormat, export_dataset
+from api.controllers.reports import DateFrom, DateTo, ReportFormat, stream_export
 from api.deps import ActorDep, BillingDep
 from api.pages import CSRF_FIELD, PageController, requires_page_role
-from billing import Actor, Billing, Dataset, RevenueGrouping
+from billing import Actor, Billing, Dataset, ReportExport, RevenueGrouping
 from billing.errors import NotFound, ValidationFailed
 
 __all__ = ["ReportsPageController"]
@@ -109,16 +109,16 @@ class ReportsPageController(PageController):
         group_by: Annotated[RevenueGrouping, QueryParameter()] = "month",
     ) -> Response[bytes] | Stream:
         """The same files as ``/v1/reports/{dataset}`` (default k=5, l=2), for the session's key."""
-        released: Dataset
+        export: ReportExport
         if dataset == "invoices":
-            released = billing.reports.invoice_dataset(actor, date_from, date_to)
+            export = billing.reports.export_invoices(actor, date_from, date_to)
         elif dataset == "revenue":
-            released = billing.reports.revenue(actor, date_from, date_to, group_by=group_by)
+            export = billing.reports.export_revenue(actor, date_from, date_to, group_by=group_by)
         elif dataset == "tax":
-            released = billing.reports.tax_summary(actor, date_from, date_to)
+            export = billing.reports.export_tax(actor, date_from, date_to)
         else:
             raise NotFound(resource="dataset")
-        return export_dataset(released, report_format, date_from, date_to)
+        return stream_export(export, report_format, date_from, date_to)
 
 
 def _overview(billing: Billing, actor: Actor, start: date, end: date) -> dict[str, Any]:

@@ -61,9 +61,15 @@ def leaves_under(hierarchy: Hierarchy, level: int) -> Counter[str]:
     return Counter(row[level] for row in hierarchy.rows())
 
 
-def class_fails(sensitive_values: Sequence[str], config: AnonymizationConfig) -> bool:
+def class_fails(
+    sensitive_values: Sequence[str], config: AnonymizationConfig, entities: Sequence[str] = ()
+) -> bool:
+    """Whether a class with these sensitive values (and, with an entity column, these entities,
+    one per record) fails k or l."""
     size = len(sensitive_values)
     if size < config.k:
+        return True
+    if config.entity is not None and len(set(entities)) < config.k:
         return True
     if config.l is None or config.l <= 1:
         return False
@@ -86,6 +92,12 @@ class NaiveNode:
         return len(self.suppressed_rows)
 
 
+def entities_of(
+    rows: Sequence[Mapping[str, str]], members: Sequence[int], config: AnonymizationConfig
+) -> list[str]:
+    return [rows[index][config.entity] for index in members] if config.entity else []
+
+
 def naive_node(
     rows: Sequence[Mapping[str, str]], config: AnonymizationConfig, levels: Sequence[int]
 ) -> NaiveNode:
@@ -103,7 +115,7 @@ def naive_node(
         values = (
             [rows[index][config.sensitive] for index in members] if config.sensitive else [""] * len(members)
         )
-        if class_fails(values, config):
+        if class_fails(values, config, entities_of(rows, members, config)):
             suppressed.update(members)
     n = len(rows)
     terms = []
@@ -165,11 +177,28 @@ def check_release(
         values = (
             [rows[index][config.sensitive] for index in members] if config.sensitive else [""] * len(members)
         )
-        assert not class_fails(values, config)
+        assert not class_fails(values, config, entities_of(rows, members, config))
+        if config.entity is not None:
+            assert len(set(entities_of(rows, members, config))) >= config.k
 
     suppressed = guarantee.suppressed
     sizes = [len(members) for members in groups.values()]
     classes = len(sizes) + (1 if suppressed else 0)
+    if config.entity is not None:
+        hidden = [index for index in range(n) if result.suppressed_rows[index]]
+        people = [len(set(entities_of(rows, members, config))) for members in groups.values()]
+        weighted = list(zip(sizes, people, strict=True))
+        if suppressed:
+            weighted.append((suppressed, len(set(entities_of(rows, hidden, config)))))
+        assert guarantee.entity == config.entity
+        assert guarantee.min_entities == min(count for _, count in weighted)
+        assert guarantee.max_risk == pytest.approx(1 / min(count for _, count in weighted))
+        assert guarantee.avg_risk == pytest.approx(sum(size / count for size, count in weighted) / n)
+        naive = naive_node(rows, config, [guarantee.levels[column] for column in columns])
+        assert naive.suppressed == suppressed
+        assert guarantee.loss == pytest.approx(naive.loss, abs=1e-12)
+        return
+    assert guarantee.entity is None and guarantee.min_entities is None
     assert guarantee.classes == classes
     assert guarantee.discernibility == sum(size * size for size in sizes) + suppressed * n
     assert guarantee.avg_class_size == pytest.approx(n / classes)

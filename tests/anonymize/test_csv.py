@@ -65,3 +65,23 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidQISpec):
         anonymize_csv(source, qi_specs={"zip": "builtin:nope"}, out_path=tmp_path / "o.csv")
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_entity_column_counts_people(tmp_path: Path) -> None:
+    # p0 has 6 visits in 75001: by records a class of 6 ≥ 5; by people, one person.
+    rows = ["postcode;patient;diagnosis"] + ["75001;p0;d1"] * 6
+    rows += [f"7600{i};p{i + 1};d{i % 2}" for i in range(5)]
+    table = tmp_path / "visits.csv"
+    table.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out.csv"
+    guarantee = anonymize_csv(
+        table, qi_specs={"postcode": "builtin:postcode:5,2,0"}, out_path=out, k=5, suppression=0.6,
+        entity="patient",
+    )  # fmt: skip
+    released = pl.read_csv(out, separator=";", infer_schema=False)
+    assert guarantee.entity == "patient"
+    assert guarantee.suppressed == 6  # p0's visits: suppressed, not released as a class of one person
+    assert guarantee.min_entities == 1  # the suppressed records count as one class (of p0 alone)
+    assert released.filter(pl.col("patient") == "p0")["postcode"].to_list() == ["*"] * 6
+    for _, group in released.filter(pl.col("postcode") != "*").group_by("postcode"):
+        assert group["patient"].n_unique() >= 5

@@ -12,6 +12,8 @@ import pytest
 from anonymize import (
     AnonymizationConfig,
     ColumnNotFound,
+    EncodedTable,
+    InvalidConfig,
     LatticeTooLarge,
     MissingValues,
     NoAnonymousTransformation,
@@ -19,7 +21,9 @@ from anonymize import (
     age_bands,
     anonymize,
     date_levels,
+    encode_table,
     flat_hierarchy,
+    plan_release,
     postcode_prefix,
 )
 
@@ -171,3 +175,41 @@ def test_lattice_size_is_bounded() -> None:
     frame = pl.DataFrame({name: ["2024-01-01"] for name in columns})
     with pytest.raises(LatticeTooLarge):
         anonymize(frame, AnonymizationConfig(columns, k=1))
+
+
+def test_plan_release_on_encoded_codes_matches_anonymize_and_checks_its_input() -> None:
+    frame = pl.DataFrame(
+        {
+            "zip": [f"750{i % 4}" for i in range(40)],
+            "who": [f"p{i % 9}" for i in range(40)],
+            "s": [f"d{i % 3}" for i in range(40)],
+        }
+    )
+    config = AnonymizationConfig(
+        {"zip": postcode_prefix(frame["zip"].unique(), keep=(4, 3, 0))},
+        sensitive="s",
+        k=3,
+        l=2,
+        suppression_limit=0.1,
+        entity="who",
+    )
+    whole = anonymize(frame, config)
+    encoded = encode_table(frame, config)
+    plan = plan_release(encoded, config)
+    assert plan.guarantee.levels == whole.guarantee.levels
+    assert plan.guarantee.entity == "who"
+    first, second = slice(0, 25), slice(25, 40)
+    pieces = [
+        plan.generalize("zip", encoded.leaves["zip"][part], plan.suppressed_rows[part])
+        for part in (first, second)
+    ]
+    assert pl.concat(pieces).to_list() == whole.table["zip"].to_list()
+
+    with pytest.raises(InvalidConfig):
+        plan_release(
+            EncodedTable(leaves={"zip": encoded.leaves["zip"][:5]}, entities=encoded.entities), config
+        )
+    with pytest.raises(ColumnNotFound):
+        plan_release(EncodedTable(leaves=dict(encoded.leaves)), config)
+    with pytest.raises(InvalidConfig):
+        AnonymizationConfig({"zip": config.quasi_identifiers["zip"]}, entity="zip")

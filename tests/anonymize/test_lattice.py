@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -71,6 +73,33 @@ def problems(draw: st.DrawFn) -> tuple[list[dict[str, str]], AnonymizationConfig
     return rows, config
 
 
+@st.composite
+def entity_problems(draw: st.DrawFn) -> tuple[list[dict[str, str]], AnonymizationConfig]:
+    """``problems`` whose k counts distinct people: each row belongs to one of a few people, who
+    often have several rows alike (the case k-on-records gets wrong)."""
+    rows, config = draw(problems())
+    people = [f"p{index}" for index in range(draw(st.integers(1, 8)))]
+    for row in rows:
+        row["who"] = draw(st.sampled_from(people))
+    return rows, replace(config, entity="who")
+
+
+@PROPERTY_SETTINGS
+@given(entity_problems())
+def test_with_an_entity_column_every_class_has_k_distinct_entities_and_the_optimum(
+    problem: tuple[list[dict[str, str]], AnonymizationConfig],
+) -> None:
+    rows, config = problem
+    optimum = naive_optimum(rows, config)
+    if optimum is None:
+        with pytest.raises(NoAnonymousTransformation):
+            anonymize(pl.DataFrame(rows), config)
+        return
+    result = anonymize(pl.DataFrame(rows), config)
+    assert result.guarantee.loss == pytest.approx(optimum.loss, abs=1e-9)
+    check_release(rows, result, config)  # ≥ k distinct entities per released class, from the table
+
+
 @PROPERTY_SETTINGS
 @given(problems())
 def test_release_is_optimal_and_satisfies_the_models(
@@ -108,8 +137,9 @@ def test_entropy_with_suppression_is_searched_without_monotone_shortcuts() -> No
     check_release(rows, result, config)
 
 
+@pytest.mark.parametrize("with_entities", [False, True], ids=["k-records", "k-entities"])
 @pytest.mark.parametrize("seed", range(6))
-def test_search_matches_exhaustive_evaluation_on_larger_tables(seed: int) -> None:
+def test_search_matches_exhaustive_evaluation_on_larger_tables(seed: int, with_entities: bool) -> None:
     """Pruning (bounds, tagging, dominance) never loses the optimum: compare with every node."""
     rng = np.random.default_rng(seed)
     trees: dict[str, Hierarchy] = {}
@@ -125,7 +155,14 @@ def test_search_matches_exhaustive_evaluation_on_larger_tables(seed: int) -> Non
         weights = rng.dirichlet(np.ones(len(leaves)) * 0.7)
         data[f"q{q}"] = list(rng.choice(leaves, size=3000, p=weights))
     data["s"] = list(rng.choice(["a", "b", "c"], size=3000, p=[0.7, 0.2, 0.1]))
+    people = rng.zipf(1.6, size=3000) % 400  # a few people with many records, many with one
+    data["who"] = [f"p{person}" for person in people]
     frame = pl.DataFrame(data)
+    entities = None
+    entity_values = 0
+    if with_entities:
+        entities = np.unique(people, return_inverse=True)[1].astype(np.int32)
+        entity_values = int(entities.max()) + 1
     for k, diversity, kind, limit in [
         (5, None, "distinct", 0.0),
         (4, None, "distinct", 0.03),
@@ -134,7 +171,13 @@ def test_search_matches_exhaustive_evaluation_on_larger_tables(seed: int) -> Non
         (2, 2, "entropy", 0.04),
     ]:
         config = AnonymizationConfig(
-            trees, sensitive="s", k=k, l=diversity, l_kind=kind, suppression_limit=limit
+            trees,
+            sensitive="s",
+            k=k,
+            l=diversity,
+            l_kind=kind,
+            suppression_limit=limit,
+            entity="who" if with_entities else None,
         )
         codes = encode_columns(frame, trees)
         sensitive = None
@@ -143,7 +186,7 @@ def test_search_matches_exhaustive_evaluation_on_larger_tables(seed: int) -> Non
             sensitive = frame["s"].replace_strict(["a", "b", "c"], [0, 1, 2]).to_numpy().astype(np.int32)
             values = 3
         base, _ = distinct_combinations(
-            codes, [tree.domain_size for tree in trees.values()], sensitive, values
+            codes, [tree.domain_size for tree in trees.values()], sensitive, values, entities, entity_values
         )
         problem = Problem.build(
             columns=list(trees),
@@ -157,6 +200,7 @@ def test_search_matches_exhaustive_evaluation_on_larger_tables(seed: int) -> Non
             l=diversity,
             l_kind=kind,
             max_suppressed=max_suppressed(limit, frame.height),
+            entity_values=entity_values,
         )
         everything = exhaustive(problem, base)
         feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
@@ -164,6 +208,50 @@ def test_search_matches_exhaustive_evaluation_on_larger_tables(seed: int) -> Non
         assert outcome.loss == pytest.approx(min(feasible), abs=1e-12)
         assert outcome.nodes_checked <= len(everything)
         assert anonymize(frame, config).guarantee.loss == pytest.approx(min(feasible), abs=1e-12)
+
+
+def test_one_person_with_many_alike_records_is_not_a_class_of_their_own() -> None:
+    # Six identical records of p0 are a class of 6 ≥ k=5 records, but of one person.
+    rows = [{"q": "a", "who": "p0"}] * 6 + [{"q": f"b{index}", "who": f"p{index + 1}"} for index in range(5)]
+    hierarchy = Hierarchy([("a", "*"), *((f"b{index}", "*") for index in range(5))])
+    by_records = anonymize(
+        pl.DataFrame(rows), AnonymizationConfig({"q": hierarchy}, k=5, suppression_limit=0.5)
+    )
+    assert by_records.guarantee.levels == {"q": 0}  # p0's six records released as class "a"
+    config = AnonymizationConfig({"q": hierarchy}, k=5, suppression_limit=0.6, entity="who")
+    by_people = anonymize(pl.DataFrame(rows), config)
+    assert by_people.guarantee.levels == {"q": 1}
+    assert by_people.guarantee.suppressed == 0
+    assert by_people.guarantee.min_entities == 6
+    assert by_people.guarantee.max_risk == pytest.approx(1 / 6)
+    check_release(rows, by_people, config)
+
+
+def test_distinct_entities_never_fall_as_levels_rise() -> None:
+    """The monotonicity the search relies on (module docstring, rule 5), checked on every chain."""
+    rng = np.random.default_rng(7)
+    leaves = [f"v{index}" for index in range(16)]
+    tree = Hierarchy(
+        zip(
+            leaves,
+            [f"g{i // 2}" for i in range(16)],
+            [f"h{i // 8}" for i in range(16)],
+            ["*"] * 16,
+            strict=True,
+        )
+    )
+    values = rng.choice(leaves, size=400)
+    people = rng.integers(0, 30, size=400)
+    previous: dict[str, set[int]] | None = None
+    for level in range(tree.height):
+        classes: dict[str, set[int]] = {}
+        for value, person in zip(values, people, strict=True):
+            classes.setdefault(tree.generalize(str(value), level), set()).add(int(person))
+        if previous is not None:
+            for label, members in previous.items():
+                parent = next(c for c, m in classes.items() if members <= m)
+                assert len(classes[parent]) >= len(members), label
+        previous = classes
 
 
 @pytest.mark.parametrize(

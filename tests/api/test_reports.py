@@ -118,11 +118,13 @@ def seed(billing: Billing, clock: Clock, tenant: TenantKeys, fake: Faker) -> See
 
 
 def check_k_l(rows: list[dict[str, Any]], *, k: int, l: int) -> int:  # noqa: E741
-    """Independent check: every released class has ≥ k rows and ≥ l distinct categories.
+    """Independent check: every released class has ≥ k rows of ≥ k distinct customers (when the
+    pseudonym is released) and ≥ l distinct categories.
 
     Rows whose quasi-identifiers are all ``*`` (suppressed) are left out; returns how many there are.
     """
     classes: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    customers: dict[tuple[str, ...], set[str]] = defaultdict(set)
     suppressed = 0
     for row in rows:
         key = tuple(str(row[q]) for q in QIS)
@@ -130,10 +132,12 @@ def check_k_l(rows: list[dict[str, Any]], *, k: int, l: int) -> int:  # noqa: E7
             suppressed += 1
             continue
         classes[key].append(str(row["category"]))
+        customers[key].add(str(row.get("customer")))
     assert classes, "nothing released"
     for key, categories in classes.items():
         assert len(categories) >= k, key
         assert len(set(categories)) >= l, key
+        assert "customer" not in rows[0] or len(customers[key]) >= k, key
     return suppressed
 
 
@@ -204,6 +208,7 @@ def test_accountant_exports_anonymized_invoices_in_every_format(
     )
     assert sidecar.status_code == 200
     assert sidecar.json()["k"] == 5
+    assert sidecar.json()["k_counts"] == "customers"
     assert sidecar.json()["rows"] == 60
 
     # revenue reconciles with the invoices, even with small cells folded into ``other``

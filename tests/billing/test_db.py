@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlmodel import Session, select
 
 from billing import Database, DatabaseConfig, normalize_database_url
 from billing._db import insert_ignore
@@ -41,6 +42,27 @@ def test_a_failed_transaction_writes_nothing(database: Database) -> None:
         raise RuntimeError("boom")
     with database.read() as session:
         assert session.get(WebhookEvent, "evt_b") is None
+
+
+def test_a_snapshot_sees_one_state_and_holds_no_writer_back(database: Database) -> None:
+    def count(session: Session) -> int:
+        return len(session.exec(select(WebhookEvent)).all())
+
+    with database.transaction() as session:
+        insert_ignore(
+            session, WebhookEvent, {"id": "evt_1", "type": "x", "payload": "{}", "received_at": utcnow()}
+        )
+    with database.snapshot() as snapshot:
+        assert count(snapshot) == 1
+        # a writer commits while the snapshot is open: not blocked (SQLite would time out otherwise)…
+        with database.transaction() as session:
+            insert_ignore(
+                session, WebhookEvent, {"id": "evt_2", "type": "x", "payload": "{}", "received_at": utcnow()}
+            )
+        # …and the snapshot keeps seeing the state of its first read
+        assert count(snapshot) == 1
+    with database.read() as session:
+        assert count(session) == 2
 
 
 @pytest.mark.parametrize(

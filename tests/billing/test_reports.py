@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import polars as pl
 import pytest
 from faker import Faker
 from sqlmodel import select
@@ -93,8 +94,10 @@ def seed(billing: Billing, clock: Clock, fake: Faker, *, clients: int = 20, per_
 
 
 def check_k_l(rows: list[dict[str, object]], *, k: int, l: int) -> int:  # noqa: E741
-    """Independent check of k-anonymity and distinct l-diversity; returns the fully suppressed rows."""
+    """Independent check of k-anonymity in distinct customers and distinct l-diversity; returns the
+    fully suppressed rows."""
     classes: dict[tuple[object, ...], list[object]] = defaultdict(list)
+    customers: dict[tuple[object, ...], set[object]] = defaultdict(set)
     suppressed = 0
     for row in rows:
         key = tuple(row[q] for q in QIS)
@@ -102,8 +105,10 @@ def check_k_l(rows: list[dict[str, object]], *, k: int, l: int) -> int:  # noqa:
             suppressed += 1
             continue
         classes[key].append(row["category"])
+        customers[key].add(row["customer"])
     for key, sensitive in classes.items():
         assert len(sensitive) >= k, key
+        assert len(customers[key]) >= k, key
         assert len(set(sensitive)) >= l, key
     return suppressed
 
@@ -131,6 +136,9 @@ def test_invoice_dataset_and_revenue_on_sixty_invoices(clocked: Billing, clock: 
     guarantee = dataset.guarantee
     assert guarantee["k"] == 5
     assert guarantee["l"] == 2
+    assert guarantee["k_counts"] == "customers"
+    assert isinstance(guarantee["min_customers"], int) and guarantee["min_customers"] >= 1
+    assert guarantee["max_risk"] == pytest.approx(1 / guarantee["min_customers"])
     assert guarantee["rows"] == 60
     assert isinstance(guarantee["suppressed"], int)
     assert guarantee["suppressed"] <= 3  # ⌊0.05 · 60⌋
@@ -305,3 +313,74 @@ def test_reports_refuse_bad_parameters(billing: Billing) -> None:
     with pytest.raises(ValidationFailed) as raised:
         billing.reports.revenue(actor, *period, k=1)
     assert raised.value.ids["field"] == "k"
+
+
+def test_a_client_with_many_alike_invoices_is_never_a_class_of_their_own(
+    clocked: Billing, clock: Clock, fake: Faker
+) -> None:
+    """Twelve invoices of one client on one day in one category would be a class of 12 ≥ k invoices;
+    k counts customers, so that client's invoices are generalized or suppressed with others'."""
+    seeded = seed(clocked, clock, fake, clients=10, per_client=1)
+    regular = next(iter(seeded.customers))
+    clock.now = datetime(2026, 7, 14, 9, tzinfo=UTC)
+    for _ in range(12):
+        line = InvoiceLineInput(description="weekly", unit_amount=4000, category="massage")
+        draft = clocked.invoices.create_draft(
+            seeded.booking, InvoiceInput(customer_id=regular, currency="EUR", lines=[line])
+        )
+        clocked.invoices.finalize(seeded.booking, draft.id)
+    dataset = clocked.reports.invoice_dataset(
+        accountant(seeded), date(2026, 1, 1), date(2026, 12, 31), k=3, l=1, suppression=0.5
+    )
+    rows = dataset.frame.to_dicts()
+    assert len(rows) == 22
+    check_k_l(rows, k=3, l=1)
+    released = [r for r in rows if r["period"] != "*"]
+    assert released, "something is released"
+    assert dataset.guarantee["k_counts"] == "customers"
+    assert int(dataset.guarantee["min_customers"]) >= 1  # type: ignore[call-overload]
+
+
+def test_export_streams_in_chunks_from_one_snapshot(clocked: Billing, clock: Clock, fake: Faker) -> None:
+    """Chunks of 7 rows give the same release as one chunk; invoices finalized while an export is
+    open neither block nor leak into it (the second pass reads the first pass's snapshot)."""
+    seeded = seed(clocked, clock, fake, clients=20, per_client=3)
+    period = (date(2026, 1, 1), date(2026, 12, 31))
+    whole = clocked.reports.invoice_dataset(accountant(seeded), *period)
+
+    export = clocked.reports.export_invoices(accountant(seeded), *period, chunk_rows=7)
+    assert export.guarantee == whole.guarantee
+    # A writer finalizes an invoice while the export is open: it is not blocked…
+    clock.now = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    line = InvoiceLineInput(description="late", unit_amount=2500, category="hair")
+    late = clocked.invoices.create_draft(
+        seeded.booking, InvoiceInput(customer_id=next(iter(seeded.customers)), currency="EUR", lines=[line])
+    )
+    clocked.invoices.finalize(seeded.booking, late.id)
+    # …and the export still releases exactly the 60 rows its guarantee was computed on.
+    chunks = list(export.chunks())
+    assert [chunk.height for chunk in chunks] == [7] * 8 + [4]
+    streamed = pl.concat(chunks)
+    assert streamed.equals(whole.frame)
+    check_k_l(streamed.to_dicts(), k=5, l=2)
+    with pytest.raises(RuntimeError):
+        list(export.chunks())
+
+    after = clocked.reports.invoice_dataset(accountant(seeded), *period)
+    assert after.frame.height == 61
+
+
+def test_an_export_closed_unread_releases_its_snapshot(clocked: Billing, clock: Clock, fake: Faker) -> None:
+    seeded = seed(clocked, clock, fake, clients=6, per_client=1)
+    period = (date(2026, 1, 1), date(2026, 12, 31))
+    with clocked.reports.export_invoices(accountant(seeded), *period, k=2, l=1) as export:
+        assert export.guarantee["rows"] == 6
+    # the snapshot is gone: a write and a fresh export see the new state
+    clock.now = datetime(2026, 4, 1, 9, tzinfo=UTC)
+    line = InvoiceLineInput(description="x", unit_amount=1000, category="hair")
+    draft = clocked.invoices.create_draft(
+        seeded.booking, InvoiceInput(customer_id=next(iter(seeded.customers)), currency="EUR", lines=[line])
+    )
+    clocked.invoices.finalize(seeded.booking, draft.id)
+    again = clocked.reports.invoice_dataset(accountant(seeded), *period, k=2, l=1, suppression=1.0)
+    assert again.frame.height == 7

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import re
 import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+from faker import Faker
 from sqlalchemy import inspect
 
-from billing import Database, DatabaseConfig, head_revision
+from billing import (
+    Actor,
+    Address,
+    Billing,
+    CustomerInput,
+    Database,
+    DatabaseConfig,
+    InvoiceInput,
+    InvoiceLineInput,
+    head_revision,
+    load_keyring,
+)
 
 from .conftest import Operator, free_port
 
@@ -247,3 +264,144 @@ def test_anonymize_any_csv_prints_its_guarantee(operator: Operator, tmp_path: Pa
     assert sum(1 for r in released if r[0] == "*" and r[1] == "*") == guarantee["suppressed"] <= 15
     bad = operator.run("anonymize", str(table), "--qi", "nope=builtin:flat", "--out", str(out), expect=None)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+@dataclass
+class _Clock:
+    now: datetime = datetime(2026, 2, 2, 10, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _seed_invoices(operator: Operator, tenant: str, fake: Faker) -> list[str]:
+    """25 clients with 4 finalized invoices each over 2026 H1 (through the services, like the API
+    would); returns the PII written, to look for it in the exports."""
+    clock = _Clock()
+    billing = Billing(
+        db=Database(DatabaseConfig(operator.database_url)),
+        keyring=load_keyring(operator.keyring_path),
+        clock=clock,
+    )
+    booking = Actor(tenant_id=tenant, role="booking", key_id="seed")
+    pii: list[str] = []
+    try:
+        for index in range(25):
+            postcode = f"{75001 + index % 20:05d}"
+            data = CustomerInput(
+                name=fake.name(),
+                email=fake.unique.email(),
+                address=Address(line1="3 rue Test", city="Paris", postcode=postcode, country="FR"),
+                birth_date=fake.date_of_birth(minimum_age=20, maximum_age=80),
+                gender=fake.random_element(["female", "male"]),
+            )
+            assert data.email is not None
+            pii += [data.name, data.email, postcode]
+            customer = billing.customers.create(booking, data)
+            for _ in range(4):
+                clock.now = datetime(2026, 1, 5, 10, tzinfo=UTC) + timedelta(days=fake.random_int(0, 170))
+                line = InvoiceLineInput(
+                    description="treatment",
+                    unit_amount=fake.random_int(20, 90) * 100,
+                    tax_rate_bps=2000,
+                    category=fake.random_element(["hair", "nails", "skin", "massage"]),
+                )
+                draft = billing.invoices.create_draft(
+                    booking, InvoiceInput(customer_id=customer.id, currency="EUR", lines=[line])
+                )
+                billing.invoices.finalize(booking, draft.id)
+    finally:
+        billing.db.dispose()
+    return pii
+
+
+def _independent_k_l(rows: list[dict[str, str]], *, k: int, l: int) -> int:  # noqa: E741
+    """k in distinct customers and distinct l on the category, recomputed from the file alone;
+    returns the suppressed rows (all quasi-identifiers ``*``)."""
+    customers: dict[tuple[str, ...], set[str]] = {}
+    categories: dict[tuple[str, ...], set[str]] = {}
+    suppressed = 0
+    for row in rows:
+        key: tuple[str, ...] = (row["region"], row["age_band"], row["gender"], row["period"])
+        if key == ("*", "*", "*", "*"):
+            suppressed += 1
+            continue
+        customers.setdefault(key, set()).add(row["customer"])
+        categories.setdefault(key, set()).add(row["category"])
+    assert customers, "nothing released"
+    for released, people in customers.items():
+        assert len(people) >= k, released
+        assert len(categories[released]) >= l, released
+    return suppressed
+
+
+def test_report_export_writes_private_files_checked_independently(
+    operator: Operator, tmp_path: Path, fake: Faker
+) -> None:
+    tenant = operator.create_tenant("Salon Export")["tenant_id"]
+    pii = _seed_invoices(operator, tenant, fake)
+    period = ("--from", "2026-01-01", "--to", "2026-12-31")
+
+    out = tmp_path / "exports" / "invoices.csv"
+    out.parent.mkdir()
+    out.write_text("stale")
+    out.chmod(0o644)
+    result = operator.run(
+        "report", "export", "--tenant", tenant, "--dataset", "invoices", *period,
+        "--format", "csv", "--k", "4", "--l", "2", "--suppression", "0.1", "--out", str(out),
+    )  # fmt: skip
+    guarantee = json.loads(result.stdout)
+    sidecar = out.with_name("invoices.csv.guarantee.json")
+    assert _mode(out) == 0o600 and _mode(sidecar) == 0o600
+    assert json.loads(sidecar.read_text()) == guarantee
+    assert guarantee["k"] == 4 and guarantee["l"] == 2 and guarantee["k_counts"] == "customers"
+    text = out.read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == guarantee["rows"] == 100
+    suppressed = _independent_k_l(rows, k=4, l=2)
+    assert suppressed == guarantee["suppressed"] <= 10
+    for value in pii:
+        assert value not in text
+    assert not list(out.parent.glob(".*.tmp")), "no temporary file left behind"
+
+    parquet = tmp_path / "exports" / "invoices.parquet"
+    result = operator.run(
+        "report", "export", "--tenant", tenant, "--dataset", "invoices", *period,
+        "--format", "parquet", "--k", "4", "--out", str(parquet),
+    )  # fmt: skip
+    table = pq.read_table(parquet)
+    assert json.loads(table.schema.metadata[b"veilbill.guarantee"]) == json.loads(result.stdout)
+    _independent_k_l([{c: str(v) for c, v in r.items()} for r in table.to_pylist()], k=4, l=2)
+    assert not parquet.with_name("invoices.parquet.guarantee.json").exists()
+
+    revenue = tmp_path / "exports" / "revenue.jsonl"
+    operator.run(
+        "report", "export", "--tenant", tenant, "--dataset", "revenue", *period,
+        "--group-by", "month,category", "--format", "jsonl", "--out", str(revenue),
+    )  # fmt: skip
+    cells = [json.loads(line) for line in revenue.read_text().splitlines()]
+    assert sum(cell["invoices"] for cell in cells) == 100
+    assert all(cell["customers"] >= 5 for cell in cells)
+
+    audited = operator.sql(
+        "SELECT actor_role, actor_key_id, detail FROM audit_events "
+        "WHERE chain = :t AND action = 'report.exported' ORDER BY seq",
+        t=tenant,
+    )
+    assert [(role, key) for role, key, _ in audited] == [("operator", None)] * 3
+    assert [json.loads(detail)["report"] for _, _, detail in audited] == ["invoices", "invoices", "revenue"]
+    assert json.loads(operator.run("audit", "verify").stdout)["ok"] is True
+
+    missing = tmp_path / "exports" / "nobody.csv"
+    refused = operator.run(
+        "report", "export", "--tenant", "ten_nobody", "--dataset", "tax", *period, "--out", str(missing),
+        expect=1,
+    )  # fmt: skip
+    assert "not_found" in refused.stderr and "Traceback" not in refused.stderr
+    assert not missing.exists()
+    too_strict = operator.run(
+        "report", "export", "--tenant", tenant, "--dataset", "invoices", *period,
+        "--k", "1000", "--suppression", "0", "--out", str(missing), expect=1,
+    )  # fmt: skip
+    assert "validation_failed" in too_strict.stderr
+    assert not missing.exists()
