@@ -74,7 +74,12 @@ class AuditController(Controller):
         billing: BillingDep,
         actor: ActorDep,
         after: Annotated[
-            int, QueryParameter(ge=0, description="return events with seq greater than this")
+            int,
+            QueryParameter(
+                ge=0,
+                le=2**63 - 1,  # a 64-bit sequence: larger values would overflow the database's integer
+                description="return events with seq greater than this",
+            ),
         ] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> AuditEventPage:
