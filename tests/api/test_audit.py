@@ -80,7 +80,9 @@ def test_auditor_sees_only_its_tenant(
     assert all(e["subject_id"] != cid for e in theirs)
 
 
-def test_a_cursor_beyond_64_bits_is_refused_not_a_server_error(client: TestClient, tenant: TenantKeys) -> None:
+def test_a_cursor_beyond_64_bits_is_refused_not_a_server_error(
+    client: TestClient, tenant: TenantKeys
+) -> None:
     """Found by Schemathesis: such a cursor overflowed the database's integer and answered 500."""
     response = client.get("/v1/audit/events", params={"after": 2**64}, headers=tenant.headers("auditor"))
     assert response.status_code == 400, response.text
