@@ -897,6 +897,7 @@ def demo(
     if link:
         click.echo(f"Pay page:  {link}  (an open demo invoice; the link lasts 30 minutes)")
     click.echo(f"Reports:   {base}/reports  (sign in with the accountant key)")
+    click.echo(f"PCI scope: {base}/pci  (sign in with the auditor key)")
     click.echo(f"API docs:  {base}/schema/swagger")
     click.echo(f"Ready:     {base}/health/ready")
     click.echo(f'Try:       curl -H "Authorization: Bearer {keys_doc["keys"]["booking"]}" {base}/v1/invoices')
