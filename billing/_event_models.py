@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlmodel import Field, SQLModel
 
 from billing._inventory import Inventory, Sealed, note
-from billing._models import UtcDateTime
+from billing._models import _f, _ts  # the annotated-column helpers of every table
 
 __all__ = ["EventDelivery", "EventRecord", "WebhookEndpoint"]
 
@@ -35,14 +35,6 @@ _EVENTS = "as the event log (kept for redelivery; no client PII)"
 
 def _plain(purpose: str, retention: str, why: str = "no personal data") -> Inventory:
     return Inventory(_TECH, purpose, "contract", "clear", retention, why=why)
-
-
-def _ts(inventory: Inventory, *, nullable: bool = False) -> Any:
-    return Field(sa_column=Column(UtcDateTime(), nullable=nullable, info=note(inventory)))
-
-
-def _f(inventory: Inventory, **kwargs: Any) -> Any:
-    return Field(sa_column_kwargs={"info": note(inventory)}, **kwargs)
 
 
 def _secret(column: str, *, nullable: bool) -> Any:
