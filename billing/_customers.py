@@ -22,7 +22,7 @@ from billing._blind_index import blind_index, normalize_email, normalize_ref
 from billing._db import Database, get_for_tenant
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._keyring import Keyring
-from billing._keys import SubjectKeys
+from billing._keys import SubjectKeys, open_across_a_rotation
 from billing._models import Customer, new_id
 from billing.errors import CustomerErased
 
@@ -217,8 +217,11 @@ class CustomerService:
         return self._open(session, customer)
 
     def _open(self, session: Session, customer: Customer) -> CustomerView:
-        profile = self._keys(session).get(customer.tenant_id, customer.id, "profile")
-        return _view(customer, self._open_values(customer, profile))
+        def open_values() -> CustomerView:
+            profile = self._keys(session).get(customer.tenant_id, customer.id, "profile")
+            return _view(customer, self._open_values(customer, profile))
+
+        return open_across_a_rotation(open_values, lambda: session.refresh(customer))
 
     def _audit_read(self, session: Session, actor: Actor, customer_id: str) -> None:
         self._audit.record(

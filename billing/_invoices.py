@@ -34,7 +34,7 @@ from billing._db import Database, get_for_tenant, insert_ignore
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._events import EventOutbox
 from billing._keyring import Keyring
-from billing._keys import SubjectKeys
+from billing._keys import SubjectKeys, open_across_a_rotation
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
 from billing.errors import InvalidStateTransition, NotFound, RecordExpired, RecordRestricted, ValidationFailed
@@ -501,24 +501,35 @@ class InvoiceService:
         return rows
 
     def _open(self, session: Session, invoice: Invoice) -> InvoiceView:
-        key = self._record_key(session, invoice)
-        lines = list(
-            session.exec(
+        reloaded = False
+
+        def open_values() -> InvoiceView:
+            key = self._record_key(session, invoice)
+            query = (
                 select(InvoiceLine).where(InvoiceLine.invoice_id == invoice.id).order_by(InvoiceLine.position)  # type: ignore[arg-type]
             )
-        )
-        descriptions = [
-            open_sealed_text(
-                key,
-                ln.description_ct or b"",
-                FieldContext(invoice.tenant_id, "invoice_lines", "description", ln.id),
-            )
-            for ln in lines
-        ]
-        notes = self._open_column(key, invoice, "notes", invoice.notes_ct)
-        snapshot_json = self._open_column(key, invoice, "customer_snapshot", invoice.customer_snapshot_ct)
-        snapshot = msgspec.json.decode(snapshot_json) if snapshot_json else None
-        return _view(invoice, lines, notes, snapshot, descriptions=descriptions)
+            if reloaded:  # lines already in the session are refreshed from the database too
+                query = query.execution_options(populate_existing=True)
+            lines = list(session.exec(query))
+            descriptions = [
+                open_sealed_text(
+                    key,
+                    ln.description_ct or b"",
+                    FieldContext(invoice.tenant_id, "invoice_lines", "description", ln.id),
+                )
+                for ln in lines
+            ]
+            notes = self._open_column(key, invoice, "notes", invoice.notes_ct)
+            snapshot_json = self._open_column(key, invoice, "customer_snapshot", invoice.customer_snapshot_ct)
+            snapshot = msgspec.json.decode(snapshot_json) if snapshot_json else None
+            return _view(invoice, lines, notes, snapshot, descriptions=descriptions)
+
+        def reload() -> None:
+            nonlocal reloaded
+            reloaded = True
+            session.refresh(invoice)
+
+        return open_across_a_rotation(open_values, reload)
 
     def _open_column(self, key: DataKey, invoice: Invoice, column: str, sealed: bytes | None) -> str | None:
         if sealed is None:

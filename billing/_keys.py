@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from sqlmodel import Session, col, select
 
@@ -31,9 +32,30 @@ from billing._keyring import Keyring, MasterKeyProvider, master_key_provider_of
 from billing._models import DataKeyRecord, new_id
 from billing.errors import DecryptionError
 
-__all__ = ["PURPOSES", "SubjectKeys"]
+__all__ = ["PURPOSES", "SubjectKeys", "open_across_a_rotation"]
 
 PURPOSES = ("profile", "record", "index", "idempotency", "webhooks")
+
+T = TypeVar("T")
+
+
+def open_across_a_rotation(open_values: Callable[[], T], reload: Callable[[], None]) -> T:
+    """Open a subject's values, once more after ``reload`` if they do not open the first time.
+
+    Readers do not take the subject lock (it would turn every read into a row-lock write on
+    PostgreSQL). So under READ COMMITTED a reader can load a row sealed under the old DEK and then
+    the key row after a rotation of that subject committed, or hold a row loaded earlier in its
+    session: the value and the key come from two sides of the rotation and do not match.
+    ``reload`` re-reads the rows from the database (``session.refresh``); ``open_values`` must
+    look the key up afresh. A value that still does not open is really unreadable (tampered,
+    moved, shredded): the second ``DecryptionError`` propagates.
+    """
+    try:
+        return open_values()
+    except DecryptionError:
+        pass
+    reload()  # outside the except block: the error that follows, if any, carries no context
+    return open_values()
 
 
 class SubjectKeys:
