@@ -11,12 +11,22 @@ a claim whose request failed on our side, so the client's retry runs again.
 lost machine) can neither complete nor release its claim. So an ``in_progress`` record's
 ``expires_at`` is the end of a short lease (:data:`CLAIM_LEASE`), not of the 24-hour replay
 window: while the request runs, a keeper thread of the process holding the claim extends the lease
-every quarter of it (:meth:`IdempotencyStore.extend_claims`, one ``UPDATE`` for every claim the
+every quarter of it (:meth:`IdempotencyStore.extend_claims`, one short transaction per claim the
 process holds); once the holder is dead the lease runs out, and the client's retry with the same
 key and request takes the claim over and runs again. A retry with another request still gets
 ``IdempotencyKeyReused``. Liveness is the only thing kept in process memory; which request holds a
 key is decided by the database alone. ``complete`` sets ``expires_at`` to the end of the replay
 window.
+
+**The answer is stored with the change.** A process can also die after the request's change was
+committed and before ``complete`` stored its answer; the retry would then make the change again
+(a second client, a second draft) or be refused (finalizing an invoice already open). So while a
+keyed request runs, its claim is *bound* (:meth:`IdempotencyStore.bound`, a context variable that
+follows the request into the worker thread), and an operation whose whole change is one
+transaction stores its answer inside that transaction (:meth:`IdempotencyStore.record_outcome`):
+the change and its answer are committed together or not at all. ``complete`` then finds the key
+done and leaves it. Operations with several transactions around gateway calls (pay, refund) rely
+instead on finding their own earlier work by the derived gateway key when run again.
 """
 
 from __future__ import annotations
@@ -24,12 +34,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import msgspec
 from sqlalchemy import delete, or_, update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from billing._db import Database, insert_ignore
 from billing._envelope import FieldContext, open_sealed, seal
@@ -47,6 +60,16 @@ CLAIM_LEASE = timedelta(seconds=10)
 Its keeper extends it every quarter of this, so a live request keeps its claim unless its process
 cannot reach the database for that long; a retry after a crash waits at most this long.
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _BoundClaim:
+    tenant_id: str
+    key: str
+    status: int
+
+
+_BOUND: ContextVar[_BoundClaim | None] = ContextVar("veilbill_idempotency_claim", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +192,45 @@ class IdempotencyStore:
                 )
             )
 
+    @contextmanager
+    def bound(self, tenant_id: str, key: str, status: int) -> Iterator[None]:
+        """While the block runs, the claim on ``key`` is the current request's: an operation that
+        calls :meth:`record_outcome` stores its answer, with ``status``, in its own transaction.
+
+        A context variable: it follows the request into the thread its handler runs in.
+        """
+        token = _BOUND.set(_BoundClaim(tenant_id, key, status))
+        try:
+            yield
+        finally:
+            _BOUND.reset(token)
+
+    def record_outcome(self, session: Session, tenant_id: str, answer: msgspec.Struct) -> None:
+        """Store ``answer`` (JSON-encoded) as the response of the bound request, in ``session``.
+
+        Call it at the end of the transaction that makes the request's *whole* change, with what
+        the request answers; then the change and its answer are committed together. Does nothing
+        outside a keyed request, for another tenant, or once the key is done.
+        """
+        claim = _BOUND.get()
+        if claim is None or claim.tenant_id != tenant_id:
+            return
+        record = session.exec(
+            select(IdempotencyRecord)
+            .where(IdempotencyRecord.tenant_id == tenant_id, IdempotencyRecord.key == claim.key)
+            .with_for_update()
+        ).one_or_none()
+        if record is None or record.state == "done":
+            return
+        keys = SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
+        dek = keys.get_or_create(tenant_id, tenant_id, "idempotency")
+        body = msgspec.json.encode(answer)
+        record.response_ct = seal(dek, body, _context(tenant_id, claim.key), rng=self._rng)
+        record.response_status = claim.status
+        record.state = "done"
+        record.expires_at = record.created_at + IDEMPOTENCY_TTL
+        session.add(record)
+
     def extend_claims(self, claims: Iterable[tuple[str, str]] | None = None) -> int:
         """Push the lease of ``claims`` (default: every claim this process holds) to now + lease.
 
@@ -182,8 +244,8 @@ class IdempotencyStore:
             return 0
         until = self._clock() + self._lease
         extended = 0
-        with self._db.transaction() as session:
-            for tenant_id, key in claims:
+        for tenant_id, key in claims:  # one transaction each: never holding one while waiting for another
+            with self._db.transaction() as session:
                 result = session.execute(
                     update(IdempotencyRecord)
                     .where(

@@ -103,15 +103,24 @@ class Billing:
             self.db, self.keyring, self.audit, clock=clock, rng=rng
         )
         self.tenants = TenantService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
-        self.customers = CustomerService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
+        self.idempotency = IdempotencyStore(
+            self.db, self.keyring, clock=clock, rng=rng, on_error=self.on_background_error
+        )
+        self.customers = CustomerService(
+            self.db, self.keyring, self.audit, clock=clock, rng=rng, idempotency=self.idempotency
+        )
         self.invoices = InvoiceService(
-            self.db, self.keyring, self.audit, self.customers, clock=clock, rng=rng, events=self.outbox
+            self.db,
+            self.keyring,
+            self.audit,
+            self.customers,
+            clock=clock,
+            rng=rng,
+            events=self.outbox,
+            idempotency=self.idempotency,
         )
         self.payments = PaymentService(
             self.db, self.audit, self.gateway, clock=clock, rng=rng, events=self.outbox
-        )
-        self.idempotency = IdempotencyStore(
-            self.db, self.keyring, clock=clock, rng=rng, on_error=self.on_background_error
         )
         self.sessions = PaymentSessionService(self.db, self.audit, self.payments, clock=clock)
         self.privacy = PrivacyService(

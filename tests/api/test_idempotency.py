@@ -17,7 +17,7 @@ from litestar.testing import TestClient
 from billing import CLAIM_LEASE, Billing, utcnow
 from billing._models import IdempotencyRecord
 
-from .conftest import TenantKeys, customer_payload
+from .conftest import TenantKeys, customer_payload, invoice_payload
 
 
 def _fingerprint(path: str, body: bytes) -> str:
@@ -80,3 +80,25 @@ def test_an_abandoned_claim_is_not_taken_over_by_another_request(
     )
     other = _post(client, tenant, json.dumps(customer_payload(fake)).encode(), "abandoned")
     assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+
+
+def test_answers_stored_with_their_change_replay_byte_for_byte(
+    client: TestClient[Any], tenant: TenantKeys, fake: Faker
+) -> None:
+    """Create, finalize and void store their answer in their own transaction (encoded there, not
+    by the framework): a replay must still be exactly what the first request was answered."""
+    headers = tenant.headers("booking")
+
+    def twice(path: str, body: Any, key: str, status: int) -> Any:
+        first = client.post(path, json=body, headers=headers | {"Idempotency-Key": key})
+        again = client.post(path, json=body, headers=headers | {"Idempotency-Key": key})
+        assert first.status_code == again.status_code == status, first.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.content == first.content
+        assert again.headers["content-type"] == first.headers["content-type"]
+        return first.json()
+
+    customer = twice("/v1/customers", customer_payload(fake), "c", 201)
+    invoice = twice("/v1/invoices", invoice_payload(customer["id"], fake), "i", 201)
+    assert twice(f"/v1/invoices/{invoice['id']}/finalize", None, "f", 200)["number"]
+    assert twice(f"/v1/invoices/{invoice['id']}/void", None, "v", 200)["status"] == "void"

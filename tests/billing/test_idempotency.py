@@ -1,8 +1,8 @@
 """Idempotency claims on both databases: replays, reuse, and claims left by a process that died.
 
 Two stores on one database stand for two service processes; a claim "left by a killed process" is
-one whose holder simply stops extending it (a SIGKILL runs no code of ours), and time is moved by
-the stores' clocks.
+one whose holder simply stops extending it, and whose request's answer is never completed (a
+SIGKILL runs no code of ours); time is moved by the stores' clocks.
 """
 
 from __future__ import annotations
@@ -11,10 +11,24 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import msgspec
 import pytest
+from faker import Faker
+from sqlmodel import func, select
 
-from billing import Billing, IdempotencyStore, utcnow
-from billing.errors import IdempotencyInProgress, IdempotencyKeyReused
+from billing import (
+    Actor,
+    Billing,
+    CustomerInput,
+    Database,
+    IdempotencyStore,
+    InvoiceInput,
+    InvoiceLineInput,
+    Keyring,
+    utcnow,
+)
+from billing._models import Customer
+from billing.errors import IdempotencyInProgress, IdempotencyKeyReused, ValidationFailed
 
 from ..conftest import FIXED_NOW
 
@@ -114,3 +128,89 @@ def test_the_keeper_thread_extends_held_claims_and_stops_when_none_is_held(
     while holder.keeper_running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not holder.keeper_running, "the keeper stops once no claim is held"
+
+
+@pytest.fixture
+def served(database: Database, keyring: Keyring, clock: Clock) -> Billing:
+    """The billing of one service process, on the shared database and clock."""
+    return Billing(db=database, keyring=keyring, clock=clock)
+
+
+def _booking(billing: Billing) -> Actor:
+    return Actor(tenant_id=billing.tenants.create_tenant("Salon Rivoli").tenant_id, role="booking")
+
+
+def _customers(billing: Billing, tenant_id: str) -> int:
+    with billing.db.read() as session:
+        return session.exec(select(func.count()).where(Customer.tenant_id == tenant_id)).one()
+
+
+@pytest.mark.parametrize("operation", ["create_customer", "create_invoice", "finalize", "void"])
+def test_a_change_and_its_answer_are_committed_together(
+    served: Billing, process: Callable[[], IdempotencyStore], clock: Clock, fake: Faker, operation: str
+) -> None:
+    """Found by ``tests/integration/test_kill_under_load.py``: the process died between the change
+    and the storing of its answer, and the retry made a second client, or was refused finalizing
+    an invoice it had finalized itself."""
+    actor = _booking(served)
+    customer = served.customers.create(actor, CustomerInput(name=fake.name()))
+    draft = served.invoices.create_draft(
+        actor,
+        InvoiceInput(
+            customer_id=customer.id,
+            currency="EUR",
+            lines=[InvoiceLineInput(description="Cut", unit_amount=4500)],
+        ),
+    )
+    if operation == "void":
+        served.invoices.finalize(actor, draft.id)
+    change: Callable[[], msgspec.Struct] = {
+        "create_customer": lambda: served.customers.create(actor, CustomerInput(name=fake.name())),
+        "create_invoice": lambda: served.invoices.create_draft(
+            actor,
+            InvoiceInput(
+                customer_id=customer.id,
+                currency="EUR",
+                lines=[InvoiceLineInput(description="Dye", unit_amount=1)],
+            ),
+        ),
+        "finalize": lambda: served.invoices.finalize(actor, draft.id),
+        "void": lambda: served.invoices.void(actor, draft.id),
+    }[operation]
+    status = 201 if operation.startswith("create") else 200
+    assert served.idempotency.begin(actor.tenant_id, "k", "fp") is None
+    with served.idempotency.bound(actor.tenant_id, "k", status):
+        answer = change()
+    # SIGKILL here: complete() never runs. The retry, once the lease is over, finds the answer.
+    clock.now += timedelta(minutes=1)
+    replay = process().begin(actor.tenant_id, "k", "fp")
+    assert replay is not None, "the change was committed: its answer must be too"
+    assert (replay.status, replay.body) == (status, msgspec.json.encode(answer))
+    assert _customers(served, actor.tenant_id) == 1 + (operation == "create_customer")
+
+
+def test_a_change_that_fails_leaves_no_answer_and_the_retry_runs_again(
+    served: Billing, process: Callable[[], IdempotencyStore], clock: Clock, fake: Faker
+) -> None:
+    actor = _booking(served)
+    customer = served.customers.create(actor, CustomerInput(name=fake.name()))
+    draft = served.invoices.create_draft(
+        actor, InvoiceInput(customer_id=customer.id, currency="EUR", lines=[])
+    )
+    assert served.idempotency.begin(actor.tenant_id, "k", "fp") is None
+    with served.idempotency.bound(actor.tenant_id, "k", 200), pytest.raises(ValidationFailed):
+        served.invoices.finalize(actor, draft.id)  # no lines: refused, nothing committed
+    clock.now += timedelta(minutes=1)
+    assert process().begin(actor.tenant_id, "k", "fp") is None, "no answer: the retry runs"
+
+
+def test_outside_a_keyed_request_or_for_another_tenant_nothing_is_stored(
+    served: Billing, fake: Faker, clock: Clock, process: Callable[[], IdempotencyStore]
+) -> None:
+    actor, other = _booking(served), _booking(served)
+    served.customers.create(actor, CustomerInput(name=fake.name()))  # no claim bound: a plain call
+    assert served.idempotency.begin(other.tenant_id, "k", "fp") is None
+    with served.idempotency.bound(other.tenant_id, "k", 201):
+        served.customers.create(actor, CustomerInput(name=fake.name()))
+    clock.now += timedelta(minutes=1)
+    assert process().begin(other.tenant_id, "k", "fp") is None, "another tenant's change is not its answer"
