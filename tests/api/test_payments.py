@@ -165,9 +165,9 @@ def test_a_payment_whose_answer_was_lost_after_it_was_recorded_is_answered_again
 ) -> None:
     """The process died after the payment was recorded and before its answer was stored.
 
-    The retry takes the key's claim over (see ``tests/api/test_idempotency.py``) and runs again;
-    found by ``tests/integration/test_kill_under_load.py``: it answered ``409
-    invalid_state_transition`` (the invoice was paid) instead of the payment.
+    The retry takes the key's claim over (see ``tests/api/test_idempotency.py``) and runs again; it
+    answered ``409 invalid_state_transition`` (the invoice was paid) instead of the payment. Found
+    while writing ``tests/integration/test_kill_under_load.py``, which can hit that window too.
     """
     billed = _billed(pay_client, shop, fake)
     card = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
