@@ -37,7 +37,7 @@ from billing._events import (
     EventView,
 )
 from billing._hsm import HsmMigrationMasterKeys, Pkcs11Config, Pkcs11MasterKeys, migrate_to_hsm
-from billing._idempotency import IdempotencyStore, StoredResponse
+from billing._idempotency import CLAIM_LEASE, IdempotencyStore, StoredResponse
 from billing._inventory import (
     Inventory,
     InventoryEntry,
@@ -134,6 +134,7 @@ from billing._webhook_signing import SigningSecret, generate_secret, sign, signa
 from billing._webhook_urls import Destination, DestinationPolicy, address_allowed
 
 __all__ = [
+    "CLAIM_LEASE",
     "DATA_CATEGORIES",
     "DEFAULT_ROTATION_BATCH_SIZE",
     "EVENT_TYPES",

@@ -21,6 +21,7 @@ from billing._audit import AuditTrail
 from billing._blind_index import blind_index, normalize_email, normalize_ref
 from billing._db import Database, get_for_tenant
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
+from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys, open_across_a_rotation
 from billing._models import Customer, new_id
@@ -112,17 +113,20 @@ class CustomerService:
         *,
         clock: Callable[[], datetime],
         rng: Callable[[int], bytes] = os.urandom,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._db = db
         self._keyring = keyring
         self._audit = audit
         self._clock = clock
         self._rng = rng
+        self._idempotency = idempotency
 
     def _keys(self, session: Session) -> SubjectKeys:
         return SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
 
     def create(self, actor: Actor, data: CustomerInput) -> CustomerView:
+        """A new client, its data keys, its sealed PII; in a keyed request, its answer too."""
         now = self._clock()
         customer = Customer(id=new_id("cus"), tenant_id=actor.tenant_id, created_at=now, updated_at=now)
         with self._db.transaction() as session:
@@ -141,7 +145,10 @@ class CustomerService:
                 resource_id=customer.id,
                 subject_id=customer.id,
             )
-            return _view(customer, values)
+            view = _view(customer, values)
+            if self._idempotency is not None:
+                self._idempotency.record_outcome(session, actor.tenant_id, view)
+            return view
 
     def read(self, actor: Actor, customer_id: str) -> CustomerView:
         """The decrypted client; the read is audited. Raises NotFound, CustomerErased, DecryptionError."""

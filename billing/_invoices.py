@@ -33,6 +33,7 @@ from billing._customers import CustomerService
 from billing._db import Database, get_for_tenant, insert_ignore
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._events import EventOutbox
+from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys, open_across_a_rotation
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
@@ -191,6 +192,7 @@ class InvoiceService:
         clock: Callable[[], datetime],
         rng: Callable[[int], bytes] = os.urandom,
         events: EventOutbox | None = None,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._db = db
         self._keyring = keyring
@@ -199,6 +201,13 @@ class InvoiceService:
         self._clock = clock
         self._rng = rng
         self._events = events or EventOutbox(clock=clock)
+        self._idempotency = idempotency
+
+    def _answered(self, session: Session, actor: Actor, view: InvoiceView) -> InvoiceView:
+        """``view``, stored as the answer of the keyed request being served (same transaction)."""
+        if self._idempotency is not None:
+            self._idempotency.record_outcome(session, actor.tenant_id, view)
+        return view
 
     def create_draft(self, actor: Actor, data: InvoiceInput) -> InvoiceView:
         currency_exponent(data.currency)
@@ -240,9 +249,10 @@ class InvoiceService:
                 resource_id=invoice.id,
                 subject_id=invoice.customer_id,
             )
-            return _view(
+            view = _view(
                 invoice, lines, data.notes, snapshot, descriptions=[ln.description for ln in data.lines]
             )
+            return self._answered(session, actor, view)
 
     def read(self, actor: Actor, invoice_id: str) -> InvoiceView:
         """The invoice with its decrypted content; audited as a read of the client's data.
@@ -355,7 +365,8 @@ class InvoiceService:
             return self._open(session, invoice)
 
     def finalize(self, actor: Actor, invoice_id: str) -> InvoiceView:
-        """Assign the next number and open the invoice, in one transaction."""
+        """Assign the next number and open the invoice, in one transaction (with the answer of a
+        keyed request: a retry after a crash gets this answer, not ``InvalidStateTransition``)."""
         with self._db.transaction() as session:
             invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
             if invoice.status != "draft":
@@ -388,7 +399,7 @@ class InvoiceService:
                 detail={"number": invoice.number},
             )
             record_invoice_event(self._events, session, invoice, "invoice.finalized")
-            return self._open(session, invoice)
+            return self._answered(session, actor, self._open(session, invoice))
 
     def void(self, actor: Actor, invoice_id: str) -> InvoiceView:
         return self._transition(actor, invoice_id, "void")
@@ -447,7 +458,7 @@ class InvoiceService:
             )
             event_type = "invoice.voided" if target == "void" else f"invoice.{target}"
             record_invoice_event(self._events, session, invoice, event_type)
-            return self._open(session, invoice)
+            return self._answered(session, actor, self._open(session, invoice))
 
     def _record_key(self, session: Session, invoice: Invoice) -> DataKey:
         destroyed = session.exec(
