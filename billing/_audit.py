@@ -265,8 +265,18 @@ def _check_tail(head: AuditHead | None, chain: str, last_seq: int, last_mac: str
 
 
 def _lock_head(session: Session, chain: str) -> AuditHead:
-    insert_ignore(session, AuditHead, {"chain": chain, "seq": 0, "mac": GENESIS_MAC})
-    return session.exec(select(AuditHead).where(AuditHead.chain == chain).with_for_update()).one()
+    """The chain's head, locked until commit; created (once, whatever the concurrency) if missing.
+
+    One statement on every append but a chain's first: the head is locked first and inserted only
+    when it is not there. Concurrent first appends both insert ``ON CONFLICT DO NOTHING``; the
+    second waits for the first to commit, and both then lock the one row.
+    """
+    query = select(AuditHead).where(AuditHead.chain == chain).with_for_update()
+    head = session.exec(query).one_or_none()
+    if head is None:
+        insert_ignore(session, AuditHead, {"chain": chain, "seq": 0, "mac": GENESIS_MAC})
+        head = session.exec(query).one()
+    return head
 
 
 def _checkpoint_signature(key: bytes, chain: str, seq: int, mac: str) -> str:
