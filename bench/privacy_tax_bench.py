@@ -433,7 +433,9 @@ class PlainCustomerController(Controller):
     guards = [requires_role("booking")]
 
     @post(sync_to_thread=True)
-    def create_plain_customer(self, data: JSONBody[CustomerInput], plain: PlainDep, actor: ActorDep) -> CustomerView:
+    def create_plain_customer(
+        self, data: JSONBody[CustomerInput], plain: PlainDep, actor: ActorDep
+    ) -> CustomerView:
         return plain.create_customer(actor, data)
 
 
@@ -442,7 +444,9 @@ class PlainInvoiceController(Controller):
     guards = [requires_role("booking")]
 
     @post(sync_to_thread=True)
-    def create_plain_invoice(self, data: JSONBody[InvoiceInput], plain: PlainDep, actor: ActorDep) -> InvoiceView:
+    def create_plain_invoice(
+        self, data: JSONBody[InvoiceInput], plain: PlainDep, actor: ActorDep
+    ) -> InvoiceView:
         return plain.create_invoice(actor, data)
 
     @get("/{invoice_id:str}", sync_to_thread=True)
@@ -578,7 +582,11 @@ def _expect(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 async def _operation(
-    client: httpx.AsyncClient, side: Side, payload: dict[str, Any], customer: dict[str, Any] | None, index: int
+    client: httpx.AsyncClient,
+    side: Side,
+    payload: dict[str, Any],
+    customer: dict[str, Any] | None,
+    index: int,
 ) -> dict[str, float]:
     """One booking billed: [register the client,] create the invoice, read it back. Times in ms."""
     times: dict[str, float] = {}
@@ -610,7 +618,10 @@ async def _run_case(app: Litestar, case: str, args: argparse.Namespace) -> dict[
     fake = Faker("fr_FR")
     fake.seed_instance(args.seed)
     transport = httpx.ASGITransport(app=app)
-    async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://veilbill.bench") as client:
+    async with (
+        app.lifespan(),
+        httpx.AsyncClient(transport=transport, base_url="http://veilbill.bench") as client,
+    ):
         billing = app.state.billing
         issued = billing.tenants.create_tenant("Salon Privacy Tax")
         response = await client.post(
@@ -627,7 +638,9 @@ async def _run_case(app: Litestar, case: str, args: argparse.Namespace) -> dict[
             for _ in range(args.clients):
                 customer = _customer_payload(fake)
                 for side in sides:
-                    side.clients.append(_expect(await client.post(side.customers_path, json=customer), 201)["id"])
+                    side.clients.append(
+                        _expect(await client.post(side.customers_path, json=customer), 201)["id"]
+                    )
 
         async def one_pass(count: int, record: bool, first: int) -> None:
             payloads = [_invoice_payload(fake) for _ in range(count)]
