@@ -37,7 +37,13 @@ from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
-from billing.errors import InvalidStateTransition, NotFound, RecordExpired, RecordRestricted, ValidationFailed
+from billing.errors import (
+    InvalidStateTransition,
+    NotFound,
+    RecordExpired,
+    RecordRestricted,
+    ValidationFailed,
+)
 
 __all__ = [
     "SEALED_INVOICE_COLUMNS",
@@ -207,9 +213,11 @@ class InvoiceService:
         now = self._clock()
         with self._db.transaction() as session:
             # The subject lock, before the record key is read (see _subject_rotation).
-            get_for_tenant(
+            customer = get_for_tenant(
                 session, Customer, actor.tenant_id, data.customer_id, resource="customer", for_share=True
             )
+            keys = self._keys(session)
+            keys.load(actor.tenant_id, customer.id, ("profile", "record"))
             invoice = Invoice(
                 id=new_id("inv"),
                 tenant_id=actor.tenant_id,
@@ -225,13 +233,13 @@ class InvoiceService:
                 created_at=now,
                 updated_at=now,
             )
-            key = self._record_key(session, invoice)
+            key = self._record_key(session, invoice, keys)
             invoice.notes_ct = self._seal(key, invoice, "notes", data.notes)
-            snapshot = self._customers.snapshot_for_invoice(session, actor.tenant_id, data.customer_id)
+            snapshot = self._customers.snapshot_for_invoice(session, customer, keys)
             invoice.customer_snapshot_ct = self._seal(key, invoice, "customer_snapshot", _json(snapshot))
             session.add(invoice)
             session.flush()
-            lines = self._replace_lines(session, key, invoice, data.lines)
+            lines = self._insert_lines(session, key, invoice, data.lines)
             self._audit.record(
                 session,
                 actor=actor,
@@ -296,7 +304,8 @@ class InvoiceService:
             .where(Invoice.tenant_id == tenant_id, Invoice.customer_id == customer_id)
             .order_by(col(Invoice.created_at))
         ).all()
-        return [self._open(session, invoice) for invoice in invoices]
+        keys = self._keys(session)
+        return [self._open(session, invoice, keys) for invoice in invoices]
 
     def read_for_document(self, actor: Actor, invoice_id: str) -> tuple[InvoiceView, str]:
         """The decrypted invoice and the seller's name, to render a document; audited as a read."""
@@ -318,12 +327,13 @@ class InvoiceService:
 
     def update_draft(self, actor: Actor, invoice_id: str, patch: InvoicePatch) -> InvoiceView:
         with self._db.transaction() as session:
-            invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
+            _, invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
             if invoice.status != "draft":
                 raise InvalidStateTransition(
                     "Only draft invoices can be edited.", current_status=invoice.status
                 )
-            key = self._record_key(session, invoice)
+            keys = self._keys(session)
+            key = self._record_key(session, invoice, keys)
             if not isinstance(patch.currency, msgspec.UnsetType):
                 currency_exponent(patch.currency)
                 invoice.currency = patch.currency
@@ -352,12 +362,12 @@ class InvoiceService:
                 resource_id=invoice.id,
                 subject_id=invoice.customer_id,
             )
-            return self._open(session, invoice)
+            return self._open(session, invoice, keys)
 
     def finalize(self, actor: Actor, invoice_id: str) -> InvoiceView:
         """Assign the next number and open the invoice, in one transaction."""
         with self._db.transaction() as session:
-            invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
+            customer, invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
             if invoice.status != "draft":
                 raise InvalidStateTransition(
                     "Only draft invoices can be finalized.", current_status=invoice.status
@@ -373,8 +383,10 @@ class InvoiceService:
             invoice.issue_date = now.date()
             invoice.finalized_at = invoice.updated_at = now
             invoice.version += 1
-            key = self._record_key(session, invoice)
-            snapshot = self._customers.snapshot_for_invoice(session, actor.tenant_id, invoice.customer_id)
+            keys = self._keys(session)
+            keys.load(invoice.tenant_id, invoice.customer_id, ("profile", "record"))
+            key = self._record_key(session, invoice, keys)
+            snapshot = self._customers.snapshot_for_invoice(session, customer, keys)
             invoice.customer_snapshot_ct = self._seal(key, invoice, "customer_snapshot", _json(snapshot))
             session.add(invoice)
             session.flush()
@@ -388,7 +400,7 @@ class InvoiceService:
                 detail={"number": invoice.number},
             )
             record_invoice_event(self._events, session, invoice, "invoice.finalized")
-            return self._open(session, invoice)
+            return self._open(session, invoice, keys)
 
     def void(self, actor: Actor, invoice_id: str) -> InvoiceView:
         return self._transition(actor, invoice_id, "void")
@@ -449,7 +461,16 @@ class InvoiceService:
             record_invoice_event(self._events, session, invoice, event_type)
             return self._open(session, invoice)
 
-    def _record_key(self, session: Session, invoice: Invoice) -> DataKey:
+    def _keys(self, session: Session) -> SubjectKeys:
+        return SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
+
+    def _record_key(self, session: Session, invoice: Invoice, keys: SubjectKeys | None = None) -> DataKey:
+        """The client's ``record`` key (from ``keys``, the caller's unit, when given).
+
+        Raises:
+            RecordExpired: the key was shredded at the end of the retention period.
+            DecryptionError: the key is missing or does not unwrap.
+        """
         destroyed = session.exec(
             select(DataKeyRecord.destroyed_at).where(
                 DataKeyRecord.tenant_id == invoice.tenant_id,
@@ -459,8 +480,7 @@ class InvoiceService:
         ).one_or_none()
         if destroyed is not None:  # shredded at the end of the retention period
             raise RecordExpired(resource="invoice")
-        keys = SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
-        return keys.get(invoice.tenant_id, invoice.customer_id, "record")
+        return (keys or self._keys(session)).get(invoice.tenant_id, invoice.customer_id, "record")
 
     def _seal(self, key: DataKey, invoice: Invoice, column: str, text: str | None) -> bytes | None:
         if text is None:
@@ -473,6 +493,12 @@ class InvoiceService:
         self, session: Session, key: DataKey, invoice: Invoice, lines: Sequence[InvoiceLineInput]
     ) -> list[InvoiceLine]:
         session.execute(delete(InvoiceLine).where(InvoiceLine.invoice_id == invoice.id))  # type: ignore[arg-type]
+        return self._insert_lines(session, key, invoice, lines)
+
+    def _insert_lines(
+        self, session: Session, key: DataKey, invoice: Invoice, lines: Sequence[InvoiceLineInput]
+    ) -> list[InvoiceLine]:
+        """Seal and insert ``lines`` (the invoice has none yet)."""
         rows = []
         for position, line in enumerate(lines, start=1):
             amounts = compute_line(line.quantity, line.unit_amount, line.tax_rate_bps)
@@ -500,8 +526,8 @@ class InvoiceService:
         session.flush()
         return rows
 
-    def _open(self, session: Session, invoice: Invoice) -> InvoiceView:
-        key = self._record_key(session, invoice)
+    def _open(self, session: Session, invoice: Invoice, keys: SubjectKeys | None = None) -> InvoiceView:
+        key = self._record_key(session, invoice, keys)
         lines = list(
             session.exec(
                 select(InvoiceLine).where(InvoiceLine.invoice_id == invoice.id).order_by(InvoiceLine.position)  # type: ignore[arg-type]
@@ -566,8 +592,8 @@ def next_number(session: Session, tenant_id: str, series: str, year: int) -> int
     return int(result.scalar_one())
 
 
-def _lock_for_sealing(session: Session, tenant_id: str, invoice_id: str) -> Invoice:
-    """The invoice locked ``FOR UPDATE``, after its client's row is locked ``FOR SHARE``.
+def _lock_for_sealing(session: Session, tenant_id: str, invoice_id: str) -> tuple[Customer, Invoice]:
+    """The client locked ``FOR SHARE`` and then the invoice locked ``FOR UPDATE``.
 
     The client's row is the subject lock that DEK rotation takes ``FOR UPDATE`` before it re-seals
     anything; taking it first (never after the invoice's lock) means a draft edit or a finalization
@@ -578,8 +604,8 @@ def _lock_for_sealing(session: Session, tenant_id: str, invoice_id: str) -> Invo
     ).one_or_none()
     if customer_id is None:
         raise NotFound(resource="invoice")
-    get_for_tenant(session, Customer, tenant_id, customer_id, resource="customer", for_share=True)
-    return get_invoice(session, tenant_id, invoice_id, for_update=True)
+    customer = get_for_tenant(session, Customer, tenant_id, customer_id, resource="customer", for_share=True)
+    return customer, get_invoice(session, tenant_id, invoice_id, for_update=True)
 
 
 def _refuse_if_restricted(session: Session, invoice: Invoice) -> None:

@@ -127,6 +127,35 @@ class SubjectKeys:
                 continue
             self._cache[(tenant_id, record.subject_id, purpose)] = dek
 
+    def load(self, tenant_id: str, subject_id: str, purposes: Sequence[str]) -> None:
+        """Unwrap the subject's live DEKs for several ``purposes`` with one query, into this unit's cache.
+
+        A purpose without a live key, or whose key fails to unwrap, is skipped: ``get`` then looks
+        it up again and raises ``DecryptionError``. For a unit of work that needs two keys of one
+        subject (a draft invoice: the ``profile`` key for the client snapshot, the ``record`` key
+        to seal it).
+        """
+        wanted = [p for p in purposes if (tenant_id, subject_id, p) not in self._cache]
+        if not wanted:
+            return
+        records = self._session.exec(
+            select(DataKeyRecord).where(
+                DataKeyRecord.tenant_id == tenant_id,
+                DataKeyRecord.subject_id == subject_id,
+                col(DataKeyRecord.purpose).in_(wanted),
+            )
+        ).all()
+        for record in records:
+            if record.wrapped is None:
+                continue
+            try:
+                dek = self._masters.unwrap(
+                    record.wrapped, tenant_id=tenant_id, purpose=record.purpose, dek_id=record.id
+                )
+            except DecryptionError:
+                continue
+            self._cache[(tenant_id, subject_id, record.purpose)] = dek
+
     def get_or_create(self, tenant_id: str, subject_id: str, purpose: str) -> DataKey:
         """The live DEK, made on first use (two concurrent first uses both end with one key)."""
         try:
