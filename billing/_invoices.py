@@ -38,6 +38,7 @@ from billing._keys import SubjectKeys
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
 from billing.errors import (
+    DecryptionError,
     InvalidStateTransition,
     NotFound,
     RecordExpired,
@@ -471,16 +472,20 @@ class InvoiceService:
             RecordExpired: the key was shredded at the end of the retention period.
             DecryptionError: the key is missing or does not unwrap.
         """
-        destroyed = session.exec(
-            select(DataKeyRecord.destroyed_at).where(
-                DataKeyRecord.tenant_id == invoice.tenant_id,
-                DataKeyRecord.subject_id == invoice.customer_id,
-                DataKeyRecord.purpose == "record",
-            )
-        ).one_or_none()
-        if destroyed is not None:  # shredded at the end of the retention period
-            raise RecordExpired(resource="invoice")
-        return (keys or self._keys(session)).get(invoice.tenant_id, invoice.customer_id, "record")
+        try:
+            return (keys or self._keys(session)).get(invoice.tenant_id, invoice.customer_id, "record")
+        except DecryptionError:
+            # Only on this failure path: was it shredded (expected) rather than broken?
+            destroyed = session.exec(
+                select(DataKeyRecord.destroyed_at).where(
+                    DataKeyRecord.tenant_id == invoice.tenant_id,
+                    DataKeyRecord.subject_id == invoice.customer_id,
+                    DataKeyRecord.purpose == "record",
+                )
+            ).one_or_none()
+            if destroyed is not None:
+                raise RecordExpired(resource="invoice") from None
+            raise
 
     def _seal(self, key: DataKey, invoice: Invoice, column: str, text: str | None) -> bytes | None:
         if text is None:
