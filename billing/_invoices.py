@@ -260,8 +260,7 @@ class InvoiceService:
             RecordRestricted: the client was erased (see :meth:`read_restricted`).
         """
         with self._db.transaction() as session:
-            invoice = get_invoice(session, actor.tenant_id, invoice_id)
-            _refuse_if_restricted(session, invoice)
+            invoice = _get_unrestricted(session, actor.tenant_id, invoice_id)
             view = self._open(session, invoice)
             self._audit.record(
                 session,
@@ -311,8 +310,7 @@ class InvoiceService:
     def read_for_document(self, actor: Actor, invoice_id: str) -> tuple[InvoiceView, str]:
         """The decrypted invoice and the seller's name, to render a document; audited as a read."""
         with self._db.transaction() as session:
-            invoice = get_invoice(session, actor.tenant_id, invoice_id)
-            _refuse_if_restricted(session, invoice)
+            invoice = _get_unrestricted(session, actor.tenant_id, invoice_id)
             view = self._open(session, invoice)
             tenant = session.get(Tenant, actor.tenant_id)
             assert tenant is not None
@@ -613,10 +611,24 @@ def _lock_for_sealing(session: Session, tenant_id: str, invoice_id: str) -> tupl
     return customer, get_invoice(session, tenant_id, invoice_id, for_update=True)
 
 
-def _refuse_if_restricted(session: Session, invoice: Invoice) -> None:
-    customer = session.get(Customer, invoice.customer_id)
-    if customer is not None and customer.erased_at is not None:
+def _get_unrestricted(session: Session, tenant_id: str, invoice_id: str) -> Invoice:
+    """The invoice, read with its client's erasure mark in the same query.
+
+    Raises:
+        NotFound: no such invoice in this tenant.
+        RecordRestricted: its client was erased (see :meth:`InvoiceService.read_restricted`).
+    """
+    row = session.exec(
+        select(Invoice, Customer.erased_at)
+        .join(Customer, col(Customer.id) == col(Invoice.customer_id))
+        .where(Invoice.id == invoice_id, Invoice.tenant_id == tenant_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(resource="invoice")
+    invoice, erased_at = row
+    if erased_at is not None:
         raise RecordRestricted(resource="invoice")
+    return invoice
 
 
 def _check_series(series: str) -> None:
