@@ -26,7 +26,7 @@ from datetime import datetime
 from hashlib import sha256
 from typing import Any
 
-from sqlalchemy import delete, func, true
+from sqlalchemy import delete, func, insert, true, update
 from sqlmodel import Session, col, select
 
 from billing._actor import Actor
@@ -103,14 +103,18 @@ class AuditTrail:
         outcome: str = "success",
         detail: Mapping[str, str | int | bool | None] | None = None,
     ) -> AuditEvent:
-        """Append one event in ``session``'s transaction; it is kept only if that commits."""
+        """Append one event in ``session``'s transaction; it is kept only if that commits.
+
+        Returns the event as appended (not attached to ``session``; its database ``id`` is not read
+        back). Observers see it after it is written, in the same transaction.
+        """
         tenant = tenant_id or (actor.tenant_id if actor else None) or None
         chain = tenant or SYSTEM_CHAIN
-        head = _lock_head(session, chain)
+        head_seq, head_mac = _lock_head(session, chain)
         key = self._keyring.active_audit
         event = AuditEvent(
             chain=chain,
-            seq=head.seq + 1,
+            seq=head_seq + 1,
             occurred_at=self._clock(),
             tenant_id=tenant,
             actor_key_id=actor.key_id if actor else None,
@@ -125,15 +129,11 @@ class AuditTrail:
             user_agent=(actor.user_agent or "")[:200] or None if actor else None,
             detail=json.dumps(dict(detail), sort_keys=True) if detail else None,
             audit_key_id=key.key_id,
-            prev_mac=head.mac,
+            prev_mac=head_mac,
             mac="",
         )
         event.mac = _mac(key.material, event)
-        session.add(event)
-        head.seq = event.seq
-        head.mac = event.mac
-        session.add(head)
-        session.flush()
+        _append(session, event)
         for observer in self._observers:
             observer(session, event)
         return event
@@ -264,19 +264,43 @@ def _check_tail(head: AuditHead | None, chain: str, last_seq: int, last_mac: str
     return None
 
 
-def _lock_head(session: Session, chain: str) -> AuditHead:
-    """The chain's head, locked until commit; created (once, whatever the concurrency) if missing.
+def _lock_head(session: Session, chain: str) -> tuple[int, str]:
+    """The ``seq`` and ``mac`` of the chain's head, whose row stays locked until commit; the head
+    is created (once, whatever the concurrency) if missing.
 
     One statement on every append but a chain's first: the head is locked first and inserted only
     when it is not there. Concurrent first appends both insert ``ON CONFLICT DO NOTHING``; the
-    second waits for the first to commit, and both then lock the one row.
+    second waits for the first to commit, and both then lock the one row. Read as plain columns,
+    not as an ORM object, so a second append in the same transaction sees the head as the first
+    one left it.
     """
-    query = select(AuditHead).where(AuditHead.chain == chain).with_for_update()
-    head = session.exec(query).one_or_none()
-    if head is None:
+    query = select(col(AuditHead.seq), col(AuditHead.mac)).where(AuditHead.chain == chain).with_for_update()
+    row = session.execute(query).one_or_none()
+    if row is None:
         insert_ignore(session, AuditHead, {"chain": chain, "seq": 0, "mac": GENESIS_MAC})
-        head = session.exec(query).one()
-    return head
+        row = session.execute(query).one()
+    return int(row.seq), str(row.mac)
+
+
+_EVENT_COLUMNS = tuple(column.name for column in AuditEvent.__table__.columns if column.name != "id")  # type: ignore[attr-defined]
+
+
+def _append(session: Session, event: AuditEvent) -> None:
+    """Insert ``event`` and move its chain's head (locked by :func:`_lock_head`) to it.
+
+    On PostgreSQL one statement does both (the insert is a data-modifying CTE of the head's
+    update), so an audited request pays one round trip for them, not two; elsewhere (SQLite,
+    in-process) two statements. Either way both happen in the caller's transaction or neither.
+    """
+    inserted = insert(AuditEvent.__table__).values(  # type: ignore[attr-defined]
+        {name: getattr(event, name) for name in _EVENT_COLUMNS}
+    )
+    moved = update(AuditHead).where(col(AuditHead.chain) == event.chain).values(seq=event.seq, mac=event.mac)
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(moved.add_cte(inserted.cte("appended")))
+    else:
+        session.execute(inserted)
+        session.execute(moved)
 
 
 def _checkpoint_signature(key: bytes, chain: str, seq: int, mac: str) -> str:
