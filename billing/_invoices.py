@@ -260,8 +260,9 @@ class InvoiceService:
             RecordRestricted: the client was erased (see :meth:`read_restricted`).
         """
         with self._db.transaction() as session:
-            invoice = _get_unrestricted(session, actor.tenant_id, invoice_id)
-            view = self._open(session, invoice)
+            keys = self._keys(session)
+            invoice = _get_unrestricted(session, actor.tenant_id, invoice_id, keys)
+            view = self._open(session, invoice, keys)
             self._audit.record(
                 session,
                 actor=actor,
@@ -310,8 +311,9 @@ class InvoiceService:
     def read_for_document(self, actor: Actor, invoice_id: str) -> tuple[InvoiceView, str]:
         """The decrypted invoice and the seller's name, to render a document; audited as a read."""
         with self._db.transaction() as session:
-            invoice = _get_unrestricted(session, actor.tenant_id, invoice_id)
-            view = self._open(session, invoice)
+            keys = self._keys(session)
+            invoice = _get_unrestricted(session, actor.tenant_id, invoice_id, keys)
+            view = self._open(session, invoice, keys)
             tenant = session.get(Tenant, actor.tenant_id)
             assert tenant is not None
             self._audit.record(
@@ -611,23 +613,33 @@ def _lock_for_sealing(session: Session, tenant_id: str, invoice_id: str) -> tupl
     return customer, get_invoice(session, tenant_id, invoice_id, for_update=True)
 
 
-def _get_unrestricted(session: Session, tenant_id: str, invoice_id: str) -> Invoice:
-    """The invoice, read with its client's erasure mark in the same query.
+def _get_unrestricted(session: Session, tenant_id: str, invoice_id: str, keys: SubjectKeys) -> Invoice:
+    """The invoice, for reading: one query brings it with its client's erasure mark and its
+    client's ``record`` key, which is unwrapped into ``keys`` (a shredded or missing key is left
+    for ``_record_key`` to report).
 
     Raises:
         NotFound: no such invoice in this tenant.
         RecordRestricted: its client was erased (see :meth:`InvoiceService.read_restricted`).
     """
     row = session.exec(
-        select(Invoice, Customer.erased_at)
+        select(Invoice, Customer.erased_at, DataKeyRecord)
         .join(Customer, col(Customer.id) == col(Invoice.customer_id))
+        .outerjoin(
+            DataKeyRecord,
+            (col(DataKeyRecord.tenant_id) == col(Invoice.tenant_id))
+            & (col(DataKeyRecord.subject_id) == col(Invoice.customer_id))
+            & (col(DataKeyRecord.purpose) == "record"),
+        )
         .where(Invoice.id == invoice_id, Invoice.tenant_id == tenant_id)
     ).one_or_none()
     if row is None:
         raise NotFound(resource="invoice")
-    invoice, erased_at = row
+    invoice, erased_at, record_key = row
     if erased_at is not None:
         raise RecordRestricted(resource="invoice")
+    if record_key is not None:
+        keys.adopt(record_key)
     return invoice
 
 

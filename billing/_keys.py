@@ -146,15 +146,28 @@ class SubjectKeys:
             )
         ).all()
         for record in records:
-            if record.wrapped is None:
-                continue
-            try:
-                dek = self._masters.unwrap(
-                    record.wrapped, tenant_id=tenant_id, purpose=record.purpose, dek_id=record.id
-                )
-            except DecryptionError:
-                continue
-            self._cache[(tenant_id, subject_id, record.purpose)] = dek
+            self.adopt(record)
+
+    def adopt(self, record: DataKeyRecord) -> None:
+        """Unwrap a key row the caller read itself (joined to the row it protects) into this unit's cache.
+
+        A shredded row is skipped, and so is one that fails to unwrap: ``get`` then looks the key up
+        again and raises as usual. The row's tenant, purpose and id are the wrapping's associated
+        data, so a row moved to another tenant or purpose does not unwrap; that it belongs to the
+        subject is the caller's query to ensure, as ``get``'s query does.
+
+        Only for reading: a unit that seals must read its keys after taking the subject lock, in a
+        statement of their own (see ``_subject_rotation``), never joined to the locking read.
+        """
+        if record.wrapped is None:
+            return
+        try:
+            dek = self._masters.unwrap(
+                record.wrapped, tenant_id=record.tenant_id, purpose=record.purpose, dek_id=record.id
+            )
+        except DecryptionError:
+            return
+        self._cache[(record.tenant_id, record.subject_id, record.purpose)] = dek
 
     def get_or_create(self, tenant_id: str, subject_id: str, purpose: str) -> DataKey:
         """The live DEK, made on first use (two concurrent first uses both end with one key)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from faker import Faker
+from sqlmodel import col, select
 
 from billing import Actor, Billing, CustomerInput
 from billing._keys import SubjectKeys
+from billing._models import DataKeyRecord
 from billing.errors import DecryptionError
 
 from ..conftest import statements_of
@@ -55,3 +57,31 @@ def test_load_does_not_cross_subjects_or_tenants(billing: Billing, fake: Faker) 
         for tenant, subject in ((tenant_id, other_customer), (other_tenant, customer_id)):
             with pytest.raises(DecryptionError):
                 keys.get(tenant, subject, "profile")
+
+
+def test_adopt_takes_a_row_read_elsewhere_and_refuses_one_relabelled(billing: Billing, fake: Faker) -> None:
+    tenant_id, customer_id = _client(billing, fake)
+    _, other_customer = _client(billing, fake)
+    with billing.db.transaction() as session:
+        rows = {
+            row.subject_id: row
+            for row in session.exec(
+                select(DataKeyRecord).where(
+                    col(DataKeyRecord.subject_id).in_([customer_id, other_customer]),
+                    DataKeyRecord.purpose == "record",
+                )
+            )
+        }
+        session.expunge_all()
+    relabelled = rows[other_customer]
+    relabelled.subject_id, relabelled.tenant_id = customer_id, tenant_id  # another tenant's key, as ours
+    with billing.db.transaction() as session, statements_of(billing.db.engine) as sent:
+        keys = SubjectKeys(session, billing.keyring, clock=billing.clock)
+        keys.adopt(relabelled)  # it does not unwrap under our tenant: not adopted
+        assert keys.get(tenant_id, customer_id, "record").key_id == rows[customer_id].id
+        assert any(s.startswith("SELECT") for s in sent)  # get looked the real key up
+    with billing.db.transaction() as session, statements_of(billing.db.engine) as sent:
+        keys = SubjectKeys(session, billing.keyring, clock=billing.clock)
+        keys.adopt(rows[customer_id])
+        assert keys.get(tenant_id, customer_id, "record").key_id == rows[customer_id].id
+    assert not sent  # adopted: no query
