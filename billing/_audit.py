@@ -18,6 +18,7 @@ Events never hold PII: subjects and resources are ids, ``detail`` is a small JSO
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ from datetime import datetime
 from hashlib import sha256
 from typing import Any
 
-from sqlalchemy import delete, func, insert, true, update
+from sqlalchemy import Insert, Select, Update, bindparam, delete, func, insert, true, update
 from sqlmodel import Session, col, select
 
 from billing._actor import Actor
@@ -274,15 +275,12 @@ def _lock_head(session: Session, chain: str) -> tuple[int, str]:
     not as an ORM object, so a second append in the same transaction sees the head as the first
     one left it.
     """
-    query = select(col(AuditHead.seq), col(AuditHead.mac)).where(AuditHead.chain == chain).with_for_update()
-    row = session.execute(query).one_or_none()
+    query = _statements().lock_head
+    row = session.execute(query, {"chain": chain}).one_or_none()
     if row is None:
         insert_ignore(session, AuditHead, {"chain": chain, "seq": 0, "mac": GENESIS_MAC})
-        row = session.execute(query).one()
+        row = session.execute(query, {"chain": chain}).one()
     return int(row.seq), str(row.mac)
-
-
-_EVENT_COLUMNS = tuple(column.name for column in AuditEvent.__table__.columns if column.name != "id")  # type: ignore[attr-defined]
 
 
 def _append(session: Session, event: AuditEvent) -> None:
@@ -292,15 +290,50 @@ def _append(session: Session, event: AuditEvent) -> None:
     update), so an audited request pays one round trip for them, not two; elsewhere (SQLite,
     in-process) two statements. Either way both happen in the caller's transaction or neither.
     """
-    inserted = insert(AuditEvent.__table__).values(  # type: ignore[attr-defined]
-        {name: getattr(event, name) for name in _EVENT_COLUMNS}
-    )
-    moved = update(AuditHead).where(col(AuditHead.chain) == event.chain).values(seq=event.seq, mac=event.mac)
+    statements = _statements()
+    values = {f"e_{name}": getattr(event, name) for name in statements.event_columns}
+    head = {"head_chain": event.chain, "head_seq": event.seq, "head_mac": event.mac}
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(moved.add_cte(inserted.cte("appended")))
+        session.execute(statements.append, {**values, **head})
     else:
-        session.execute(inserted)
-        session.execute(moved)
+        session.execute(statements.insert_event, values)
+        session.execute(statements.move_head, head)
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    lock_head: Select[tuple[int, str]]
+    event_columns: tuple[str, ...]
+    insert_event: Insert
+    move_head: Update
+    append: Update
+
+
+@functools.cache
+def _statements() -> _Statements:
+    """The append's statements, built once with bound parameters (cheaper than rebuilding them
+    for every event; SQLAlchemy then finds their compiled form in its cache at once)."""
+    events = AuditEvent.__table__  # type: ignore[attr-defined]
+    columns = tuple(column for column in events.columns if column.name != "id")
+    insert_event = insert(events).values({c.name: bindparam(f"e_{c.name}", type_=c.type) for c in columns})
+    heads = AuditHead.__table__  # type: ignore[attr-defined]
+    move_head = (
+        update(heads)
+        .where(heads.c.chain == bindparam("head_chain", type_=heads.c.chain.type))
+        .values(
+            seq=bindparam("head_seq", type_=heads.c.seq.type),
+            mac=bindparam("head_mac", type_=heads.c.mac.type),
+        )
+    )
+    return _Statements(
+        lock_head=select(heads.c.seq, heads.c.mac)
+        .where(heads.c.chain == bindparam("chain", type_=heads.c.chain.type))
+        .with_for_update(),
+        event_columns=tuple(c.name for c in columns),
+        insert_event=insert_event,
+        move_head=move_head,
+        append=move_head.add_cte(insert_event.cte("appended")),
+    )
 
 
 def _checkpoint_signature(key: bytes, chain: str, seq: int, mac: str) -> str:
