@@ -34,10 +34,18 @@ which would only shrink the ratio, so leaving them out is the stricter compariso
 
 Rounds alternate which side goes first; each round runs ``--ops`` operations per side after a
 warm-up. Figures are milliseconds per operation (median and minimum over every measured
-operation) and the median over rounds of the per-round ratio of medians.
+operation) and the median over rounds of the per-round ratio of medians. ``cpu`` is the same for
+this process's CPU time (``time.process_time``: the app, its worker threads and the client, not
+the database server): less disturbed by other processes on a shared machine, it tells the
+Python-side part of the tax from the waiting on the database.
 
-Usage: ``python -m bench.privacy_tax_bench [--rounds 10] [--ops 40] [--only pg-invoice,...]``;
-prints one JSON line per case.
+``--profile FILE`` skips the comparison and profiles, with pyinstrument, the part of the request
+path that differs — the billing service's ``create_draft`` and ``read`` — on PostgreSQL, called
+directly in this thread (the app runs handlers in worker threads, which a sampling profiler of
+the main thread does not see); the framework around it is the same on both sides.
+
+Usage: ``python -m bench.privacy_tax_bench [--rounds 10] [--ops 40] [--only pg-invoice,...]
+[--profile FILE]``; prints one JSON line per case.
 """
 
 from __future__ import annotations
@@ -523,7 +531,9 @@ class Side:
     invoices_path: str
     clients: list[str] = field(default_factory=list)
     steps: dict[str, list[float]] = field(default_factory=dict)
+    cpu: list[float] = field(default_factory=list)
     round_medians: list[float] = field(default_factory=list)
+    round_cpu_medians: list[float] = field(default_factory=list)
 
 
 def _customer_payload(fake: Faker) -> dict[str, Any]:
@@ -646,15 +656,19 @@ async def _run_case(app: Litestar, case: str, args: argparse.Namespace) -> dict[
             payloads = [_invoice_payload(fake) for _ in range(count)]
             customers = [_customer_payload(fake) if new_client_each_time else None for _ in range(count)]
             for side in sides if first == 0 else reversed(sides):
-                totals = []
+                totals, cpus = [], []
                 for index, (payload, customer) in enumerate(zip(payloads, customers, strict=True)):
+                    cpu_started = time.process_time()
                     times = await _operation(client, side, payload, customer, index)
+                    cpus.append((time.process_time() - cpu_started) * 1000)
                     totals.append(sum(times.values()))
                     if record:
                         for step, ms in times.items():
                             side.steps.setdefault(step, []).append(ms)
                 if record:
+                    side.cpu.extend(cpus)
                     side.round_medians.append(statistics.median(totals))
+                    side.round_cpu_medians.append(statistics.median(cpus))
 
         await one_pass(args.warmup, record=False, first=0)
         for round_index in range(args.rounds):
@@ -687,6 +701,12 @@ def _summary(case: str, sides: list[Side], args: argparse.Namespace) -> dict[str
     result["ratio_rounds_min_max"] = [round(min(ratios), 3), round(max(ratios), 3)]
     result["target"] = TARGET_RATIO
     result["met"] = result["ratio_median"] <= TARGET_RATIO
+    cpu_ratios = [v / b for v, b in zip(veilbill.round_cpu_medians, baseline.round_cpu_medians, strict=True)]
+    result["cpu"] = {
+        "veilbill_ms_median": round(statistics.median(veilbill.cpu), 3),
+        "baseline_ms_median": round(statistics.median(baseline.cpu), 3),
+        "ratio_median": round(statistics.median(cpu_ratios), 3),
+    }
     result["steps"] = {
         step: {
             "veilbill_ms_median": round(statistics.median(veilbill.steps[step]), 3),
@@ -700,6 +720,54 @@ def _summary(case: str, sides: list[Side], args: argparse.Namespace) -> dict[str
     result["utc"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return result
+
+
+def profile_service(args: argparse.Namespace, path: Path) -> None:
+    """Write a pyinstrument profile of ``--ops * --rounds`` drafts created and read (PostgreSQL)."""
+    from pyinstrument import Profiler  # the bench extra; only this option needs it
+
+    fake = Faker("fr_FR")
+    fake.seed_instance(args.seed)
+    with fresh_settings("postgresql", args.postgres) as settings:
+        app = bench_app(settings, configure_logs=False)
+        billing = app.state.billing
+        issued = billing.tenants.create_tenant("Salon Profile")
+        admin = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
+        actor = Actor(tenant_id=issued.tenant_id, role="booking", key_id="key_profile")
+        clients = [
+            billing.customers.create(admin, msgspec.convert(_customer_payload(fake), CustomerInput)).id
+            for _ in range(args.clients)
+        ]
+        count = args.ops * args.rounds
+        drafts = [
+            msgspec.convert(
+                {**_invoice_payload(fake), "customer_id": clients[i % len(clients)]},
+                InvoiceInput,
+                strict=False,
+            )
+            for i in range(args.warmup + count)
+        ]
+        for draft in drafts[: args.warmup]:
+            billing.invoices.read(actor, billing.invoices.create_draft(actor, draft).id)
+        profiler = Profiler(interval=0.0005)
+        started = time.perf_counter()
+        with profiler:
+            for draft in drafts[args.warmup :]:
+                billing.invoices.read(actor, billing.invoices.create_draft(actor, draft).id)
+        elapsed = time.perf_counter() - started
+        app.state.billing.db.dispose()
+    path.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+    print(
+        json.dumps(
+            {
+                "bench": "privacy-tax-profile",
+                "operations": count,
+                "ms_per_create_and_read": round(elapsed / count * 1000, 3),
+                "profile": str(path),
+            }
+        ),
+        flush=True,
+    )
 
 
 def run_cases(args: argparse.Namespace, *, configure_logs: bool = True) -> list[dict[str, Any]]:
@@ -724,6 +792,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=20261202)
     parser.add_argument("--only", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--postgres", default=os.environ.get("VEILBILL_TEST_POSTGRES_URL", DEFAULT_POSTGRES))
+    parser.add_argument(
+        "--profile", type=Path, help="profile Veilbill's service calls into this file instead"
+    )
     args = parser.parse_args(argv)
     args.only = [case.strip() for case in args.only.split(",") if case.strip()]
     unknown = set(args.only) - set(CASES)
@@ -735,7 +806,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cases(parse_args(argv))
+    args = parse_args(argv)
+    if args.profile is not None:
+        profile_service(args, args.profile)
+        return
+    run_cases(args)
 
 
 if __name__ == "__main__":
