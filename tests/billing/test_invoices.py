@@ -12,6 +12,8 @@ from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInpu
 from billing._models import DataKeyRecord
 from billing.errors import DecryptionError, RecordExpired
 
+from ..conftest import statements_of
+
 
 def _setup(billing: Billing, fake: Faker) -> tuple[Actor, str]:
     issued = billing.tenants.create_tenant("Hotel Test")
@@ -85,3 +87,21 @@ def test_a_record_key_gone_reads_as_expired_only_when_it_was_shredded(
         billing.invoices.read(actor, draft)
     with pytest.raises(error):
         billing.invoices.create_draft(actor, InvoiceInput(customer_id=customer_id, currency="EUR"))
+
+
+def test_a_draft_and_its_read_stay_within_their_statement_budget(billing: Billing, fake: Faker) -> None:
+    """What the privacy machinery costs in statements (see docs/benchmarks.md, "Privacy tax")."""
+    actor, customer_id = _setup(billing, fake)
+    _draft(billing, actor, customer_id)  # the tenant's audit chain has its head
+    with statements_of(billing.db.engine) as sent:
+        draft = _draft(billing, actor, customer_id)
+    created = [s.split()[0] for s in sent if not s.startswith("BEGIN")]
+    with statements_of(billing.db.engine) as sent:
+        assert billing.invoices.read(actor, draft).lines[0].description == "Night"
+    read = [s.split()[0] for s in sent if not s.startswith("BEGIN")]
+    # PostgreSQL appends an audit link with one statement, SQLite (in process) with two.
+    append = ["WITH"] if billing.db.dialect == "postgresql" else ["INSERT", "UPDATE"]
+    # client FOR SHARE, its two keys, the invoice, its lines, the chain's head, the link
+    assert created == ["SELECT", "SELECT", "INSERT", "INSERT", "SELECT", *append]
+    # invoice with erasure mark and key, lines, the chain's head, the link, access monitoring
+    assert read == ["SELECT", "SELECT", "SELECT", *append, "SELECT"]
