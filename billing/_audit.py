@@ -111,6 +111,10 @@ class AuditTrail:
         """
         tenant = tenant_id or (actor.tenant_id if actor else None) or None
         chain = tenant or SYSTEM_CHAIN
+        # What the unit of work has pending is written first, so the link follows what it records
+        # and a failing write fails here, as when the link was flushed through the ORM; the
+        # append's own statements are Core statements, which the session does not autoflush for.
+        session.flush()
         head_seq, head_mac = _lock_head(session, chain)
         key = self._keyring.active_audit
         event = AuditEvent(
