@@ -18,9 +18,10 @@ idempotency middleware (no key is sent), dependency injection, msgspec validatio
 ``InvoiceInput``, the same ``InvoiceView`` encoded to JSON, the same engine and connection pool,
 the same totals and tax arithmetic, the same rows and indexes. What only Veilbill does is the
 privacy machinery: data-key lookups and unwrapping, AES-GCM sealing and opening, the subject lock
-(``FOR SHARE`` on the client, for key rotation), the erasure and retention checks, and the audit
-chain (head lock, HMAC, insert, access monitoring). The baseline reads in a read-only unit of
-work because it writes nothing when reading; Veilbill's read writes its audit link.
+(``FOR SHARE`` on the client, for key rotation), the restriction of an erased client's invoices on
+read, and the audit chain (head lock, HMAC, insert, access monitoring). The baseline reads in a
+read-only unit of work because it writes nothing when reading; Veilbill's read writes its audit
+link.
 
 Cases: ``invoice`` reuses the clients of a pool (``--clients``), as a booking app bills the same
 regulars again and again; ``client-invoice`` registers a new client for every booking first
