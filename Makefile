@@ -56,6 +56,7 @@ bench: $(VENV)/.bench-installed ## Every benchmark, side by side with its baseli
 	$(BIN)/python -m bench.anonymize_bench
 	$(BIN)/python -m bench.export_bench
 	$(BIN)/python -m bench.load_bench
+	$(BIN)/python -m bench.privacy_tax_bench
 
 clean: ## Remove the virtualenv, caches and local data (var/: database and keyring!)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var *.egg-info

@@ -56,6 +56,7 @@ from billing._invoices import (
     InvoiceStatus,
     InvoiceSummary,
     InvoiceView,
+    TaxLine,
 )
 from billing._keyring import (
     Keyring,
@@ -249,6 +250,7 @@ __all__ = [
     "SubjectKeyRotation",
     "SubjectKeyRotationService",
     "SubjectPurpose",
+    "TaxLine",
     "TenantService",
     "WebhookDelivery",
     "WebhookEndpoint",

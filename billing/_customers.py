@@ -190,10 +190,20 @@ class CustomerService:
     def find_by_external_ref(self, actor: Actor, external_ref: str) -> list[CustomerView]:
         return self._find(actor, "external_ref", normalize_ref(external_ref))
 
-    def snapshot_for_invoice(self, session: Session, tenant_id: str, customer_id: str) -> dict[str, object]:
-        """Name, email and address to copy onto an invoice (in the caller's transaction)."""
-        customer = _get_live(session, tenant_id, customer_id)
-        profile = self._keys(session).get(tenant_id, customer.id, "profile")
+    def snapshot_for_invoice(
+        self, session: Session, customer: Customer, keys: SubjectKeys | None = None
+    ) -> dict[str, object]:
+        """Name, email and address of ``customer`` (a row the caller loaded, and locked if it
+        seals with them) to copy onto an invoice, in the caller's transaction; ``keys`` is the
+        caller's unit of keys, when it has one.
+
+        Raises:
+            CustomerErased: the client was erased (there is nothing to copy any more).
+            DecryptionError: the profile key is missing or does not unwrap.
+        """
+        if customer.erased_at is not None:
+            raise CustomerErased(resource="customer")
+        profile = (keys or self._keys(session)).get(customer.tenant_id, customer.id, "profile")
         values = self._open_values(customer, profile)
         return {
             "name": values["name"],

@@ -149,6 +149,48 @@ class SubjectKeys:
                 continue
             self._cache[(tenant_id, record.subject_id, purpose)] = dek
 
+    def load(self, tenant_id: str, subject_id: str, purposes: Sequence[str]) -> None:
+        """Unwrap the subject's live DEKs for several ``purposes`` with one query, into this unit's cache.
+
+        A purpose without a live key, or whose key fails to unwrap, is skipped: ``get`` then looks
+        it up again and raises ``DecryptionError``. For a unit of work that needs two keys of one
+        subject (a draft invoice: the ``profile`` key for the client snapshot, the ``record`` key
+        to seal it).
+        """
+        wanted = [p for p in purposes if (tenant_id, subject_id, p) not in self._cache]
+        if not wanted:
+            return
+        records = self._session.exec(
+            select(DataKeyRecord).where(
+                DataKeyRecord.tenant_id == tenant_id,
+                DataKeyRecord.subject_id == subject_id,
+                col(DataKeyRecord.purpose).in_(wanted),
+            )
+        ).all()
+        for record in records:
+            self.adopt(record)
+
+    def adopt(self, record: DataKeyRecord) -> None:
+        """Unwrap a key row the caller read itself (joined to the row it protects) into this unit's cache.
+
+        A shredded row is skipped, and so is one that fails to unwrap: ``get`` then looks the key up
+        again and raises as usual. The row's tenant, purpose and id are the wrapping's associated
+        data, so a row moved to another tenant or purpose does not unwrap; that it belongs to the
+        subject is the caller's query to ensure, as ``get``'s query does.
+
+        Only for reading: a unit that seals must read its keys after taking the subject lock, in a
+        statement of their own (see ``_subject_rotation``), never joined to the locking read.
+        """
+        if record.wrapped is None:
+            return
+        try:
+            dek = self._masters.unwrap(
+                record.wrapped, tenant_id=record.tenant_id, purpose=record.purpose, dek_id=record.id
+            )
+        except DecryptionError:
+            return
+        self._cache[(record.tenant_id, record.subject_id, record.purpose)] = dek
+
     def get_or_create(self, tenant_id: str, subject_id: str, purpose: str) -> DataKey:
         """The live DEK, made on first use (two concurrent first uses both end with one key)."""
         try:
