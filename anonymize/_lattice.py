@@ -81,6 +81,8 @@ __all__ = ["Evaluation", "Problem", "SearchOutcome", "Table", "evaluate", "group
 
 Int64Array = npt.NDArray[np.int64]
 IntpArray = npt.NDArray[np.intp]
+# Labels, sensitive values and entities in tables: 4 bytes each (every domain is int32-coded on input).
+CodeArray = npt.NDArray[np.int32]
 
 MAX_LATTICE_NODES = 1 << 20
 CACHE_BUDGET = 1 << 21
@@ -123,7 +125,11 @@ def group_keys(keys: Int64Array, bound: int) -> tuple[IntpArray, Int64Array, Int
         inverse[order] = np.cumsum(starts) - 1
         return inverse, sorted_keys[starts], order[starts]
     unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return inverse.astype(np.intp), unique.astype(np.int64), first.astype(np.intp)
+    return (
+        inverse.astype(np.intp, copy=False),
+        unique.astype(np.int64, copy=False),
+        first.astype(np.intp, copy=False),
+    )
 
 
 _TOP = object()
@@ -152,14 +158,14 @@ class Table:
     def __init__(
         self,
         levels: tuple[int, ...],
-        codes: tuple[IntpArray | None, ...],
-        sensitive: IntpArray | None,
+        codes: tuple[CodeArray | None, ...],
+        sensitive: CodeArray | None,
         counts: Int64Array,
-        entities: IntpArray | None = None,
+        entities: CodeArray | None = None,
     ) -> None:
         self.levels = levels
         self.counts = counts
-        self._codes: tuple[IntpArray | None, ...] | None = codes
+        self._codes: tuple[CodeArray | None, ...] | None = codes
         self._sensitive = sensitive
         self._entities = entities
         self._source: Table | None = None
@@ -181,11 +187,11 @@ class Table:
         table._source, table._representative, table._maps = source, representative, maps
         return table
 
-    def _materialize(self) -> tuple[IntpArray | None, ...]:
+    def _materialize(self) -> tuple[CodeArray | None, ...]:
         source, representative = self._source, self._representative
         if source is None or representative is None:  # pragma: no cover -- set together by rolled_up
             raise RuntimeError("table without labels or source")
-        codes: list[IntpArray | None] = []
+        codes: list[CodeArray | None] = []
         for q, mapping in enumerate(self._maps):
             source_codes = source.codes[q]
             if mapping is _TOP or source_codes is None:
@@ -202,17 +208,17 @@ class Table:
         return self._codes
 
     @property
-    def codes(self) -> tuple[IntpArray | None, ...]:
+    def codes(self) -> tuple[CodeArray | None, ...]:
         return self._codes if self._codes is not None else self._materialize()
 
     @property
-    def sensitive(self) -> IntpArray | None:
+    def sensitive(self) -> CodeArray | None:
         if self._codes is None:
             self._materialize()
         return self._sensitive
 
     @property
-    def entities(self) -> IntpArray | None:
+    def entities(self) -> CodeArray | None:
         if self._codes is None:
             self._materialize()
         return self._entities
@@ -237,7 +243,7 @@ class Problem:
     heights: tuple[int, ...]
     domain_sizes: tuple[int, ...]
     cardinality: tuple[tuple[int, ...], ...]
-    up: tuple[tuple[tuple[npt.NDArray[np.intp] | None, ...], ...], ...]
+    up: tuple[tuple[tuple[CodeArray | None, ...], ...], ...]
     leaves: tuple[tuple[Int64Array, ...], ...]
     bound_numerator: tuple[tuple[int, ...], ...]
     gaps: tuple[tuple[int, ...], ...]
@@ -272,11 +278,11 @@ class Problem:
             heights.append(height)
             domains.append(int(codes[0].size))
             cardinality.append(tuple(int(level_leaves[q][h].size) for h in range(height)))
-            maps: list[tuple[npt.NDArray[np.intp] | None, ...]] = []
+            maps: list[tuple[CodeArray | None, ...]] = []
             for low in range(height):
-                row: list[npt.NDArray[np.intp] | None] = [None] * height
+                row: list[CodeArray | None] = [None] * height
                 for high in range(low + 1, height):
-                    mapping = np.zeros(cardinality[q][low], dtype=np.intp)
+                    mapping = np.zeros(cardinality[q][low], dtype=np.int32)
                     mapping[codes[low]] = codes[high]
                     row[high] = mapping
                 maps.append(tuple(row))
@@ -351,13 +357,13 @@ class Evaluation:
 
 def _class_keys(
     problem: Problem, source: Table, levels: tuple[int, ...]
-) -> tuple[Int64Array, int, list[IntpArray | None], tuple[object, ...], Int64Array | None]:
+) -> tuple[Int64Array, int, list[CodeArray | None], tuple[object, ...], Int64Array | None]:
     """One integer key per combination of ``source`` at ``levels`` (sensitive value, then entity
     last), its bound, each column's generalized labels (``None`` at the top), the maps that produced
     them and, with entities, the key of the quasi-identifiers alone (the class of each combination)."""
     key: Int64Array | None = None
     bound = 1
-    generalized: list[IntpArray | None] = []
+    generalized: list[CodeArray | None] = []
     maps: list[object] = []
     for q, (level, codes) in enumerate(zip(levels, source.codes, strict=True)):
         if codes is None or level == problem.heights[q] - 1:
@@ -383,7 +389,7 @@ def _class_keys(
     return key, bound, generalized, tuple(maps), class_key
 
 
-def _extend_key(key: Int64Array | None, bound: int, labels: IntpArray, radix: int) -> tuple[Int64Array, int]:
+def _extend_key(key: Int64Array | None, bound: int, labels: CodeArray, radix: int) -> tuple[Int64Array, int]:
     if key is None:
         return labels.astype(np.int64), radix
     if radix == 1:
@@ -426,7 +432,7 @@ def _failing_entity_classes(
     counts: Int64Array,
     unique: Int64Array,
     group_class_key: Int64Array,
-    group_entities: IntpArray,
+    group_entities: CodeArray,
     diversity: bool,
 ) -> tuple[IntpArray, Int64Array, npt.NDArray[np.bool_], IntpArray, Int64Array]:
     """``_failing_classes`` when k counts distinct entities: groups are (class, sensitive, entity)
