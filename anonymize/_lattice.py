@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter
 
 import numpy as np
@@ -86,6 +86,7 @@ CodeArray = npt.NDArray[np.int32]
 
 MAX_LATTICE_NODES = 1 << 20
 CACHE_BUDGET = 1 << 21
+CACHE_MAX_SHARE = 0.75
 ENTROPY_TOLERANCE = 1e-9
 LOSS_SLACK = 1e-9
 _KEY_LIMIT = 1 << 62
@@ -543,7 +544,13 @@ class SearchOutcome:
 
 class _Cache:
     """Tables of evaluated nodes to roll new nodes up from, oldest evicted first past ``budget``
-    combinations (the base table always stays)."""
+    combinations (the base table always stays).
+
+    A table is kept only if it has at most ``CACHE_MAX_SHARE`` of the combinations of the table it
+    was rolled up from: a later node rolled up from it instead of from that source would save less
+    than a quarter of the work, not worth its memory. (With k counted in entities nearly every
+    record is a combination of its own at every node, and such tables are all of that kind.)
+    """
 
     def __init__(self, base: Table, budget: int) -> None:
         self._tables: list[Table] = [base]
@@ -559,8 +566,8 @@ class _Cache:
         below = (self._levels[:count] <= levels).all(axis=1)
         return self._tables[int(np.argmin(np.where(below, self._sizes[:count], np.inf)))]
 
-    def add(self, table: Table) -> None:
-        if table.size > self._budget // 2:
+    def add(self, table: Table, source: Table) -> None:
+        if table.size > self._budget // 2 or table.size > CACHE_MAX_SHARE * source.size:
             return
         while self._used + table.size > self._budget and len(self._tables) > 1:
             self._used -= self._tables.pop(1).size
@@ -678,11 +685,12 @@ class _Search:
         """Evaluate ``node``, tag what it implies, and keep it if it is the best so far."""
         problem, lattice = self.problem, self.lattice
         levels = lattice.levels_of(node)
-        outcome = evaluate(problem, self.cache.source_for(levels), levels, keep_table=True)
+        source = self.cache.source_for(levels)
+        outcome = evaluate(problem, source, levels, keep_table=True)
         self.checked += 1
         self.done[node] = True
         if outcome.table is not None:
-            self.cache.add(outcome.table)
+            self.cache.add(outcome.table, source)
         if outcome.suppressed > problem.max_suppressed:
             if self.monotone:
                 self.status[lattice.specializations(levels)] = _NOT_ANONYMOUS
@@ -700,7 +708,8 @@ class _Search:
         loss = problem.total_loss(problem.loss_terms(outcome.numerators))
         candidate = (loss, self.heights[node], node)
         if candidate < self.best:
-            self.best, self.best_evaluation = candidate, outcome
+            # Without its table: the best node's table is no source for others unless cached.
+            self.best, self.best_evaluation = candidate, replace(outcome, table=None)
 
     def refined_bound(self, node: int) -> float:
         """LB(node) with the suppression its generalizations prove unavoidable (monotone models):
