@@ -505,7 +505,7 @@ class ReportService:
         customer_index: dict[str, int] = {}
         categories: dict[str, int] = {}
         clients = _ClientAttributes()
-        parts: list[tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.int32]]] = []
+        parts: tuple[list[npt.NDArray[np.int32]], ...] = ([], [], [])  # customer, day, category
         query = (
             select_columns(col(Invoice.customer_id), col(Invoice.issue_date), _main_category())
             .where(_period_filter(tenant_id, date_from, date_to))
@@ -525,15 +525,16 @@ class ReportService:
                 customer[position] = code
                 day[position] = issued.toordinal()
                 category[position] = categories.setdefault(main or "", len(categories))
-            parts.append((customer, day, category))
+            for part, values in zip(parts, (customer, day, category), strict=True):
+                part.append(values)
             for start in range(0, len(new), _CUSTOMER_BATCH):
                 for client in self._clients(session, tenant_id, new[start : start + _CUSTOMER_BATCH]):
                     clients.add(client)
-        empty = np.zeros(0, dtype=np.int32)
+        customer, day, category = (_concatenate(part) for part in parts)
         return _Compact(
-            customer=np.concatenate([p[0] for p in parts]) if parts else empty,
-            day=np.concatenate([p[1] for p in parts]) if parts else empty,
-            category=np.concatenate([p[2] for p in parts]) if parts else empty,
+            customer=customer,
+            day=day,
+            category=category,
             categories=list(categories),
             customer_index=customer_index,
             postcode=np.asarray(clients.postcode, dtype=np.int32),
@@ -725,6 +726,14 @@ def _calendar(ordinals: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], n
     months = days.astype("datetime64[M]").astype(np.int64) % 12 + 1
     day_of_month = (days - days.astype("datetime64[M]")).astype(np.int64) + 1
     return years, months * 100 + day_of_month
+
+
+def _concatenate(parts: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.int32]:
+    """One array of ``parts``, emptying the list: the parts of one column are freed before the
+    next column is joined, so joining costs one column's size, not all three."""
+    joined = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    parts.clear()
+    return joined
 
 
 def _row_slices(rows: int, chunk_rows: int) -> Iterator[slice]:
