@@ -790,9 +790,11 @@ def search(
     """Find the optimal node (see the module docstring); raises ``NoAnonymousTransformation``.
 
     ``cache_budget`` bounds the combinations kept in rolled-up tables (default ``CACHE_BUDGET``, 2^21:
-    a fixed cap, at most about 120 MB, so the cache does not grow with the input — with an entity
-    column nearly every record is a combination of its own, and a budget proportional to the base
-    would hold several copies of the table).
+    a fixed cap of at most 40 bytes per combination — int64 counts and representatives, int32
+    labels once a table serves as a source — about 80 MB, so the cache does not grow with the
+    input). Tables that keep more than ``CACHE_MAX_SHARE`` of their source's combinations are not
+    cached at all: with an entity column nearly every record is a combination of its own at every
+    node, and such tables would be copies of the input that save no work.
     """
     started = clock()
     state = _Search(problem, base, cache_budget if cache_budget is not None else CACHE_BUDGET)
