@@ -24,7 +24,10 @@
   pseudonym column links a client's rows anyway; what the release protects is the link from those
   rows to the person.
 * Streamed in two passes over one database snapshot (``export_invoices``): memory grows with small
-  integer codes per invoice and a few values per client, never with the rows themselves.
+  integer codes per invoice and a few values per client, never with the rows themselves. The
+  search needs its own working memory per distinct (quasi-identifiers, category, client)
+  combination while it runs (about 135 bytes each, freed before pass 2); with k counted in clients
+  nearly every invoice is such a combination (docs/benchmarks.md, "Export from the database").
 
 Profile ``hipaa-safe-harbor`` (no engine search): dates to the year, ZIP3 (first 3 characters then
 ``**``) with the 17 ZIP3 areas of 20,000 people or fewer (US Census list) set to ``000**``, ages over
@@ -300,8 +303,10 @@ class ReportService:
         issue date and main category of each invoice as integer codes, and each client's postcode,
         birth date and gender, decrypted once per client — and finds the release. The export is
         audited, then pass 2 (``chunks()``) reads the same rows again from the same snapshot and
-        releases them chunk by chunk. Memory grows with the compact pass-1 arrays (about 12 bytes
-        per invoice) and the number of clients, not with the rows.
+        releases them chunk by chunk. Memory grows with the compact pass-1 arrays (13 bytes per
+        invoice: three int32 codes and a suppressed flag) and the number of clients, not with the
+        rows; during the search only, with the engine's input (16 bytes per invoice) and its tables
+        (about 135 bytes per distinct combination of leaves, category and client).
 
         Raises ``ValidationFailed`` (field ``from``, ``k``, ``l``, ``suppression`` or ``profile``) for
         bad parameters, and for a period whose invoices admit no release under k and l (field ``k``,
