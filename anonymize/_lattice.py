@@ -790,9 +790,10 @@ def search(
     """Find the optimal node (see the module docstring); raises ``NoAnonymousTransformation``.
 
     ``cache_budget`` bounds the combinations kept in rolled-up tables (default ``CACHE_BUDGET``, 2^21:
-    a fixed cap of at most 40 bytes per combination — int64 counts and representatives, int32
-    labels once a table serves as a source — about 80 MB, so the cache does not grow with the
-    input). Tables that keep more than ``CACHE_MAX_SHARE`` of their source's combinations are not
+    a fixed cap, so the cache does not grow with the input; a combination costs 16 bytes — int64
+    count and representative — and, once its table serves as a source, an int64 count and 4 bytes
+    per quasi-identifier, sensitive value and entity instead). Tables that keep more than
+    ``CACHE_MAX_SHARE`` of their source's combinations are not
     cached at all: with an entity column nearly every record is a combination of its own at every
     node, and such tables would be copies of the input that save no work.
     """
