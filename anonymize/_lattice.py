@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter
 
 import numpy as np
@@ -81,9 +81,12 @@ __all__ = ["Evaluation", "Problem", "SearchOutcome", "Table", "evaluate", "group
 
 Int64Array = npt.NDArray[np.int64]
 IntpArray = npt.NDArray[np.intp]
+# Labels, sensitive values and entities in tables: 4 bytes each (every domain is int32-coded on input).
+CodeArray = npt.NDArray[np.int32]
 
 MAX_LATTICE_NODES = 1 << 20
 CACHE_BUDGET = 1 << 21
+CACHE_MAX_SHARE = 0.75
 ENTROPY_TOLERANCE = 1e-9
 LOSS_SLACK = 1e-9
 _KEY_LIMIT = 1 << 62
@@ -123,7 +126,11 @@ def group_keys(keys: Int64Array, bound: int) -> tuple[IntpArray, Int64Array, Int
         inverse[order] = np.cumsum(starts) - 1
         return inverse, sorted_keys[starts], order[starts]
     unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return inverse.astype(np.intp), unique.astype(np.int64), first.astype(np.intp)
+    return (
+        inverse.astype(np.intp, copy=False),
+        unique.astype(np.int64, copy=False),
+        first.astype(np.intp, copy=False),
+    )
 
 
 _TOP = object()
@@ -152,14 +159,14 @@ class Table:
     def __init__(
         self,
         levels: tuple[int, ...],
-        codes: tuple[IntpArray | None, ...],
-        sensitive: IntpArray | None,
+        codes: tuple[CodeArray | None, ...],
+        sensitive: CodeArray | None,
         counts: Int64Array,
-        entities: IntpArray | None = None,
+        entities: CodeArray | None = None,
     ) -> None:
         self.levels = levels
         self.counts = counts
-        self._codes: tuple[IntpArray | None, ...] | None = codes
+        self._codes: tuple[CodeArray | None, ...] | None = codes
         self._sensitive = sensitive
         self._entities = entities
         self._source: Table | None = None
@@ -181,11 +188,11 @@ class Table:
         table._source, table._representative, table._maps = source, representative, maps
         return table
 
-    def _materialize(self) -> tuple[IntpArray | None, ...]:
+    def _materialize(self) -> tuple[CodeArray | None, ...]:
         source, representative = self._source, self._representative
         if source is None or representative is None:  # pragma: no cover -- set together by rolled_up
             raise RuntimeError("table without labels or source")
-        codes: list[IntpArray | None] = []
+        codes: list[CodeArray | None] = []
         for q, mapping in enumerate(self._maps):
             source_codes = source.codes[q]
             if mapping is _TOP or source_codes is None:
@@ -202,17 +209,17 @@ class Table:
         return self._codes
 
     @property
-    def codes(self) -> tuple[IntpArray | None, ...]:
+    def codes(self) -> tuple[CodeArray | None, ...]:
         return self._codes if self._codes is not None else self._materialize()
 
     @property
-    def sensitive(self) -> IntpArray | None:
+    def sensitive(self) -> CodeArray | None:
         if self._codes is None:
             self._materialize()
         return self._sensitive
 
     @property
-    def entities(self) -> IntpArray | None:
+    def entities(self) -> CodeArray | None:
         if self._codes is None:
             self._materialize()
         return self._entities
@@ -237,7 +244,7 @@ class Problem:
     heights: tuple[int, ...]
     domain_sizes: tuple[int, ...]
     cardinality: tuple[tuple[int, ...], ...]
-    up: tuple[tuple[tuple[npt.NDArray[np.intp] | None, ...], ...], ...]
+    up: tuple[tuple[tuple[CodeArray | None, ...], ...], ...]
     leaves: tuple[tuple[Int64Array, ...], ...]
     bound_numerator: tuple[tuple[int, ...], ...]
     gaps: tuple[tuple[int, ...], ...]
@@ -272,11 +279,11 @@ class Problem:
             heights.append(height)
             domains.append(int(codes[0].size))
             cardinality.append(tuple(int(level_leaves[q][h].size) for h in range(height)))
-            maps: list[tuple[npt.NDArray[np.intp] | None, ...]] = []
+            maps: list[tuple[CodeArray | None, ...]] = []
             for low in range(height):
-                row: list[npt.NDArray[np.intp] | None] = [None] * height
+                row: list[CodeArray | None] = [None] * height
                 for high in range(low + 1, height):
-                    mapping = np.zeros(cardinality[q][low], dtype=np.intp)
+                    mapping = np.zeros(cardinality[q][low], dtype=np.int32)
                     mapping[codes[low]] = codes[high]
                     row[high] = mapping
                 maps.append(tuple(row))
@@ -351,39 +358,52 @@ class Evaluation:
 
 def _class_keys(
     problem: Problem, source: Table, levels: tuple[int, ...]
-) -> tuple[Int64Array, int, list[IntpArray | None], tuple[object, ...], Int64Array | None]:
+) -> tuple[Int64Array, int, tuple[object, ...], Int64Array | None, int]:
     """One integer key per combination of ``source`` at ``levels`` (sensitive value, then entity
-    last), its bound, each column's generalized labels (``None`` at the top), the maps that produced
-    them and, with entities, the key of the quasi-identifiers alone (the class of each combination)."""
+    last), its bound, the maps that produce each column's generalized labels (``_TOP`` at the top)
+    and, with entities, how to find the key of the quasi-identifiers alone (the class of each
+    combination): ``key // divisor`` when the sensitive value and entity were appended without
+    renumbering (no copy), else a copy of the class keys (``divisor`` 0). Labels are folded into the
+    key column by column and not kept (``_labels`` recomputes them where needed)."""
     key: Int64Array | None = None
     bound = 1
-    generalized: list[IntpArray | None] = []
     maps: list[object] = []
     for q, (level, codes) in enumerate(zip(levels, source.codes, strict=True)):
         if codes is None or level == problem.heights[q] - 1:
-            generalized.append(None)
             maps.append(_TOP)
             continue
         mapping = problem.up[q][source.levels[q]][level]
-        labels = codes if mapping is None else mapping[codes]
-        generalized.append(labels)
         maps.append(mapping)
-        key, bound = _extend_key(key, bound, labels, problem.cardinality[q][level])
-    entities = source.entities
-    class_key = None
+        key, bound = _extend_key(
+            key, bound, codes if mapping is None else mapping[codes], problem.cardinality[q][level]
+        )
+    entities, sensitive = source.entities, source.sensitive
+    class_key, divisor = None, 0
     if entities is not None:
-        class_key = np.zeros(source.size, dtype=np.int64) if key is None else key.copy()
-    sensitive = source.sensitive
+        tail = (problem.sensitive_values if sensitive is not None else 1) * problem.entity_values
+        if bound * tail < _KEY_LIMIT:  # nothing is renumbered below: classes are key // tail
+            divisor = tail
+        else:
+            class_key = np.zeros(source.size, dtype=np.int64) if key is None else key.copy()
     if sensitive is not None:
         key, bound = _extend_key(key, bound, sensitive, problem.sensitive_values)
     if entities is not None:
         key, bound = _extend_key(key, bound, entities, problem.entity_values)
     if key is None:
         key = np.zeros(source.size, dtype=np.int64)
-    return key, bound, generalized, tuple(maps), class_key
+    return key, bound, tuple(maps), class_key, divisor
 
 
-def _extend_key(key: Int64Array | None, bound: int, labels: IntpArray, radix: int) -> tuple[Int64Array, int]:
+def _labels(source: Table, q: int, mapping: object, rows: IntpArray) -> CodeArray:
+    """Column q's generalized labels of ``source``'s combinations at ``rows`` (``mapping`` not top)."""
+    codes = source.codes[q]
+    if codes is None:  # pragma: no cover -- such a column's map is _TOP
+        raise RuntimeError("no labels for a column at its top level")
+    picked = codes[rows]
+    return picked if mapping is None else mapping[picked]  # type: ignore[index]
+
+
+def _extend_key(key: Int64Array | None, bound: int, labels: CodeArray, radix: int) -> tuple[Int64Array, int]:
     if key is None:
         return labels.astype(np.int64), radix
     if radix == 1:
@@ -426,7 +446,7 @@ def _failing_entity_classes(
     counts: Int64Array,
     unique: Int64Array,
     group_class_key: Int64Array,
-    group_entities: IntpArray,
+    group_entities: CodeArray,
     diversity: bool,
 ) -> tuple[IntpArray, Int64Array, npt.NDArray[np.bool_], IntpArray, Int64Array]:
     """``_failing_classes`` when k counts distinct entities: groups are (class, sensitive, entity)
@@ -437,13 +457,24 @@ def _failing_entity_classes(
     new_class = np.empty(groups, dtype=np.bool_)
     new_class[:1] = True
     np.not_equal(group_class_key[1:], group_class_key[:-1], out=new_class[1:])
+    del group_class_key
     starts = np.flatnonzero(new_class)
-    class_of_group = np.cumsum(new_class) - 1
+    class_of_group = np.cumsum(new_class, dtype=np.intp)
+    class_of_group -= 1
     sizes = np.add.reduceat(counts, starts) if groups else counts
     classes = int(starts.size)
-    pairs = class_of_group.astype(np.int64) * problem.entity_values + group_entities
-    _, distinct_pairs, _ = group_keys(pairs, max(classes * problem.entity_values, 1))
-    entities = np.bincount(distinct_pairs // problem.entity_values, minlength=classes).astype(np.int64)
+    # Distinct (class, entity) pairs by one in-place sort: 9 bytes per group, where grouping the
+    # pairs (group_keys) would allocate several arrays of 8.
+    pairs = class_of_group.astype(np.int64)
+    pairs *= problem.entity_values
+    pairs += group_entities
+    pairs.sort()
+    new_pair = np.empty(groups, dtype=np.bool_)
+    new_pair[:1] = True
+    np.not_equal(pairs[1:], pairs[:-1], out=new_pair[1:])
+    pairs //= problem.entity_values
+    entities = np.bincount(pairs[new_pair], minlength=classes).astype(np.int64)
+    del pairs, new_pair
     failed = entities < problem.k
     if diversity and problem.l is not None and problem.l > 1:
         prefix = unique // problem.entity_values  # (class, sensitive value), in key order
@@ -471,18 +502,19 @@ def evaluate(
     ``details``, also return the class sizes, which classes fail, and, for each combination of
     ``source``, whether its records are suppressed.
     """
-    key, bound, generalized, maps, class_key = _class_keys(problem, source, levels)
+    key, bound, maps, class_key, divisor = _class_keys(problem, source, levels)
     inverse, unique, representative = group_keys(key, bound)
+    del key
     counts = np.bincount(inverse, weights=source.counts, minlength=unique.size).astype(np.int64)
     source_entities = source.entities
     class_entities: Int64Array | None = None
     class_of_group: IntpArray | None
-    if class_key is not None and source_entities is not None:
+    if source_entities is not None:
         starts, sizes, failed, class_of_group, class_entities = _failing_entity_classes(
             problem,
             counts,
             unique,
-            class_key[representative],
+            unique // divisor if class_key is None else class_key[representative],
             source_entities[representative],
             source.sensitive is not None,
         )
@@ -497,12 +529,12 @@ def evaluate(
     numerators: list[int] = []
     if suppressed <= problem.max_suppressed or details:
         failed_rows = representative[starts[failed_classes]]
-        for q, (level, labels) in enumerate(zip(levels, generalized, strict=True)):
+        for q, (level, mapping) in enumerate(zip(levels, maps, strict=True)):
             domain = problem.domain_sizes[q]
-            if labels is None:
+            if mapping is _TOP:
                 numerators.append(problem.rows * domain)
                 continue
-            leaves = problem.leaves[q][level][labels[failed_rows]]
+            leaves = problem.leaves[q][level][_labels(source, q, mapping, failed_rows)]
             numerators.append(problem.bound_numerator[q][level] + int(failed_sizes @ (domain - leaves)))
 
     table = Table.rolled_up(source, levels, counts, representative, maps) if keep_table else None
@@ -537,7 +569,13 @@ class SearchOutcome:
 
 class _Cache:
     """Tables of evaluated nodes to roll new nodes up from, oldest evicted first past ``budget``
-    combinations (the base table always stays)."""
+    combinations (the base table always stays).
+
+    A table is kept only if it has at most ``CACHE_MAX_SHARE`` of the combinations of the table it
+    was rolled up from: a later node rolled up from it instead of from that source would save less
+    than a quarter of the work, not worth its memory. (With k counted in entities nearly every
+    record is a combination of its own at every node, and such tables are all of that kind.)
+    """
 
     def __init__(self, base: Table, budget: int) -> None:
         self._tables: list[Table] = [base]
@@ -553,8 +591,8 @@ class _Cache:
         below = (self._levels[:count] <= levels).all(axis=1)
         return self._tables[int(np.argmin(np.where(below, self._sizes[:count], np.inf)))]
 
-    def add(self, table: Table) -> None:
-        if table.size > self._budget // 2:
+    def add(self, table: Table, source: Table) -> None:
+        if table.size > self._budget // 2 or table.size > CACHE_MAX_SHARE * source.size:
             return
         while self._used + table.size > self._budget and len(self._tables) > 1:
             self._used -= self._tables.pop(1).size
@@ -672,11 +710,12 @@ class _Search:
         """Evaluate ``node``, tag what it implies, and keep it if it is the best so far."""
         problem, lattice = self.problem, self.lattice
         levels = lattice.levels_of(node)
-        outcome = evaluate(problem, self.cache.source_for(levels), levels, keep_table=True)
+        source = self.cache.source_for(levels)
+        outcome = evaluate(problem, source, levels, keep_table=True)
         self.checked += 1
         self.done[node] = True
         if outcome.table is not None:
-            self.cache.add(outcome.table)
+            self.cache.add(outcome.table, source)
         if outcome.suppressed > problem.max_suppressed:
             if self.monotone:
                 self.status[lattice.specializations(levels)] = _NOT_ANONYMOUS
@@ -694,7 +733,8 @@ class _Search:
         loss = problem.total_loss(problem.loss_terms(outcome.numerators))
         candidate = (loss, self.heights[node], node)
         if candidate < self.best:
-            self.best, self.best_evaluation = candidate, outcome
+            # Without its table: the best node's table is no source for others unless cached.
+            self.best, self.best_evaluation = candidate, replace(outcome, table=None)
 
     def refined_bound(self, node: int) -> float:
         """LB(node) with the suppression its generalizations prove unavoidable (monotone models):
@@ -750,9 +790,12 @@ def search(
     """Find the optimal node (see the module docstring); raises ``NoAnonymousTransformation``.
 
     ``cache_budget`` bounds the combinations kept in rolled-up tables (default ``CACHE_BUDGET``, 2^21:
-    a fixed cap, at most about 120 MB, so the cache does not grow with the input — with an entity
-    column nearly every record is a combination of its own, and a budget proportional to the base
-    would hold several copies of the table).
+    a fixed cap, so the cache does not grow with the input; a combination costs 16 bytes — int64
+    count and representative — and, once its table serves as a source, an int64 count and 4 bytes
+    per quasi-identifier, sensitive value and entity instead). Tables that keep more than
+    ``CACHE_MAX_SHARE`` of their source's combinations are not cached at all: with an entity column
+    nearly every record is a combination of its own at every node, and such tables would be copies
+    of the input that save no work.
     """
     started = clock()
     state = _Search(problem, base, cache_budget if cache_budget is not None else CACHE_BUDGET)
