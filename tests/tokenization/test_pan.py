@@ -381,6 +381,21 @@ def test_nested_paths_under_a_card_key_are_redacted_too() -> None:
     assert find_card_data({"x y": {VISA: TEST_CARDS["amex"]}}) == [f'$["x y"]["{PAN_REDACTION}"]']
 
 
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [
+        (f"card{VISA}", f'$["card{PAN_REDACTION}"]'),
+        (f"x_{VISA}_y", f'$["x_{PAN_REDACTION}_y"]'),
+        (f"_{TEST_CARDS['amex']}", f'$["_{PAN_REDACTION}"]'),
+    ],
+)
+def test_identifier_keys_holding_a_card_number_are_quoted_and_redacted(key: str, path: str) -> None:
+    # Found by the Atheris harness (tests/fuzz/fuzz_pan.py): such keys used to be reported as
+    # ``$.card4242…``, so the number reached the 422 answer and the audit chain.
+    assert find_card_data({key: {"note": "x"}, "ok": 1}) == [path]
+    assert find_card_data({"outer": [{key: None}]}) == [f"$.outer[0]{path[1:]}"]
+
+
 def test_custom_root_path_and_tuples() -> None:
     assert find_card_data((1, VISA), path="body") == ["body[1]"]
 
