@@ -498,6 +498,8 @@ def test_fuzz_every_generated_card_number_is_found_and_redacted(before: str, num
 def test_fuzz_card_numbers_in_json_numbers_and_keys_are_found(number: str, key: str) -> None:
     assert find_card_data({key or "k": int(number)}) != []
     assert find_card_data({number: "value"}) != []
+    identifier_paths = find_card_data({f"k{number}": "value"})  # $.k4242… would carry the number
+    assert identifier_paths and not any(contains_card_number(path) for path in identifier_paths)
 
 
 @given(text=st.text(max_size=400))
