@@ -45,15 +45,10 @@ def encode_columns(frame: pl.DataFrame, hierarchies: Mapping[str, Hierarchy]) ->
         nulls = frame.get_column(column).null_count()
         if nulls:
             raise MissingValues(f"column {column!r} has {nulls} missing value(s)", column=column, count=nulls)
+    # An Enum of the leaves, in hierarchy order, numbers each value by its leaf position; values
+    # that are not leaves become null.
     encoded = frame.select(
-        pl.col(column)
-        .cast(pl.String)
-        .replace_strict(
-            hierarchy.leaves,
-            np.arange(hierarchy.domain_size, dtype=np.int32),
-            default=None,
-            return_dtype=pl.Int32,
-        )
+        pl.col(column).cast(pl.String).cast(pl.Enum(hierarchy.leaves), strict=False).to_physical()
         for column, hierarchy in hierarchies.items()
     )
     codes = []
@@ -105,7 +100,8 @@ def distinct_combinations(
         if bound * max(cardinality, 1) >= 1 << 62:
             inverse, unique, _ = group_keys(key, bound)
             key, bound = inverse.astype(np.int64), int(unique.size)
-        key = key * cardinality + column
+        key *= cardinality
+        key += column
         bound *= max(cardinality, 1)
     inverse, _, representative = group_keys(key, bound)
     counts = np.bincount(inverse, minlength=representative.size).astype(np.int64)
