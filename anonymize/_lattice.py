@@ -89,7 +89,7 @@ IntpArray = npt.NDArray[np.intp]
 
 MAX_LATTICE_NODES = 1 << 20
 CACHE_BUDGET = 1 << 21
-CHUNK_SPACE = 1 << 13
+CHUNK_SPACE = 1 << 12
 ENTROPY_TOLERANCE = 1e-9
 LOSS_SLACK = 1e-9
 _KEY_LIMIT = 1 << 62
@@ -274,11 +274,10 @@ class Table:
             self._chunks = layout.pack(self._codes, self.size)
         else:
             packed = []
-            for c, (chunk, values) in enumerate(zip(layout.chunks, source.chunks(problem), strict=True)):
+            lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(self.levels)
+            for c, values in enumerate(source.chunks(problem)):
                 picked = values[representative]
-                lift = problem.pack_lut(
-                    c, tuple(source.levels[q] for q in chunk), tuple(self.levels[q] for q in chunk)
-                )
+                lift = problem.pack_lut(c, lows[c], highs[c])
                 packed.append(picked if lift is None else lift[picked])
             self._chunks = tuple(packed)
             self._source = None
@@ -415,6 +414,15 @@ class Problem:
             layout=Layout.build(domains),
         )
 
+    def chunk_levels(self, levels: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+        """``levels`` split by chunk (memoized: the same nodes come back again and again)."""
+        cache_key = ("levels", levels)
+        split = self._luts.get(cache_key)
+        if split is None:
+            split = tuple(tuple(levels[q] for q in chunk) for chunk in self.layout.chunks)
+            self._luts[cache_key] = split
+        return split  # type: ignore[return-value]
+
     def lift(self, q: int, low: int, high: int) -> IntpArray:
         """Column q's label number at level ``low`` → its label at ``high`` (``low ≤ high``), padded
         with zeros to the domain size so that any digit of a chunk value can index it."""
@@ -543,10 +551,9 @@ def _class_keys(
     the key of the quasi-identifiers alone (the class of each combination)."""
     chunks = source.chunks(problem)
     parts: list[tuple[IntpArray, IntpArray, int]] = []
-    for c, chunk in enumerate(problem.layout.chunks):
-        lut, card = problem.key_lut(
-            c, tuple(source.levels[q] for q in chunk), tuple(levels[q] for q in chunk)
-        )
+    lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
+    for c in range(len(chunks)):
+        lut, card = problem.key_lut(c, lows[c], highs[c])
         if card > 1:
             parts.append((lut, chunks[c], card))
     key: Int64Array | None = None
@@ -704,10 +711,9 @@ def evaluate(
         if failed_classes.size:
             failed_rows = representative[starts[failed_classes]]
             chunks = source.chunks(problem)
+            lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
             for c, chunk in enumerate(problem.layout.chunks):
-                lut = problem.deficit_lut(
-                    c, tuple(source.levels[q] for q in chunk), tuple(levels[q] for q in chunk)
-                )
+                lut = problem.deficit_lut(c, lows[c], highs[c])
                 added = lut[:, chunks[c][failed_rows]] @ failed_sizes
                 for j, q in enumerate(chunk):
                     numerators[q] += int(added[j])
@@ -855,6 +861,8 @@ class _Search:
         self.best: tuple[float, int, int] = (math.inf, 0, -1)
         self.best_evaluation: Evaluation | None = None
         self.checked = 0
+        self.base_levels = base.levels
+        self.last_from_base: tuple[int, ...] | None = None
 
     def run(self) -> Evaluation:
         status, done, floor, bounds = self.status, self.done, self.floor, self.bounds
@@ -882,7 +890,7 @@ class _Search:
         """Evaluate ``node``, tag what it implies, and keep it if it is the best so far."""
         problem, lattice = self.problem, self.lattice
         levels = lattice.levels_of(node)
-        source = self.cache.source_for(levels)
+        source = self.source_for(levels)
         outcome = evaluate(problem, source, levels, keep_table=True, loss_cap=self.best[0] + LOSS_SLACK)
         self.checked += 1
         self.done[node] = True
@@ -908,6 +916,26 @@ class _Search:
         candidate = (loss, self.heights[node], node)
         if candidate < self.best:
             self.best, self.best_evaluation = candidate, outcome
+
+    def source_for(self, levels: tuple[int, ...]) -> Table:
+        """The smallest cached table below ``levels``. When that is the input's table (the largest),
+        it is first rolled up to the meet of ``levels`` and the previous node evaluated from it: nodes
+        evaluated in turn tend to share levels, and the next ones can start from that smaller table.
+        Only the cost changes, never a result: any table at a node ≤ ``levels`` is a valid source."""
+        source = self.cache.source_for(levels)
+        if source.levels != self.base_levels:
+            return source
+        previous, self.last_from_base = self.last_from_base, levels
+        if previous is None:
+            return source
+        meet = tuple(min(a, b) for a, b in zip(levels, previous, strict=True))
+        if meet in (self.base_levels, levels):
+            return source
+        shared = evaluate(self.problem, source, meet, keep_table=True, loss_cap=-math.inf).table
+        if shared is None:  # pragma: no cover -- asked for with keep_table
+            return source
+        self.cache.add(shared)
+        return shared
 
     def refined_bound(self, node: int) -> float:
         """LB(node) with the suppression its generalizations prove unavoidable (monotone models):
