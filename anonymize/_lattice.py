@@ -195,6 +195,14 @@ class Layout:
                 multiplier *= max(domains[q], 1)
         return cls(tuple(tuple(chunk) for chunk in chunks), tuple(radix), tuple(domains))
 
+    def unpack(self, chunks: Sequence[IntpArray]) -> tuple[IntpArray, ...]:
+        """The per-column label numbers of chunk values (the inverse of ``pack``; 0 at the top)."""
+        codes: list[IntpArray] = [np.zeros(0, dtype=np.intp)] * len(self.radix)
+        for chunk, values in zip(self.chunks, chunks, strict=True):
+            for q in chunk:
+                codes[q] = values // self.radix[q] % max(self.domains[q], 1)
+        return tuple(codes)
+
     def pack(self, codes: Sequence[IntpArray | None], size: int) -> tuple[IntpArray, ...]:
         """The chunk values of per-column label numbers (``None``: the top level, label 0)."""
         packed = []
@@ -269,9 +277,8 @@ class Table:
             return self._chunks
         source, representative = self._source, self._representative
         if source is None or representative is None:
-            if self._codes is None:  # pragma: no cover -- a table has codes or a source
-                raise RuntimeError("table without labels or source")
-            self._chunks = layout.pack(self._codes, self.size)
+            # Packed, the per-column numbers are dropped: the chunks hold the same (``codes``).
+            self._chunks, self._codes = layout.pack(self.codes, self.size), None
         else:
             packed = []
             lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(self.levels)
@@ -299,10 +306,13 @@ class Table:
 
     @property
     def codes(self) -> tuple[IntpArray | None, ...]:
-        """Per-column label numbers; only a table built from them (the input's) has them."""
-        if self._codes is None:
-            raise RuntimeError("a rolled-up table holds packed chunks only")
-        return self._codes
+        """Per-column label numbers (unpacked from the chunks once the table is packed; a rolled-up
+        table must have served as a source first)."""
+        if self._codes is not None:
+            return self._codes
+        if self._chunks is None or self._layout is None:
+            raise RuntimeError("a rolled-up table has no labels before it serves as a source")
+        return self._layout.unpack(self._chunks)
 
     @property
     def sensitive(self) -> IntpArray | None:
