@@ -149,10 +149,15 @@ def _group(
         starts_mask[0] = True
         np.not_equal(packed[1:], packed[:-1], out=starts_mask[1:])
         starts = np.flatnonzero(starts_mask)
+        ends = np.empty_like(starts)
+        ends[:-1] = starts[1:]
+        ends[-1] = size
         if weights is None:
-            totals = np.diff(starts, append=size).astype(np.int64)
+            totals = (ends - starts).astype(np.int64)
         else:
-            totals = np.add.reduceat(weights[order], starts)
+            ends -= 1
+            totals = np.cumsum(weights[order])[ends]
+            totals[1:] = totals[1:] - totals[:-1]
         numbers = None
         if inverse:
             numbers = np.empty(size, dtype=np.intp)
@@ -482,15 +487,21 @@ class Problem:
             self._luts[cache_key] = lut
         return lut  # type: ignore[return-value]
 
-    def deficit_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> Int64Array:
+    def deficit_lut(
+        self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]
+    ) -> npt.NDArray[np.int64] | npt.NDArray[np.float64]:
         """For chunk c of a table at ``lows``: row j, chunk value → D_q - (leaves under the label at
-        ``highs``) for the chunk's j-th column q, what suppressing one record adds to I_q."""
+        ``highs``) for the chunk's j-th column q, what suppressing one record adds to I_q.
+
+        In float64 when every sum of such products over the records is an integer below 2^52
+        (``rows · max D_q``), so a BLAS product computes it exactly; in int64 otherwise."""
         cache_key = ("deficit", c, lows, highs)
         lut = self._luts.get(cache_key)
         if lut is None:
             chunk = self.layout.chunks[c]
             shape = tuple(max(self.domain_sizes[q], 1) for q in chunk)
-            lut = np.empty((len(chunk), math.prod(shape)), dtype=np.int64)
+            exact = self.rows * max(self.domain_sizes, default=1) < 1 << 52
+            lut = np.empty((len(chunk), math.prod(shape)), dtype=np.float64 if exact else np.int64)
             for j, (q, low, high) in enumerate(zip(chunk, lows, highs, strict=True)):
                 deficit = self.domain_sizes[q] - self.leaves[q][high][self.lift(q, low, high)]
                 axis = [1] * len(chunk)
@@ -724,7 +735,11 @@ def evaluate(
             lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
             for c, chunk in enumerate(problem.layout.chunks):
                 lut = problem.deficit_lut(c, lows[c], highs[c])
-                added = lut[:, chunks[c][failed_rows]] @ failed_sizes
+                values = chunks[c][failed_rows]
+                if lut.dtype == np.float64:  # exact: integers below 2^52 (deficit_lut)
+                    added = lut @ np.bincount(values, weights=failed_sizes, minlength=lut.shape[1])
+                else:
+                    added = lut[:, values] @ failed_sizes
                 for j, q in enumerate(chunk):
                     numerators[q] += int(added[j])
 
