@@ -18,7 +18,17 @@ from anonymize import (
     flat_hierarchy,
 )
 from anonymize._engine import distinct_combinations, encode_columns
-from anonymize._lattice import Problem, exhaustive, group_keys, search
+from anonymize._lattice import (
+    CHUNK_SPACE,
+    Layout,
+    Problem,
+    Table,
+    _group,
+    evaluate,
+    exhaustive,
+    group_keys,
+    search,
+)
 
 from .conftest import check_release, max_suppressed, naive_optimum
 
@@ -267,3 +277,130 @@ def test_group_keys_numbers_groups_in_key_order(bound: int, size: int) -> None:
     assert np.array_equal(unique, expected)
     assert np.array_equal(unique[inverse], keys)
     assert np.array_equal(keys[representative], unique)
+
+
+@pytest.mark.parametrize(
+    ("bound", "size"),
+    [(50, 200), (1 << 20, 1000), (1 << 61, 5000)],
+    ids=["dense", "packed-sort", "unique-fallback"],
+)
+def test_group_sums_weights_per_group(bound: int, size: int) -> None:
+    rng = np.random.default_rng(size)
+    keys = rng.integers(0, min(bound, 300), size=size).astype(np.int64) * (bound // 300 or 1)
+    weights = rng.integers(1, 1000, size=size).astype(np.int64)
+    unique, representative, totals, inverse = _group(keys.copy(), bound, weights, inverse=False)
+    expected, groups = np.unique(keys, return_inverse=True)
+    assert inverse is None
+    assert np.array_equal(unique, expected)
+    assert np.array_equal(keys[representative], unique)
+    assert np.array_equal(totals, np.bincount(groups, weights=weights).astype(np.int64))
+
+
+def test_layout_packs_columns_into_chunks_and_back() -> None:
+    domains = [2, 100, 5, 7, 16, 41, 8, 14, 20_000, 3]
+    layout = Layout.build(domains)
+    assert sorted(q for chunk in layout.chunks for q in chunk) == list(range(len(domains)))
+    for chunk in layout.chunks:
+        assert chunk == tuple(range(chunk[0], chunk[-1] + 1))  # consecutive columns
+        assert len(chunk) == 1 or np.prod([domains[q] for q in chunk]) <= CHUNK_SPACE
+    assert (8,) in layout.chunks  # a domain larger than the chunk space is a chunk of its own
+    rng = np.random.default_rng(3)
+    codes = [rng.integers(0, domain, size=500).astype(np.intp) for domain in domains]
+    assert all(
+        np.array_equal(a, b) for a, b in zip(codes, layout.unpack(layout.pack(codes, 500)), strict=True)
+    )
+
+
+def _problem_for(
+    frame: pl.DataFrame, trees: dict[str, Hierarchy], config: AnonymizationConfig
+) -> tuple[Problem, Table]:
+    codes = encode_columns(frame, trees)
+    sensitive = None
+    values = 1
+    if config.sensitive is not None and config.l is not None:
+        labels = sorted(set(frame[config.sensitive].to_list()))
+        sensitive = frame[config.sensitive].replace_strict(labels, list(range(len(labels)))).to_numpy()
+        sensitive = sensitive.astype(np.int32)
+        values = len(labels)
+    base, _ = distinct_combinations(codes, [tree.domain_size for tree in trees.values()], sensitive, values)
+    problem = Problem.build(
+        columns=list(trees),
+        level_codes=[[tree.codes(h).astype(np.intp) for h in range(tree.height)] for tree in trees.values()],
+        level_leaves=[[tree.leaf_counts(h) for h in range(tree.height)] for tree in trees.values()],
+        base=base,
+        sensitive_values=values,
+        k=config.k,
+        l=config.l,
+        l_kind=config.l_kind,
+        max_suppressed=max_suppressed(config.suppression_limit, frame.height),
+    )
+    return problem, base
+
+
+def test_search_with_a_column_wider_than_a_chunk_matches_exhaustive_evaluation() -> None:
+    """A 5,000-leaf column is a chunk of its own, with lookup tables as long as its domain."""
+    rng = np.random.default_rng(11)
+    wide = [f"w{index}" for index in range(5000)]
+    trees = {
+        "wide": Hierarchy((leaf, f"h{i // 50}", f"t{i // 1000}", "*") for i, leaf in enumerate(wide)),
+        "small": Hierarchy((f"s{i}", f"g{i // 2}", "*") for i in range(6)),
+        "flag": flat_hierarchy(["yes", "no"]),
+    }
+    frame = pl.DataFrame(
+        {
+            "wide": rng.choice(wide[:3000], size=6000).tolist(),
+            "small": rng.choice([f"s{i}" for i in range(6)], size=6000).tolist(),
+            "flag": rng.choice(["yes", "no"], size=6000).tolist(),
+            "s": rng.choice(["a", "b", "c"], size=6000, p=[0.8, 0.15, 0.05]).tolist(),
+        }
+    )
+    for config in (
+        AnonymizationConfig(trees, k=5, suppression_limit=0.02),
+        AnonymizationConfig(trees, k=3, l=2, sensitive="s", suppression_limit=0.05),
+    ):
+        problem, base = _problem_for(frame, trees, config)
+        assert (0,) in problem.layout.chunks
+        everything = exhaustive(problem, base)
+        feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
+        assert search(problem, base).loss == pytest.approx(min(feasible), abs=1e-12)
+
+
+def test_loss_numerators_are_exact_beyond_float_precision() -> None:
+    """With 2^42 times the records, sums exceed 2^52: the numerators switch to integer products and
+    stay exactly 2^42 times larger (the failing classes, by l-diversity, do not depend on counts)."""
+    rng = np.random.default_rng(5)
+    trees = {
+        "a": Hierarchy((f"a{i}", f"ga{i // 3}", "*") for i in range(9)),
+        "b": Hierarchy((f"b{i}", "*") for i in range(4)),
+    }
+    frame = pl.DataFrame(
+        {
+            "a": rng.choice([f"a{i}" for i in range(9)], size=400).tolist(),
+            "b": rng.choice([f"b{i}" for i in range(4)], size=400).tolist(),
+            "s": rng.choice(["x", "y"], size=400, p=[0.9, 0.1]).tolist(),
+        }
+    )
+    config = AnonymizationConfig(trees, k=1, l=2, sensitive="s", suppression_limit=1.0)
+    problem, base = _problem_for(frame, trees, config)
+    scale = 1 << 42
+    big_base = Table(base.levels, base.codes, base.sensitive, base.counts * scale)
+    big_problem = Problem.build(
+        columns=list(trees),
+        level_codes=[[tree.codes(h).astype(np.intp) for h in range(tree.height)] for tree in trees.values()],
+        level_leaves=[[tree.leaf_counts(h) for h in range(tree.height)] for tree in trees.values()],
+        base=big_base,
+        sensitive_values=2,
+        k=1,
+        l=2,
+        l_kind="distinct",
+        max_suppressed=int(big_base.counts.sum()),
+    )
+    assert big_problem.rows * 9 >= 1 << 52
+    suppressing = 0
+    for levels in [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)]:
+        small = evaluate(problem, base, levels, keep_table=False, details=True)
+        big = evaluate(big_problem, big_base, levels, keep_table=False, details=True)
+        suppressing += small.suppressed > 0
+        assert big.suppressed == small.suppressed * scale
+        assert big.computed_numerators() == tuple(value * scale for value in small.computed_numerators())
+    assert suppressing >= 2
