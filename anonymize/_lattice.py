@@ -492,21 +492,15 @@ class Problem:
             self._luts[cache_key] = lut
         return lut  # type: ignore[return-value]
 
-    def deficit_lut(
-        self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]
-    ) -> npt.NDArray[np.int64] | npt.NDArray[np.float64]:
+    def deficit_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> Int64Array:
         """For chunk c of a table at ``lows``: row j, chunk value → D_q - (leaves under the label at
-        ``highs``) for the chunk's j-th column q, what suppressing one record adds to I_q.
-
-        In float64 when every sum of such products over the records is an integer below 2^52
-        (``rows · max D_q``), so a BLAS product computes it exactly; in int64 otherwise."""
+        ``highs``) for the chunk's j-th column q, what suppressing one record adds to I_q."""
         cache_key = ("deficit", c, lows, highs)
         lut = self._luts.get(cache_key)
         if lut is None:
             chunk = self.layout.chunks[c]
             shape = tuple(max(self.domain_sizes[q], 1) for q in chunk)
-            exact = self.rows * max(self.domain_sizes, default=1) < 1 << 52
-            lut = np.empty((len(chunk), math.prod(shape)), dtype=np.float64 if exact else np.int64)
+            lut = np.empty((len(chunk), math.prod(shape)), dtype=np.int64)
             for j, (q, low, high) in enumerate(zip(chunk, lows, highs, strict=True)):
                 deficit = self.domain_sizes[q] - self.leaves[q][high][self.lift(q, low, high)]
                 axis = [1] * len(chunk)
@@ -741,8 +735,10 @@ def evaluate(
             for c, chunk in enumerate(problem.layout.chunks):
                 lut = problem.deficit_lut(c, lows[c], highs[c])
                 values = chunks[c][failed_rows]
-                if lut.dtype == np.float64:  # exact: integers below 2^52 (deficit_lut)
-                    added = lut @ np.bincount(values, weights=failed_sizes, minlength=lut.shape[1])
+                if problem.rows < 1 << 53:  # the float sums of sizes per chunk value are exact
+                    sizes_by_value = np.bincount(values, weights=failed_sizes, minlength=lut.shape[1])
+                    # Integer product: exact, and no BLAS (whose threads would spin on a busy core).
+                    added = lut @ sizes_by_value.astype(np.int64)
                 else:
                     added = lut[:, values] @ failed_sizes
                 for j, q in enumerate(chunk):
@@ -893,6 +889,10 @@ class _Search:
         self.checked = 0
         self.base_levels = base.levels
         self.last_from_base: tuple[int, ...] | None = None
+        self.meets: set[tuple[int, ...]] = set()
+        # Intermediate tables pay off only if the cache keeps them; with an input a sizeable share
+        # of the cache, they would be evicted before their reuse.
+        self.share_meets = base.size * 8 <= cache_budget
 
     def run(self) -> Evaluation:
         status, done, floor, bounds = self.status, self.done, self.floor, self.bounds
@@ -948,19 +948,21 @@ class _Search:
             self.best, self.best_evaluation = candidate, outcome
 
     def source_for(self, levels: tuple[int, ...]) -> Table:
-        """The smallest cached table below ``levels``. When that is the input's table (the largest),
-        it is first rolled up to the meet of ``levels`` and the previous node evaluated from it: nodes
-        evaluated in turn tend to share levels, and the next ones can start from that smaller table.
-        Only the cost changes, never a result: any table at a node ≤ ``levels`` is a valid source."""
+        """The smallest cached table below ``levels``. When that is the input's table (the largest)
+        and the input is small beside the cache budget, it is first rolled up to the meet of
+        ``levels`` and the previous node evaluated from it (once per meet): nodes evaluated in turn
+        tend to share levels, and the next ones can start from that smaller table. Only the cost
+        changes, never a result: any table at a node ≤ ``levels`` is a valid source."""
         source = self.cache.source_for(levels)
-        if source.levels != self.base_levels:
+        if source.levels != self.base_levels or not self.share_meets:
             return source
         previous, self.last_from_base = self.last_from_base, levels
         if previous is None:
             return source
         meet = tuple(min(a, b) for a, b in zip(levels, previous, strict=True))
-        if meet in (self.base_levels, levels):
+        if meet in (self.base_levels, levels) or meet in self.meets:
             return source
+        self.meets.add(meet)
         shared = evaluate(self.problem, source, meet, keep_table=True, loss_cap=-math.inf).table
         if shared is None:  # pragma: no cover -- asked for with keep_table
             return source

@@ -366,8 +366,8 @@ def test_search_with_a_column_wider_than_a_chunk_matches_exhaustive_evaluation()
 
 
 def test_loss_numerators_are_exact_beyond_float_precision() -> None:
-    """With 2^42 times the records, sums exceed 2^52: the numerators switch to integer products and
-    stay exactly 2^42 times larger (the failing classes, by l-diversity, do not depend on counts)."""
+    """With 2^42 times the records, the numerators exceed 2^53 (beyond float precision) and stay
+    exactly 2^42 times larger (the failing classes, by l-diversity, do not depend on counts)."""
     rng = np.random.default_rng(5)
     trees = {
         "a": Hierarchy((f"a{i}", f"ga{i // 3}", "*") for i in range(9)),
@@ -395,7 +395,7 @@ def test_loss_numerators_are_exact_beyond_float_precision() -> None:
         l_kind="distinct",
         max_suppressed=int(big_base.counts.sum()),
     )
-    assert big_problem.rows * 9 >= 1 << 52
+    assert big_problem.rows * 9 >= 1 << 53
     suppressing = 0
     for levels in [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)]:
         small = evaluate(problem, base, levels, keep_table=False, details=True)
