@@ -7,12 +7,15 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+FUZZ_SECONDS ?= 60
+FUZZ_ARGS ?=
+FUZZ_TARGETS := fuzz_pan fuzz_envelope fuzz_stripe_signature fuzz_standard_webhooks
 
 export VEILBILL_DATABASE_URL ?= sqlite:///var/veilbill.db
 export VEILBILL_KEYRING_PATH ?= var/keyring.json
 export VEILBILL_PUBLIC_URL ?= http://$(HOST):$(PORT)
 
-.PHONY: help install run test lint typecheck check bench clean
+.PHONY: help install run test lint typecheck check bench fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +58,15 @@ bench: $(VENV)/.bench-installed ## Every benchmark, side by side with its baseli
 	$(BIN)/python -m bench.crypto_bench
 	$(BIN)/python -m bench.anonymize_bench
 	$(BIN)/python -m bench.export_bench
+	$(BIN)/python -m bench.load_bench
+	$(BIN)/python -m bench.privacy_tax_bench
+
+fuzz: install ## Atheris (coverage-guided) fuzzing, FUZZ_SECONDS (60) per target; corpora, crashes in var/fuzz/
+	@status=0; for target in $(FUZZ_TARGETS); do \
+	  echo "== $$target: $(FUZZ_SECONDS) s"; \
+	  $(BIN)/python -m tests.fuzz.$$target -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_ARGS) \
+	    || { status=1; echo "== $$target FAILED: the input is in var/fuzz/$${target#fuzz_}/crash-*"; }; \
+	done; exit $$status
 
 clean: ## Remove the virtualenv, caches and local data (var/: database and keyring!)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var *.egg-info

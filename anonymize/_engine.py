@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from time import perf_counter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -86,8 +87,9 @@ def distinct_combinations(
     sensitive_values: int,
     entities: npt.NDArray[np.int32] | None = None,
     entity_values: int = 0,
-) -> tuple[Table, npt.NDArray[np.intp]]:
-    """The level-0 table of the rows (distinct combinations with counts) and each row's combination."""
+) -> tuple[Table, npt.NDArray[np.signedinteger[Any]]]:
+    """The level-0 table of the rows (distinct combinations with counts) and each row's combination
+    (4-byte numbers below 2^31 combinations, as are the table's codes)."""
     rows = int(codes[0].size) if codes else 0
     key = np.zeros(rows, dtype=np.int64)
     bound = 1
@@ -104,14 +106,17 @@ def distinct_combinations(
         key += column
         bound *= max(cardinality, 1)
     inverse, _, representative = group_keys(key, bound)
-    counts = np.bincount(inverse, minlength=representative.size).astype(np.int64)
+    del key
+    counts = np.bincount(inverse, minlength=representative.size).astype(np.int64, copy=False)
     table = Table(
         levels=(0,) * len(codes),
-        codes=tuple(column[representative].astype(np.intp) for column in codes),
-        sensitive=None if sensitive is None else sensitive[representative].astype(np.intp),
+        codes=tuple(column[representative].astype(np.int32, copy=False) for column in codes),
+        sensitive=None if sensitive is None else sensitive[representative].astype(np.int32, copy=False),
         counts=counts,
-        entities=None if entities is None else entities[representative].astype(np.intp),
+        entities=None if entities is None else entities[representative].astype(np.int32, copy=False),
     )
+    if representative.size < 1 << 31:
+        return table, inverse.astype(np.int32)
     return table, inverse
 
 

@@ -74,8 +74,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import perf_counter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -86,10 +87,15 @@ __all__ = ["Evaluation", "Problem", "SearchOutcome", "Table", "evaluate", "group
 
 Int64Array = npt.NDArray[np.int64]
 IntpArray = npt.NDArray[np.intp]
+# Labels, sensitive values and entities in tables: 4 bytes each (every domain is int32-coded on input).
+CodeArray = npt.NDArray[np.int32]
+# Per-column label numbers as given (4-byte codes) or unpacked from chunk values (intp).
+LabelArray = npt.NDArray[np.signedinteger[Any]]
 
 MAX_LATTICE_NODES = 1 << 20
 CACHE_BUDGET = 1 << 21
 CHUNK_SPACE = 1 << 12
+CACHE_MAX_SHARE = 0.75
 ENTROPY_TOLERANCE = 1e-9
 LOSS_SLACK = 1e-9
 _KEY_LIMIT = 1 << 62
@@ -164,9 +170,14 @@ def _group(
             numbers[order] = np.cumsum(starts_mask, dtype=np.intp) - 1
         return packed[starts], order[starts], totals, numbers
     unique, first, groups = np.unique(keys, return_index=True, return_inverse=True)
-    groups = groups.astype(np.intp)
+    groups = groups.astype(np.intp, copy=False)
     totals = np.bincount(groups, weights=weights, minlength=unique.size).astype(np.int64)
-    return unique.astype(np.int64), first.astype(np.intp), totals, groups if inverse else None
+    return (
+        unique.astype(np.int64, copy=False),
+        first.astype(np.intp, copy=False),
+        totals,
+        groups if inverse else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -213,7 +224,7 @@ class Layout:
                 codes[q] = values // self.radix[q] % max(self.domains[q], 1)
         return tuple(codes)
 
-    def pack(self, codes: Sequence[IntpArray | None], size: int) -> tuple[IntpArray, ...]:
+    def pack(self, codes: Sequence[LabelArray | None], size: int) -> tuple[IntpArray, ...]:
         """The chunk values of per-column label numbers (``None``: the top level, label 0)."""
         packed = []
         for chunk in self.chunks:
@@ -253,14 +264,14 @@ class Table:
     def __init__(
         self,
         levels: tuple[int, ...],
-        codes: tuple[IntpArray | None, ...],
-        sensitive: IntpArray | None,
+        codes: tuple[CodeArray | None, ...],
+        sensitive: CodeArray | None,
         counts: Int64Array,
-        entities: IntpArray | None = None,
+        entities: CodeArray | None = None,
     ) -> None:
         self.levels = levels
         self.counts = counts
-        self._codes: tuple[IntpArray | None, ...] | None = codes
+        self._codes: tuple[CodeArray | None, ...] | None = codes
         self._sensitive = sensitive
         self._entities = entities
         self._chunks: tuple[IntpArray, ...] | None = None
@@ -315,7 +326,7 @@ class Table:
             self._representative = None
 
     @property
-    def codes(self) -> tuple[IntpArray | None, ...]:
+    def codes(self) -> tuple[LabelArray | None, ...]:
         """Per-column label numbers (unpacked from the chunks once the table is packed; a rolled-up
         table must have served as a source first)."""
         if self._codes is not None:
@@ -325,12 +336,12 @@ class Table:
         return self._layout.unpack(self._chunks)
 
     @property
-    def sensitive(self) -> IntpArray | None:
+    def sensitive(self) -> CodeArray | None:
         self._gather_side()
         return self._sensitive
 
     @property
-    def entities(self) -> IntpArray | None:
+    def entities(self) -> CodeArray | None:
         self._gather_side()
         return self._entities
 
@@ -354,7 +365,7 @@ class Problem:
     heights: tuple[int, ...]
     domain_sizes: tuple[int, ...]
     cardinality: tuple[tuple[int, ...], ...]
-    up: tuple[tuple[tuple[npt.NDArray[np.intp] | None, ...], ...], ...]
+    up: tuple[tuple[tuple[CodeArray | None, ...], ...], ...]
     leaves: tuple[tuple[Int64Array, ...], ...]
     bound_numerator: tuple[tuple[int, ...], ...]
     gaps: tuple[tuple[int, ...], ...]
@@ -391,11 +402,11 @@ class Problem:
             heights.append(height)
             domains.append(int(codes[0].size))
             cardinality.append(tuple(int(level_leaves[q][h].size) for h in range(height)))
-            maps: list[tuple[npt.NDArray[np.intp] | None, ...]] = []
+            maps: list[tuple[CodeArray | None, ...]] = []
             for low in range(height):
-                row: list[npt.NDArray[np.intp] | None] = [None] * height
+                row: list[CodeArray | None] = [None] * height
                 for high in range(low + 1, height):
-                    mapping = np.zeros(cardinality[q][low], dtype=np.intp)
+                    mapping = np.zeros(cardinality[q][low], dtype=np.int32)
                     mapping[codes[low]] = codes[high]
                     row[high] = mapping
                 maps.append(tuple(row))
@@ -565,10 +576,33 @@ class Evaluation:
 
 def _class_keys(
     problem: Problem, source: Table, levels: tuple[int, ...]
-) -> tuple[Int64Array, int, Int64Array | None]:
+) -> tuple[Int64Array, int, Int64Array | None, int]:
     """One integer key per combination of ``source`` at ``levels`` (quasi-identifiers, then the
-    sensitive value, then the entity: classes are runs of keys), its bound, and, with entities,
-    the key of the quasi-identifiers alone (the class of each combination)."""
+    sensitive value, then the entity: classes are runs of keys), its bound, and, with entities, how
+    to find the key of the quasi-identifiers alone (the class of each combination): ``key //
+    divisor`` when the sensitive value and entity were appended without renumbering (no copy), else
+    a copy of the class keys (``divisor`` 0)."""
+    key, bound = _label_key(problem, source, levels)
+    entities, sensitive = source.entities, source.sensitive
+    class_key, divisor = None, 0
+    if entities is not None:
+        tail = (problem.sensitive_values if sensitive is not None else 1) * problem.entity_values
+        if bound * tail < _KEY_LIMIT:  # nothing is renumbered below: classes are key // tail
+            divisor = tail
+        else:
+            class_key = np.zeros(source.size, dtype=np.int64) if key is None else key.copy()
+    if sensitive is not None:
+        key, bound = _extend_key(key, bound, sensitive, problem.sensitive_values)
+    if entities is not None:
+        key, bound = _extend_key(key, bound, entities, problem.entity_values)
+    if key is None:
+        key = np.zeros(source.size, dtype=np.int64)
+    return key, bound, class_key, divisor
+
+
+def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tuple[Int64Array | None, int]:
+    """The key of the quasi-identifiers' labels at ``levels`` (``None`` if all are at the top) and
+    its bound: each chunk's dense number at ``levels`` through its lookup table, in mixed radix."""
     chunks = source.chunks(problem)
     parts: list[tuple[IntpArray, IntpArray, int]] = []
     lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
@@ -587,25 +621,14 @@ def _class_keys(
             else:
                 key += piece
             stride *= card
-    else:
-        bound = 1
-        for lut, values, card in parts:
-            key, bound = _extend_key(key, bound, lut[values], card)
-    entities = source.entities
-    class_key = None
-    if entities is not None:
-        class_key = np.zeros(source.size, dtype=np.int64) if key is None else key.copy()
-    sensitive = source.sensitive
-    if sensitive is not None:
-        key, bound = _extend_key(key, bound, sensitive, problem.sensitive_values)
-    if entities is not None:
-        key, bound = _extend_key(key, bound, entities, problem.entity_values)
-    if key is None:
-        key = np.zeros(source.size, dtype=np.int64)
-    return key, bound, class_key
+        return key, bound
+    bound = 1
+    for lut, values, card in parts:
+        key, bound = _extend_key(key, bound, lut[values], card)
+    return key, bound
 
 
-def _extend_key(key: Int64Array | None, bound: int, labels: IntpArray, radix: int) -> tuple[Int64Array, int]:
+def _extend_key(key: Int64Array | None, bound: int, labels: LabelArray, radix: int) -> tuple[Int64Array, int]:
     if key is None:
         return labels.astype(np.int64), radix
     if radix == 1:
@@ -648,7 +671,7 @@ def _failing_entity_classes(
     counts: Int64Array,
     unique: Int64Array,
     group_class_key: Int64Array,
-    group_entities: IntpArray,
+    group_entities: CodeArray,
     diversity: bool,
 ) -> tuple[IntpArray, Int64Array, npt.NDArray[np.bool_], IntpArray, Int64Array]:
     """``_failing_classes`` when k counts distinct entities: groups are (class, sensitive, entity)
@@ -659,13 +682,24 @@ def _failing_entity_classes(
     new_class = np.empty(groups, dtype=np.bool_)
     new_class[:1] = True
     np.not_equal(group_class_key[1:], group_class_key[:-1], out=new_class[1:])
+    del group_class_key
     starts = np.flatnonzero(new_class)
-    class_of_group = np.cumsum(new_class) - 1
+    class_of_group = np.cumsum(new_class, dtype=np.intp)
+    class_of_group -= 1
     sizes = np.add.reduceat(counts, starts) if groups else counts
     classes = int(starts.size)
-    pairs = class_of_group.astype(np.int64) * problem.entity_values + group_entities
-    _, distinct_pairs, _ = group_keys(pairs, max(classes * problem.entity_values, 1))
-    entities = np.bincount(distinct_pairs // problem.entity_values, minlength=classes).astype(np.int64)
+    # Distinct (class, entity) pairs by one in-place sort: 9 bytes per group, where grouping the
+    # pairs (group_keys) would allocate several arrays of 8.
+    pairs = class_of_group.astype(np.int64)
+    pairs *= problem.entity_values
+    pairs += group_entities
+    pairs.sort()
+    new_pair = np.empty(groups, dtype=np.bool_)
+    new_pair[:1] = True
+    np.not_equal(pairs[1:], pairs[:-1], out=new_pair[1:])
+    pairs //= problem.entity_values
+    entities = np.bincount(pairs[new_pair], minlength=classes).astype(np.int64)
+    del pairs, new_pair
     failed = entities < problem.k
     if diversity and problem.l is not None and problem.l > 1:
         prefix = unique // problem.entity_values  # (class, sensitive value), in key order
@@ -700,17 +734,18 @@ def evaluate(
     are ``None``. With ``details``, also return the class sizes, which classes fail, and, for each
     combination of ``source``, whether its records are suppressed.
     """
-    key, bound, class_key = _class_keys(problem, source, levels)
+    key, bound, class_key, divisor = _class_keys(problem, source, levels)
     unique, representative, counts, inverse = _group(key, bound, source.counts, inverse=details)
+    del key
     source_entities = source.entities
     class_entities: Int64Array | None = None
     class_of_group: IntpArray | None
-    if class_key is not None and source_entities is not None:
+    if source_entities is not None:
         starts, sizes, failed, class_of_group, class_entities = _failing_entity_classes(
             problem,
             counts,
             unique,
-            class_key[representative],
+            unique // divisor if class_key is None else class_key[representative],
             source_entities[representative],
             source.sensitive is not None,
         )
@@ -779,7 +814,13 @@ class SearchOutcome:
 
 class _Cache:
     """Tables of evaluated nodes to roll new nodes up from, oldest evicted first past ``budget``
-    combinations (the base table always stays)."""
+    combinations (the base table always stays).
+
+    A table is kept only if it has at most ``CACHE_MAX_SHARE`` of the combinations of the table it
+    was rolled up from: a later node rolled up from it instead of from that source would save less
+    than a quarter of the work, not worth its memory. (With k counted in entities nearly every
+    record is a combination of its own at every node, and such tables are all of that kind.)
+    """
 
     def __init__(self, base: Table, budget: int) -> None:
         self._tables: list[Table] = [base]
@@ -795,9 +836,10 @@ class _Cache:
         below = (self._levels[:count] <= levels).all(axis=1)
         return self._tables[int(np.argmin(np.where(below, self._sizes[:count], np.inf)))]
 
-    def add(self, table: Table) -> None:
-        if table.size > self._budget // 2:
-            return
+    def add(self, table: Table, source: Table) -> bool:
+        """Keep ``table`` (rolled up from ``source``) if it is worth its memory; say whether it was."""
+        if table.size > self._budget // 2 or table.size > CACHE_MAX_SHARE * source.size:
+            return False
         while self._used + table.size > self._budget and len(self._tables) > 1:
             self._used -= self._tables.pop(1).size
             count = len(self._tables)
@@ -811,6 +853,7 @@ class _Cache:
         self._levels[count] = table.levels
         self._sizes[count] = table.size
         self._used += table.size
+        return True
 
 
 def _monotone(problem: Problem) -> bool:
@@ -925,7 +968,7 @@ class _Search:
         self.checked += 1
         self.done[node] = True
         if outcome.table is not None:
-            self.cache.add(outcome.table)
+            self.cache.add(outcome.table, source)
         if outcome.suppressed > problem.max_suppressed:
             if self.monotone:
                 self.status[lattice.specializations(levels)] = _NOT_ANONYMOUS
@@ -945,14 +988,17 @@ class _Search:
         loss = problem.total_loss(problem.loss_terms(outcome.numerators))
         candidate = (loss, self.heights[node], node)
         if candidate < self.best:
-            self.best, self.best_evaluation = candidate, outcome
+            # Without its table: the best node's table is no source for others unless cached.
+            self.best, self.best_evaluation = candidate, replace(outcome, table=None)
 
     def source_for(self, levels: tuple[int, ...]) -> Table:
         """The smallest cached table below ``levels``. When that is the input's table (the largest)
         and the input is small beside the cache budget, it is first rolled up to the meet of
         ``levels`` and the previous node evaluated from it (once per meet): nodes evaluated in turn
-        tend to share levels, and the next ones can start from that smaller table. Only the cost
-        changes, never a result: any table at a node ≤ ``levels`` is a valid source."""
+        tend to share levels, and the next ones can start from that smaller table. A meet's table
+        the cache refuses (more than ``CACHE_MAX_SHARE`` of the input) is dropped and ends the
+        sharing for this search. Only the cost changes, never a result: any table at a node ≤
+        ``levels`` is a valid source."""
         source = self.cache.source_for(levels)
         if source.levels != self.base_levels or not self.share_meets:
             return source
@@ -966,8 +1012,13 @@ class _Search:
         shared = evaluate(self.problem, source, meet, keep_table=True, loss_cap=-math.inf).table
         if shared is None:  # pragma: no cover -- asked for with keep_table
             return source
-        self.cache.add(shared)
-        return shared
+        if self.cache.add(shared, source):
+            return shared
+        # Nearly as large as the input (with entities nearly every record stays a combination of
+        # its own at every node): no cheaper source, and holding it beside the input would raise
+        # the peak. Later meets would be alike; stop building them.
+        self.share_meets = False
+        return source
 
     def refined_bound(self, node: int) -> float:
         """LB(node) with the suppression its generalizations prove unavoidable (monotone models):
@@ -1016,9 +1067,12 @@ def search(
     """Find the optimal node (see the module docstring); raises ``NoAnonymousTransformation``.
 
     ``cache_budget`` bounds the combinations kept in rolled-up tables (default ``CACHE_BUDGET``, 2^21:
-    a fixed cap, at most about 120 MB, so the cache does not grow with the input — with an entity
-    column nearly every record is a combination of its own, and a budget proportional to the base
-    would hold several copies of the table).
+    a fixed cap, so the cache does not grow with the input; a combination costs 16 bytes — int64
+    count and representative — and, once its table serves as a source, an int64 count, 8 bytes per
+    chunk of quasi-identifiers and 4 per sensitive value and entity instead). Tables that keep more than
+    ``CACHE_MAX_SHARE`` of their source's combinations are not cached at all: with an entity column
+    nearly every record is a combination of its own at every node, and such tables would be copies
+    of the input that save no work.
     """
     started = clock()
     state = _Search(problem, base, cache_budget if cache_budget is not None else CACHE_BUDGET)

@@ -115,6 +115,7 @@ def create_app(
             idle=timedelta(minutes=settings.page_idle_minutes),
             lifetime=timedelta(hours=settings.page_max_hours),
         ),
+        on_background_error=_log_claim_keeper_error,
     )
     worker = DeliveryWorker(webhook_delivery_for(billing, clock=clock), on_error=_log_worker_error)
 
@@ -225,6 +226,10 @@ def webhook_delivery_for(billing: Billing, *, clock: Callable[[], datetime] = ut
 
 def _log_worker_error(error: Exception) -> None:
     get_logger("api.webhooks").error("webhook_worker_error", error_type=type(error).__name__)
+
+
+def _log_claim_keeper_error(error: Exception) -> None:
+    get_logger("api.idempotency").error("idempotency_claim_keeper_error", error_type=type(error).__name__)
 
 
 def gateway_from_settings(settings: Settings) -> PaymentGateway | None:

@@ -6,6 +6,10 @@ request while passing the response through, then stores it — sealed — unless
 our side (5xx) or a refusal of card data, in which case the key is released so a retry runs again.
 A replay answers the stored status and body with ``Idempotent-Replayed: true``. Responses
 pass through buffered (they are small JSON documents) so they are stored before the client sees them.
+While the request runs its claim is bound, so that an operation whose change is one transaction
+stores its answer in that very transaction (a crash can then not separate the change from its
+answer); the claim is a lease that a retry takes over once the process holding it is dead (see
+``billing``'s ``IdempotencyStore``).
 """
 
 from __future__ import annotations
@@ -87,8 +91,12 @@ class IdempotencyMiddleware(ASGIMiddleware):
             else:
                 await send(message)
 
+        # The status the handler answers on success, for an operation that stores its answer in
+        # the transaction of its change (billing's IdempotencyStore.record_outcome).
+        status_on_success = getattr(scope.get("route_handler"), "status_code", None) or 200
         try:
-            await next_app(scope, replay_receive, capture)
+            with billing.idempotency.bound(actor.tenant_id, key, status_on_success):
+                await next_app(scope, replay_receive, capture)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(partial(billing.idempotency.release, actor.tenant_id, key))

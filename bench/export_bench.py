@@ -17,8 +17,14 @@
   search and writing the file.
 * ``collect-<period>``: the same export read whole into one DataFrame, then written — what the
   service did before streaming — for the memory comparison side by side.
+* ``search-<period>``: the search alone, without the database: the seeded invoices of the period
+  drawn again from the seed, turned into the engine input pass 1 builds (four leaf columns,
+  category, client; 4 bytes each) and given to ``anonymize.plan_release`` (same k, l and
+  suppression) under ``tracemalloc``. ``combinations`` counts the distinct (leaves, category,
+  client) tuples, ``search_traced_peak_mb`` is the engine's own NumPy memory at its peak (base
+  table and working arrays; the input excluded), and ``search_bytes_per_combination`` their ratio.
 
-Usage: ``python -m bench.export_bench [--only export-seed,export-1y,export-4y] [--invoices N]``.
+Usage: ``python -m bench.export_bench [--only export-seed,export-1y,export-4y,search-4y] [--invoices N]``.
 """
 
 from __future__ import annotations
@@ -31,14 +37,26 @@ import resource
 import subprocess
 import sys
 import time
+import tracemalloc
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 from sqlalchemy import MetaData, insert
 
-from anonymize import encode_release
+from anonymize import (
+    AnonymizationConfig,
+    EncodedTable,
+    age_bands,
+    date_levels,
+    encode_release,
+    flat_hierarchy,
+    plan_release,
+    postcode_prefix,
+)
 from billing import (
     Actor,
     Billing,
@@ -62,7 +80,12 @@ PERIODS = {
     "2y": (date(2024, 1, 1), date(2025, 12, 31)),
     "4y": (date(2022, 1, 1), date(2025, 12, 31)),
 }
-CASES = ["export-seed", *(f"export-{p}" for p in PERIODS), *(f"collect-{p}" for p in PERIODS)]
+CASES = [
+    "export-seed",
+    *(f"export-{p}" for p in PERIODS),
+    *(f"collect-{p}" for p in PERIODS),
+    *(f"search-{p}" for p in PERIODS),
+]
 DEFAULT_CASES = ["export-seed", "export-1y", "export-2y", "export-4y", "collect-1y", "collect-4y"]
 CATEGORIES = [f"service-{index:02d}" for index in range(12)]
 BATCH = 20_000
@@ -93,6 +116,35 @@ def paths(invoices: int) -> tuple[Path, Path, Path]:
     )
 
 
+def draw_clients(
+    rng: np.random.Generator, customers: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.datetime64], npt.NDArray[np.str_]]:
+    """Each client's postcode (2,000 codes, skewed), birth date (1930-2006) and gender."""
+    postcodes = np.sort(rng.choice(np.arange(1000, 96000), size=2000, replace=False))
+    weight = rng.lognormal(0.0, 1.0, size=postcodes.size)
+    client_postcode = rng.choice(postcodes, size=customers, p=weight / weight.sum())
+    client_birth = np.datetime64("1930-01-01") + rng.integers(0, 365 * 77, size=customers).astype(
+        "timedelta64[D]"
+    )
+    client_gender = rng.choice(
+        np.array(["female", "male", "non_binary"]), size=customers, p=[0.5, 0.48, 0.02]
+    )
+    return client_postcode, client_birth, client_gender
+
+
+def draw_invoices(
+    rng: np.random.Generator, invoices: int, customers: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each invoice's issue day (days since 1970, 2022-2025, ascending), client, category and net."""
+    days = (np.datetime64("2022-01-01") - np.datetime64("1970-01-01")).astype(np.int64) + np.sort(
+        rng.integers(0, 365 * 4 + 1, size=invoices)
+    )
+    owner = rng.integers(0, customers, size=invoices)
+    category = rng.choice(len(CATEGORIES), size=invoices, p=rng.dirichlet(np.full(len(CATEGORIES), 2.0)))
+    amount = rng.integers(20, 400, size=invoices) * 100
+    return days, owner, category, amount
+
+
 def _seed_customers(
     db: Database,
     tables: MetaData,
@@ -104,15 +156,7 @@ def _seed_customers(
     now: datetime,
 ) -> tuple[list[str], list[DataKey]]:
     """Clients with their two data keys, PII sealed under the profile key."""
-    postcodes = np.sort(rng.choice(np.arange(1000, 96000), size=2000, replace=False))
-    weight = rng.lognormal(0.0, 1.0, size=postcodes.size)
-    client_postcode = rng.choice(postcodes, size=customers, p=weight / weight.sum())
-    client_birth = np.datetime64("1930-01-01") + rng.integers(0, 365 * 77, size=customers).astype(
-        "timedelta64[D]"
-    )
-    client_gender = rng.choice(
-        np.array(["female", "male", "non_binary"]), size=customers, p=[0.5, 0.48, 0.02]
-    )
+    client_postcode, client_birth, client_gender = draw_clients(rng, customers)
     customer_ids = [_id("cus") for _ in range(customers)]
     record_keys: list[DataKey] = []
     with db.engine.begin() as connection:
@@ -180,12 +224,7 @@ def _seed_invoices(
     now: datetime,
 ) -> None:
     """Finalized invoices with one line each, content sealed under the client's record key."""
-    days = (np.datetime64("2022-01-01") - np.datetime64("1970-01-01")).astype(np.int64) + np.sort(
-        rng.integers(0, 365 * 4 + 1, size=invoices)
-    )
-    owner = rng.integers(0, len(customer_ids), size=invoices)
-    category = rng.choice(len(CATEGORIES), size=invoices, p=rng.dirichlet(np.full(len(CATEGORIES), 2.0)))
-    amount = rng.integers(20, 400, size=invoices) * 100
+    days, owner, category, amount = draw_invoices(rng, invoices, len(customer_ids))
     sequence: dict[int, int] = {}
     with db.engine.begin() as connection:
         invoice_rows, line_rows = [], []
@@ -331,6 +370,101 @@ def run_export(invoices: int, period: str, collect: bool) -> dict[str, object]:
     }
 
 
+def _month_day(dates: npt.NDArray[np.datetime64]) -> npt.NDArray[np.int64]:
+    """Month·100 + day of month."""
+    months = dates.astype("datetime64[M]")
+    return (months.astype(np.int64) % 12 + 1) * 100 + (dates - months).astype(np.int64) + 1
+
+
+def _leaf_codes(
+    values: npt.NDArray[np.int64], index: dict[str, int], label: Callable[[int], str]
+) -> npt.NDArray[np.int32]:
+    """Each value's leaf position, looked up once per distinct value."""
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return np.asarray([index[label(int(v))] for v in distinct.tolist()], dtype=np.int32)[inverse]
+
+
+def run_search(invoices: int, customers: int, period: str) -> dict[str, object]:
+    """The search alone (called in a child): the engine input the export's pass 1 would build for
+    the seeded invoices of the period — drawn again from the seed, no database — and
+    ``plan_release`` under ``tracemalloc``, whose peak is the search's own NumPy working memory."""
+    rng = np.random.default_rng(SEED)
+    client_postcode, client_birth, client_gender = draw_clients(rng, customers)
+    days, owner, category, _ = draw_invoices(rng, invoices, customers)
+    start, end = PERIODS[period]
+    epoch = date(1970, 1, 1).toordinal()
+    chosen = (days >= start.toordinal() - epoch) & (days <= end.toordinal() - epoch)
+    days, owner, category = days[chosen], owner[chosen], category[chosen]
+    issued = days.astype("datetime64[D]")
+    born = client_birth[owner]
+    ages = (  # whole years at the issue date, as the export computes them
+        issued.astype("datetime64[Y]").astype(np.int64)
+        - born.astype("datetime64[Y]").astype(np.int64)
+        - (_month_day(issued) < _month_day(born))
+    )
+    postcodes = sorted({f"{code:05d}" for code in client_postcode[owner].tolist()})
+    region = postcode_prefix(postcodes, keep=(5, 3, 2, 0))
+    age_band = age_bands(sorted(set(ages.tolist())), (5, 10, 20), 90)
+    genders = np.unique(client_gender).tolist()
+    gender = flat_hierarchy(genders)
+    dates = np.unique(days)
+    period_tree = date_levels(date.fromordinal(epoch + int(day)) for day in dates.tolist())
+    leaves = {
+        "region": _leaf_codes(client_postcode[owner], region.leaf_index(), lambda v: f"{v:05d}"),
+        "age_band": _leaf_codes(ages, age_band.leaf_index(), str),
+        "gender": _leaf_codes(
+            np.searchsorted(genders, client_gender)[owner], gender.leaf_index(), lambda v: genders[v]
+        ),
+        "period": _leaf_codes(
+            days, period_tree.leaf_index(), lambda v: date.fromordinal(epoch + v).isoformat()
+        ),
+    }
+    sensitive, entities = category.astype(np.int32), owner.astype(np.int32)
+    encoded = EncodedTable(
+        leaves=leaves,
+        sensitive=sensitive,
+        sensitive_values=len(CATEGORIES),
+        entities=entities,
+        entity_values=customers,
+    )
+    input_bytes = sum(a.nbytes for a in (*leaves.values(), sensitive, entities))
+    trees = {"region": region, "age_band": age_band, "gender": gender, "period": period_tree}
+    key = np.zeros(days.size, dtype=np.int64)
+    for column, radix in (
+        *((leaves[name], tree.domain_size) for name, tree in trees.items()),
+        (sensitive, len(CATEGORIES)),
+        (entities, customers),
+    ):
+        key = key * radix + column
+    combinations = int(np.unique(key).size)
+    del key, issued, born, ages, chosen
+    config = AnonymizationConfig(
+        quasi_identifiers=trees,
+        sensitive="category",
+        k=5,
+        l=2,
+        suppression_limit=0.05,
+        entity="customer",
+    )
+    tracemalloc.start()
+    started = time.perf_counter()
+    plan = plan_release(encoded, config)
+    search_s = time.perf_counter() - started
+    traced_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {
+        "case": f"search-{period}",
+        "rows": int(days.size),
+        "combinations": combinations,
+        "input_mb": round(input_bytes / 2**20, 1),
+        "search_traced_peak_mb": round(traced_peak / 2**20, 1),
+        "search_bytes_per_combination": round(traced_peak / max(combinations, 1), 1),
+        "search_s": round(search_s, 2),
+        "levels": dict(plan.guarantee.levels),
+        "suppressed": plan.guarantee.suppressed,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--only", default=",".join(DEFAULT_CASES), help=f"cases among {', '.join(CASES)}")
@@ -341,13 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     customers = options.customers or max(options.invoices // 10, 1)
     if options.child:
         kind, period = options.child.split("-", 1)
-        print(json.dumps(run_export(options.invoices, period, kind == "collect")), flush=True)
+        if kind == "search":
+            print(json.dumps(run_search(options.invoices, customers, period)), flush=True)
+        else:
+            print(json.dumps(run_export(options.invoices, period, kind == "collect")), flush=True)
         return 0
     names = [name.strip() for name in options.only.split(",") if name.strip()]
     unknown = set(names) - set(CASES)
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
-    if "export-seed" in names or any(name != "export-seed" for name in names):
+    if "export-seed" in names or any(name.startswith(("export-", "collect-")) for name in names):
         state = seed(options.invoices, customers)
         print(json.dumps({"case": "export-seed", **state}), flush=True)
     for name in names:

@@ -37,7 +37,7 @@ from billing._events import (
     EventView,
 )
 from billing._hsm import HsmMigrationMasterKeys, Pkcs11Config, Pkcs11MasterKeys, migrate_to_hsm
-from billing._idempotency import IdempotencyStore, StoredResponse
+from billing._idempotency import CLAIM_LEASE, IdempotencyStore, StoredResponse
 from billing._inventory import (
     Inventory,
     InventoryEntry,
@@ -56,6 +56,7 @@ from billing._invoices import (
     InvoiceStatus,
     InvoiceSummary,
     InvoiceView,
+    TaxLine,
 )
 from billing._keyring import (
     Keyring,
@@ -134,6 +135,7 @@ from billing._webhook_signing import SigningSecret, generate_secret, sign, signa
 from billing._webhook_urls import Destination, DestinationPolicy, address_allowed
 
 __all__ = [
+    "CLAIM_LEASE",
     "DATA_CATEGORIES",
     "DEFAULT_ROTATION_BATCH_SIZE",
     "EVENT_TYPES",
@@ -248,6 +250,7 @@ __all__ = [
     "SubjectKeyRotation",
     "SubjectKeyRotationService",
     "SubjectPurpose",
+    "TaxLine",
     "TenantService",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -18,6 +18,7 @@ Events never hold PII: subjects and resources are ids, ``detail`` is a small JSO
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ from datetime import datetime
 from hashlib import sha256
 from typing import Any
 
-from sqlalchemy import delete, func, true
+from sqlalchemy import Insert, Select, Update, bindparam, delete, func, insert, true, update
 from sqlmodel import Session, col, select
 
 from billing._actor import Actor
@@ -103,14 +104,22 @@ class AuditTrail:
         outcome: str = "success",
         detail: Mapping[str, str | int | bool | None] | None = None,
     ) -> AuditEvent:
-        """Append one event in ``session``'s transaction; it is kept only if that commits."""
+        """Append one event in ``session``'s transaction; it is kept only if that commits.
+
+        Returns the event as appended (not attached to ``session``; its database ``id`` is not read
+        back). Observers see it after it is written, in the same transaction.
+        """
         tenant = tenant_id or (actor.tenant_id if actor else None) or None
         chain = tenant or SYSTEM_CHAIN
-        head = _lock_head(session, chain)
+        # What the unit of work has pending is written first, so the link follows what it records
+        # and a failing write fails here, as when the link was flushed through the ORM; the
+        # append's own statements are Core statements, which the session does not autoflush for.
+        session.flush()
+        head_seq, head_mac = _lock_head(session, chain)
         key = self._keyring.active_audit
         event = AuditEvent(
             chain=chain,
-            seq=head.seq + 1,
+            seq=head_seq + 1,
             occurred_at=self._clock(),
             tenant_id=tenant,
             actor_key_id=actor.key_id if actor else None,
@@ -125,15 +134,11 @@ class AuditTrail:
             user_agent=(actor.user_agent or "")[:200] or None if actor else None,
             detail=json.dumps(dict(detail), sort_keys=True) if detail else None,
             audit_key_id=key.key_id,
-            prev_mac=head.mac,
+            prev_mac=head_mac,
             mac="",
         )
         event.mac = _mac(key.material, event)
-        session.add(event)
-        head.seq = event.seq
-        head.mac = event.mac
-        session.add(head)
-        session.flush()
+        _append(session, event)
         for observer in self._observers:
             observer(session, event)
         return event
@@ -264,9 +269,75 @@ def _check_tail(head: AuditHead | None, chain: str, last_seq: int, last_mac: str
     return None
 
 
-def _lock_head(session: Session, chain: str) -> AuditHead:
-    insert_ignore(session, AuditHead, {"chain": chain, "seq": 0, "mac": GENESIS_MAC})
-    return session.exec(select(AuditHead).where(AuditHead.chain == chain).with_for_update()).one()
+def _lock_head(session: Session, chain: str) -> tuple[int, str]:
+    """The ``seq`` and ``mac`` of the chain's head, whose row stays locked until commit; the head
+    is created (once, whatever the concurrency) if missing.
+
+    One statement on every append but a chain's first: the head is locked first and inserted only
+    when it is not there. Concurrent first appends both insert ``ON CONFLICT DO NOTHING``; the
+    second waits for the first to commit, and both then lock the one row. Read as plain columns,
+    not as an ORM object, so a second append in the same transaction sees the head as the first
+    one left it.
+    """
+    query = _statements().lock_head
+    row = session.execute(query, {"chain": chain}).one_or_none()
+    if row is None:
+        insert_ignore(session, AuditHead, {"chain": chain, "seq": 0, "mac": GENESIS_MAC})
+        row = session.execute(query, {"chain": chain}).one()
+    return int(row.seq), str(row.mac)
+
+
+def _append(session: Session, event: AuditEvent) -> None:
+    """Insert ``event`` and move its chain's head (locked by :func:`_lock_head`) to it.
+
+    On PostgreSQL one statement does both (the insert is a data-modifying CTE of the head's
+    update), so an audited request pays one round trip for them, not two; elsewhere (SQLite,
+    in-process) two statements. Either way both happen in the caller's transaction or neither.
+    """
+    statements = _statements()
+    values = {f"e_{name}": getattr(event, name) for name in statements.event_columns}
+    head = {"head_chain": event.chain, "head_seq": event.seq, "head_mac": event.mac}
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(statements.append, {**values, **head})
+    else:
+        session.execute(statements.insert_event, values)
+        session.execute(statements.move_head, head)
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    lock_head: Select[tuple[int, str]]
+    event_columns: tuple[str, ...]
+    insert_event: Insert
+    move_head: Update
+    append: Update
+
+
+@functools.cache
+def _statements() -> _Statements:
+    """The append's statements, built once with bound parameters (cheaper than rebuilding them
+    for every event; SQLAlchemy then finds their compiled form in its cache at once)."""
+    events = AuditEvent.__table__  # type: ignore[attr-defined]
+    columns = tuple(column for column in events.columns if column.name != "id")
+    insert_event = insert(events).values({c.name: bindparam(f"e_{c.name}", type_=c.type) for c in columns})
+    heads = AuditHead.__table__  # type: ignore[attr-defined]
+    move_head = (
+        update(heads)
+        .where(heads.c.chain == bindparam("head_chain", type_=heads.c.chain.type))
+        .values(
+            seq=bindparam("head_seq", type_=heads.c.seq.type),
+            mac=bindparam("head_mac", type_=heads.c.mac.type),
+        )
+    )
+    return _Statements(
+        lock_head=select(heads.c.seq, heads.c.mac)
+        .where(heads.c.chain == bindparam("chain", type_=heads.c.chain.type))
+        .with_for_update(),
+        event_columns=tuple(c.name for c in columns),
+        insert_event=insert_event,
+        move_head=move_head,
+        append=move_head.add_cte(insert_event.cte("appended")),
+    )
 
 
 def _checkpoint_signature(key: bytes, chain: str, seq: int, mac: str) -> str:

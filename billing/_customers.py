@@ -21,8 +21,9 @@ from billing._audit import AuditTrail
 from billing._blind_index import blind_index, normalize_email, normalize_ref
 from billing._db import Database, get_for_tenant
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
+from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
-from billing._keys import SubjectKeys
+from billing._keys import SubjectKeys, open_across_a_rotation
 from billing._models import Customer, new_id
 from billing.errors import CustomerErased
 
@@ -112,17 +113,20 @@ class CustomerService:
         *,
         clock: Callable[[], datetime],
         rng: Callable[[int], bytes] = os.urandom,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._db = db
         self._keyring = keyring
         self._audit = audit
         self._clock = clock
         self._rng = rng
+        self._idempotency = idempotency
 
     def _keys(self, session: Session) -> SubjectKeys:
         return SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
 
     def create(self, actor: Actor, data: CustomerInput) -> CustomerView:
+        """A new client, its data keys, its sealed PII; in a keyed request, its answer too."""
         now = self._clock()
         customer = Customer(id=new_id("cus"), tenant_id=actor.tenant_id, created_at=now, updated_at=now)
         with self._db.transaction() as session:
@@ -141,7 +145,10 @@ class CustomerService:
                 resource_id=customer.id,
                 subject_id=customer.id,
             )
-            return _view(customer, values)
+            view = _view(customer, values)
+            if self._idempotency is not None:
+                self._idempotency.record_outcome(session, actor.tenant_id, view)
+            return view
 
     def read(self, actor: Actor, customer_id: str) -> CustomerView:
         """The decrypted client; the read is audited. Raises NotFound, CustomerErased, DecryptionError."""
@@ -183,10 +190,20 @@ class CustomerService:
     def find_by_external_ref(self, actor: Actor, external_ref: str) -> list[CustomerView]:
         return self._find(actor, "external_ref", normalize_ref(external_ref))
 
-    def snapshot_for_invoice(self, session: Session, tenant_id: str, customer_id: str) -> dict[str, object]:
-        """Name, email and address to copy onto an invoice (in the caller's transaction)."""
-        customer = _get_live(session, tenant_id, customer_id)
-        profile = self._keys(session).get(tenant_id, customer.id, "profile")
+    def snapshot_for_invoice(
+        self, session: Session, customer: Customer, keys: SubjectKeys | None = None
+    ) -> dict[str, object]:
+        """Name, email and address of ``customer`` (a row the caller loaded, and locked if it
+        seals with them) to copy onto an invoice, in the caller's transaction; ``keys`` is the
+        caller's unit of keys, when it has one.
+
+        Raises:
+            CustomerErased: the client was erased (there is nothing to copy any more).
+            DecryptionError: the profile key is missing or does not unwrap.
+        """
+        if customer.erased_at is not None:
+            raise CustomerErased(resource="customer")
+        profile = (keys or self._keys(session)).get(customer.tenant_id, customer.id, "profile")
         values = self._open_values(customer, profile)
         return {
             "name": values["name"],
@@ -217,8 +234,11 @@ class CustomerService:
         return self._open(session, customer)
 
     def _open(self, session: Session, customer: Customer) -> CustomerView:
-        profile = self._keys(session).get(customer.tenant_id, customer.id, "profile")
-        return _view(customer, self._open_values(customer, profile))
+        def open_values() -> CustomerView:
+            profile = self._keys(session).get(customer.tenant_id, customer.id, "profile")
+            return _view(customer, self._open_values(customer, profile))
+
+        return open_across_a_rotation(open_values, lambda: session.refresh(customer))
 
     def _audit_read(self, session: Session, actor: Actor, customer_id: str) -> None:
         self._audit.record(

@@ -6,17 +6,43 @@ other gets ``IdempotencyInProgress``); a finished key with the same request fing
 stored response; a different fingerprint raises ``IdempotencyKeyReused``. ``complete`` stores the
 response sealed under the tenant's ``idempotency`` key (responses can hold PII); ``release`` forgets
 a claim whose request failed on our side, so the client's retry runs again.
+
+**A claim is a lease.** A process killed in the middle of a request (``kill -9``, the OOM killer, a
+lost machine) can neither complete nor release its claim. So an ``in_progress`` record's
+``expires_at`` is the end of a short lease (:data:`CLAIM_LEASE`), not of the 24-hour replay
+window: while the request runs, a keeper thread of the process holding the claim extends the lease
+every quarter of it (:meth:`IdempotencyStore.extend_claims`, one short transaction per claim the
+process holds); once the holder is dead the lease runs out, and the client's retry with the same
+key and request takes the claim over and runs again. A retry with another request still gets
+``IdempotencyKeyReused``. Liveness is the only thing kept in process memory; which request holds a
+key is decided by the database alone. ``complete`` sets ``expires_at`` to the end of the replay
+window.
+
+**The answer is stored with the change.** A process can also die after the request's change was
+committed and before ``complete`` stored its answer; the retry would then make the change again
+(a second client, a second draft) or be refused (finalizing an invoice already open). So while a
+keyed request runs, its claim is *bound* (:meth:`IdempotencyStore.bound`, a context variable that
+follows the request into the worker thread), and an operation whose whole change is one
+transaction stores its answer inside that transaction (:meth:`IdempotencyStore.record_outcome`):
+the change and its answer are committed together or not at all. ``complete`` then finds the key
+done and leaves it. Operations with several transactions around gateway calls (pay, refund) rely
+instead on finding their own earlier work by the derived gateway key when run again.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
-from sqlmodel import col, select
+import msgspec
+from sqlalchemy import delete, or_, update
+from sqlmodel import Session, col, select
 
 from billing._db import Database, insert_ignore
 from billing._envelope import FieldContext, open_sealed, seal
@@ -25,9 +51,25 @@ from billing._keys import SubjectKeys
 from billing._models import IdempotencyRecord
 from billing.errors import IdempotencyInProgress, IdempotencyKeyReused
 
-__all__ = ["IDEMPOTENCY_TTL", "IdempotencyStore", "StoredResponse"]
+__all__ = ["CLAIM_LEASE", "IDEMPOTENCY_TTL", "IdempotencyStore", "StoredResponse"]
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+CLAIM_LEASE = timedelta(seconds=10)
+"""How long an ``in_progress`` claim outlives the last extension by the process running its request.
+
+Its keeper extends it every quarter of this, so a live request keeps its claim unless its process
+cannot reach the database for that long; a retry after a crash waits at most this long.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _BoundClaim:
+    tenant_id: str
+    key: str
+    status: int
+
+
+_BOUND: ContextVar[_BoundClaim | None] = ContextVar("veilbill_idempotency_claim", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +89,27 @@ class IdempotencyStore:
         *,
         clock: Callable[[], datetime],
         rng: Callable[[int], bytes] = os.urandom,
+        lease: timedelta = CLAIM_LEASE,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> None:
+        if lease <= timedelta(0):
+            raise ValueError("the claim lease must be positive")
         self._db = db
         self._keyring = keyring
         self._clock = clock
         self._rng = rng
+        self._lease = lease
+        self._on_error = on_error
+        self._held: set[tuple[str, str]] = set()
+        self._held_lock = threading.Lock()
+        self._keeper: threading.Thread | None = None
 
     def begin(self, tenant_id: str, key: str, fingerprint: str) -> StoredResponse | None:
         """Claim ``key``; or return the response stored for it.
+
+        A claim whose lease ran out (its request's process died) is taken over by a request with
+        the same fingerprint: the expired record is replaced by this request's claim, in the same
+        transaction, so of several retries exactly one wins.
 
         Raises:
             IdempotencyKeyReused: the key was used for a request with another fingerprint.
@@ -67,6 +122,10 @@ class IdempotencyStore:
                     col(IdempotencyRecord.tenant_id) == tenant_id,
                     col(IdempotencyRecord.key) == key,
                     col(IdempotencyRecord.expires_at) <= now,
+                    or_(
+                        col(IdempotencyRecord.state) == "done",
+                        col(IdempotencyRecord.request_fingerprint) == fingerprint,
+                    ),
                 )
             )
             claimed = insert_ignore(
@@ -78,11 +137,13 @@ class IdempotencyStore:
                     "request_fingerprint": fingerprint,
                     "state": "in_progress",
                     "created_at": now,
-                    "expires_at": now + IDEMPOTENCY_TTL,
+                    "expires_at": now + self._lease,
                 },
             )
-            if claimed:
-                return None
+        if claimed:
+            self._hold(tenant_id, key)
+            return None
+        with self._db.read() as session:
             record = session.exec(
                 select(IdempotencyRecord).where(
                     IdempotencyRecord.tenant_id == tenant_id, IdempotencyRecord.key == key
@@ -103,6 +164,7 @@ class IdempotencyStore:
             return StoredResponse(status=record.response_status, body=body)
 
     def complete(self, tenant_id: str, key: str, status: int, body: bytes) -> None:
+        self._let_go(tenant_id, key)
         with self._db.transaction() as session:
             record = session.exec(
                 select(IdempotencyRecord)
@@ -116,9 +178,11 @@ class IdempotencyStore:
             record.response_ct = seal(dek, body, _context(tenant_id, key), rng=self._rng)
             record.response_status = status
             record.state = "done"
+            record.expires_at = record.created_at + IDEMPOTENCY_TTL
             session.add(record)
 
     def release(self, tenant_id: str, key: str) -> None:
+        self._let_go(tenant_id, key)
         with self._db.transaction() as session:
             session.execute(
                 delete(IdempotencyRecord).where(
@@ -128,6 +192,72 @@ class IdempotencyStore:
                 )
             )
 
+    @contextmanager
+    def bound(self, tenant_id: str, key: str, status: int) -> Iterator[None]:
+        """While the block runs, the claim on ``key`` is the current request's: an operation that
+        calls :meth:`record_outcome` stores its answer, with ``status``, in its own transaction.
+
+        A context variable: it follows the request into the thread its handler runs in.
+        """
+        token = _BOUND.set(_BoundClaim(tenant_id, key, status))
+        try:
+            yield
+        finally:
+            _BOUND.reset(token)
+
+    def record_outcome(self, session: Session, tenant_id: str, answer: msgspec.Struct) -> None:
+        """Store ``answer`` (JSON-encoded) as the response of the bound request, in ``session``.
+
+        Call it at the end of the transaction that makes the request's *whole* change, with what
+        the request answers; then the change and its answer are committed together. Does nothing
+        outside a keyed request, for another tenant, or once the key is done.
+        """
+        claim = _BOUND.get()
+        if claim is None or claim.tenant_id != tenant_id:
+            return
+        record = session.exec(
+            select(IdempotencyRecord)
+            .where(IdempotencyRecord.tenant_id == tenant_id, IdempotencyRecord.key == claim.key)
+            .with_for_update()
+        ).one_or_none()
+        if record is None or record.state == "done":
+            return
+        keys = SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
+        dek = keys.get_or_create(tenant_id, tenant_id, "idempotency")
+        body = msgspec.json.encode(answer)
+        record.response_ct = seal(dek, body, _context(tenant_id, claim.key), rng=self._rng)
+        record.response_status = claim.status
+        record.state = "done"
+        record.expires_at = record.created_at + IDEMPOTENCY_TTL
+        session.add(record)
+
+    def extend_claims(self, claims: Iterable[tuple[str, str]] | None = None) -> int:
+        """Push the lease of ``claims`` (default: every claim this process holds) to now + lease.
+
+        Only ``in_progress`` records are touched; returns how many were extended.
+        """
+        if claims is None:
+            with self._held_lock:
+                claims = list(self._held)
+        claims = list(claims)
+        if not claims:
+            return 0
+        until = self._clock() + self._lease
+        extended = 0
+        for tenant_id, key in claims:  # one transaction each: never holding one while waiting for another
+            with self._db.transaction() as session:
+                result = session.execute(
+                    update(IdempotencyRecord)
+                    .where(
+                        col(IdempotencyRecord.tenant_id) == tenant_id,
+                        col(IdempotencyRecord.key) == key,
+                        col(IdempotencyRecord.state) == "in_progress",
+                    )
+                    .values(expires_at=until)
+                )
+                extended += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return extended
+
     def purge_expired(self) -> int:
         """Delete every record past its 24 hours; returns how many."""
         with self._db.transaction() as session:
@@ -135,6 +265,42 @@ class IdempotencyStore:
                 delete(IdempotencyRecord).where(col(IdempotencyRecord.expires_at) <= self._clock())
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    # --- the keeper: extends this process's claims while their requests run ----------------------
+
+    @property
+    def keeper_running(self) -> bool:
+        """Whether this store's keeper thread runs (it does exactly while claims are held)."""
+        with self._held_lock:
+            return self._keeper is not None
+
+    def _hold(self, tenant_id: str, key: str) -> None:
+        with self._held_lock:
+            self._held.add((tenant_id, key))
+            if self._keeper is None:
+                self._keeper = threading.Thread(
+                    target=self._keep_claims, name="veilbill-idempotency-claims", daemon=True
+                )
+                self._keeper.start()
+
+    def _let_go(self, tenant_id: str, key: str) -> None:
+        with self._held_lock:
+            self._held.discard((tenant_id, key))
+
+    def _keep_claims(self) -> None:
+        """Extend the held claims every quarter lease; stop when none is held (restarted on demand)."""
+        interval = self._lease.total_seconds() / 4
+        while True:
+            time.sleep(interval)
+            with self._held_lock:
+                if not self._held:
+                    self._keeper = None
+                    return
+            try:
+                self.extend_claims()
+            except Exception as error:  # a database outage must not end the keeper
+                if self._on_error is not None:
+                    self._on_error(error)
 
 
 def _context(tenant_id: str, key: str) -> FieldContext:

@@ -33,11 +33,19 @@ from billing._customers import CustomerService
 from billing._db import Database, get_for_tenant, insert_ignore
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._events import EventOutbox
+from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
-from billing._keys import SubjectKeys
+from billing._keys import SubjectKeys, open_across_a_rotation
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
-from billing.errors import InvalidStateTransition, NotFound, RecordExpired, RecordRestricted, ValidationFailed
+from billing.errors import (
+    DecryptionError,
+    InvalidStateTransition,
+    NotFound,
+    RecordExpired,
+    RecordRestricted,
+    ValidationFailed,
+)
 
 __all__ = [
     "SEALED_INVOICE_COLUMNS",
@@ -191,6 +199,7 @@ class InvoiceService:
         clock: Callable[[], datetime],
         rng: Callable[[int], bytes] = os.urandom,
         events: EventOutbox | None = None,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._db = db
         self._keyring = keyring
@@ -199,6 +208,13 @@ class InvoiceService:
         self._clock = clock
         self._rng = rng
         self._events = events or EventOutbox(clock=clock)
+        self._idempotency = idempotency
+
+    def _answered(self, session: Session, actor: Actor, view: InvoiceView) -> InvoiceView:
+        """``view``, stored as the answer of the keyed request being served (same transaction)."""
+        if self._idempotency is not None:
+            self._idempotency.record_outcome(session, actor.tenant_id, view)
+        return view
 
     def create_draft(self, actor: Actor, data: InvoiceInput) -> InvoiceView:
         currency_exponent(data.currency)
@@ -207,9 +223,11 @@ class InvoiceService:
         now = self._clock()
         with self._db.transaction() as session:
             # The subject lock, before the record key is read (see _subject_rotation).
-            get_for_tenant(
+            customer = get_for_tenant(
                 session, Customer, actor.tenant_id, data.customer_id, resource="customer", for_share=True
             )
+            keys = self._keys(session)
+            keys.load(actor.tenant_id, customer.id, ("profile", "record"))
             invoice = Invoice(
                 id=new_id("inv"),
                 tenant_id=actor.tenant_id,
@@ -225,13 +243,13 @@ class InvoiceService:
                 created_at=now,
                 updated_at=now,
             )
-            key = self._record_key(session, invoice)
+            key = self._record_key(session, invoice, keys)
             invoice.notes_ct = self._seal(key, invoice, "notes", data.notes)
-            snapshot = self._customers.snapshot_for_invoice(session, actor.tenant_id, data.customer_id)
+            snapshot = self._customers.snapshot_for_invoice(session, customer, keys)
             invoice.customer_snapshot_ct = self._seal(key, invoice, "customer_snapshot", _json(snapshot))
             session.add(invoice)
             session.flush()
-            lines = self._replace_lines(session, key, invoice, data.lines)
+            lines = self._insert_lines(session, key, invoice, data.lines)
             self._audit.record(
                 session,
                 actor=actor,
@@ -240,9 +258,10 @@ class InvoiceService:
                 resource_id=invoice.id,
                 subject_id=invoice.customer_id,
             )
-            return _view(
+            view = _view(
                 invoice, lines, data.notes, snapshot, descriptions=[ln.description for ln in data.lines]
             )
+            return self._answered(session, actor, view)
 
     def read(self, actor: Actor, invoice_id: str) -> InvoiceView:
         """The invoice with its decrypted content; audited as a read of the client's data.
@@ -251,9 +270,9 @@ class InvoiceService:
             RecordRestricted: the client was erased (see :meth:`read_restricted`).
         """
         with self._db.transaction() as session:
-            invoice = get_invoice(session, actor.tenant_id, invoice_id)
-            _refuse_if_restricted(session, invoice)
-            view = self._open(session, invoice)
+            keys = self._keys(session)
+            invoice = _get_unrestricted(session, actor.tenant_id, invoice_id, keys)
+            view = self._open(session, invoice, keys)
             self._audit.record(
                 session,
                 actor=actor,
@@ -296,14 +315,15 @@ class InvoiceService:
             .where(Invoice.tenant_id == tenant_id, Invoice.customer_id == customer_id)
             .order_by(col(Invoice.created_at))
         ).all()
-        return [self._open(session, invoice) for invoice in invoices]
+        keys = self._keys(session)
+        return [self._open(session, invoice, keys) for invoice in invoices]
 
     def read_for_document(self, actor: Actor, invoice_id: str) -> tuple[InvoiceView, str]:
         """The decrypted invoice and the seller's name, to render a document; audited as a read."""
         with self._db.transaction() as session:
-            invoice = get_invoice(session, actor.tenant_id, invoice_id)
-            _refuse_if_restricted(session, invoice)
-            view = self._open(session, invoice)
+            keys = self._keys(session)
+            invoice = _get_unrestricted(session, actor.tenant_id, invoice_id, keys)
+            view = self._open(session, invoice, keys)
             tenant = session.get(Tenant, actor.tenant_id)
             assert tenant is not None
             self._audit.record(
@@ -318,12 +338,13 @@ class InvoiceService:
 
     def update_draft(self, actor: Actor, invoice_id: str, patch: InvoicePatch) -> InvoiceView:
         with self._db.transaction() as session:
-            invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
+            _, invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
             if invoice.status != "draft":
                 raise InvalidStateTransition(
                     "Only draft invoices can be edited.", current_status=invoice.status
                 )
-            key = self._record_key(session, invoice)
+            keys = self._keys(session)
+            key = self._record_key(session, invoice, keys)
             if not isinstance(patch.currency, msgspec.UnsetType):
                 currency_exponent(patch.currency)
                 invoice.currency = patch.currency
@@ -352,12 +373,13 @@ class InvoiceService:
                 resource_id=invoice.id,
                 subject_id=invoice.customer_id,
             )
-            return self._open(session, invoice)
+            return self._open(session, invoice, keys)
 
     def finalize(self, actor: Actor, invoice_id: str) -> InvoiceView:
-        """Assign the next number and open the invoice, in one transaction."""
+        """Assign the next number and open the invoice, in one transaction (with the answer of a
+        keyed request: a retry after a crash gets this answer, not ``InvalidStateTransition``)."""
         with self._db.transaction() as session:
-            invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
+            customer, invoice = _lock_for_sealing(session, actor.tenant_id, invoice_id)
             if invoice.status != "draft":
                 raise InvalidStateTransition(
                     "Only draft invoices can be finalized.", current_status=invoice.status
@@ -373,8 +395,10 @@ class InvoiceService:
             invoice.issue_date = now.date()
             invoice.finalized_at = invoice.updated_at = now
             invoice.version += 1
-            key = self._record_key(session, invoice)
-            snapshot = self._customers.snapshot_for_invoice(session, actor.tenant_id, invoice.customer_id)
+            keys = self._keys(session)
+            keys.load(invoice.tenant_id, invoice.customer_id, ("profile", "record"))
+            key = self._record_key(session, invoice, keys)
+            snapshot = self._customers.snapshot_for_invoice(session, customer, keys)
             invoice.customer_snapshot_ct = self._seal(key, invoice, "customer_snapshot", _json(snapshot))
             session.add(invoice)
             session.flush()
@@ -388,7 +412,7 @@ class InvoiceService:
                 detail={"number": invoice.number},
             )
             record_invoice_event(self._events, session, invoice, "invoice.finalized")
-            return self._open(session, invoice)
+            return self._answered(session, actor, self._open(session, invoice, keys))
 
     def void(self, actor: Actor, invoice_id: str) -> InvoiceView:
         return self._transition(actor, invoice_id, "void")
@@ -447,20 +471,32 @@ class InvoiceService:
             )
             event_type = "invoice.voided" if target == "void" else f"invoice.{target}"
             record_invoice_event(self._events, session, invoice, event_type)
-            return self._open(session, invoice)
+            return self._answered(session, actor, self._open(session, invoice))
 
-    def _record_key(self, session: Session, invoice: Invoice) -> DataKey:
-        destroyed = session.exec(
-            select(DataKeyRecord.destroyed_at).where(
-                DataKeyRecord.tenant_id == invoice.tenant_id,
-                DataKeyRecord.subject_id == invoice.customer_id,
-                DataKeyRecord.purpose == "record",
-            )
-        ).one_or_none()
-        if destroyed is not None:  # shredded at the end of the retention period
-            raise RecordExpired(resource="invoice")
-        keys = SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
-        return keys.get(invoice.tenant_id, invoice.customer_id, "record")
+    def _keys(self, session: Session) -> SubjectKeys:
+        return SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
+
+    def _record_key(self, session: Session, invoice: Invoice, keys: SubjectKeys | None = None) -> DataKey:
+        """The client's ``record`` key (from ``keys``, the caller's unit, when given).
+
+        Raises:
+            RecordExpired: the key was shredded at the end of the retention period.
+            DecryptionError: the key is missing or does not unwrap.
+        """
+        try:
+            return (keys or self._keys(session)).get(invoice.tenant_id, invoice.customer_id, "record")
+        except DecryptionError:
+            # Only on this failure path: was it shredded (expected) rather than broken?
+            destroyed = session.exec(
+                select(DataKeyRecord.destroyed_at).where(
+                    DataKeyRecord.tenant_id == invoice.tenant_id,
+                    DataKeyRecord.subject_id == invoice.customer_id,
+                    DataKeyRecord.purpose == "record",
+                )
+            ).one_or_none()
+            if destroyed is not None:
+                raise RecordExpired(resource="invoice") from None
+            raise
 
     def _seal(self, key: DataKey, invoice: Invoice, column: str, text: str | None) -> bytes | None:
         if text is None:
@@ -473,6 +509,12 @@ class InvoiceService:
         self, session: Session, key: DataKey, invoice: Invoice, lines: Sequence[InvoiceLineInput]
     ) -> list[InvoiceLine]:
         session.execute(delete(InvoiceLine).where(InvoiceLine.invoice_id == invoice.id))  # type: ignore[arg-type]
+        return self._insert_lines(session, key, invoice, lines)
+
+    def _insert_lines(
+        self, session: Session, key: DataKey, invoice: Invoice, lines: Sequence[InvoiceLineInput]
+    ) -> list[InvoiceLine]:
+        """Seal and insert ``lines`` (the invoice has none yet)."""
         rows = []
         for position, line in enumerate(lines, start=1):
             amounts = compute_line(line.quantity, line.unit_amount, line.tax_rate_bps)
@@ -500,25 +542,37 @@ class InvoiceService:
         session.flush()
         return rows
 
-    def _open(self, session: Session, invoice: Invoice) -> InvoiceView:
-        key = self._record_key(session, invoice)
-        lines = list(
-            session.exec(
+    def _open(self, session: Session, invoice: Invoice, keys: SubjectKeys | None = None) -> InvoiceView:
+        reloaded = False
+
+        def open_values() -> InvoiceView:
+            # After a reload the key is looked up afresh: ``keys`` caches the one read before.
+            key = self._record_key(session, invoice, None if reloaded else keys)
+            query = (
                 select(InvoiceLine).where(InvoiceLine.invoice_id == invoice.id).order_by(InvoiceLine.position)  # type: ignore[arg-type]
             )
-        )
-        descriptions = [
-            open_sealed_text(
-                key,
-                ln.description_ct or b"",
-                FieldContext(invoice.tenant_id, "invoice_lines", "description", ln.id),
-            )
-            for ln in lines
-        ]
-        notes = self._open_column(key, invoice, "notes", invoice.notes_ct)
-        snapshot_json = self._open_column(key, invoice, "customer_snapshot", invoice.customer_snapshot_ct)
-        snapshot = msgspec.json.decode(snapshot_json) if snapshot_json else None
-        return _view(invoice, lines, notes, snapshot, descriptions=descriptions)
+            if reloaded:  # lines already in the session are refreshed from the database too
+                query = query.execution_options(populate_existing=True)
+            lines = list(session.exec(query))
+            descriptions = [
+                open_sealed_text(
+                    key,
+                    ln.description_ct or b"",
+                    FieldContext(invoice.tenant_id, "invoice_lines", "description", ln.id),
+                )
+                for ln in lines
+            ]
+            notes = self._open_column(key, invoice, "notes", invoice.notes_ct)
+            snapshot_json = self._open_column(key, invoice, "customer_snapshot", invoice.customer_snapshot_ct)
+            snapshot = msgspec.json.decode(snapshot_json) if snapshot_json else None
+            return _view(invoice, lines, notes, snapshot, descriptions=descriptions)
+
+        def reload() -> None:
+            nonlocal reloaded
+            reloaded = True
+            session.refresh(invoice)
+
+        return open_across_a_rotation(open_values, reload)
 
     def _open_column(self, key: DataKey, invoice: Invoice, column: str, sealed: bytes | None) -> str | None:
         if sealed is None:
@@ -566,8 +620,8 @@ def next_number(session: Session, tenant_id: str, series: str, year: int) -> int
     return int(result.scalar_one())
 
 
-def _lock_for_sealing(session: Session, tenant_id: str, invoice_id: str) -> Invoice:
-    """The invoice locked ``FOR UPDATE``, after its client's row is locked ``FOR SHARE``.
+def _lock_for_sealing(session: Session, tenant_id: str, invoice_id: str) -> tuple[Customer, Invoice]:
+    """The client locked ``FOR SHARE`` and then the invoice locked ``FOR UPDATE``.
 
     The client's row is the subject lock that DEK rotation takes ``FOR UPDATE`` before it re-seals
     anything; taking it first (never after the invoice's lock) means a draft edit or a finalization
@@ -578,14 +632,38 @@ def _lock_for_sealing(session: Session, tenant_id: str, invoice_id: str) -> Invo
     ).one_or_none()
     if customer_id is None:
         raise NotFound(resource="invoice")
-    get_for_tenant(session, Customer, tenant_id, customer_id, resource="customer", for_share=True)
-    return get_invoice(session, tenant_id, invoice_id, for_update=True)
+    customer = get_for_tenant(session, Customer, tenant_id, customer_id, resource="customer", for_share=True)
+    return customer, get_invoice(session, tenant_id, invoice_id, for_update=True)
 
 
-def _refuse_if_restricted(session: Session, invoice: Invoice) -> None:
-    customer = session.get(Customer, invoice.customer_id)
-    if customer is not None and customer.erased_at is not None:
+def _get_unrestricted(session: Session, tenant_id: str, invoice_id: str, keys: SubjectKeys) -> Invoice:
+    """The invoice, for reading: one query brings it with its client's erasure mark and its
+    client's ``record`` key, which is unwrapped into ``keys`` (a shredded or missing key is left
+    for ``_record_key`` to report).
+
+    Raises:
+        NotFound: no such invoice in this tenant.
+        RecordRestricted: its client was erased (see :meth:`InvoiceService.read_restricted`).
+    """
+    row = session.exec(
+        select(Invoice, Customer.erased_at, DataKeyRecord)
+        .join(Customer, col(Customer.id) == col(Invoice.customer_id))
+        .outerjoin(
+            DataKeyRecord,
+            (col(DataKeyRecord.tenant_id) == col(Invoice.tenant_id))
+            & (col(DataKeyRecord.subject_id) == col(Invoice.customer_id))
+            & (col(DataKeyRecord.purpose) == "record"),
+        )
+        .where(Invoice.id == invoice_id, Invoice.tenant_id == tenant_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(resource="invoice")
+    invoice, erased_at, record_key = row
+    if erased_at is not None:
         raise RecordRestricted(resource="invoice")
+    if record_key is not None:
+        keys.adopt(record_key)
+    return invoice
 
 
 def _check_series(series: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from sqlmodel import Session, col, select
 
@@ -31,9 +32,30 @@ from billing._keyring import Keyring, MasterKeyProvider, master_key_provider_of
 from billing._models import DataKeyRecord, new_id
 from billing.errors import DecryptionError
 
-__all__ = ["PURPOSES", "SubjectKeys"]
+__all__ = ["PURPOSES", "SubjectKeys", "open_across_a_rotation"]
 
 PURPOSES = ("profile", "record", "index", "idempotency", "webhooks")
+
+T = TypeVar("T")
+
+
+def open_across_a_rotation(open_values: Callable[[], T], reload: Callable[[], None]) -> T:
+    """Open a subject's values, once more after ``reload`` if they do not open the first time.
+
+    Readers do not take the subject lock (it would turn every read into a row-lock write on
+    PostgreSQL). So under READ COMMITTED a reader can load a row sealed under the old DEK and then
+    the key row after a rotation of that subject committed, or hold a row loaded earlier in its
+    session: the value and the key come from two sides of the rotation and do not match.
+    ``reload`` re-reads the rows from the database (``session.refresh``); ``open_values`` must
+    look the key up afresh. A value that still does not open is really unreadable (tampered,
+    moved, shredded): the second ``DecryptionError`` propagates.
+    """
+    try:
+        return open_values()
+    except DecryptionError:
+        pass
+    reload()  # outside the except block: the error that follows, if any, carries no context
+    return open_values()
 
 
 class SubjectKeys:
@@ -126,6 +148,48 @@ class SubjectKeys:
             except DecryptionError:
                 continue
             self._cache[(tenant_id, record.subject_id, purpose)] = dek
+
+    def load(self, tenant_id: str, subject_id: str, purposes: Sequence[str]) -> None:
+        """Unwrap the subject's live DEKs for several ``purposes`` with one query, into this unit's cache.
+
+        A purpose without a live key, or whose key fails to unwrap, is skipped: ``get`` then looks
+        it up again and raises ``DecryptionError``. For a unit of work that needs two keys of one
+        subject (a draft invoice: the ``profile`` key for the client snapshot, the ``record`` key
+        to seal it).
+        """
+        wanted = [p for p in purposes if (tenant_id, subject_id, p) not in self._cache]
+        if not wanted:
+            return
+        records = self._session.exec(
+            select(DataKeyRecord).where(
+                DataKeyRecord.tenant_id == tenant_id,
+                DataKeyRecord.subject_id == subject_id,
+                col(DataKeyRecord.purpose).in_(wanted),
+            )
+        ).all()
+        for record in records:
+            self.adopt(record)
+
+    def adopt(self, record: DataKeyRecord) -> None:
+        """Unwrap a key row the caller read itself (joined to the row it protects) into this unit's cache.
+
+        A shredded row is skipped, and so is one that fails to unwrap: ``get`` then looks the key up
+        again and raises as usual. The row's tenant, purpose and id are the wrapping's associated
+        data, so a row moved to another tenant or purpose does not unwrap; that it belongs to the
+        subject is the caller's query to ensure, as ``get``'s query does.
+
+        Only for reading: a unit that seals must read its keys after taking the subject lock, in a
+        statement of their own (see ``_subject_rotation``), never joined to the locking read.
+        """
+        if record.wrapped is None:
+            return
+        try:
+            dek = self._masters.unwrap(
+                record.wrapped, tenant_id=record.tenant_id, purpose=record.purpose, dek_id=record.id
+            )
+        except DecryptionError:
+            return
+        self._cache[(record.tenant_id, record.subject_id, record.purpose)] = dek
 
     def get_or_create(self, tenant_id: str, subject_id: str, purpose: str) -> DataKey:
         """The live DEK, made on first use (two concurrent first uses both end with one key)."""

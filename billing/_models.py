@@ -930,7 +930,9 @@ class IdempotencyRecord(SQLModel, table=True):
         )
     )
     created_at: datetime = _ts(_when("first request", _IDEMPOTENCY))
-    expires_at: datetime = _ts(_when("end of replay window", _IDEMPOTENCY), index=True)
+    expires_at: datetime = _ts(
+        _when("end of replay window (while in progress: end of the claim's lease)", _IDEMPOTENCY), index=True
+    )
 
 
 _WEBHOOKS = "30 days (purged by `veilbill retention run`)"

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import msgspec
 from sqlalchemy import func
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from billing._audit import AuditTrail
 from billing._models import ApiKey, AuditEvent, Tenant
@@ -49,10 +50,26 @@ class AccessPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def access_policy_of(tenant: Tenant) -> AccessPolicy:
     """The tenant's monitoring policy, defaults filled in."""
+    return _policy(tenant.pii_read_threshold, tenant.pii_read_window_minutes, tenant.suspend_on_alert)
+
+
+def _policy(threshold: int | None, window_minutes: int | None, suspend: bool) -> AccessPolicy:
     return AccessPolicy(
-        pii_read_threshold=tenant.pii_read_threshold or DEFAULT_PII_READ_THRESHOLD,
-        window_minutes=tenant.pii_read_window_minutes or int(DEFAULT_PII_READ_WINDOW.total_seconds() // 60),
-        suspend_on_alert=tenant.suspend_on_alert,
+        pii_read_threshold=threshold or DEFAULT_PII_READ_THRESHOLD,
+        window_minutes=window_minutes or _DEFAULT_WINDOW_MINUTES,
+        suspend_on_alert=suspend,
+    )
+
+
+_DEFAULT_WINDOW_MINUTES = int(DEFAULT_PII_READ_WINDOW.total_seconds() // 60)
+
+
+def _distinct_subjects_read(key_id: str, since: datetime) -> SelectOfScalar[int]:
+    """How many distinct clients ``key_id`` read (audited PII reads) since ``since``."""
+    return select(func.count(func.distinct(AuditEvent.subject_id))).where(
+        AuditEvent.actor_key_id == key_id,
+        col(AuditEvent.occurred_at) >= since,
+        col(AuditEvent.action).in_(PII_READ_ACTIONS),
     )
 
 
@@ -62,21 +79,29 @@ class AccessMonitor:
         self._clock = clock
 
     def after_event(self, session: Session, event: AuditEvent) -> None:
-        """Audit observer: check the reading key after each PII read."""
+        """Audit observer: check the reading key after each PII read.
+
+        One query reads the tenant's policy together with the count over the default window; a
+        tenant with a window of its own costs a second count over that window.
+        """
         if event.action not in PII_READ_ACTIONS or not event.actor_key_id or not event.tenant_id:
             return
-        tenant = session.get(Tenant, event.tenant_id)
-        if tenant is None:
+        now = self._clock()
+        row = session.execute(
+            select(
+                col(Tenant.pii_read_threshold),
+                col(Tenant.pii_read_window_minutes),
+                col(Tenant.suspend_on_alert),
+                _distinct_subjects_read(event.actor_key_id, now - DEFAULT_PII_READ_WINDOW).scalar_subquery(),
+            ).where(Tenant.id == event.tenant_id)
+        ).one_or_none()
+        if row is None:
             return
-        policy = access_policy_of(tenant)
-        since = self._clock() - timedelta(minutes=policy.window_minutes)
-        distinct = session.exec(
-            select(func.count(func.distinct(AuditEvent.subject_id))).where(
-                AuditEvent.actor_key_id == event.actor_key_id,
-                col(AuditEvent.occurred_at) >= since,
-                col(AuditEvent.action).in_(PII_READ_ACTIONS),
-            )
-        ).one()
+        threshold, window_minutes, suspend, distinct = row
+        policy = _policy(threshold, window_minutes, suspend)
+        since = now - timedelta(minutes=policy.window_minutes)
+        if policy.window_minutes != _DEFAULT_WINDOW_MINUTES:
+            distinct = session.execute(_distinct_subjects_read(event.actor_key_id, since)).scalar_one()
         if distinct <= policy.pii_read_threshold:
             return
         already = session.exec(

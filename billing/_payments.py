@@ -145,6 +145,7 @@ class _Charge:
     currency: str
     idempotency_key: str
     resumed: bool
+    settled: Payment | None = None
 
 
 class PaymentService:
@@ -244,6 +245,11 @@ class PaymentService:
     ) -> PaymentView:
         """Charge the invoice's amount due to a saved card.
 
+        The same ``idempotency_key`` again gives the same outcome, without a second charge: a
+        payment it left unfinished is resumed (adopting the gateway's intent, if one was made), and
+        one it finished — a request whose answer was lost when its process died after the payment
+        was recorded — is answered again (``succeeded``, or the decline) without asking the gateway.
+
         Raises:
             PaymentDeclined: the issuer declined (the payment is ``failed``, the invoice open).
             PaymentInProgress: another payment of this invoice is unfinished.
@@ -252,6 +258,13 @@ class PaymentService:
         """
         gateway_key = derive_idempotency_key("pay", actor.tenant_id, invoice_id, idempotency_key)
         charge = self._reserve_charge(actor, invoice_id, payment_method_id, gateway_key)
+        if charge.settled is not None:  # this request was carried out before; its answer was lost
+            view = _payment_view(charge.settled)
+            if view.status == "failed":
+                raise PaymentDeclined(
+                    decline_code=view.decline_code or "generic_decline", payment_id=view.payment_id
+                )
+            return view
         result: PaymentResult | None = None
         if charge.resumed:
             result = self.gateway.find_payment(
@@ -476,6 +489,18 @@ class PaymentService:
         for _ in range(2):
             with self._db.transaction() as session:
                 invoice = get_invoice(session, actor.tenant_id, invoice_id, for_update=True)
+                done = session.exec(
+                    select(Payment)
+                    .where(
+                        Payment.tenant_id == actor.tenant_id,
+                        Payment.invoice_id == invoice_id,
+                        Payment.gateway_idempotency_key == gateway_key,
+                        col(Payment.status).in_(("succeeded", "failed")),
+                    )
+                    .order_by(col(Payment.created_at).desc())
+                ).first()
+                if done is not None:
+                    return _charge(done, gateway_customer, method, resumed=True, settled=True)
                 unfinished = session.exec(
                     select(Payment).where(
                         Payment.tenant_id == actor.tenant_id,
@@ -894,7 +919,9 @@ def _result_from_event(event: GatewayEvent) -> PaymentResult:
     )
 
 
-def _charge(payment: Payment, gateway_customer: str, method: PaymentMethod, *, resumed: bool) -> _Charge:
+def _charge(
+    payment: Payment, gateway_customer: str, method: PaymentMethod, *, resumed: bool, settled: bool = False
+) -> _Charge:
     return _Charge(
         payment_id=payment.id,
         gateway_customer=gateway_customer,
@@ -903,6 +930,7 @@ def _charge(payment: Payment, gateway_customer: str, method: PaymentMethod, *, r
         currency=payment.currency,
         idempotency_key=payment.gateway_idempotency_key,
         resumed=resumed,
+        settled=payment if settled else None,
     )
 
 

@@ -12,7 +12,15 @@ Against the gateway, for every payment of the tenant(s):
 - ``intent_not_recorded``: the local row has no intent id (the process died between the gateway
   call and the write of its answer) but the gateway has an intent for it (found by the
   ``veilbill_payment_id`` metadata) — money may have moved that the books do not show;
-- ``intent_missing``: the row names an intent the gateway does not know.
+- ``intent_missing``: the row names an intent the gateway does not know;
+- for an intent that succeeded, its refunds at the gateway against the payment's local refunds
+  (matched by the gateway's refund id, or our ``veilbill_refund_id`` metadata):
+  ``refund_not_recorded`` — money returned at the gateway that the books do not show (a refund
+  made in the gateway's dashboard, or a crash between the gateway call and its record);
+  ``refund_status_differs`` / ``refund_amount_differs`` — recorded otherwise than it happened;
+  ``refund_missing`` — a refund the books call succeeded that the gateway does not have.
+  ``gateway`` names the gateway's refund id and amount (``re_…:500``); ``refunds_unchecked`` when
+  the gateway could not list them.
 
 Within the books:
 
@@ -85,8 +93,13 @@ class Reconciler:
         report.payments_checked = len(payments)
         report.invoices_checked = len(invoices)
         if self._gateway is not None:
+            refunds_of: dict[str, list[Refund]] = defaultdict(list)
+            for refund in refunds:
+                refunds_of[refund.payment_id].append(refund)
             for payment in payments:
-                found = _against_gateway(self._gateway, payment, customers.get(payment.customer_id))
+                found = _against_gateway(
+                    self._gateway, payment, customers.get(payment.customer_id), refunds_of[payment.id]
+                )
                 report.discrepancies.extend(found)
         report.discrepancies.extend(_books(invoices, payments, refunds, credit_notes))
         report.discrepancies.extend(_numbering(invoices, credit_notes))
@@ -94,7 +107,7 @@ class Reconciler:
 
 
 def _against_gateway(
-    gateway: PaymentGateway, payment: Payment, gateway_customer: str | None
+    gateway: PaymentGateway, payment: Payment, gateway_customer: str | None, refunds: list[Refund]
 ) -> list[Discrepancy]:
     found: PaymentResult | None
     try:
@@ -119,6 +132,40 @@ def _against_gateway(
         differences.append(_about(payment, "intent_status_differs", payment.status, found.status))
     if found.amount != payment.amount:
         differences.append(_about(payment, "intent_amount_differs", str(payment.amount), str(found.amount)))
+    if found.status == "succeeded" or payment.status == "succeeded":
+        differences.extend(_refunds_against_gateway(gateway, payment, found.intent_id, refunds))
+    return differences
+
+
+def _refunds_against_gateway(
+    gateway: PaymentGateway, payment: Payment, intent_id: str, refunds: list[Refund]
+) -> list[Discrepancy]:
+    try:
+        at_gateway = gateway.list_refunds(intent_id=intent_id)
+    except GatewayError:
+        return [_about(payment, "refunds_unchecked", None, None)]
+    by_gateway_id = {refund.gateway_refund_id: refund for refund in refunds if refund.gateway_refund_id}
+    by_id = {refund.id: refund for refund in refunds}
+    differences = []
+    matched: set[str] = set()
+    for theirs in at_gateway:
+        if theirs.status in ("failed", "canceled"):
+            continue
+        named = f"{theirs.refund_id}:{theirs.amount}"
+        ours = by_gateway_id.get(theirs.refund_id) or by_id.get(theirs.metadata.get("veilbill_refund_id", ""))
+        if ours is None:
+            differences.append(_about(payment, "refund_not_recorded", None, named))
+            continue
+        matched.add(ours.id)
+        if ours.status != theirs.status:
+            differences.append(_about(payment, "refund_status_differs", ours.status, theirs.status))
+        if ours.amount != theirs.amount:
+            differences.append(_about(payment, "refund_amount_differs", str(ours.amount), named))
+    differences.extend(
+        _about(payment, "refund_missing", ours.status, None)
+        for ours in refunds
+        if ours.status == "succeeded" and ours.id not in matched
+    )
     return differences
 
 

@@ -24,7 +24,10 @@
   pseudonym column links a client's rows anyway; what the release protects is the link from those
   rows to the person.
 * Streamed in two passes over one database snapshot (``export_invoices``): memory grows with small
-  integer codes per invoice and a few values per client, never with the rows themselves.
+  integer codes per invoice and a few values per client, never with the rows themselves. The
+  search needs its own working memory per distinct (quasi-identifiers, category, client)
+  combination while it runs (about 135 bytes each, freed before pass 2); with k counted in clients
+  nearly every invoice is such a combination (docs/benchmarks.md, "Export from the database").
 
 Profile ``hipaa-safe-harbor`` (no engine search): dates to the year, ZIP3 (first 3 characters then
 ``**``) with the 17 ZIP3 areas of 20,000 people or fewer (US Census list) set to ``000**``, ages over
@@ -51,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -136,6 +140,7 @@ INVOICE_SCHEMA: dict[str, type[pl.DataType]] = {
 }
 DEFAULT_CHUNK_ROWS = 20_000
 _CUSTOMER_BATCH = 500
+_ROW_CHUNK = 1 << 16  # rows per step when deriving per-invoice codes from per-client tables
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
@@ -298,8 +303,10 @@ class ReportService:
         issue date and main category of each invoice as integer codes, and each client's postcode,
         birth date and gender, decrypted once per client — and finds the release. The export is
         audited, then pass 2 (``chunks()``) reads the same rows again from the same snapshot and
-        releases them chunk by chunk. Memory grows with the compact pass-1 arrays (about 12 bytes
-        per invoice) and the number of clients, not with the rows.
+        releases them chunk by chunk. Memory grows with the compact pass-1 arrays (13 bytes per
+        invoice: three int32 codes and a suppressed flag) and the number of clients, not with the
+        rows; during the search only, with the engine's input (16 bytes per invoice) and its tables
+        (about 135 bytes per distinct combination of leaves, category and client).
 
         Raises ``ValidationFailed`` (field ``from``, ``k``, ``l``, ``suppression`` or ``profile``) for
         bad parameters, and for a period whose invoices admit no release under k and l (field ``k``,
@@ -503,7 +510,7 @@ class ReportService:
         customer_index: dict[str, int] = {}
         categories: dict[str, int] = {}
         clients = _ClientAttributes()
-        parts: list[tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.int32]]] = []
+        parts: tuple[list[npt.NDArray[np.int32]], ...] = ([], [], [])  # customer, day, category
         query = (
             select_columns(col(Invoice.customer_id), col(Invoice.issue_date), _main_category())
             .where(_period_filter(tenant_id, date_from, date_to))
@@ -523,15 +530,16 @@ class ReportService:
                 customer[position] = code
                 day[position] = issued.toordinal()
                 category[position] = categories.setdefault(main or "", len(categories))
-            parts.append((customer, day, category))
+            for part, values in zip(parts, (customer, day, category), strict=True):
+                part.append(values)
             for start in range(0, len(new), _CUSTOMER_BATCH):
                 for client in self._clients(session, tenant_id, new[start : start + _CUSTOMER_BATCH]):
                     clients.add(client)
-        empty = np.zeros(0, dtype=np.int32)
+        customer, day, category = (_concatenate(part) for part in parts)
         return _Compact(
-            customer=np.concatenate([p[0] for p in parts]) if parts else empty,
-            day=np.concatenate([p[1] for p in parts]) if parts else empty,
-            category=np.concatenate([p[2] for p in parts]) if parts else empty,
+            customer=customer,
+            day=day,
+            category=category,
             categories=list(categories),
             customer_index=customer_index,
             postcode=np.asarray(clients.postcode, dtype=np.int32),
@@ -725,14 +733,64 @@ def _calendar(ordinals: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], n
     return years, months * 100 + day_of_month
 
 
-def _ages(compact: _Compact) -> npt.NDArray[np.int64]:
-    """Each invoice's client's age in whole years at the issue date (-1 when unknown or negative)."""
-    birth = compact.birth[compact.customer] if compact.rows else np.zeros(0, dtype=np.int32)
-    known = birth >= 0
-    birth_year, birth_md = _calendar(np.where(known, birth, _EPOCH_ORDINAL).astype(np.int32))
-    issue_year, issue_md = _calendar(compact.day)
-    ages = issue_year - birth_year - (issue_md < birth_md)
-    return np.where(known & (ages >= 0), ages, -1)
+def _concatenate(parts: list[npt.NDArray[np.int32]]) -> npt.NDArray[np.int32]:
+    """One array of ``parts``, emptying the list: the parts of one column are freed before the
+    next column is joined, so joining costs one column's size, not all three."""
+    joined = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    parts.clear()
+    return joined
+
+
+def _row_slices(rows: int, chunk_rows: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``chunk_rows`` rows covering ``range(rows)``."""
+    for start in range(0, rows, chunk_rows):
+        yield slice(start, min(start + chunk_rows, rows))
+
+
+def _distinct_clients(customer: npt.NDArray[np.int32], clients: int) -> int:
+    """How many distinct client codes ``customer`` holds (codes are below ``clients``)."""
+    seen = np.zeros(max(clients, 1), dtype=np.bool_)
+    seen[customer] = True
+    return int(np.count_nonzero(seen))
+
+
+class _RowCodes:
+    """Each invoice's age at issue and the position of its issue day among the distinct issue days,
+    computed for a slice of rows from per-client and per-day tables, so neither is ever stored per
+    invoice: pass 1 derives them a chunk at a time, pass 2 again for the chunk it releases.
+
+    The tables take a few bytes per client and per day between the first and the last issue date.
+    """
+
+    def __init__(self, compact: _Compact) -> None:
+        self.compact = compact
+        known = compact.birth >= 0
+        birth_year, birth_md = _calendar(np.where(known, compact.birth, _EPOCH_ORDINAL).astype(np.int32))
+        self.birth_year = np.where(known, birth_year, -1).astype(np.int32)
+        self.birth_md = birth_md.astype(np.int32)
+        first = int(compact.day.min()) if compact.rows else 0
+        last = int(compact.day.max()) if compact.rows else 0
+        present = np.zeros(last - first + 1, dtype=np.bool_)
+        for rows in _row_slices(compact.rows, _ROW_CHUNK):
+            present[compact.day[rows] - first] = True
+        self.first_day = first
+        self.days = (np.flatnonzero(present) + first).astype(np.int32)  # distinct issue days, ascending
+        self.position_of_day = (np.cumsum(present, dtype=np.int32) - 1).astype(np.int32)
+        day_year, day_md = _calendar(self.days)
+        self.day_year = day_year.astype(np.int32)
+        self.day_md = day_md.astype(np.int32)
+
+    def day_positions(self, rows: slice) -> npt.NDArray[np.int32]:
+        """Each row's issue day as a position in ``days``."""
+        return self.position_of_day[self.compact.day[rows] - self.first_day]
+
+    def ages(self, rows: slice) -> npt.NDArray[np.int32]:
+        """Each row's client's age in whole years at the issue date (-1 when unknown or negative)."""
+        customer = self.compact.customer[rows]
+        day = self.day_positions(rows)
+        birth_year = self.birth_year[customer]
+        ages = self.day_year[day] - birth_year - (self.day_md[day] < self.birth_md[customer])
+        return np.where((birth_year >= 0) & (ages >= 0), ages, -1).astype(np.int32)
 
 
 def _leaf_lookup(hierarchy: Hierarchy, codes: Mapping[int, str], size: int) -> npt.NDArray[np.int32]:
@@ -757,7 +815,13 @@ class _Release:
 class _EngineRelease(_Release):
     """k-anonymity in distinct clients and distinct l-diversity on the category, found by the
     engine on the pass-1 codes. Invoices of clients with a missing quasi-identifier are suppressed
-    up front and count against the suppression limit."""
+    up front and count against the suppression limit.
+
+    Memory: what it keeps for pass 2 is one flag per invoice (suppressed) beside pass 1's codes, and
+    per-client and per-day leaf tables; each invoice's quasi-identifier leaves are derived from its
+    client and issue day when needed (``leaves``), a chunk of ``chunk_rows`` at a time. The engine's
+    input (four leaf columns of the kept invoices, 4 bytes each) lives only during the search.
+    """
 
     schema = INVOICE_SCHEMA
 
@@ -768,16 +832,16 @@ class _EngineRelease(_Release):
         k: int,
         l: int,  # noqa: E741 -- the model's name in the literature
         suppression: float,
+        chunk_rows: int = _ROW_CHUNK,
     ) -> None:
-        rows = compact.rows
-        ages = _ages(compact)
-        postcode = compact.postcode[compact.customer] if rows else compact.customer
-        gender = compact.gender[compact.customer] if rows else compact.customer
-        missing = (postcode < 0) | (ages < 0) | (gender < 0)
-        complete = np.flatnonzero(~missing)
-        self.suppressed = missing.copy()
-        self.leaves: dict[str, npt.NDArray[np.int32]] = {}
+        self.compact = compact
+        self.chunk_rows = chunk_rows
+        self.codes = _RowCodes(compact)
         self.plan: ReleasePlan | None = None
+        rows = compact.rows
+        clients = len(compact.customer_index)
+        self.suppressed, used_clients, used_days, used_ages = self._missing()
+        complete = rows - int(np.count_nonzero(self.suppressed))
         base: dict[str, object] = {
             "k": k,
             "l": l,
@@ -785,52 +849,48 @@ class _EngineRelease(_Release):
             "k_counts": "customers",
             "suppression": suppression,
         }
-        if complete.size == 0:
+        if complete == 0:
+            people = _distinct_clients(compact.customer, clients)
             self.guarantee = {
                 **base,
                 "levels": {},
                 "loss": None if rows else 0.0,
-                "max_risk": self._suppressed_risk(compact) if rows else 0.0,
-                "min_customers": int(np.unique(compact.customer).size),
+                "max_risk": 1.0 / max(people, 1) if rows else 0.0,
+                "min_customers": people,
                 "suppressed": rows,
                 "rows": rows,
             }
             return
         allowed = int(suppression * rows + 1e-9)  # ⌊limit·n⌋ over every row, missing ones included
-        left = max(allowed - (rows - complete.size), 0)
+        left = max(allowed - (rows - complete), 0)
         # The engine allows ⌊limit·n⌋ rows; half a row more makes float rounding unable to lose one.
-        engine_limit = min((left + 0.5) / complete.size, 1.0) if left else 0.0
+        engine_limit = min((left + 0.5) / complete, 1.0) if left else 0.0
 
-        used_postcodes = np.unique(postcode[complete])
+        used_postcodes = np.unique(compact.postcode[used_clients])
         values = [compact.postcodes[code] for code in used_postcodes.tolist()]
         region = postcode_prefix(values, keep=(max(4, *(len(v) for v in values)), 3, 2, 0))
-        used_ages = np.unique(ages[complete])
         age_band = age_bands(used_ages.tolist(), (5, 10, 20), 90)
-        used_genders = np.unique(gender[complete])
+        used_genders = np.unique(compact.gender[used_clients])
         gender_tree = flat_hierarchy(compact.genders[code] for code in used_genders.tolist())
-        used_days = np.unique(compact.day[complete])
-        period = date_levels(date.fromordinal(day) for day in used_days.tolist())
+        period = date_levels(date.fromordinal(day) for day in self.codes.days[used_days].tolist())
 
         region_lookup = _leaf_lookup(
             region, {c: compact.postcodes[c] for c in used_postcodes.tolist()}, len(compact.postcodes)
         )
-        age_lookup = _leaf_lookup(age_band, {a: str(a) for a in used_ages.tolist()}, int(used_ages.max()) + 1)
         gender_lookup = _leaf_lookup(
             gender_tree, {c: compact.genders[c] for c in used_genders.tolist()}, len(compact.genders)
         )
-        period_index = period.leaf_index()
-        day_leaves = np.asarray(
-            [period_index[date.fromordinal(day).isoformat()] for day in used_days.tolist()], dtype=np.int32
+        self.region_of_client = region_lookup[np.maximum(compact.postcode, 0)]
+        self.gender_of_client = gender_lookup[np.maximum(compact.gender, 0)]
+        self.age_leaf = _leaf_lookup(
+            age_band, {a: str(a) for a in used_ages.tolist()}, int(used_ages.max()) + 1
         )
-        safe = ~missing
-        self.leaves = {
-            "region": np.where(safe, region_lookup[np.maximum(postcode, 0)], 0).astype(np.int32),
-            "age_band": np.where(safe, age_lookup[np.clip(ages, 0, age_lookup.size - 1)], 0).astype(np.int32),
-            "gender": np.where(safe, gender_lookup[np.maximum(gender, 0)], 0).astype(np.int32),
-            "period": np.where(
-                safe, day_leaves[np.clip(np.searchsorted(used_days, compact.day), 0, used_days.size - 1)], 0
-            ).astype(np.int32),
-        }
+        period_index = period.leaf_index()
+        self.period_of_day = np.zeros(self.codes.days.size, dtype=np.int32)
+        for position in np.flatnonzero(used_days).tolist():
+            self.period_of_day[position] = period_index[
+                date.fromordinal(int(self.codes.days[position])).isoformat()
+            ]
         config = AnonymizationConfig(
             quasi_identifiers={
                 "region": region,
@@ -845,35 +905,157 @@ class _EngineRelease(_Release):
             suppression_limit=engine_limit,
             entity="customer",
         )
-        encoded = EncodedTable(
-            leaves={name: leaves[complete] for name, leaves in self.leaves.items()},
-            sensitive=compact.category[complete],
-            sensitive_values=max(len(compact.categories), 1),
-            entities=compact.customer[complete],
-            entity_values=max(len(compact.customer_index), 1),
-        )
         try:
-            plan = plan_release(encoded, config)
+            # The encoded table is built here and referenced by nothing else: it is freed as soon
+            # as the search returns.
+            plan = plan_release(self._encoded(complete), config)
         except AnonymizationError as exc:
             raise ValidationFailed(
                 "no release satisfies k and l for this period", field="k", reason="no_anonymous_release"
             ) from exc
         self.plan = plan
-        self.suppressed[complete] = plan.suppressed_rows
+        if complete == rows:
+            self.suppressed = np.array(plan.suppressed_rows, dtype=np.bool_)
+        else:
+            self.suppressed[~self.suppressed] = plan.suppressed_rows
         g = plan.guarantee
-        risks = _class_risks(compact, plan, self.leaves, self.suppressed)
         self.guarantee = {
             **base,
             "levels": dict(g.levels),
             "loss": g.loss,
-            **risks,
-            "suppressed": int(self.suppressed.sum()),
+            **self._class_risks(plan),
+            "suppressed": int(np.count_nonzero(self.suppressed)),
             "rows": rows,
         }
 
-    @staticmethod
-    def _suppressed_risk(compact: _Compact) -> float:
-        return 1.0 / max(int(np.unique(compact.customer).size), 1)
+    def _missing(
+        self,
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.int32]]:
+        """Rows with a missing quasi-identifier (unknown postcode, birth date or gender, or born after
+        the issue date), and what the other rows use: which clients, which issue days (as positions
+        in ``codes.days``) and which ages."""
+        compact, codes = self.compact, self.codes
+        client_missing = (compact.postcode < 0) | (compact.birth < 0) | (compact.gender < 0)
+        missing = np.zeros(compact.rows, dtype=np.bool_)
+        used_clients = np.zeros(client_missing.size, dtype=np.bool_)
+        used_days = np.zeros(codes.days.size, dtype=np.bool_)
+        used_ages = np.zeros(0, dtype=np.int32)
+        for rows in _row_slices(compact.rows, self.chunk_rows):
+            ages = codes.ages(rows)
+            customer = compact.customer[rows]
+            chunk_missing = client_missing[customer] | (ages < 0)
+            missing[rows] = chunk_missing
+            kept = ~chunk_missing
+            used_clients[customer[kept]] = True
+            used_days[codes.day_positions(rows)[kept]] = True
+            used_ages = np.union1d(used_ages, ages[kept]).astype(np.int32)
+        return missing, used_clients, used_days, used_ages
+
+    def leaves(self, rows: slice) -> dict[str, npt.NDArray[np.int32]]:
+        """Each row's leaf position per quasi-identifier (meaningless for rows missing a value, which
+        are suppressed)."""
+        customer = self.compact.customer[rows]
+        ages = self.codes.ages(rows)
+        return {
+            "region": self.region_of_client[customer],
+            "age_band": self.age_leaf[np.clip(ages, 0, self.age_leaf.size - 1)],
+            "gender": self.gender_of_client[customer],
+            "period": self.period_of_day[self.codes.day_positions(rows)],
+        }
+
+    def _encoded(self, complete: int) -> EncodedTable:
+        """The engine's input: the rows not suppressed up front (pass-1 arrays themselves when no
+        row is), 4 bytes per quasi-identifier per row."""
+        compact = self.compact
+        leaves = {name: np.empty(complete, dtype=np.int32) for name in QUASI_IDENTIFIERS}
+        everything = complete == compact.rows
+        sensitive = compact.category if everything else np.empty(complete, dtype=np.int32)
+        entities = compact.customer if everything else np.empty(complete, dtype=np.int32)
+        position = 0
+        for rows in _row_slices(compact.rows, self.chunk_rows):
+            kept = ~self.suppressed[rows]
+            stop = position + int(np.count_nonzero(kept))
+            for name, values in self.leaves(rows).items():
+                leaves[name][position:stop] = values[kept]
+            if not everything:
+                sensitive[position:stop] = compact.category[rows][kept]
+                entities[position:stop] = compact.customer[rows][kept]
+            position = stop
+        return EncodedTable(
+            leaves=leaves,
+            sensitive=sensitive,
+            sensitive_values=max(len(compact.categories), 1),
+            entities=entities,
+            entity_values=max(len(compact.customer_index), 1),
+        )
+
+    def _class_risks(self, plan: ReleasePlan) -> dict[str, object]:
+        """Classes, fewest distinct clients in a class and the prosecutor risks per client (1 / distinct
+        clients of the class), over the whole release: the suppressed invoices — by the engine or for
+        missing values — are one class (all ``*``).
+
+        One sort of one 8-byte key per released invoice (class, then client), filled a chunk at a
+        time: classes come out in ascending key order, as the risks' sum expects.
+        """
+        compact, suppressed = self.compact, self.suppressed
+        people = max(len(compact.customer_index), 1)
+        radices = [
+            len(plan.config.quasi_identifiers[name].labels(plan.guarantee.levels[name]))
+            for name in QUASI_IDENTIFIERS
+        ]
+        bound = math.prod(radices)
+        dense = bound * people >= 1 << 63  # class keys too wide to pair with clients: renumber them
+        kept_rows = compact.rows - int(np.count_nonzero(suppressed))
+        keys = np.empty(kept_rows, dtype=np.int64)
+        position = 0
+        for rows in _row_slices(compact.rows, self.chunk_rows):
+            kept = ~suppressed[rows]
+            stop = position + int(np.count_nonzero(kept))
+            key = np.zeros(stop - position, dtype=np.int64)
+            for name, leaves in self.leaves(rows).items():
+                hierarchy = plan.config.quasi_identifiers[name]
+                key *= len(hierarchy.labels(plan.guarantee.levels[name]))
+                key += hierarchy.codes(plan.guarantee.levels[name])[leaves[kept]]
+            keys[position:stop] = key
+            position = stop
+        if dense:
+            keys = np.unique(keys, return_inverse=True)[1].astype(np.int64)
+        keys *= people
+        position = 0
+        for rows in _row_slices(compact.rows, self.chunk_rows):
+            kept = ~suppressed[rows]
+            stop = position + int(np.count_nonzero(kept))
+            keys[position:stop] += compact.customer[rows][kept]
+            position = stop
+        keys.sort()
+        weighted: list[tuple[int, int]] = []
+        if kept_rows:
+            new_pair = np.empty(kept_rows, dtype=np.bool_)
+            new_pair[0] = True
+            np.not_equal(keys[1:], keys[:-1], out=new_pair[1:])
+            np.floor_divide(keys, people, out=keys)
+            new_class = np.empty(kept_rows, dtype=np.bool_)
+            new_class[0] = True
+            np.not_equal(keys[1:], keys[:-1], out=new_class[1:])
+            starts = np.flatnonzero(new_class)
+            sizes = np.diff(starts, append=kept_rows)
+            per_class = np.add.reduceat(new_pair, starts, dtype=np.int64)
+            weighted = list(zip(sizes.tolist(), per_class.tolist(), strict=True))
+        del keys
+        if suppressed.any():
+            weighted.append(
+                (
+                    int(np.count_nonzero(suppressed)),
+                    _distinct_clients(compact.customer[suppressed], people),
+                )
+            )
+        fewest = min(count for _, count in weighted)
+        return {
+            "max_risk": 1.0 / fewest,
+            "avg_risk": sum(size / count for size, count in weighted) / compact.rows,
+            "classes": len(weighted),
+            "min_customers": fewest,
+        }
 
     def quasi_identifiers(self, rows: slice) -> dict[str, pl.Series]:
         suppressed = self.suppressed[rows]
@@ -883,40 +1065,8 @@ class _EngineRelease(_Release):
             return {
                 name: pl.Series(name, [SUPPRESSED] * count, dtype=pl.String) for name in QUASI_IDENTIFIERS
             }
-        return {
-            name: plan.generalize(name, self.leaves[name][rows], suppressed) for name in QUASI_IDENTIFIERS
-        }
-
-
-def _class_risks(
-    compact: _Compact,
-    plan: ReleasePlan,
-    leaves: Mapping[str, npt.NDArray[np.int32]],
-    suppressed: npt.NDArray[np.bool_],
-) -> dict[str, object]:
-    """Classes, fewest distinct clients in a class and the prosecutor risks per client (1 / distinct
-    clients of the class), over the whole release: the suppressed invoices — by the engine or for
-    missing values — are one class (all ``*``)."""
-    kept = ~suppressed
-    key = np.zeros(int(kept.sum()), dtype=np.int64)
-    for name in QUASI_IDENTIFIERS:
-        hierarchy = plan.config.quasi_identifiers[name]
-        level = plan.guarantee.levels[name]
-        key = key * len(hierarchy.labels(level)) + hierarchy.codes(level)[leaves[name][kept]]
-    _, classes, sizes = np.unique(key, return_inverse=True, return_counts=True)
-    people = max(len(compact.customer_index), 1)
-    pairs = np.unique(classes.astype(np.int64) * people + compact.customer[kept])
-    per_class = np.bincount(pairs // people, minlength=sizes.size)
-    weighted = list(zip(sizes.tolist(), per_class.tolist(), strict=True))
-    if suppressed.any():
-        weighted.append((int(suppressed.sum()), int(np.unique(compact.customer[suppressed]).size)))
-    fewest = min(count for _, count in weighted)
-    return {
-        "max_risk": 1.0 / fewest,
-        "avg_risk": sum(size / count for size, count in weighted) / compact.rows,
-        "classes": len(weighted),
-        "min_customers": fewest,
-    }
+        leaves = self.leaves(rows)
+        return {name: plan.generalize(name, leaves[name], suppressed) for name in QUASI_IDENTIFIERS}
 
 
 def _zip3(postcode: str) -> str:
@@ -933,7 +1083,11 @@ class _SafeHarborRelease(_Release):
 
     def __init__(self, compact: _Compact) -> None:
         self.compact = compact
-        self.ages = _ages(compact)
+        codes = _RowCodes(compact)
+        self.ages = np.concatenate(
+            [codes.ages(rows) for rows in _row_slices(compact.rows, _ROW_CHUNK)]
+            or [np.zeros(0, dtype=np.int32)]
+        )
         self.zip3 = [_zip3(postcode) for postcode in compact.postcodes]
         zip3_codes = {label: number for number, label in enumerate(sorted(set(self.zip3)))}
         zip3_of_postcode = np.asarray([zip3_codes[label] for label in self.zip3] or [0], dtype=np.int64)

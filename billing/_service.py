@@ -58,6 +58,8 @@ class Billing:
     rng: Callable[[int], bytes] = os.urandom
     key_provider: MasterKeyProvider | None = None
     page_session_policy: PageSessionPolicy = field(default_factory=PageSessionPolicy)
+    on_background_error: Callable[[Exception], None] | None = None
+    """Told about failures of background work (the keeper of idempotency claims); never raises."""
     webhook_destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
     audit: AuditTrail = field(init=False)
     monitor: AccessMonitor = field(init=False)
@@ -101,14 +103,25 @@ class Billing:
             self.db, self.keyring, self.audit, clock=clock, rng=rng
         )
         self.tenants = TenantService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
-        self.customers = CustomerService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
+        self.idempotency = IdempotencyStore(
+            self.db, self.keyring, clock=clock, rng=rng, on_error=self.on_background_error
+        )
+        self.customers = CustomerService(
+            self.db, self.keyring, self.audit, clock=clock, rng=rng, idempotency=self.idempotency
+        )
         self.invoices = InvoiceService(
-            self.db, self.keyring, self.audit, self.customers, clock=clock, rng=rng, events=self.outbox
+            self.db,
+            self.keyring,
+            self.audit,
+            self.customers,
+            clock=clock,
+            rng=rng,
+            events=self.outbox,
+            idempotency=self.idempotency,
         )
         self.payments = PaymentService(
             self.db, self.audit, self.gateway, clock=clock, rng=rng, events=self.outbox
         )
-        self.idempotency = IdempotencyStore(self.db, self.keyring, clock=clock, rng=rng)
         self.sessions = PaymentSessionService(self.db, self.audit, self.payments, clock=clock)
         self.privacy = PrivacyService(
             self.db,

@@ -37,8 +37,10 @@ What it protects against
     live database holds no value under it. What it does not: a copy of the database taken before
     still holds the old wrapped DEK and the old values; they stay readable with the master version
     that wrapped that DEK — rotate and retire the master version too (``docs/encryption.md``).
-    Readers on PostgreSQL do not take the subject lock: a read whose statements straddle the
-    rotation's commit can fail once with ``decryption_failed`` and succeeds when retried.
+    Readers do not take the subject lock (on PostgreSQL it would make every read a row-lock
+    write): a read whose statements straddle the rotation's commit finds rows sealed under the
+    old DEK beside the new DEK, and re-reads the rows once before it gives up
+    (:func:`~billing._keys.open_across_a_rotation`).
 """
 
 from __future__ import annotations

@@ -42,7 +42,12 @@ SECRET_BYTES: Final = 32
 
 @dataclass(frozen=True, slots=True)
 class SigningSecret:
-    """A ``whsec_…`` secret; its text never appears in ``repr`` or ``str``."""
+    """A ``whsec_…`` secret; its text never appears in ``repr`` or ``str``.
+
+    Raises:
+        ValueError: ``value`` does not start with ``whsec_``, the rest is not base64, or it holds
+            fewer than 24 bytes. The message is one of three fixed sentences: it never echoes the value.
+    """
 
     value: str
 

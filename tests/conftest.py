@@ -36,6 +36,7 @@ import uvicorn
 from faker import Faker
 from litestar import Litestar
 from litestar.testing import TestClient
+from sqlalchemy import Engine, event
 
 from api.app import create_app
 from api.settings import Settings
@@ -118,6 +119,21 @@ def database_url(
     yield _pg_url(name)
     with _pg_admin() as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def statements_of(engine: Engine) -> Iterator[list[str]]:
+    """The SQL statements ``engine`` sends inside the block (for query budgets)."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement.lstrip())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 @pytest.fixture

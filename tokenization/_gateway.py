@@ -209,11 +209,19 @@ class PaymentResult:
 
 @dataclass(frozen=True)
 class RefundResult:
-    """A refund: ``status`` is the gateway's (``succeeded``, ``pending``, ``failed``, ``canceled``…)."""
+    """A refund: ``status`` is the gateway's (``succeeded``, ``pending``, ``failed``, ``canceled``…).
+
+    ``metadata`` is what the refund was created with (ours: ``veilbill_refund_id``; empty for a
+    refund made elsewhere, e.g. in the gateway's dashboard).
+    """
 
     refund_id: str
     status: str
     amount: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metadata", _frozen(self.metadata))
 
 
 @dataclass(frozen=True)
@@ -334,6 +342,11 @@ class PaymentGateway(Protocol):
         For a refund retried after its answer was lost: like :meth:`find_payment`, it makes a retry
         safe even on a gateway that ignores idempotency keys.
         """
+        ...
+
+    def list_refunds(self, *, intent_id: str) -> list[RefundResult]:
+        """Every refund of the intent, whoever made it (for reconciliation); newest first, though
+        refunds made within the same second may come in any order."""
         ...
 
     def refund(

@@ -334,9 +334,15 @@ def _number_is_card(value: int | float | Decimal) -> bool:
 
 
 def _key_path(parent: str, key: str) -> str:
-    if _IDENTIFIER_RE.fullmatch(key):
+    """``parent.key`` for an identifier, else ``parent["key"]``, any card number redacted.
+
+    An identifier can hold a number too (``card4242…``): it is quoted and redacted like any other
+    key, or the path would carry the number into the refusal, the audit chain and the logs.
+    """
+    redacted = redact_card_numbers(key)
+    if redacted == key and _IDENTIFIER_RE.fullmatch(key):
         return f"{parent}.{key}"
-    return f"{parent}[{json.dumps(redact_card_numbers(key), ensure_ascii=False)}]"
+    return f"{parent}[{json.dumps(redacted, ensure_ascii=False)}]"
 
 
 def find_card_data(value: object, path: str = "$") -> list[str]:
@@ -345,9 +351,9 @@ def find_card_data(value: object, path: str = "$") -> list[str]:
     Reported: a string containing a card number; an integral number (``int``,
     ``float``, ``Decimal``) whose digits are one; a key that is a card field name
     (:func:`is_card_field_name`) or contains a card number, whatever its value. Paths
-    look like ``$.lines[0].description``; a key that is not an identifier is quoted
-    (``$["unit price"]``) with any card number in it redacted, so a path never carries a
-    number. Values are never returned.
+    look like ``$.lines[0].description``; a key that is not an identifier, or that holds a
+    card number, is quoted (``$["unit price"]``, ``$["card[REDACTED PAN]"]``) with the
+    number redacted, so a path never carries a number. Values are never returned.
 
     The walk is iterative: nesting depth is bounded by memory, not the recursion limit.
 

@@ -287,6 +287,29 @@ class StripeGateway:
             _raise(error)
         return None
 
+    def list_refunds(self, *, intent_id: str) -> list[RefundResult]:
+        """The intent's refunds, as the gateway lists them: newest first (at most 1,000 scanned).
+
+        With ``localstripe=True`` every refund is listed and those of the intent kept here, like
+        :meth:`find_refund`; a refund made on the intent's charge rather than on the intent (which
+        Stripe links to the intent, the sandbox does not) is then not seen.
+        """
+        if not intent_id:
+            raise ValueError("intent_id is required")
+        params: stripe.params.RefundListParams = {"limit": 100}
+        if not self._localstripe:
+            params["payment_intent"] = intent_id
+        found: list[RefundResult] = []
+        try:
+            listing = self._client.v1.refunds.list(params=params)
+            for refund in _bounded(listing.auto_paging_iter(), _FIND_SCAN_LIMIT):
+                data = refund.to_dict()
+                if _id(data.get("payment_intent")) == intent_id:
+                    found.append(_refund_result(data))
+        except stripe.StripeError as error:
+            _raise(error)
+        return found
+
     def refund(
         self,
         *,
@@ -320,6 +343,7 @@ def _refund_result(data: dict[str, Any]) -> RefundResult:
         refund_id=_str(data, "id"),
         status=_optional_str(data, "status") or "pending",
         amount=_int(data, "amount"),
+        metadata=_metadata(data),
     )
 
 

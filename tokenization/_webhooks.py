@@ -224,12 +224,13 @@ def parse_event(payload: bytes) -> GatewayEvent:
     Kept of ``data.object``: the scalar fields of ``_SCALAR_FIELDS``; the references of
     ``_ID_FIELDS`` as ids; ``metadata`` (string to string); the codes of
     ``last_payment_error``/``last_setup_error``; and ``refunds.data`` (charges), each refund
-    reduced the same way. A string holding a card number is dropped wherever it is.
+    reduced the same way. A string holding a card number is dropped wherever it is; an
+    ``id`` or ``type`` holding one, which cannot be dropped, makes the event ``not_an_event``.
 
     Raises:
         WebhookPayloadInvalid: ``too_large``, ``not_json`` (not UTF-8 JSON, or NaN/Infinity),
             ``not_an_event`` (not an object, or ``id``/``type``/``created``/``data.object``
-            missing or of the wrong form).
+            missing or of the wrong form, or ``id``/``type`` holding a card number).
     """
     if not isinstance(payload, bytes):
         raise TypeError("payload must be bytes")
@@ -254,6 +255,8 @@ def parse_event(payload: bytes) -> GatewayEvent:
         or not isinstance(created, int)
         or created < 0
         or not isinstance(obj, dict)
+        or contains_card_number(event_id)
+        or contains_card_number(event_type)
     ):
         raise WebhookPayloadInvalid("not_an_event")
     kept = _reduce(obj, nested=True)

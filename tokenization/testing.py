@@ -160,6 +160,9 @@ class _FaultInjectingGateway:
             ),
         )
 
+    def list_refunds(self, *, intent_id: str) -> list[RefundResult]:
+        return self._call("list_refunds", None, lambda: self.inner.list_refunds(intent_id=intent_id))
+
     def refund(
         self,
         *,

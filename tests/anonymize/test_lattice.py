@@ -19,18 +19,21 @@ from anonymize import (
 )
 from anonymize._engine import distinct_combinations, encode_columns
 from anonymize._lattice import (
+    CACHE_BUDGET,
     CHUNK_SPACE,
     Layout,
     Problem,
     Table,
+    _Cache,
     _group,
+    _Search,
     evaluate,
     exhaustive,
     group_keys,
     search,
 )
 
-from .conftest import check_release, max_suppressed, naive_optimum
+from .conftest import check_release, max_suppressed, naive_node, naive_optimum
 
 PROPERTY_SETTINGS = settings(
     max_examples=250,
@@ -404,3 +407,135 @@ def test_loss_numerators_are_exact_beyond_float_precision() -> None:
         assert big.suppressed == small.suppressed * scale
         assert big.computed_numerators() == tuple(value * scale for value in small.computed_numerators())
     assert suppressing >= 2
+
+
+def test_classes_with_entities_when_the_key_needs_renumbering() -> None:
+    """Four columns of 2^15 leaves make a 60-bit key before the sensitive value and the entity are
+    appended: the key is renumbered on the way, so an evaluation keeps a copy of the classes' keys
+    instead of dividing them out. Every node (the wide ones and the generalized, narrow ones)
+    must still suppress what the definitions say."""
+    rng = np.random.default_rng(5)
+    leaves = [f"v{index}" for index in range(1 << 15)]
+    tree = Hierarchy(
+        zip(leaves, [f"g{index >> 10}" for index in range(1 << 15)], ["*"] * (1 << 15), strict=True)
+    )
+    trees = {f"q{q}": tree for q in range(4)}
+    common = rng.choice(1 << 15, size=6, replace=False)
+    rows = [
+        {
+            **{
+                q: leaves[int(rng.choice(common) if rng.random() < 0.8 else rng.integers(1 << 15))]
+                for q in trees
+            },
+            "s": str(rng.choice(["a", "b", "c"])),
+            "who": f"p{rng.integers(12)}",
+        }
+        for _ in range(80)
+    ]
+    config = AnonymizationConfig(trees, sensitive="s", k=2, l=2, suppression_limit=0.3, entity="who")
+    assert (1 << 60) * 3 * 12 >= 1 << 62  # the widths that force renumbering
+    frame = pl.DataFrame(rows)
+    codes = encode_columns(frame, trees)
+    sensitive = frame["s"].replace_strict(["a", "b", "c"], [0, 1, 2]).to_numpy().astype(np.int32)
+    entities = np.unique(frame["who"].to_numpy(), return_inverse=True)[1].astype(np.int32)
+    base, _ = distinct_combinations(codes, [1 << 15] * 4, sensitive, 3, entities, int(entities.max()) + 1)
+    problem = Problem.build(
+        columns=list(trees),
+        level_codes=[[tree.codes(h).astype(np.intp) for h in range(tree.height)]] * 4,
+        level_leaves=[[tree.leaf_counts(h) for h in range(tree.height)]] * 4,
+        base=base,
+        sensitive_values=3,
+        k=2,
+        l=2,
+        l_kind="distinct",
+        max_suppressed=max_suppressed(0.3, len(rows)),
+        entity_values=int(entities.max()) + 1,
+    )
+    everything = exhaustive(problem, base)
+    for levels, suppressed, loss in everything:
+        if max(levels) <= 1:  # the naive model is slow on 2^15 leaves: the nodes below the tops
+            naive = naive_node(rows, config, levels)
+            assert suppressed == naive.suppressed, levels
+            assert loss == pytest.approx(naive.loss, abs=1e-12), levels
+    result = anonymize(frame, config)
+    feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
+    assert result.guarantee.loss == pytest.approx(min(feasible), abs=1e-12)
+    check_release(rows, result, config)
+
+
+def test_the_search_caches_only_tables_that_roll_up_to_much_fewer_combinations() -> None:
+    """With an entity per record nearly every record stays a combination of its own at every
+    node: such tables are not kept (a quarter of the source's size or less to spare)."""
+    # 64 records, one person each except four pairs who share a level-1 group (v0/v1 → g0, …).
+    people = [index // 2 * 2 if index < 8 else index for index in range(64)]
+    frame = pl.DataFrame({"q": [f"v{index % 8}" for index in range(64)], "who": [f"p{p}" for p in people]})
+    tree = Hierarchy([(f"v{index}", f"g{index // 2}", f"h{index // 4}", "*") for index in range(8)])
+    codes = encode_columns(frame, {"q": tree})
+    entities = np.unique(np.asarray(people), return_inverse=True)[1].astype(np.int32)
+    base, _ = distinct_combinations(codes, [8], None, 1, entities, 60)
+    problem = Problem.build(
+        columns=["q"],
+        level_codes=[[tree.codes(h).astype(np.intp) for h in range(tree.height)]],
+        level_leaves=[[tree.leaf_counts(h) for h in range(tree.height)]],
+        base=base,
+        sensitive_values=1,
+        k=2,
+        l=None,
+        l_kind="distinct",
+        max_suppressed=0,
+        entity_values=60,
+    )
+    rolled = evaluate(problem, base, (1,), keep_table=True).table
+    assert rolled is not None and (base.size, rolled.size) == (64, 60)
+    cache = _Cache(base, budget=1 << 20)
+    cache.add(rolled, base)
+    assert cache.source_for((1,)) is base  # 60 of 64 combinations: not kept
+
+    without_entities, _ = distinct_combinations(codes, [8], None, 1)
+    problem = replace(problem, entity_values=0)
+    rolled = evaluate(problem, without_entities, (2,), keep_table=True).table
+    assert rolled is not None and (without_entities.size, rolled.size) == (8, 2)
+    cache = _Cache(without_entities, budget=1 << 20)
+    cache.add(rolled, without_entities)
+    assert cache.source_for((3,)) is rolled
+
+
+def test_meets_that_do_not_shrink_the_input_are_dropped_and_end_the_sharing() -> None:
+    """With one entity per record a meet's table keeps every combination of the input: it is not
+    used as a source, not cached, and no further meet is built; the result stays the optimum."""
+    rng = np.random.default_rng(7)
+    trees = {
+        "a": Hierarchy((f"a{i}", f"ga{i // 2}", f"ha{i // 4}", "*") for i in range(8)),
+        "b": Hierarchy((f"b{i}", f"gb{i // 3}", "*") for i in range(9)),
+    }
+    rows = 300
+    frame = pl.DataFrame(
+        {
+            "a": rng.choice([f"a{i}" for i in range(8)], size=rows).tolist(),
+            "b": rng.choice([f"b{i}" for i in range(9)], size=rows).tolist(),
+        }
+    )
+    codes = encode_columns(frame, trees)
+    entities = np.arange(rows, dtype=np.int32)
+    base, _ = distinct_combinations(codes, [8, 9], None, 1, entities, rows)
+    problem = Problem.build(
+        columns=list(trees),
+        level_codes=[[tree.codes(h).astype(np.intp) for h in range(tree.height)] for tree in trees.values()],
+        level_leaves=[[tree.leaf_counts(h) for h in range(tree.height)] for tree in trees.values()],
+        base=base,
+        sensitive_values=1,
+        k=10,
+        l=None,
+        l_kind="distinct",
+        max_suppressed=max_suppressed(0.05, rows),
+        entity_values=rows,
+    )
+    state = _Search(problem, base, CACHE_BUDGET)
+    assert state.share_meets
+    best = state.run()
+    assert not state.share_meets and len(state.meets) == 1
+    assert state.cache.source_for((3, 2)) is base  # no table of a meet (or node) kept
+    everything = exhaustive(problem, base)
+    feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
+    found = problem.total_loss(problem.loss_terms(best.computed_numerators()))
+    assert found == pytest.approx(min(feasible), abs=1e-12)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,7 +86,12 @@ def log_stream(restore_logging: None) -> io.StringIO:
 
 
 def test_card_numbers_in_every_field_of_every_operation(
-    client: TestClient, tenant: TenantKeys, fake: Faker, app_billing: Billing, log_stream: io.StringIO
+    client: TestClient,
+    tenant: TenantKeys,
+    fake: Faker,
+    app_billing: Billing,
+    log_stream: io.StringIO,
+    tmp_path: Path,
 ) -> None:
     headers = tenant.headers("booking")
     customer = client.post("/v1/customers", json=customer_payload(fake), headers=headers).json()
@@ -133,3 +139,14 @@ def test_card_numbers_in_every_field_of_every_operation(
     logged = log_stream.getvalue()
     assert logged, "nothing was logged: the log check would be empty"
     assert CARD_DIGITS not in logged and CARD not in logged
+
+    # The PCI scan, as an assessor runs it: every table (sealed values opened) and the logs.
+    log_file = tmp_path / "veilbill.log"
+    log_file.write_text(logged)
+    scan = app_billing.pci.scan(paths=[log_file])
+    assert scan.clean, [finding.location.describe() for finding in scan.findings]
+    assert scan.stats.rows > 0 and scan.stats.values_decrypted > 0  # it did read the data
+    assert scan.stats.files == 1 and scan.stats.lines == len(logged.splitlines())
+    # ...and the same scan does see a card number where one is: a positive control.
+    log_file.write_text(logged + f"leaked {CARD}\n")
+    assert not app_billing.pci.scan(paths=[log_file]).clean

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from api.logging import configure_logging
 from billing import Billing
 from billing._models import AuditEvent, Customer, Invoice
+from tokenization import PAN_REDACTION
 
 from .conftest import TenantKeys, customer_payload, invoice_payload, planted, string_paths
 
@@ -102,6 +103,24 @@ def test_card_number_in_query_path_and_raw_body(client: TestClient, tenant: Tena
     )
     assert raw.json()["code"] == "card_data_rejected"
     assert CARDS[1] not in raw.text
+
+
+def test_a_card_number_in_an_identifier_key_is_neither_echoed_nor_audited(
+    client: TestClient, tenant: TenantKeys, fake: Faker, app_billing: Billing, log_stream: io.StringIO
+) -> None:
+    # Found by the Atheris harness (tests/fuzz/fuzz_pan.py): the path of such a key carried the number.
+    key = f"ref{CARDS[0]}"
+    response = client.post(
+        "/v1/customers", json=customer_payload(fake) | {key: "x"}, headers=tenant.headers("booking")
+    )
+    assert response.status_code == 422
+    assert response.json()["fields"] == [f'$["ref{PAN_REDACTION}"]']
+    assert CARDS[0] not in response.text
+    with app_billing.db.read() as session:
+        refusals = session.scalars(select(AuditEvent).where(AuditEvent.action == "card_data.rejected")).all()
+    assert len(refusals) == 1
+    assert CARDS[0] not in (refusals[0].detail or "")
+    assert CARDS[0] not in log_stream.getvalue()
 
 
 def test_ordinary_digits_pass(client: TestClient, tenant: TenantKeys, fake: Faker) -> None:

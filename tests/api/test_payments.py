@@ -19,12 +19,13 @@ import pytest
 import stripe
 from faker import Faker
 from litestar.testing import TestClient
-from sqlmodel import select
+from sqlalchemy import delete
+from sqlmodel import col, select
 
 from api.app import create_app
 from api.settings import Settings
 from billing import Billing
-from billing._models import Dispute, Invoice, Payment, Refund, WebhookEvent, utcnow
+from billing._models import Dispute, IdempotencyRecord, Invoice, Payment, Refund, WebhookEvent, utcnow
 from tokenization import LocalStripeSandbox, StripeGateway, make_stripe_client, sign_payload
 from tokenization.testing import FlakyGateway, UnavailableGateway
 
@@ -152,6 +153,35 @@ def test_a_replayed_request_charges_once(
         headers=shop.headers("booking") | {"Idempotency-Key": "same-key"},
     )
     assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
+
+
+def test_a_payment_whose_answer_was_lost_after_it_was_recorded_is_answered_again(
+    pay_client: TestClient,
+    shop: TenantKeys,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    stripe_client: stripe.StripeClient,
+    app_billing: Billing,
+) -> None:
+    """The process died after the payment was recorded and before its answer was stored.
+
+    The retry takes the key's claim over (see ``tests/api/test_idempotency.py``) and runs again; it
+    answered ``409 invalid_state_transition`` (the invoice was paid) instead of the payment. Found
+    while writing ``tests/integration/test_kill_under_load.py``, which can hit that window too.
+    """
+    billed = _billed(pay_client, shop, fake)
+    card = _save_card(pay_client, shop, billed.customer_id, card_token(TEST_CARDS["visa"])).json()
+    first = _pay(pay_client, shop, billed.invoice_id, card["id"], "pay-then-crash")
+    assert first.status_code == 200, first.text
+    with app_billing.db.transaction() as session:  # the answer never stored: only the claim is left
+        session.execute(delete(IdempotencyRecord).where(col(IdempotencyRecord.key) == "pay-then-crash"))
+    retried = _pay(pay_client, shop, billed.invoice_id, card["id"], "pay-then-crash")
+    assert retried.status_code == 200, retried.text
+    assert "idempotent-replayed" not in retried.headers, "ran again, not replayed"
+    assert retried.json() == first.json()
+    assert len(_intents_of(stripe_client, billed.invoice_id)) == 1
+    other_key = _pay(pay_client, shop, billed.invoice_id, card["id"], "another-payment")
+    assert other_key.status_code == 409 and other_key.json()["code"] == "invalid_state_transition"
 
 
 def test_idempotency_keys_are_per_tenant(

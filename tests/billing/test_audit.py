@@ -11,7 +11,7 @@ from billing import Actor, Billing, Keyring, create_keyring
 from billing._audit import AuditTrail
 from billing._models import AuditEvent, AuditHead
 
-from ..conftest import FIXED_NOW
+from ..conftest import FIXED_NOW, statements_of
 
 
 def _append(billing: Billing, count: int, tenant: str = "ten_a") -> None:
@@ -115,6 +115,36 @@ def test_a_removed_head_is_detected(billing: Billing) -> None:
     with billing.db.transaction() as session:
         session.execute(delete(AuditHead))
     assert not billing.verify_audit().ok
+
+
+def test_appends_in_one_transaction_chain_to_each_other(billing: Billing) -> None:
+    _append(billing, 1)
+    with billing.db.transaction() as session:
+        seqs = [
+            billing.audit.record(
+                session, action="invoice.created", tenant_id="ten_a", resource_id=f"inv_{i}"
+            ).seq
+            for i in range(3)
+        ]
+    assert seqs == [2, 3, 4]
+    result = billing.verify_audit()
+    assert result.ok and result.events == 4
+    with billing.db.read() as session:
+        head = session.exec(select(AuditHead).where(AuditHead.chain == "ten_a")).scalar_one()
+        last = session.exec(select(AuditEvent).where(AuditEvent.seq == 4)).scalar_one()
+    assert (head.seq, head.mac) == (4, last.mac)
+
+
+def test_an_append_locks_the_head_then_writes_once_on_postgresql(billing: Billing) -> None:
+    _append(billing, 1)  # the chain and its head exist
+    with billing.db.transaction() as session, statements_of(billing.db.engine) as sent:
+        billing.audit.record(session, action="invoice.created", tenant_id="ten_a")
+    kinds = [statement.split()[0] for statement in sent if not statement.startswith("BEGIN")]
+    if billing.db.dialect == "postgresql":
+        assert kinds == ["SELECT", "WITH"]  # FOR UPDATE of the head; insert and head move together
+    else:
+        assert kinds == ["SELECT", "INSERT", "UPDATE"]
+    assert billing.verify_audit().ok
 
 
 def test_concurrent_appends_keep_one_chain(billing: Billing, keyring: Keyring) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import FrozenInstanceError, dataclass
 from functools import partial
 from pathlib import Path
@@ -176,6 +177,38 @@ def test_sealing_same_plaintext_twice_gives_different_blobs_and_nonces() -> None
 
     assert first != second
     assert first[nonce_slice] != second[nonce_slice]
+
+
+NONCE_SLICE = slice(10, 22)  # after KEY's 10-byte header (version, length, "dek_0001")
+
+
+def test_nonces_never_repeat_across_batches_and_threads() -> None:
+    # 8 threads x 1,000 values span many 341-nonce batches, and threads race for the refills.
+    def nonces() -> list[bytes]:
+        return [seal(KEY, PLAINTEXT, CONTEXT)[NONCE_SLICE] for _ in range(1_000)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        drawn = [nonce for batch in pool.map(lambda _: nonces(), range(8)) for nonce in batch]
+
+    assert len(drawn) == 8_000
+    assert len(set(drawn)) == len(drawn)
+
+
+def test_a_forked_child_does_not_reuse_the_parents_nonces() -> None:
+    seal(KEY, PLAINTEXT, CONTEXT)  # the parent now holds a batch with nonces left in it
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the next nonce it would use, then leave at once
+        os.write(write_end, seal(KEY, PLAINTEXT, CONTEXT)[NONCE_SLICE])
+        os._exit(0)
+    os.close(write_end)
+    child_nonce = os.read(read_end, 12)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    parent_nonces = {seal(KEY, PLAINTEXT, CONTEXT)[NONCE_SLICE] for _ in range(400)}
+
+    assert len(child_nonce) == 12
+    assert child_nonce not in parent_nonces
 
 
 def test_seal_draws_exactly_one_twelve_byte_nonce() -> None:

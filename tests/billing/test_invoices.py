@@ -10,7 +10,9 @@ from sqlalchemy import update
 
 from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInput
 from billing._models import DataKeyRecord
-from billing.errors import DecryptionError
+from billing.errors import DecryptionError, RecordExpired
+
+from ..conftest import statements_of
 
 
 def _setup(billing: Billing, fake: Faker) -> tuple[Actor, str]:
@@ -67,3 +69,39 @@ def test_a_failed_finalization_gives_its_number_back(billing: Billing, fake: Fak
         billing.invoices.finalize(actor, broken)
     assert billing.invoices.read(actor, broken).status == "draft"
     assert str(billing.invoices.finalize(actor, good).number).endswith("-000001")
+
+
+@pytest.mark.parametrize(("destroyed", "error"), [(True, RecordExpired), (False, DecryptionError)])
+def test_a_record_key_gone_reads_as_expired_only_when_it_was_shredded(
+    billing: Billing, fake: Faker, destroyed: bool, error: type[Exception]
+) -> None:
+    actor, customer_id = _setup(billing, fake)
+    draft = _draft(billing, actor, customer_id)
+    with billing.db.transaction() as session:  # shredded at retention's end, or lost (fault injection)
+        session.execute(
+            update(DataKeyRecord)
+            .where(DataKeyRecord.subject_id == customer_id, DataKeyRecord.purpose == "record")  # type: ignore[arg-type]
+            .values(wrapped=None, destroyed_at=billing.clock() if destroyed else None)
+        )
+    with pytest.raises(error):
+        billing.invoices.read(actor, draft)
+    with pytest.raises(error):
+        billing.invoices.create_draft(actor, InvoiceInput(customer_id=customer_id, currency="EUR"))
+
+
+def test_a_draft_and_its_read_stay_within_their_statement_budget(billing: Billing, fake: Faker) -> None:
+    """What the privacy machinery costs in statements (see docs/benchmarks.md, "Privacy tax")."""
+    actor, customer_id = _setup(billing, fake)
+    _draft(billing, actor, customer_id)  # the tenant's audit chain has its head
+    with statements_of(billing.db.engine) as sent:
+        draft = _draft(billing, actor, customer_id)
+    created = [s.split()[0] for s in sent if not s.startswith("BEGIN")]
+    with statements_of(billing.db.engine) as sent:
+        assert billing.invoices.read(actor, draft).lines[0].description == "Night"
+    read = [s.split()[0] for s in sent if not s.startswith("BEGIN")]
+    # PostgreSQL appends an audit link with one statement, SQLite (in process) with two.
+    append = ["WITH"] if billing.db.dialect == "postgresql" else ["INSERT", "UPDATE"]
+    # client FOR SHARE, its two keys, the invoice, its lines, the chain's head, the link
+    assert created == ["SELECT", "SELECT", "INSERT", "INSERT", "SELECT", *append]
+    # invoice with erasure mark and key, lines, the chain's head, the link, access monitoring
+    assert read == ["SELECT", "SELECT", "SELECT", *append, "SELECT"]

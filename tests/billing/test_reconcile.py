@@ -115,6 +115,63 @@ def test_amounts_refunds_credit_notes_and_numbering_are_checked(
     ]
 
 
+def test_a_refund_made_at_the_gateway_behind_our_back_is_named(
+    paid: tuple[TenantKeys, str], reconciler: Reconciler, gateway_settings: Settings
+) -> None:
+    """Found by ``tests/integration/test_kill_under_load.py``: this was reported clean.
+
+    A refund leaves the intent ``succeeded`` with its amount, so comparing intents alone never saw
+    money given back outside Veilbill (the gateway's dashboard, or a crash between the gateway's
+    refund and its record).
+    """
+    shop, invoice_id = paid
+    db = Database(DatabaseConfig(gateway_settings.database_url))
+    with db.engine.connect() as connection:
+        payment_id, intent_id = connection.execute(
+            text("SELECT id, gateway_intent_id FROM payments WHERE invoice_id = :id"), {"id": invoice_id}
+        ).one()
+    db.dispose()
+    client = make_stripe_client(API_KEY, api_base=gateway_settings.stripe_api_base)
+    out_of_band = client.v1.refunds.create(params={"payment_intent": intent_id, "amount": 100})
+    found = reconciler.reconcile(tenant_id=shop.tenant_id).discrepancies
+    assert [(f.kind, f.payment_id, f.local, f.gateway) for f in found] == [
+        ("refund_not_recorded", payment_id, None, f"{out_of_band.id}:100")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("drift", "kinds"),
+    [
+        (
+            "UPDATE refunds SET status = 'pending' WHERE invoice_id = :id",
+            ["refund_status_differs", "refunded_amount_differs"],
+        ),
+        (
+            "UPDATE refunds SET amount = 400 WHERE invoice_id = :id",
+            ["refund_amount_differs", "refunded_amount_differs"],
+        ),
+        (
+            "INSERT INTO refunds (id, tenant_id, invoice_id, payment_id, amount, currency, status, reason,"
+            " gateway_refund_id, gateway_idempotency_key, created_at, updated_at)"
+            " SELECT 're_ghost', tenant_id, invoice_id, payment_id, 200, currency, 'succeeded', reason, NULL,"
+            " 'vb-ghost', created_at, updated_at FROM refunds WHERE invoice_id = :id",
+            ["refund_missing", "refund_without_credit_note", "refunded_amount_differs"],
+        ),
+    ],
+    ids=["status", "amount", "missing"],
+)
+def test_refunds_recorded_otherwise_than_the_gateway_made_them_are_named(
+    paid: tuple[TenantKeys, str],
+    reconciler: Reconciler,
+    gateway_settings: Settings,
+    drift: str,
+    kinds: list[str],
+) -> None:
+    shop, invoice_id = paid
+    _sql(gateway_settings, drift, id=invoice_id)
+    assert _kinds(reconciler, shop.tenant_id) == sorted(kinds)
+
+
 def test_without_a_gateway_only_the_books_are_checked(
     paid: tuple[TenantKeys, str], gateway_settings: Settings
 ) -> None:

@@ -8,11 +8,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 from faker import Faker
 from sqlmodel import select
 
+from anonymize import (
+    AnonymizationConfig,
+    Hierarchy,
+    age_bands,
+    anonymize,
+    date_levels,
+    flat_hierarchy,
+    postcode_prefix,
+)
 from billing import (
     Actor,
     Address,
@@ -24,6 +34,7 @@ from billing import (
     Keyring,
 )
 from billing._models import Invoice, Payment, PaymentMethod, new_id
+from billing._reports import _Compact, _EngineRelease, _RowCodes
 from billing.errors import ValidationFailed
 
 CATEGORIES = ("hair", "nails", "skin", "massage")
@@ -384,3 +395,194 @@ def test_an_export_closed_unread_releases_its_snapshot(clocked: Billing, clock: 
     clocked.invoices.finalize(seeded.booking, draft.id)
     again = clocked.reports.invoice_dataset(accountant(seeded), *period, k=2, l=1, suppression=1.0)
     assert again.frame.height == 7
+
+
+# --- pass 1 and the search against a release of the plain rows --------------------------------
+
+
+def plain_hierarchies(frame: pl.DataFrame) -> dict[str, Hierarchy]:
+    """The export's generalizations (module docstring of ``billing._reports``), built from the
+    values a plain table holds."""
+    postcodes = frame.get_column("region").unique().to_list()
+    return {
+        "region": postcode_prefix(postcodes, keep=(max(4, *(len(p) for p in postcodes)), 3, 2, 0)),
+        "age_band": age_bands(sorted(int(a) for a in frame.get_column("age_band").unique()), (5, 10, 20), 90),
+        "gender": flat_hierarchy(frame.get_column("gender").unique().to_list()),
+        "period": date_levels(date.fromisoformat(d) for d in frame.get_column("period").unique()),
+    }
+
+
+def age_at(birth: date, day: date) -> int:
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+def released_tuples(frame: pl.DataFrame, columns: tuple[str, ...]) -> list[tuple[object, ...]]:
+    return sorted(frame.select(columns).iter_rows())
+
+
+def test_export_equals_the_engine_run_on_the_decrypted_rows(
+    clocked: Billing, clock: Clock, fake: Faker
+) -> None:
+    """Pass 1 keeps only integer codes and derives each invoice's leaves from per-client and
+    per-day tables; the release must be the one the engine gives for the plain, decrypted rows
+    (one per invoice: postcode, age at issue, gender, issue day, main category, client)."""
+    seeded = seed(clocked, clock, fake, clients=20, per_client=3)
+    rows = []
+    for invoice_id in seeded.invoices:
+        view = clocked.invoices.read(seeded.booking, invoice_id)
+        client = seeded.customers[view.customer_id]
+        assert view.issue_date is not None and client.birth_date is not None
+        assert client.address is not None and client.gender is not None
+        main = max(view.lines, key=lambda line: (line.net, -line.position))
+        rows.append(
+            {
+                "region": client.address.postcode,
+                "age_band": str(age_at(client.birth_date, view.issue_date)),
+                "gender": client.gender,
+                "period": view.issue_date.isoformat(),
+                "category": main.category,
+                "customer": view.customer_id,
+                "net": view.subtotal,
+            }
+        )
+    frame = pl.DataFrame(rows)
+    config = AnonymizationConfig(
+        plain_hierarchies(frame),
+        sensitive="category",
+        k=5,
+        l=2,
+        suppression_limit=0.05,
+        entity="customer",
+    )
+    expected = anonymize(frame, config)
+
+    dataset = clocked.reports.export_invoices(
+        accountant(seeded), date(2026, 1, 1), date(2026, 12, 31), chunk_rows=7
+    ).to_dataset()
+    guarantee = dataset.guarantee
+    assert guarantee["levels"] == expected.guarantee.levels
+    assert guarantee["suppressed"] == expected.guarantee.suppressed
+    assert guarantee["loss"] == pytest.approx(expected.guarantee.loss, abs=1e-12)
+    assert guarantee["min_customers"] == expected.guarantee.min_entities
+    assert guarantee["max_risk"] == pytest.approx(expected.guarantee.max_risk)
+    columns = (*QIS, "category", "net")
+    assert released_tuples(dataset.frame, columns) == released_tuples(expected.table, columns)
+
+
+def random_compact(rng: np.random.Generator, *, rows: int, clients: int) -> _Compact:
+    """Pass-1 codes as ``_read_compact`` builds them, with clients missing a postcode, a birth date
+    or a gender, and a few born after some of their invoices."""
+    first = date(2024, 1, 1).toordinal()
+    postcodes = [f"{code:05d}" for code in rng.choice(np.arange(1000, 96000), size=40, replace=False)]
+    postcode = rng.integers(0, len(postcodes), size=clients).astype(np.int32)
+    birth = (date(1930, 1, 1).toordinal() + rng.integers(0, 365 * 75, size=clients)).astype(np.int32)
+    gender = rng.integers(0, 3, size=clients).astype(np.int32)
+    postcode[0:3] = -1
+    birth[3:6] = -1
+    gender[6:9] = -1
+    birth[9:12] = first + 200  # born in mid-2024: their invoices before that have no age
+    return _Compact(
+        customer=rng.integers(0, clients, size=rows).astype(np.int32),
+        day=(first + rng.integers(0, 2 * 366, size=rows)).astype(np.int32),
+        category=rng.integers(0, 5, size=rows).astype(np.int32),
+        categories=[f"c{index}" for index in range(5)],
+        customer_index={f"cus_{index}": index for index in range(clients)},
+        postcode=postcode,
+        postcodes=postcodes,
+        birth=birth,
+        gender=gender,
+        genders=["female", "male", "non_binary"],
+    )
+
+
+def plain_rows(compact: _Compact) -> list[dict[str, str] | None]:
+    """Each invoice of ``compact`` as plain values (None when a quasi-identifier is missing)."""
+    rows: list[dict[str, str] | None] = []
+    for client, ordinal, category in zip(
+        compact.customer.tolist(), compact.day.tolist(), compact.category.tolist(), strict=True
+    ):
+        postcode, birth, gender = (
+            int(compact.postcode[client]),
+            int(compact.birth[client]),
+            int(compact.gender[client]),
+        )
+        day = date.fromordinal(ordinal)
+        age = age_at(date.fromordinal(birth), day) if birth >= 0 else -1
+        if postcode < 0 or gender < 0 or age < 0:
+            rows.append(None)
+            continue
+        rows.append(
+            {
+                "region": compact.postcodes[postcode],
+                "age_band": str(age),
+                "gender": compact.genders[gender],
+                "period": day.isoformat(),
+                "category": compact.categories[category],
+                "customer": str(client),
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize("seed_value", [3, 11])
+def test_release_from_pass_one_codes_equals_the_release_of_the_plain_rows(seed_value: int) -> None:
+    """No database: pass-1 codes against plain values. Rows missing a quasi-identifier are
+    suppressed up front and count against the limit; the others are released as the engine
+    releases the plain rows with what is left of the limit. Deriving leaves a chunk at a time
+    (7 rows) or at once gives the same release."""
+    rng = np.random.default_rng(seed_value)
+    compact = random_compact(rng, rows=3000, clients=400)
+    for row in range(40):  # invoices on their client's birthday (the age changes that day)
+        birth = int(compact.birth[compact.customer[row]])
+        if birth > 0 and date.fromordinal(birth).timetuple()[1:3] != (2, 29):
+            compact.day[row] = date.fromordinal(birth).replace(year=2025).toordinal()
+    plain = plain_rows(compact)
+    codes = _RowCodes(compact)
+    ages = np.concatenate([codes.ages(slice(start, start + 7)) for start in range(0, compact.rows, 7)])
+    expected_ages = [
+        age_at(date.fromordinal(int(compact.birth[c])), date.fromordinal(d)) if compact.birth[c] >= 0 else -1
+        for c, d in zip(compact.customer.tolist(), compact.day.tolist(), strict=True)
+    ]
+    assert ages.tolist() == [max(age, -1) for age in expected_ages]
+    complete = [row for row in plain if row is not None]
+    missing = len(plain) - len(complete)
+    assert 0 < missing < len(plain) * 0.05
+    left = int(0.05 * len(plain)) - missing
+    frame = pl.DataFrame(complete)
+    config = AnonymizationConfig(
+        plain_hierarchies(frame),
+        sensitive="category",
+        k=4,
+        l=2,
+        suppression_limit=(left + 0.5) / len(complete),
+        entity="customer",
+    )
+    expected = anonymize(frame, config)
+
+    releases = [_EngineRelease(compact, k=4, l=2, suppression=0.05, chunk_rows=size) for size in (7, 1 << 20)]
+    for release in releases:
+        guarantee = release.guarantee
+        assert guarantee["levels"] == expected.guarantee.levels
+        assert guarantee["suppressed"] == expected.guarantee.suppressed + missing
+        assert guarantee["loss"] == pytest.approx(expected.guarantee.loss, abs=1e-12)
+        released = pl.DataFrame(
+            release.quasi_identifiers(slice(0, compact.rows))
+            | {"customer": compact.customer, "category": compact.category}
+        )
+        assert released.filter(pl.Series([row is None for row in plain])).select(QIS).unique().rows() == [
+            ("*",) * 4
+        ]
+        kept = released.filter(pl.Series([row is not None for row in plain])).select(QIS)
+        assert kept.equals(expected.table.select(QIS))
+        # Risks over the whole release (missing rows in the suppressed class), from the released rows.
+        people: dict[tuple[object, ...], set[int]] = defaultdict(set)
+        sizes: dict[tuple[object, ...], int] = defaultdict(int)
+        for *labels, customer, _ in released.iter_rows():
+            people[tuple(labels)].add(customer)
+            sizes[tuple(labels)] += 1
+        assert guarantee["classes"] == len(people)
+        assert guarantee["min_customers"] == min(len(members) for members in people.values())
+        assert guarantee["avg_risk"] == pytest.approx(
+            sum(sizes[key] / len(people[key]) for key in people) / compact.rows
+        )
+    assert releases[0].suppressed.tolist() == releases[1].suppressed.tolist()

@@ -337,3 +337,38 @@ def test_the_clock_stamps_the_new_keys(billing: Billing, database: Database, fak
     result = fixed.subject_rotation.rotate_subject_keys(client.actor, client.customer_id)
     assert result.rotated_at == FIXED_NOW
     assert subject_keys(database, client)["profile"].created_at == FIXED_NOW
+
+
+# SQLite cannot show it: its writers wait for the reader's snapshot, and the snapshot keeps the
+# old keys beside the old rows.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_reader_holding_rows_from_before_a_rotation_still_opens_them(
+    billing: Billing, database: Database, fake: Faker
+) -> None:
+    """Readers take no subject lock: a rotation can commit between loading a row and its key.
+
+    The reader's session holds the client's and the invoice's rows as sealed under the old keys;
+    the rotation then commits from another session. Under READ COMMITTED the reader next finds
+    the *new* keys, which do not open the rows it holds: it must re-read them once.
+    """
+    client = make_client(billing, fake, invoices=1)
+    tenant_id = client.actor.tenant_id
+    with database.read() as session:
+        held = session.get(Customer, client.customer_id)
+        assert held is not None
+        held_lines = session.exec(select(InvoiceLine).where(col(InvoiceLine.tenant_id) == tenant_id)).all()
+        assert held_lines
+        held_notes = held.notes_ct
+
+        billing.subject_rotation.rotate_subject_keys(client.actor, client.customer_id)
+
+        profile = billing.customers.profile_for_export(session, tenant_id, client.customer_id)
+        invoices = billing.invoices.views_for_customer(session, tenant_id, client.customer_id)
+
+    assert profile is not None
+    assert (profile.name, profile.email, profile.notes) == (client.name, client.email, client.notes)
+    [invoice] = invoices
+    assert [line.description for line in invoice.lines] == client.descriptions[invoice.id]
+    assert invoice.notes == client.invoice_notes[invoice.id]
+    assert held.notes_ct != held_notes  # the reader re-read the rotated rows
+    assert sealed_key_id(held.notes_ct or b"") == subject_keys(database, client)["profile"].id

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -140,6 +141,13 @@ class Server:
             time.sleep(0.1)
         pytest.fail(f"server on port {self.port} not ready within {READY_TIMEOUT} s:\n{self.output()}")
 
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group (the supervisor and its workers), as an OOM
+        killer or a pulled plug would: no shutdown hook, no rollback, no response finished."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=STOP_TIMEOUT)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -164,16 +172,22 @@ class ServerPool:
         extra_env: dict[str, str] | None = None,
         *,
         workers: int = 1,
+        port: int | None = None,
     ) -> list[Server]:
         """Start ``count`` servers on free ports, all on ``operator``'s database; wait until ready.
 
         ``extra_env`` adds ``VEILBILL_*`` settings (a gateway, loopback webhook receivers…).
         ``workers`` > 1 starts each server with ``--workers``: uvicorn's supervisor and its workers.
+        ``port`` (with ``count=1``) reuses a port, e.g. to restart a killed server where its clients
+        look for it. Each server leads its own process group, so :meth:`Server.kill` takes its
+        workers down with it.
         """
+        if port is not None and count != 1:
+            raise ValueError("a fixed port is for one server")
         started = []
         for _ in range(count):
             index = len(self._servers)
-            port = free_port()
+            server_port = port if port is not None else free_port()
             log_path = self._tmp_path / f"server-{index}.log.jsonl"
             output_path = self._tmp_path / f"server-{index}.out"
             env = replace(operator, log_path=log_path).env()
@@ -182,15 +196,24 @@ class ServerPool:
                 process = subprocess.Popen(
                     [
                         *veilbill_argv(),
-                        *("serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
+                        *(
+                            "serve",
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(server_port),
+                            "--workers",
+                            str(workers),
+                        ),
                     ],
                     env=env,
                     cwd=operator.workdir,
                     stdin=subprocess.DEVNULL,
                     stdout=output,
                     stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
-            server = Server(port=port, log_path=log_path, output_path=output_path, process=process)
+            server = Server(port=server_port, log_path=log_path, output_path=output_path, process=process)
             self._servers.append(server)
             started.append(server)
         deadline = time.monotonic() + READY_TIMEOUT

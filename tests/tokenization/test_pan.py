@@ -381,6 +381,21 @@ def test_nested_paths_under_a_card_key_are_redacted_too() -> None:
     assert find_card_data({"x y": {VISA: TEST_CARDS["amex"]}}) == [f'$["x y"]["{PAN_REDACTION}"]']
 
 
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [
+        (f"card{VISA}", f'$["card{PAN_REDACTION}"]'),
+        (f"x_{VISA}_y", f'$["x_{PAN_REDACTION}_y"]'),
+        (f"_{TEST_CARDS['amex']}", f'$["_{PAN_REDACTION}"]'),
+    ],
+)
+def test_identifier_keys_holding_a_card_number_are_quoted_and_redacted(key: str, path: str) -> None:
+    # Found by the Atheris harness (tests/fuzz/fuzz_pan.py): such keys used to be reported as
+    # ``$.card4242…``, so the number reached the 422 answer and the audit chain.
+    assert find_card_data({key: {"note": "x"}, "ok": 1}) == [path]
+    assert find_card_data({"outer": [{key: None}]}) == [f"$.outer[0]{path[1:]}"]
+
+
 def test_custom_root_path_and_tuples() -> None:
     assert find_card_data((1, VISA), path="body") == ["body[1]"]
 
@@ -438,61 +453,36 @@ def test_clean_query_params() -> None:
 #
 # Numbers are generated from every IIN range the detector knows, with every allowed length, a
 # valid Luhn check digit, any grouping, any separator and ASCII or full-width digits, then hidden
-# in text that cannot glue digits to them. Set HYPOTHESIS_SEED (or pass --hypothesis-seed) to
+# in text that cannot glue digits to them. The generator (tests/card_numbers.py) is shared with the
+# Atheris harness tests/fuzz/fuzz_pan.py. Set HYPOTHESIS_SEED (or pass --hypothesis-seed) to
 # rerun with new seeds; the profile's example count is in tests/conftest.py.
 
 from hypothesis import given  # noqa: E402  (kept beside the tests that use it)
 from hypothesis import strategies as st  # noqa: E402
 
-from tokenization._pan import _IIN_RANGES, _SEPARATORS  # noqa: E402
+from ..card_numbers import NOT_NEXT_TO_A_NUMBER, generate_card_number, write_card_number  # noqa: E402
 
-_SEPARATOR_CHARS = _SEPARATORS.replace("\\", "")
 # Text around a number: no digits of any script, no hex letters (no UUID can form), no separators.
 _SURROUNDING = st.text(
-    alphabet=st.characters(
-        blacklist_categories=("Nd", "Cs"),
-        blacklist_characters=_SEPARATOR_CHARS + "0123456789abcdefABCDEF",
-    ),
+    alphabet=st.characters(blacklist_categories=("Nd", "Cs"), blacklist_characters=NOT_NEXT_TO_A_NUMBER),
     max_size=40,
 )
 
 
-def _luhn_complete(body: str) -> str:
-    """``body`` followed by the check digit that makes it Luhn-valid."""
-    total = 0
-    for position, char in enumerate(reversed(body)):
-        digit = int(char)
-        if position % 2 == 0:  # these are doubled once the check digit is appended
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return body + str((10 - total % 10) % 10)
-
-
 @st.composite
 def generated_card_numbers(draw: st.DrawFn) -> str:
-    low, high, lengths = draw(st.sampled_from(_IIN_RANGES))
-    prefix = str(draw(st.integers(int(low), int(high)))).zfill(len(low))
-    length = draw(st.sampled_from(sorted(lengths)))
-    middle = draw(
-        st.text(alphabet="0123456789", min_size=length - len(prefix) - 1, max_size=length - len(prefix) - 1)
-    )
-    number = _luhn_complete(prefix + middle)
-    assert luhn_valid(number) and len(number) == length
-    return number
+    """A number from every IIN range and allowed length (the generator is in tests/card_numbers.py)."""
+    return generate_card_number(lambda low, high: draw(st.integers(low, high)))
 
 
 @st.composite
 def written_card_numbers(draw: st.DrawFn) -> str:
     """A generated number as a person or a program might write it."""
-    number = draw(generated_card_numbers())
-    if draw(st.booleans()):
-        number = "".join(chr(0xFF10 + int(digit)) for digit in number)
-    cuts = sorted(draw(st.sets(st.integers(1, len(number) - 1), max_size=6)))
-    groups = [number[start:end] for start, end in zip([0, *cuts], [*cuts, len(number)], strict=True)]
-    written = groups[0]
-    for group in groups[1:]:
-        written += draw(st.sampled_from(_SEPARATOR_CHARS)) + group
-    return written
+
+    def choose(low: int, high: int) -> int:
+        return draw(st.integers(low, high))
+
+    return write_card_number(choose, generate_card_number(choose))
 
 
 @given(before=_SURROUNDING, number=written_card_numbers(), after=_SURROUNDING)
@@ -508,6 +498,8 @@ def test_fuzz_every_generated_card_number_is_found_and_redacted(before: str, num
 def test_fuzz_card_numbers_in_json_numbers_and_keys_are_found(number: str, key: str) -> None:
     assert find_card_data({key or "k": int(number)}) != []
     assert find_card_data({number: "value"}) != []
+    identifier_paths = find_card_data({f"k{number}": "value"})  # $.k4242… would carry the number
+    assert identifier_paths and not any(contains_card_number(path) for path in identifier_paths)
 
 
 @given(text=st.text(max_size=400))

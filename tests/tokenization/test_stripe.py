@@ -363,6 +363,20 @@ def test_refund_partially_then_fully(
     assert (partial.status, partial.amount) == ("succeeded", 300)
     assert (rest.status, rest.amount) == ("succeeded", 700)
     assert rest.refund_id != partial.refund_id
+    listed = gateway.list_refunds(intent_id=payment.intent_id)
+    assert sorted((r.amount, r.refund_id, dict(r.metadata)) for r in listed) == [
+        (300, partial.refund_id, {"veilbill_refund_id": "ref_1"}),
+        (700, rest.refund_id, {"veilbill_refund_id": "ref_2"}),
+    ]
+    other = gateway.create_payment(
+        customer=customer,
+        payment_method=token,
+        amount=500,
+        currency="EUR",
+        metadata={"veilbill_payment_id": "pay_other"},
+        idempotency_key=new_key("pay"),
+    )
+    assert gateway.list_refunds(intent_id=other.intent_id) == [], "only the intent's own refunds"
 
 
 def test_refund_refuses_a_reason_the_gateway_does_not_know(gateway: StripeGateway) -> None:

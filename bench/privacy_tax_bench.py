@@ -1,0 +1,818 @@
+"""The privacy tax: an invoice created and read back through the API, against a plaintext twin.
+
+What is measured, per operation, on one app instance and one database:
+
+* **veilbill** — ``POST /v1/invoices`` (a draft with two lines and notes: the client's name, email
+  and address decrypted for the invoice's snapshot, notes, snapshot and line descriptions sealed
+  under the client's ``record`` key, the subject lock, an ``invoice.created`` audit link) then
+  ``GET /v1/invoices/{id}`` (the record key unwrapped, every sealed column opened, an
+  ``invoice.read`` audit link and the access monitor's count of clients this key read);
+* **baseline** — the same two requests on ``/bench/plain/invoices``: a route registered only on
+  the benchmark's instance of the real app (``create_app`` then ``app.register``), over tables
+  created only by this module (``bench_plain_*``, never in the product's models or migrations)
+  whose columns are the product's with every sealed column in clear and no blind index.
+
+Both sides therefore share the whole request path — the ASGI app, request ids and the access log,
+API-key authentication (a database read), the role guard, the card-data guard over the body, the
+idempotency middleware (no key is sent), dependency injection, msgspec validation of the same
+``InvoiceInput``, the same ``InvoiceView`` encoded to JSON, the same engine and connection pool,
+the same totals and tax arithmetic, the same rows and indexes. What only Veilbill does is the
+privacy machinery: data-key lookups and unwrapping, AES-GCM sealing and opening, the subject lock
+(``FOR SHARE`` on the client, for key rotation), the restriction of an erased client's invoices on
+read, and the audit chain (head lock, HMAC, insert, access monitoring). The baseline reads in a
+read-only unit of work because it writes nothing when reading; Veilbill's read writes its audit
+link.
+
+Cases: ``invoice`` reuses the clients of a pool (``--clients``), as a booking app bills the same
+regulars again and again; ``client-invoice`` registers a new client for every booking first
+(``POST /v1/customers``: two data keys made and wrapped, eight fields sealed, two blind indexes,
+an audit link; the baseline inserts the same fields in clear), then creates and reads the invoice.
+Each runs on PostgreSQL (as in production) and SQLite (the embedded default).
+
+Transport: ``httpx.ASGITransport`` in this process, with the app's lifespan. Both sides go
+through the whole ASGI app, but no socket or HTTP parser: those add the same time to both sides,
+which would only shrink the ratio, so leaving them out is the stricter comparison.
+
+Rounds alternate which side goes first; each round runs ``--ops`` operations per side after a
+warm-up. Figures are milliseconds per operation (median and minimum over every measured
+operation) and the median over rounds of the per-round ratio of medians. ``cpu`` is the same for
+this process's CPU time (``time.process_time``: the app, its worker threads and the client, not
+the database server): less disturbed by other processes on a shared machine, it tells the
+Python-side part of the tax from the waiting on the database.
+
+``--profile FILE`` skips the comparison and profiles, with pyinstrument, the part of the request
+path that differs — the billing service's ``create_draft`` and ``read`` — on PostgreSQL, called
+directly in this thread (the app runs handlers in worker threads, which a sampling profiler of
+the main thread does not see); the framework around it is the same on both sides.
+
+Usage: ``python -m bench.privacy_tax_bench [--rounds 10] [--ops 40] [--only pg-invoice,...]
+[--profile FILE]``; prints one JSON line per case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import httpx
+import msgspec
+import psycopg
+from faker import Faker
+from litestar import Controller, Litestar, Router, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel, select
+
+from api.app import create_app
+from api.auth import requires_role
+from api.deps import ActorDep
+from api.settings import Settings
+from billing import (
+    Actor,
+    CustomerInput,
+    CustomerView,
+    Database,
+    DatabaseConfig,
+    InvoiceInput,
+    InvoiceLineView,
+    InvoiceView,
+    TaxLine,
+    compute_line,
+    compute_totals,
+    create_keyring,
+    currency_exponent,
+    upgrade,
+    utcnow,
+    write_keyring,
+)
+from billing.errors import CustomerErased, NotFound, ValidationFailed
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+TARGET_RATIO = 1.15
+CASES = ("pg-invoice", "pg-client-invoice", "sqlite-invoice", "sqlite-client-invoice")
+_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz"  # as the product's ids: letters only, 20 of them
+
+
+# --- the plaintext twin: tables, service, routes (this module only) --------------------------------
+
+
+class _UtcDateTime(TypeDecorator[datetime]):
+    """As the product's timestamps: naive UTC in the database, aware UTC in Python."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class _PlainBase(SQLModel, registry=registry()):
+    """Models of a metadata of their own: nothing here reaches the product's schema or migrations."""
+
+
+# Stands for the product's ``tenants`` table so the foreign keys resolve; never created from here.
+Table("tenants", _PlainBase.metadata, Column("id", String(40), primary_key=True))
+
+
+def _ts(*, nullable: bool = False) -> Any:
+    return Field(sa_column=Column(_UtcDateTime(), nullable=nullable))
+
+
+def _money() -> Any:
+    return Field(sa_column=Column(BigInteger, nullable=False))
+
+
+def _tenant_fk() -> Any:
+    return Field(sa_column=Column(String(40), ForeignKey("tenants.id"), nullable=False, index=True))
+
+
+def _clear() -> Any:
+    return Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class PlainCustomer(_PlainBase, table=True):
+    """``customers`` with every sealed field in clear, indexed on the clear email and reference."""
+
+    __tablename__ = "bench_plain_customers"
+    __table_args__ = (
+        Index("ix_bench_plain_customers_tenant_email", "tenant_id", "email"),
+        Index("ix_bench_plain_customers_tenant_external_ref", "tenant_id", "external_ref"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = _tenant_fk()
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    name: str | None = _clear()
+    email: str | None = _clear()
+    phone: str | None = _clear()
+    address: str | None = _clear()
+    birth_date: date | None = Field(default=None, sa_column=Column(Date, nullable=True))
+    gender: str | None = _clear()
+    notes: str | None = _clear()
+    external_ref: str | None = _clear()
+    erased_at: datetime | None = _ts(nullable=True)
+
+
+class PlainInvoice(_PlainBase, table=True):
+    """``invoices`` with ``notes`` and ``customer_snapshot`` in clear; the same keys and indexes."""
+
+    __tablename__ = "bench_plain_invoices"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "series", "number_year", "number_seq"),
+        Index("ix_bench_plain_invoices_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_bench_plain_invoices_tenant_booking_ref", "tenant_id", "booking_ref"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = _tenant_fk()
+    customer_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("bench_plain_customers.id"), nullable=False, index=True)
+    )
+    booking_ref: str | None = Field(default=None, max_length=100)
+    currency: str = Field(max_length=3)
+    series: str = Field(max_length=10)
+    status: str = Field(max_length=20)
+    number: str | None = Field(default=None, max_length=40)
+    number_year: int | None = None
+    number_seq: int | None = None
+    due_date: date | None = None
+    issue_date: date | None = None
+    subtotal: int = _money()
+    tax: int = _money()
+    total: int = _money()
+    notes: str | None = _clear()
+    customer_snapshot: str | None = _clear()
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    finalized_at: datetime | None = _ts(nullable=True)
+    closed_at: datetime | None = _ts(nullable=True)
+    amount_paid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    amount_refunded: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    paid_at: datetime | None = _ts(nullable=True)
+    version: int = 1
+
+
+class PlainInvoiceLine(_PlainBase, table=True):
+    """``invoice_lines`` with ``description`` in clear."""
+
+    __tablename__ = "bench_plain_invoice_lines"
+    __table_args__ = (UniqueConstraint("invoice_id", "position"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40, index=True)
+    invoice_id: str = Field(
+        sa_column=Column(
+            String(40), ForeignKey("bench_plain_invoices.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    position: int
+    description: str | None = _clear()
+    quantity: int = Field(sa_column=Column(Integer, nullable=False))
+    unit_amount: int = _money()
+    tax_rate_bps: int
+    category: str = Field(max_length=40)
+    net: int = _money()
+    tax: int = _money()
+    total: int = _money()
+
+
+PLAIN_TABLES = [PlainCustomer.__table__, PlainInvoice.__table__, PlainInvoiceLine.__table__]  # type: ignore[attr-defined]
+
+
+def create_plain_tables(db: Database) -> None:
+    """Create the baseline's tables next to the product's (already migrated) schema."""
+    _PlainBase.metadata.create_all(db.engine, tables=PLAIN_TABLES)
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{''.join(secrets.choice(_ID_ALPHABET) for _ in range(20))}"
+
+
+class PlainBilling:
+    """What the invoice and client services do, minus the privacy machinery.
+
+    Same validation and arithmetic (currency, series, totals per line and per rate), same rows,
+    same queries a plaintext service needs: the client checked in the tenant and copied onto the
+    invoice, one invoice row, its lines; on read the invoice and its lines. No keys, no
+    encryption, no blind index, no subject lock, no audit.
+    """
+
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._db = db
+        self._clock = clock
+
+    def create_customer(self, actor: Actor, data: CustomerInput) -> CustomerView:
+        now = self._clock()
+        customer = PlainCustomer(
+            id=_new_id("cus"),
+            tenant_id=actor.tenant_id,
+            created_at=now,
+            updated_at=now,
+            name=data.name,
+            email=data.email,
+            phone=data.phone,
+            address=msgspec.json.encode(data.address).decode() if data.address else None,
+            birth_date=data.birth_date,
+            gender=data.gender,
+            notes=data.notes,
+            external_ref=data.external_ref,
+        )
+        with self._db.transaction() as session:
+            session.add(customer)
+        return msgspec.convert(
+            {
+                "id": customer.id,
+                "name": data.name,
+                "email": data.email,
+                "phone": data.phone,
+                "address": data.address,
+                "birth_date": data.birth_date,
+                "gender": data.gender,
+                "external_ref": data.external_ref,
+                "notes": data.notes,
+                "created_at": now,
+                "updated_at": now,
+            },
+            CustomerView,
+            from_attributes=True,
+        )
+
+    def create_invoice(self, actor: Actor, data: InvoiceInput) -> InvoiceView:
+        currency_exponent(data.currency)
+        if data.series == "CN":
+            raise ValidationFailed("The series CN is reserved for credit notes.", field="series")
+        totals = compute_totals((ln.quantity, ln.unit_amount, ln.tax_rate_bps) for ln in data.lines)
+        now = self._clock()
+        with self._db.transaction() as session:
+            customer = session.exec(
+                select(PlainCustomer).where(
+                    PlainCustomer.id == data.customer_id, PlainCustomer.tenant_id == actor.tenant_id
+                )
+            ).one_or_none()
+            if customer is None:
+                raise NotFound(resource="customer")
+            if customer.erased_at is not None:
+                raise CustomerErased(resource="customer")
+            snapshot = {
+                "name": customer.name,
+                "email": customer.email,
+                "address": msgspec.json.decode(customer.address) if customer.address else None,
+            }
+            invoice = PlainInvoice(
+                id=_new_id("inv"),
+                tenant_id=actor.tenant_id,
+                customer_id=data.customer_id,
+                booking_ref=data.booking_ref,
+                currency=data.currency,
+                series=data.series,
+                status="draft",
+                due_date=data.due_date,
+                subtotal=totals.subtotal,
+                tax=totals.tax,
+                total=totals.total,
+                notes=data.notes,
+                customer_snapshot=msgspec.json.encode(snapshot).decode(),
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(invoice)
+            session.flush()
+            lines = []
+            for position, line in enumerate(data.lines, start=1):
+                amounts = compute_line(line.quantity, line.unit_amount, line.tax_rate_bps)
+                row = PlainInvoiceLine(
+                    id=_new_id("il"),
+                    tenant_id=actor.tenant_id,
+                    invoice_id=invoice.id,
+                    position=position,
+                    description=line.description,
+                    quantity=line.quantity,
+                    unit_amount=line.unit_amount,
+                    tax_rate_bps=line.tax_rate_bps,
+                    category=line.category,
+                    net=amounts.net,
+                    tax=amounts.tax,
+                    total=amounts.total,
+                )
+                session.add(row)
+                lines.append(row)
+            session.flush()
+            return _plain_view(invoice, lines, snapshot)
+
+    def read_invoice(self, actor: Actor, invoice_id: str) -> InvoiceView:
+        with self._db.read() as session:
+            invoice = session.exec(
+                select(PlainInvoice).where(
+                    PlainInvoice.id == invoice_id, PlainInvoice.tenant_id == actor.tenant_id
+                )
+            ).one_or_none()
+            if invoice is None:
+                raise NotFound(resource="invoice")
+            lines = list(
+                session.exec(
+                    select(PlainInvoiceLine)
+                    .where(PlainInvoiceLine.invoice_id == invoice.id)
+                    .order_by(PlainInvoiceLine.position)  # type: ignore[arg-type]
+                )
+            )
+            snapshot = msgspec.json.decode(invoice.customer_snapshot) if invoice.customer_snapshot else None
+            return _plain_view(invoice, lines, snapshot)
+
+
+def _plain_view(
+    invoice: PlainInvoice, lines: list[PlainInvoiceLine], snapshot: dict[str, object] | None
+) -> InvoiceView:
+    """The product's ``InvoiceView``, built the way the product builds it."""
+    totals = compute_totals((ln.quantity, ln.unit_amount, ln.tax_rate_bps) for ln in lines)
+    return InvoiceView(
+        id=invoice.id,
+        customer_id=invoice.customer_id,
+        booking_ref=invoice.booking_ref,
+        status=invoice.status,
+        number=invoice.number,
+        currency=invoice.currency,
+        currency_exponent=currency_exponent(invoice.currency),
+        series=invoice.series,
+        subtotal=invoice.subtotal,
+        tax=invoice.tax,
+        total=invoice.total,
+        issue_date=invoice.issue_date,
+        due_date=invoice.due_date,
+        created_at=invoice.created_at,
+        finalized_at=invoice.finalized_at,
+        tax_breakdown=[TaxLine(tax_rate_bps=t.tax_rate_bps, net=t.net, tax=t.tax) for t in totals.breakdown],
+        lines=[
+            InvoiceLineView(
+                id=ln.id,
+                position=ln.position,
+                description=ln.description or "",
+                quantity=ln.quantity,
+                unit_amount=ln.unit_amount,
+                tax_rate_bps=ln.tax_rate_bps,
+                category=ln.category,
+                net=ln.net,
+                tax=ln.tax,
+                total=ln.total,
+            )
+            for ln in lines
+        ],
+        customer=snapshot,
+        notes=invoice.notes,
+        updated_at=invoice.updated_at,
+    )
+
+
+PlainDep: TypeAlias = NamedDependency[PlainBilling]
+
+
+class PlainCustomerController(Controller):
+    path = "/customers"
+    guards = [requires_role("booking")]
+
+    @post(sync_to_thread=True)
+    def create_plain_customer(
+        self, data: JSONBody[CustomerInput], plain: PlainDep, actor: ActorDep
+    ) -> CustomerView:
+        return plain.create_customer(actor, data)
+
+
+class PlainInvoiceController(Controller):
+    path = "/invoices"
+    guards = [requires_role("booking")]
+
+    @post(sync_to_thread=True)
+    def create_plain_invoice(
+        self, data: JSONBody[InvoiceInput], plain: PlainDep, actor: ActorDep
+    ) -> InvoiceView:
+        return plain.create_invoice(actor, data)
+
+    @get("/{invoice_id:str}", sync_to_thread=True)
+    def read_plain_invoice(self, invoice_id: FromPath[str], plain: PlainDep, actor: ActorDep) -> InvoiceView:
+        return plain.read_invoice(actor, invoice_id)
+
+
+def plain_router(plain: PlainBilling) -> Router:
+    """``/bench/plain/…``: to register on the benchmark's instance of the app only."""
+
+    def provide_plain() -> PlainBilling:
+        return plain
+
+    return Router(
+        path="/bench/plain",
+        route_handlers=[PlainCustomerController, PlainInvoiceController],
+        dependencies={"plain": Provide(provide_plain, sync_to_thread=False)},
+        include_in_schema=False,
+    )
+
+
+def bench_app(settings: Settings, *, configure_logs: bool = True) -> Litestar:
+    """The real service for ``settings``, plus the baseline's routes and tables."""
+    app = create_app(settings, configure_logs=configure_logs)
+    db: Database = app.state.billing.db
+    create_plain_tables(db)
+    app.register(plain_router(PlainBilling(db)))
+    return app
+
+
+# --- the environment: a fresh database and keyring per case ----------------------------------------
+
+
+@contextmanager
+def fresh_settings(database: str, postgres_admin_url: str) -> Iterator[Settings]:
+    """Settings for a new, migrated database (``postgresql`` or ``sqlite``) and a new keyring."""
+    workdir = Path(tempfile.mkdtemp(prefix="veilbill-tax-"))
+    dbname = f"veilbill_tax_{secrets.token_hex(4)}"
+    try:
+        if database == "postgresql":
+            with psycopg.connect(postgres_admin_url, autocommit=True) as connection:
+                connection.execute(f'CREATE DATABASE "{dbname}"')
+            url = f"{postgres_admin_url.rsplit('/', 1)[0]}/{dbname}"
+        else:
+            url = f"sqlite:///{workdir / 'veilbill.db'}"
+        keyring_path = workdir / "keyring.json"
+        write_keyring(keyring_path, create_keyring(now=utcnow()))
+        db = Database(DatabaseConfig(url))
+        upgrade(db.engine)
+        db.dispose()
+        yield Settings(
+            database_url=url,
+            keyring_path=keyring_path,
+            erasure_journal_path=workdir / "erasures.jsonl",
+            log_path=str(workdir / "service.log"),
+            webhooks_worker=False,
+        )
+    finally:
+        if database == "postgresql":
+            with psycopg.connect(postgres_admin_url, autocommit=True) as connection:
+                connection.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- the measurement -------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One contender: where its routes are, its clients, and what it measured."""
+
+    name: str
+    customers_path: str
+    invoices_path: str
+    clients: list[str] = field(default_factory=list)
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    cpu: list[float] = field(default_factory=list)
+    round_medians: list[float] = field(default_factory=list)
+    round_cpu_medians: list[float] = field(default_factory=list)
+
+
+def _customer_payload(fake: Faker) -> dict[str, Any]:
+    return {
+        "name": fake.name(),
+        "email": fake.unique.email(),
+        "phone": fake.numerify("+33 6 ## ## ## ##"),
+        "address": {
+            "line1": fake.street_address().replace("\n", " "),
+            "line2": None,
+            "city": fake.city(),
+            "postcode": fake.numerify("#####"),
+            "country": "FR",
+        },
+        "birth_date": fake.date_of_birth(minimum_age=18, maximum_age=90).isoformat(),
+        "gender": fake.random_element(["female", "male", "non_binary"]),
+        "external_ref": f"client-{fake.uuid4()}",
+        "notes": fake.sentence(nb_words=8),
+    }
+
+
+def _invoice_payload(fake: Faker) -> dict[str, Any]:
+    return {
+        "booking_ref": f"bk_{fake.uuid4()[:8]}",
+        "currency": "EUR",
+        "due_date": "2026-12-01",
+        "notes": fake.sentence(nb_words=6),
+        "lines": [
+            {
+                "description": f"{fake.word()} {fake.word()} treatment",
+                "quantity": 1,
+                "unit_amount": 4500,
+                "tax_rate_bps": 2000,
+                "category": "hair",
+            },
+            {
+                "description": f"{fake.word()} care",
+                "quantity": 2,
+                "unit_amount": 1250,
+                "tax_rate_bps": 550,
+                "category": "care",
+            },
+        ],
+    }
+
+
+class BenchFailure(RuntimeError):
+    """A request of the benchmark did not answer as it should (the figures would be meaningless)."""
+
+
+def _expect(response: httpx.Response, status: int) -> dict[str, Any]:
+    if response.status_code != status:
+        raise BenchFailure(f"{response.request.method} {response.request.url.path}: {response.status_code}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _operation(
+    client: httpx.AsyncClient,
+    side: Side,
+    payload: dict[str, Any],
+    customer: dict[str, Any] | None,
+    index: int,
+) -> dict[str, float]:
+    """One booking billed: [register the client,] create the invoice, read it back. Times in ms."""
+    times: dict[str, float] = {}
+    if customer is not None:
+        started = time.perf_counter()
+        response = await client.post(side.customers_path, json=customer)
+        times["create_client"] = (time.perf_counter() - started) * 1000
+        customer_id = _expect(response, 201)["id"]
+    else:
+        customer_id = side.clients[index % len(side.clients)]
+    body = {**payload, "customer_id": customer_id}
+    started = time.perf_counter()
+    response = await client.post(side.invoices_path, json=body)
+    times["create_invoice"] = (time.perf_counter() - started) * 1000
+    created = _expect(response, 201)
+    started = time.perf_counter()
+    response = await client.get(f"{side.invoices_path}/{created['id']}")
+    times["read_invoice"] = (time.perf_counter() - started) * 1000
+    read = _expect(response, 200)
+    if [ln["description"] for ln in read["lines"]] != [ln["description"] for ln in payload["lines"]] or (
+        read["notes"] != payload["notes"] or read["total"] != created["total"]
+    ):
+        raise BenchFailure(f"{side.name}: the invoice read back is not the one created")
+    return times
+
+
+async def _run_case(app: Litestar, case: str, args: argparse.Namespace) -> dict[str, Any]:
+    new_client_each_time = case.endswith("client-invoice")
+    fake = Faker("fr_FR")
+    fake.seed_instance(args.seed)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.lifespan(),
+        httpx.AsyncClient(transport=transport, base_url="http://veilbill.bench") as client,
+    ):
+        billing = app.state.billing
+        issued = billing.tenants.create_tenant("Salon Privacy Tax")
+        response = await client.post(
+            "/v1/admin/api-keys",
+            json={"role": "booking", "name": "privacy tax bench"},
+            headers={"Authorization": f"Bearer {issued.key}"},
+        )
+        client.headers["Authorization"] = f"Bearer {_expect(response, 201)['key']}"
+        sides = [
+            Side("veilbill", "/v1/customers", "/v1/invoices"),
+            Side("baseline", "/bench/plain/customers", "/bench/plain/invoices"),
+        ]
+        if not new_client_each_time:
+            for _ in range(args.clients):
+                customer = _customer_payload(fake)
+                for side in sides:
+                    side.clients.append(
+                        _expect(await client.post(side.customers_path, json=customer), 201)["id"]
+                    )
+
+        async def one_pass(count: int, record: bool, first: int) -> None:
+            payloads = [_invoice_payload(fake) for _ in range(count)]
+            customers = [_customer_payload(fake) if new_client_each_time else None for _ in range(count)]
+            for side in sides if first == 0 else reversed(sides):
+                totals, cpus = [], []
+                for index, (payload, customer) in enumerate(zip(payloads, customers, strict=True)):
+                    cpu_started = time.process_time()
+                    times = await _operation(client, side, payload, customer, index)
+                    cpus.append((time.process_time() - cpu_started) * 1000)
+                    totals.append(sum(times.values()))
+                    if record:
+                        for step, ms in times.items():
+                            side.steps.setdefault(step, []).append(ms)
+                if record:
+                    side.cpu.extend(cpus)
+                    side.round_medians.append(statistics.median(totals))
+                    side.round_cpu_medians.append(statistics.median(cpus))
+
+        await one_pass(args.warmup, record=False, first=0)
+        for round_index in range(args.rounds):
+            await one_pass(args.ops, record=True, first=round_index % 2)
+    return _summary(case, sides, args)
+
+
+def _summary(case: str, sides: list[Side], args: argparse.Namespace) -> dict[str, Any]:
+    veilbill, baseline = sides
+    ratios = [v / b for v, b in zip(veilbill.round_medians, baseline.round_medians, strict=True)]
+
+    def per_op(side: Side) -> list[float]:
+        steps = list(side.steps.values())
+        return [sum(parts) for parts in zip(*steps, strict=True)]
+
+    result: dict[str, Any] = {
+        "bench": "privacy-tax",
+        "case": case,
+        "database": "postgresql" if case.startswith("pg-") else "sqlite",
+        "transport": "httpx.ASGITransport (in process)",
+        "rounds": args.rounds,
+        "ops_per_round": args.ops,
+        "clients_reused": 0 if case.endswith("client-invoice") else args.clients,
+    }
+    for side in sides:
+        totals = per_op(side)
+        result[f"{side.name}_ms_median"] = round(statistics.median(totals), 3)
+        result[f"{side.name}_ms_min"] = round(min(totals), 3)
+    result["ratio_median"] = round(statistics.median(ratios), 3)
+    result["ratio_rounds_min_max"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    result["target"] = TARGET_RATIO
+    result["met"] = result["ratio_median"] <= TARGET_RATIO
+    cpu_ratios = [v / b for v, b in zip(veilbill.round_cpu_medians, baseline.round_cpu_medians, strict=True)]
+    result["cpu"] = {
+        "veilbill_ms_median": round(statistics.median(veilbill.cpu), 3),
+        "baseline_ms_median": round(statistics.median(baseline.cpu), 3),
+        "ratio_median": round(statistics.median(cpu_ratios), 3),
+    }
+    result["steps"] = {
+        step: {
+            "veilbill_ms_median": round(statistics.median(veilbill.steps[step]), 3),
+            "baseline_ms_median": round(statistics.median(baseline.steps[step]), 3),
+            "ratio_of_medians": round(
+                statistics.median(veilbill.steps[step]) / statistics.median(baseline.steps[step]), 3
+            ),
+        }
+        for step in veilbill.steps
+    }
+    result["utc"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def profile_service(args: argparse.Namespace, path: Path) -> None:
+    """Write a pyinstrument profile of ``--ops * --rounds`` drafts created and read (PostgreSQL)."""
+    from pyinstrument import Profiler  # the bench extra; only this option needs it
+
+    fake = Faker("fr_FR")
+    fake.seed_instance(args.seed)
+    with fresh_settings("postgresql", args.postgres) as settings:
+        app = bench_app(settings, configure_logs=False)
+        billing = app.state.billing
+        issued = billing.tenants.create_tenant("Salon Profile")
+        admin = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
+        actor = Actor(tenant_id=issued.tenant_id, role="booking", key_id="key_profile")
+        clients = [
+            billing.customers.create(admin, msgspec.convert(_customer_payload(fake), CustomerInput)).id
+            for _ in range(args.clients)
+        ]
+        count = args.ops * args.rounds
+        drafts = [
+            msgspec.convert(
+                {**_invoice_payload(fake), "customer_id": clients[i % len(clients)]},
+                InvoiceInput,
+                strict=False,
+            )
+            for i in range(args.warmup + count)
+        ]
+        for draft in drafts[: args.warmup]:
+            billing.invoices.read(actor, billing.invoices.create_draft(actor, draft).id)
+        profiler = Profiler(interval=0.0005)
+        started = time.perf_counter()
+        with profiler:
+            for draft in drafts[args.warmup :]:
+                billing.invoices.read(actor, billing.invoices.create_draft(actor, draft).id)
+        elapsed = time.perf_counter() - started
+        app.state.billing.db.dispose()
+    path.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+    print(
+        json.dumps(
+            {
+                "bench": "privacy-tax-profile",
+                "operations": count,
+                "ms_per_create_and_read": round(elapsed / count * 1000, 3),
+                "profile": str(path),
+            }
+        ),
+        flush=True,
+    )
+
+
+def run_cases(args: argparse.Namespace, *, configure_logs: bool = True) -> list[dict[str, Any]]:
+    """Run the selected cases one after another; each gets a fresh database and keyring."""
+    results = []
+    for case in args.only:
+        database = "postgresql" if case.startswith("pg-") else "sqlite"
+        with fresh_settings(database, args.postgres) as settings:
+            app = bench_app(settings, configure_logs=configure_logs)
+            result = asyncio.run(_run_case(app, case, args))
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--ops", type=int, default=40, help="operations per side and round")
+    parser.add_argument("--warmup", type=int, default=20, help="operations per side before measuring")
+    parser.add_argument("--clients", type=int, default=50, help="clients reused by the invoice case")
+    parser.add_argument("--seed", type=int, default=20261202)
+    parser.add_argument("--only", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument("--postgres", default=os.environ.get("VEILBILL_TEST_POSTGRES_URL", DEFAULT_POSTGRES))
+    parser.add_argument(
+        "--profile", type=Path, help="profile Veilbill's service calls into this file instead"
+    )
+    args = parser.parse_args(argv)
+    args.only = [case.strip() for case in args.only.split(",") if case.strip()]
+    unknown = set(args.only) - set(CASES)
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    if args.rounds < 1 or args.ops < 1 or args.warmup < 1 or args.clients < 1:
+        parser.error("--rounds, --ops, --warmup and --clients must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.profile is not None:
+        profile_service(args, args.profile)
+        return
+    run_cases(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""bench.privacy_tax_bench: its baseline is the product's tables in clear, and one short run works."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+from sqlmodel import SQLModel
+
+from bench.privacy_tax_bench import (
+    CASES,
+    PLAIN_TABLES,
+    PlainCustomer,
+    PlainInvoice,
+    PlainInvoiceLine,
+    parse_args,
+    run_cases,
+)
+from billing._models import Customer, Invoice, InvoiceLine
+
+from ..conftest import PG_ADMIN_URL, require_or_skip
+
+
+@pytest.mark.parametrize(
+    ("plain", "product"),
+    [(PlainCustomer, Customer), (PlainInvoice, Invoice), (PlainInvoiceLine, InvoiceLine)],
+)
+def test_the_baseline_has_the_products_columns_in_clear(
+    plain: type[SQLModel], product: type[SQLModel]
+) -> None:
+    product_columns = product.__table__.columns  # type: ignore[attr-defined]
+    expected = {c.name.removesuffix("_ct") for c in product_columns if not c.name.endswith("_bidx")}
+    assert {c.name for c in plain.__table__.columns} == expected  # type: ignore[attr-defined]
+
+
+def test_the_baseline_tables_are_not_in_the_products_schema() -> None:
+    assert not {table.name for table in PLAIN_TABLES} & set(SQLModel.metadata.tables)
+
+
+def test_one_short_round_of_every_case_compares_both_sides(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=5).close()
+    except psycopg.OperationalError:
+        require_or_skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
+    args = parse_args(
+        ["--rounds", "1", "--ops", "2", "--warmup", "1", "--clients", "2", "--only", ",".join(CASES)]
+    )
+    results = run_cases(args)  # the service logs to a file of its temporary folder, as in the bench
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == results and [r["case"] for r in results] == list(CASES)
+    for result in results:
+        assert result["veilbill_ms_median"] > 0 and result["baseline_ms_median"] > 0
+        assert result["ratio_median"] == pytest.approx(result["ratio_rounds_min_max"][0])  # one round
+        steps = {"create_invoice", "read_invoice"} | (
+            {"create_client"} if "client" in result["case"] else set()
+        )
+        assert set(result["steps"]) == steps
