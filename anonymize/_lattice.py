@@ -96,6 +96,7 @@ MAX_LATTICE_NODES = 1 << 20
 CACHE_BUDGET = 1 << 21
 CHUNK_SPACE = 1 << 12
 CACHE_MAX_SHARE = 0.75
+NARROW_CHUNKS_FROM = 1 << 17
 ENTROPY_TOLERANCE = 1e-9
 LOSS_SLACK = 1e-9
 _KEY_LIMIT = 1 << 62
@@ -216,25 +217,39 @@ class Layout:
                 multiplier *= max(domains[q], 1)
         return cls(tuple(tuple(chunk) for chunk in chunks), tuple(radix), tuple(domains))
 
-    def unpack(self, chunks: Sequence[IntpArray]) -> tuple[IntpArray, ...]:
+    def unpack(self, chunks: Sequence[LabelArray]) -> tuple[LabelArray, ...]:
         """The per-column label numbers of chunk values (the inverse of ``pack``; 0 at the top)."""
-        codes: list[IntpArray] = [np.zeros(0, dtype=np.intp)] * len(self.radix)
+        codes: list[LabelArray] = [np.zeros(0, dtype=np.intp)] * len(self.radix)
         for chunk, values in zip(self.chunks, chunks, strict=True):
             for q in chunk:
                 codes[q] = values // self.radix[q] % max(self.domains[q], 1)
         return tuple(codes)
 
-    def pack(self, codes: Sequence[LabelArray | None], size: int) -> tuple[IntpArray, ...]:
-        """The chunk values of per-column label numbers (``None``: the top level, label 0)."""
-        packed = []
+    def pack(self, codes: Sequence[LabelArray | None], size: int) -> tuple[LabelArray, ...]:
+        """The chunk values of per-column label numbers (``None``: the top level, label 0), in
+        ``chunk_dtype(size)``."""
+        packed: list[LabelArray] = []
+        dtype = chunk_dtype(size)
         for chunk in self.chunks:
-            value = np.zeros(size, dtype=np.intp)
+            value = np.zeros(size, dtype=dtype)
             for q in chunk:
                 column = codes[q]
                 if column is not None:
-                    value += column.astype(np.intp, copy=False) * self.radix[q]
+                    value += column.astype(dtype, copy=False) * self.radix[q]
             packed.append(value)
         return tuple(packed)
+
+
+def chunk_dtype(size: int) -> type[np.signedinteger[Any]]:
+    """How a table of ``size`` combinations stores its chunk values (every one is below 2^31).
+
+    NumPy gathers through an intp index array about 3 times faster than through an int32 one (it
+    converts the latter), so small tables, where the gathers are much of the search's time, keep
+    8 bytes; from ``NARROW_CHUNKS_FROM`` combinations on, 4 bytes: there memory is what matters, and
+    the gathers are a small part of an evaluation (the sort dominates). Measured in
+    docs/benchmarks.md.
+    """
+    return np.int32 if size >= NARROW_CHUNKS_FROM else np.intp
 
 
 class Table:
@@ -274,7 +289,7 @@ class Table:
         self._codes: tuple[CodeArray | None, ...] | None = codes
         self._sensitive = sensitive
         self._entities = entities
-        self._chunks: tuple[IntpArray, ...] | None = None
+        self._chunks: tuple[LabelArray, ...] | None = None
         self._layout: Layout | None = None
         self._source: Table | None = None
         self._side_source: Table | None = None
@@ -291,7 +306,7 @@ class Table:
         table._representative = representative
         return table
 
-    def chunks(self, problem: Problem) -> tuple[IntpArray, ...]:
+    def chunks(self, problem: Problem) -> tuple[LabelArray, ...]:
         """The labels packed by ``problem.layout`` (gathered from the source on first use)."""
         layout = problem.layout
         if self._chunks is not None and (self._layout is layout or self._layout == layout):
@@ -301,12 +316,14 @@ class Table:
             # Packed, the per-column numbers are dropped: the chunks hold the same (``codes``).
             self._chunks, self._codes = layout.pack(self.codes, self.size), None
         else:
-            packed = []
+            packed: list[LabelArray] = []
+            dtype = chunk_dtype(self.size)
             lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(self.levels)
             for c, values in enumerate(source.chunks(problem)):
                 picked = values[representative]
                 lift = problem.pack_lut(c, lows[c], highs[c])
-                packed.append(picked if lift is None else lift[picked])
+                gathered = picked if lift is None else lift[picked]
+                packed.append(gathered.astype(dtype, copy=False))
             self._chunks = tuple(packed)
             self._source = None
             if self._side_source is None:
@@ -604,7 +621,7 @@ def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tupl
     """The key of the quasi-identifiers' labels at ``levels`` (``None`` if all are at the top) and
     its bound: each chunk's dense number at ``levels`` through its lookup table, in mixed radix."""
     chunks = source.chunks(problem)
-    parts: list[tuple[IntpArray, IntpArray, int]] = []
+    parts: list[tuple[IntpArray, LabelArray, int]] = []
     lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
     for c in range(len(chunks)):
         lut, card = problem.key_lut(c, lows[c], highs[c])
@@ -1069,7 +1086,8 @@ def search(
     ``cache_budget`` bounds the combinations kept in rolled-up tables (default ``CACHE_BUDGET``, 2^21:
     a fixed cap, so the cache does not grow with the input; a combination costs 16 bytes — int64
     count and representative — and, once its table serves as a source, an int64 count, 8 bytes per
-    chunk of quasi-identifiers and 4 per sensitive value and entity instead). Tables that keep more than
+    chunk of quasi-identifiers (4 from ``NARROW_CHUNKS_FROM`` combinations on) and 4 per sensitive
+    value and entity instead). Tables that keep more than
     ``CACHE_MAX_SHARE`` of their source's combinations are not cached at all: with an entity column
     nearly every record is a combination of its own at every node, and such tables would be copies
     of the input that save no work.

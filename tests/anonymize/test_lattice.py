@@ -17,6 +17,7 @@ from anonymize import (
     anonymize,
     flat_hierarchy,
 )
+from anonymize import _lattice as lattice_module
 from anonymize._engine import distinct_combinations, encode_columns
 from anonymize._lattice import (
     CACHE_BUDGET,
@@ -539,3 +540,35 @@ def test_meets_that_do_not_shrink_the_input_are_dropped_and_end_the_sharing() ->
     feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
     found = problem.total_loss(problem.loss_terms(best.computed_numerators()))
     assert found == pytest.approx(min(feasible), abs=1e-12)
+
+
+def test_tables_with_4_byte_chunk_values_search_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large tables store their chunk values in 4 bytes (``chunk_dtype``): with the threshold
+    lowered to every table, the base and rolled-up tables are int32 and the search still finds the
+    optimum of exhaustive evaluation, with and without l-diversity."""
+    rng = np.random.default_rng(13)
+    trees = {
+        "a": Hierarchy((f"a{i}", f"ga{i // 3}", f"ha{i // 9}", "*") for i in range(27)),
+        "b": Hierarchy((f"b{i}", f"gb{i // 2}", "*") for i in range(10)),
+        "c": flat_hierarchy(["x", "y", "z"]),
+    }
+    frame = pl.DataFrame(
+        {
+            "a": rng.choice([f"a{i}" for i in range(27)], size=2000).tolist(),
+            "b": rng.choice([f"b{i}" for i in range(10)], size=2000).tolist(),
+            "c": rng.choice(["x", "y", "z"], size=2000).tolist(),
+            "s": rng.choice(["p", "q", "r"], size=2000, p=[0.85, 0.1, 0.05]).tolist(),
+        }
+    )
+    monkeypatch.setattr(lattice_module, "NARROW_CHUNKS_FROM", 1)
+    for config in (
+        AnonymizationConfig(trees, k=6, suppression_limit=0.03),
+        AnonymizationConfig(trees, k=3, l=2, sensitive="s", suppression_limit=0.05),
+    ):
+        problem, base = _problem_for(frame, trees, config)
+        everything = exhaustive(problem, base)
+        feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
+        assert search(problem, base).loss == pytest.approx(min(feasible), abs=1e-12)
+        assert all(values.dtype == np.int32 for values in base.chunks(problem))
+        rolled = evaluate(problem, base, (1, 1, 0), keep_table=True).table
+        assert rolled is not None and all(values.dtype == np.int32 for values in rolled.chunks(problem))
