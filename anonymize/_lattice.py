@@ -1087,10 +1087,9 @@ def search(
     a fixed cap, so the cache does not grow with the input; a combination costs 16 bytes — int64
     count and representative — and, once its table serves as a source, an int64 count, 8 bytes per
     chunk of quasi-identifiers (4 from ``NARROW_CHUNKS_FROM`` combinations on) and 4 per sensitive
-    value and entity instead). Tables that keep more than
-    ``CACHE_MAX_SHARE`` of their source's combinations are not cached at all: with an entity column
-    nearly every record is a combination of its own at every node, and such tables would be copies
-    of the input that save no work.
+    value and entity instead). Tables that keep more than ``CACHE_MAX_SHARE`` of their source's
+    combinations are not cached at all: with an entity column nearly every record is a combination
+    of its own at every node, and such tables would be copies of the input that save no work.
     """
     started = clock()
     state = _Search(problem, base, cache_budget if cache_budget is not None else CACHE_BUDGET)
