@@ -46,15 +46,10 @@ def encode_columns(frame: pl.DataFrame, hierarchies: Mapping[str, Hierarchy]) ->
         nulls = frame.get_column(column).null_count()
         if nulls:
             raise MissingValues(f"column {column!r} has {nulls} missing value(s)", column=column, count=nulls)
+    # An Enum of the leaves, in hierarchy order, numbers each value by its leaf position; values
+    # that are not leaves become null.
     encoded = frame.select(
-        pl.col(column)
-        .cast(pl.String)
-        .replace_strict(
-            hierarchy.leaves,
-            np.arange(hierarchy.domain_size, dtype=np.int32),
-            default=None,
-            return_dtype=pl.Int32,
-        )
+        pl.col(column).cast(pl.String).cast(pl.Enum(hierarchy.leaves), strict=False).to_physical()
         for column, hierarchy in hierarchies.items()
     )
     codes = []
@@ -165,12 +160,30 @@ class ReleasePlan:
     ) -> pl.Series:
         """The released labels of ``column`` for rows with these leaf positions (``*`` where
         ``suppressed``)."""
+        return self._gather_labels(column, leaves, np.flatnonzero(suppressed))
+
+    def _gather_labels(
+        self, column: str, leaves: npt.NDArray[np.int32], suppressed: npt.NDArray[np.intp]
+    ) -> pl.Series:
         hierarchy = self.config.quasi_identifiers[column]
         level = self.guarantee.levels[column]
         labels = pl.Series(column, [*hierarchy.labels(level), SUPPRESSED], dtype=pl.String)
         generalized = hierarchy.codes(level)[leaves]
         generalized[suppressed] = len(hierarchy.labels(level))
-        return labels.gather(generalized)
+        return labels.gather(pl.Series(generalized))
+
+    def release_column(
+        self, values: pl.Series, leaves: npt.NDArray[np.int32], suppressed: npt.NDArray[np.intp]
+    ) -> pl.Series:
+        """``generalize`` for the rows of ``values`` (the column as given, ``leaves`` its encoding),
+        ``suppressed`` as row positions. At level 0 the labels are the values' string forms (the
+        encoding matched them to the leaves exactly), so the column is copied with ``*`` written
+        over the suppressed rows instead of being gathered label by label."""
+        column = values.name
+        if self.guarantee.levels[column]:
+            return self._gather_labels(column, leaves, suppressed)
+        text = values.cast(pl.String)
+        return text.scatter(suppressed, SUPPRESSED) if suppressed.size else text
 
 
 def _check_encoded(encoded: EncodedTable, config: AnonymizationConfig) -> None:
@@ -326,8 +339,9 @@ def anonymize(
     if frame.height == 0:
         released = frame.with_columns(pl.col(column).cast(pl.String) for column in config.quasi_identifiers)
         return AnonymizationResult(released, plan.guarantee, plan.suppressed_rows)
+    suppressed = np.flatnonzero(plan.suppressed_rows)
     released_frame = frame.with_columns(
-        plan.generalize(column, encoded.leaves[column], plan.suppressed_rows)
+        plan.release_column(frame.get_column(column), encoded.leaves[column], suppressed)
         for column in config.quasi_identifiers
     )
     return AnonymizationResult(released_frame, plan.guarantee, plan.suppressed_rows)

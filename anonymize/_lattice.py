@@ -8,8 +8,11 @@ in quasi-identifier order.
 
 Working representation (the ideas of ARX's Flash)
 --------------------------------------------------
-* Values are integer-coded once; per column and level the hierarchy gives arrays label → parent, so
-  generalizing a column is one array gather.
+* Values are integer-coded once; per column and level the hierarchy gives arrays label → parent.
+  Tables hold the label numbers packed by *chunks*, groups of columns (``Layout``: a chunk's
+  value is the mixed-radix number of its labels, at most ``CHUNK_SPACE`` values), so generalizing
+  a chunk's columns and numbering the result is one gather through a small lookup table, built
+  once per (chunk, source levels, target levels).
 * The engine never touches rows during the search. A *table* holds the distinct combinations of
   (quasi-identifier labels, sensitive value) at some node with their record counts. Classes are the
   runs of equal quasi-identifier labels; sizes, distinct sensitive values and entropies come from
@@ -17,7 +20,9 @@ Working representation (the ideas of ARX's Flash)
   specialization P ≤ N, so N's table is rolled up from the smallest table already computed for a
   node below it (the input's distinct combinations at worst).
 * Grouping is a dense relabelling (O(u + K), no sort) when the key space K is small, else one sort
-  of keys packed with their positions.
+  of keys packed with their positions, with class sizes summed over the sorted runs.
+* The loss of an acceptable node is only computed exactly when the bound of rule 6 with its own
+  suppression does not already put it above the best loss found so far.
 
 Why the result is optimal
 -------------------------
@@ -69,8 +74,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from time import perf_counter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -83,10 +89,14 @@ Int64Array = npt.NDArray[np.int64]
 IntpArray = npt.NDArray[np.intp]
 # Labels, sensitive values and entities in tables: 4 bytes each (every domain is int32-coded on input).
 CodeArray = npt.NDArray[np.int32]
+# Per-column label numbers as given (4-byte codes) or unpacked from chunk values (intp).
+LabelArray = npt.NDArray[np.signedinteger[Any]]
 
 MAX_LATTICE_NODES = 1 << 20
 CACHE_BUDGET = 1 << 21
+CHUNK_SPACE = 1 << 12
 CACHE_MAX_SHARE = 0.75
+NARROW_CHUNKS_FROM = 1 << 17
 ENTROPY_TOLERANCE = 1e-9
 LOSS_SLACK = 1e-9
 _KEY_LIMIT = 1 << 62
@@ -102,55 +112,165 @@ def group_keys(keys: Int64Array, bound: int) -> tuple[IntpArray, Int64Array, Int
     Returns ``(inverse, unique, representative)``: group number of each key, the distinct keys in
     ascending order (group numbers follow this order) and one position holding each.
     """
+    unique, representative, _, inverse = _group(keys, bound, None, inverse=True)
+    if inverse is None:  # pragma: no cover -- asked for
+        raise RuntimeError("no inverse")
+    return inverse, unique, representative
+
+
+def _group(
+    keys: Int64Array, bound: int, weights: Int64Array | None, *, inverse: bool
+) -> tuple[Int64Array, IntpArray, Int64Array, IntpArray | None]:
+    """Group non-negative ``keys`` (all < ``bound``): ``(unique, representative, totals, inverse)``.
+
+    ``unique`` are the distinct keys in ascending order, ``representative`` one position holding
+    each, ``totals`` the sum of ``weights`` over each group (the group sizes without weights), and
+    ``inverse`` each key's group number, computed only when asked for. Small key spaces are grouped
+    by a dense relabelling (no sort); larger ones by one sort of the keys packed with their
+    positions, whose totals come from segmented sums in sorted order.
+    """
     size = int(keys.size)
-    if bound <= max(_DENSE_MIN, 4 * size) and bound <= _DENSE_MAX:
-        present = np.zeros(bound, dtype=np.bool_)
-        present[keys] = True
-        unique = np.flatnonzero(present).astype(np.int64)
-        number = np.empty(bound, dtype=np.intp)
-        number[unique] = np.arange(unique.size, dtype=np.intp)
-        inverse = number[keys]
-        representative = np.empty(unique.size, dtype=np.intp)
-        representative[inverse] = np.arange(size, dtype=np.intp)
-        return inverse, unique, representative
+    if size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.astype(np.intp), empty, empty.astype(np.intp) if inverse else None
+    if bound <= max(_DENSE_MIN, 2 * size) and bound <= _DENSE_MAX:
+        sums = np.bincount(keys, weights=weights, minlength=bound)
+        unique = np.flatnonzero(sums)
+        totals = sums[unique].astype(np.int64)
+        slot = np.empty(bound, dtype=np.intp)
+        slot[keys] = np.arange(size, dtype=np.intp)
+        representative = slot[unique]
+        numbers = None
+        if inverse:
+            slot[unique] = np.arange(unique.size, dtype=np.intp)
+            numbers = slot[keys]
+        return unique.astype(np.int64, copy=False), representative, totals, numbers
     shift = max(size - 1, 1).bit_length()
     if (bound - 1).bit_length() + shift <= 63:
-        packed = (keys << shift) | np.arange(size, dtype=np.int64)
+        packed = keys << shift
+        packed |= np.arange(size, dtype=np.int64)
         packed.sort()
         order = (packed & ((1 << shift) - 1)).astype(np.intp, copy=False)
-        sorted_keys = packed >> shift
-        starts = np.empty(size, dtype=np.bool_)
-        starts[:1] = True
-        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
-        inverse = np.empty(size, dtype=np.intp)
-        inverse[order] = np.cumsum(starts) - 1
-        return inverse, sorted_keys[starts], order[starts]
-    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        packed >>= shift
+        starts_mask = np.empty(size, dtype=np.bool_)
+        starts_mask[0] = True
+        np.not_equal(packed[1:], packed[:-1], out=starts_mask[1:])
+        starts = np.flatnonzero(starts_mask)
+        ends = np.empty_like(starts)
+        ends[:-1] = starts[1:]
+        ends[-1] = size
+        if weights is None:
+            totals = (ends - starts).astype(np.int64)
+        else:
+            ends -= 1
+            totals = np.cumsum(weights[order])[ends]
+            totals[1:] = totals[1:] - totals[:-1]
+        numbers = None
+        if inverse:
+            numbers = np.empty(size, dtype=np.intp)
+            numbers[order] = np.cumsum(starts_mask, dtype=np.intp) - 1
+        return packed[starts], order[starts], totals, numbers
+    unique, first, groups = np.unique(keys, return_index=True, return_inverse=True)
+    groups = groups.astype(np.intp, copy=False)
+    totals = np.bincount(groups, weights=weights, minlength=unique.size).astype(np.int64)
     return (
-        inverse.astype(np.intp, copy=False),
         unique.astype(np.int64, copy=False),
         first.astype(np.intp, copy=False),
+        totals,
+        groups if inverse else None,
     )
 
 
-_TOP = object()
+@dataclass(frozen=True)
+class Layout:
+    """How a table packs its quasi-identifiers' label numbers: columns are grouped into *chunks*,
+    and a chunk's value is the mixed-radix number of its columns' labels, the radix of each column
+    its domain size (a label number at any level is below it, since levels nest). One gather through
+    a small lookup table then generalizes all the columns of a chunk at once."""
+
+    chunks: tuple[tuple[int, ...], ...]
+    radix: tuple[int, ...]
+    domains: tuple[int, ...]
+
+    @classmethod
+    def build(cls, domains: Sequence[int], space: int = CHUNK_SPACE) -> Layout:
+        """First fit, widest domain first: a column joins the first chunk whose value space stays
+        ≤ ``space`` with it, else starts one (fewer chunks, fewer gathers per key)."""
+        chunks: list[list[int]] = []
+        spaces: list[int] = []
+        for q in sorted(range(len(domains)), key=lambda q: (-domains[q], q)):
+            domain = max(domains[q], 1)
+            for c, current in enumerate(spaces):
+                if current * domain <= space:
+                    chunks[c].append(q)
+                    spaces[c] = current * domain
+                    break
+            else:
+                chunks.append([q])
+                spaces.append(domain)
+        chunks = sorted(sorted(chunk) for chunk in chunks)
+        radix = [1] * len(domains)
+        for chunk in chunks:
+            multiplier = 1
+            for q in reversed(chunk):
+                radix[q] = multiplier
+                multiplier *= max(domains[q], 1)
+        return cls(tuple(tuple(chunk) for chunk in chunks), tuple(radix), tuple(domains))
+
+    def unpack(self, chunks: Sequence[LabelArray]) -> tuple[LabelArray, ...]:
+        """The per-column label numbers of chunk values (the inverse of ``pack``; 0 at the top)."""
+        codes: list[LabelArray] = [np.zeros(0, dtype=np.intp)] * len(self.radix)
+        for chunk, values in zip(self.chunks, chunks, strict=True):
+            for q in chunk:
+                codes[q] = values // self.radix[q] % max(self.domains[q], 1)
+        return tuple(codes)
+
+    def pack(self, codes: Sequence[LabelArray | None], size: int) -> tuple[LabelArray, ...]:
+        """The chunk values of per-column label numbers (``None``: the top level, label 0), in
+        ``chunk_dtype(size)``."""
+        packed: list[LabelArray] = []
+        dtype = chunk_dtype(size)
+        for chunk in self.chunks:
+            value = np.zeros(size, dtype=dtype)
+            for q in chunk:
+                column = codes[q]
+                if column is not None:
+                    value += column.astype(dtype, copy=False) * self.radix[q]
+            packed.append(value)
+        return tuple(packed)
+
+
+def chunk_dtype(size: int) -> type[np.signedinteger[Any]]:
+    """How a table of ``size`` combinations stores its chunk values (every one is below 2^31).
+
+    NumPy gathers through an intp index array about 3 times faster than through an int32 one (it
+    converts the latter), so small tables, where the gathers are much of the search's time, keep
+    8 bytes; from ``NARROW_CHUNKS_FROM`` combinations on, 4 bytes: there memory is what matters, and
+    the gathers are a small part of an evaluation (the sort dominates). Measured in
+    docs/benchmarks.md.
+    """
+    return np.int32 if size >= NARROW_CHUNKS_FROM else np.intp
 
 
 class Table:
     """Distinct (quasi-identifier labels, sensitive value, entity) combinations at one node, with counts.
 
-    ``codes[q]`` is ``None`` for a column at its top level (one label); ``sensitive`` is ``None``
-    when no l-diversity model is checked, ``entities`` when k counts records. A table rolled up
-    during the search keeps only its counts and one representative position per combination in its
-    source; its labels are gathered the first time it serves as a source itself (most never do).
+    The input's table (``distinct_combinations``) is built from per-column label numbers
+    (``codes``, ``None`` for a column at its top level); the search reads labels packed by chunks
+    (``Layout``). ``sensitive`` is ``None`` when no l-diversity model is checked, ``entities`` when k
+    counts records. A table rolled up during the search keeps only its counts and one representative
+    position per combination in its source; its chunks are gathered the first time it serves as a
+    source itself (most never do).
     """
 
     __slots__ = (
+        "_chunks",
         "_codes",
         "_entities",
-        "_maps",
+        "_layout",
         "_representative",
         "_sensitive",
+        "_side_source",
         "_source",
         "counts",
         "levels",
@@ -169,59 +289,77 @@ class Table:
         self._codes: tuple[CodeArray | None, ...] | None = codes
         self._sensitive = sensitive
         self._entities = entities
+        self._chunks: tuple[LabelArray, ...] | None = None
+        self._layout: Layout | None = None
         self._source: Table | None = None
+        self._side_source: Table | None = None
         self._representative: IntpArray | None = None
-        self._maps: tuple[object, ...] = ()
 
     @classmethod
     def rolled_up(
-        cls,
-        source: Table,
-        levels: tuple[int, ...],
-        counts: Int64Array,
-        representative: IntpArray,
-        maps: tuple[object, ...],
+        cls, source: Table, levels: tuple[int, ...], counts: Int64Array, representative: IntpArray
     ) -> Table:
-        """A table whose labels are ``maps[q]`` applied to ``source``'s at ``representative``."""
+        """A table whose combinations are ``source``'s at ``representative``, generalized to ``levels``."""
         table = cls(levels, (), None, counts)
         table._codes = None
-        table._source, table._representative, table._maps = source, representative, maps
+        table._source = table._side_source = source
+        table._representative = representative
         return table
 
-    def _materialize(self) -> tuple[CodeArray | None, ...]:
+    def chunks(self, problem: Problem) -> tuple[LabelArray, ...]:
+        """The labels packed by ``problem.layout`` (gathered from the source on first use)."""
+        layout = problem.layout
+        if self._chunks is not None and (self._layout is layout or self._layout == layout):
+            return self._chunks
         source, representative = self._source, self._representative
-        if source is None or representative is None:  # pragma: no cover -- set together by rolled_up
-            raise RuntimeError("table without labels or source")
-        codes: list[CodeArray | None] = []
-        for q, mapping in enumerate(self._maps):
-            source_codes = source.codes[q]
-            if mapping is _TOP or source_codes is None:
-                codes.append(None)
-                continue
-            picked = source_codes[representative]
-            codes.append(picked if mapping is None else mapping[picked])  # type: ignore[index]
+        if source is None or representative is None:
+            # Packed, the per-column numbers are dropped: the chunks hold the same (``codes``).
+            self._chunks, self._codes = layout.pack(self.codes, self.size), None
+        else:
+            packed: list[LabelArray] = []
+            dtype = chunk_dtype(self.size)
+            lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(self.levels)
+            for c, values in enumerate(source.chunks(problem)):
+                picked = values[representative]
+                lift = problem.pack_lut(c, lows[c], highs[c])
+                gathered = picked if lift is None else lift[picked]
+                packed.append(gathered.astype(dtype, copy=False))
+            self._chunks = tuple(packed)
+            self._source = None
+            if self._side_source is None:
+                self._representative = None
+        self._layout = layout
+        return self._chunks
+
+    def _gather_side(self) -> None:
+        source, representative = self._side_source, self._representative
+        if source is None or representative is None:
+            return
         sensitive, entities = source.sensitive, source.entities
         self._sensitive = None if sensitive is None else sensitive[representative]
         self._entities = None if entities is None else entities[representative]
-        self._codes = tuple(codes)
-        self._source = self._representative = None
-        self._maps = ()
-        return self._codes
+        self._side_source = None
+        if self._source is None:
+            self._representative = None
 
     @property
-    def codes(self) -> tuple[CodeArray | None, ...]:
-        return self._codes if self._codes is not None else self._materialize()
+    def codes(self) -> tuple[LabelArray | None, ...]:
+        """Per-column label numbers (unpacked from the chunks once the table is packed; a rolled-up
+        table must have served as a source first)."""
+        if self._codes is not None:
+            return self._codes
+        if self._chunks is None or self._layout is None:
+            raise RuntimeError("a rolled-up table has no labels before it serves as a source")
+        return self._layout.unpack(self._chunks)
 
     @property
     def sensitive(self) -> CodeArray | None:
-        if self._codes is None:
-            self._materialize()
+        self._gather_side()
         return self._sensitive
 
     @property
     def entities(self) -> CodeArray | None:
-        if self._codes is None:
-            self._materialize()
+        self._gather_side()
         return self._entities
 
     @property
@@ -255,6 +393,8 @@ class Problem:
     l_kind: str
     max_suppressed: int
     entity_values: int = 0
+    layout: Layout = field(default_factory=lambda: Layout((), (), ()))
+    _luts: dict[tuple[object, ...], object] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -319,6 +459,94 @@ class Problem:
             l_kind=l_kind,
             max_suppressed=max_suppressed,
             entity_values=entity_values,
+            layout=Layout.build(domains),
+        )
+
+    def chunk_levels(self, levels: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+        """``levels`` split by chunk (memoized: the same nodes come back again and again)."""
+        cache_key = ("levels", levels)
+        split = self._luts.get(cache_key)
+        if split is None:
+            split = tuple(tuple(levels[q] for q in chunk) for chunk in self.layout.chunks)
+            self._luts[cache_key] = split
+        return split  # type: ignore[return-value]
+
+    def lift(self, q: int, low: int, high: int) -> IntpArray:
+        """Column q's label number at level ``low`` → its label at ``high`` (``low ≤ high``), padded
+        with zeros to the domain size so that any digit of a chunk value can index it."""
+        cache_key = ("lift", q, low, high)
+        lift = self._luts.get(cache_key)
+        if lift is None:
+            lift = np.zeros(max(self.domain_sizes[q], 1), dtype=np.intp)
+            labels = self.cardinality[q][low]
+            mapping = self.up[q][low][high]
+            lift[:labels] = np.arange(labels, dtype=np.intp) if mapping is None else mapping
+            self._luts[cache_key] = lift
+        return lift  # type: ignore[return-value]
+
+    def key_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> tuple[IntpArray, int]:
+        """For chunk c of a table at ``lows``: chunk value → the dense number of its labels at
+        ``highs`` (mixed radix of the label counts at ``highs``, columns at the top left out), and
+        the count of such numbers."""
+        cache_key = ("key", c, lows, highs)
+        hit = self._luts.get(cache_key)
+        if hit is None:
+            chunk = self.layout.chunks[c]
+            lut: IntpArray | None = None
+            card = 1
+            for q, low, high in zip(chunk, lows, highs, strict=True):
+                domain = max(self.domain_sizes[q], 1)
+                if high == self.heights[q] - 1:
+                    lut = np.zeros(domain, dtype=np.intp) if lut is None else np.repeat(lut, domain)
+                    continue
+                labels = self.lift(q, low, high)
+                radix = self.cardinality[q][high]
+                lut = labels.copy() if lut is None else (lut[:, None] * radix + labels[None, :]).ravel()
+                card *= radix
+            hit = (lut, card)
+            self._luts[cache_key] = hit
+        return hit  # type: ignore[return-value]
+
+    def pack_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> IntpArray | None:
+        """For chunk c: chunk value at ``lows`` → chunk value at ``highs`` (``None`` if equal)."""
+        if lows == highs:
+            return None
+        cache_key = ("pack", c, lows, highs)
+        lut = self._luts.get(cache_key)
+        if lut is None:
+            for q, low, high in zip(self.layout.chunks[c], lows, highs, strict=True):
+                labels = self.lift(q, low, high)
+                lut = labels.copy() if lut is None else (lut[:, None] * labels.size + labels[None, :]).ravel()
+            self._luts[cache_key] = lut
+        return lut  # type: ignore[return-value]
+
+    def deficit_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> Int64Array:
+        """For chunk c of a table at ``lows``: row j, chunk value → D_q - (leaves under the label at
+        ``highs``) for the chunk's j-th column q, what suppressing one record adds to I_q."""
+        cache_key = ("deficit", c, lows, highs)
+        lut = self._luts.get(cache_key)
+        if lut is None:
+            chunk = self.layout.chunks[c]
+            shape = tuple(max(self.domain_sizes[q], 1) for q in chunk)
+            lut = np.empty((len(chunk), math.prod(shape)), dtype=np.int64)
+            for j, (q, low, high) in enumerate(zip(chunk, lows, highs, strict=True)):
+                deficit = self.domain_sizes[q] - self.leaves[q][high][self.lift(q, low, high)]
+                axis = [1] * len(chunk)
+                axis[j] = shape[j]
+                lut[j].reshape(shape)[...] = deficit.reshape(axis)
+            self._luts[cache_key] = lut
+        return lut  # type: ignore[return-value]
+
+    def suppression_bound(self, levels: Sequence[int], suppressed: int) -> float:
+        """A lower bound on the loss of a node at ``levels`` that suppresses ``suppressed`` records:
+        each adds at least ``gaps[q][level]`` to I_q (rule 6 of the module docstring). Computed with
+        the same floating-point operations as the loss, which are monotone, so it never exceeds the
+        computed loss."""
+        return self.total_loss(
+            [
+                self.loss_term(q, self.bound_numerator[q][level] + suppressed * self.gaps[q][level])
+                for q, level in enumerate(levels)
+            ]
         )
 
     def loss_term(self, q: int, numerator: int) -> float:
@@ -343,11 +571,12 @@ class Problem:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A node's classes: suppression, loss numerators and (optionally) its table and details."""
+    """A node's classes: suppression, loss numerators (``None`` when not computed, see ``evaluate``)
+    and (optionally) its table and details."""
 
     levels: tuple[int, ...]
     suppressed: int
-    numerators: tuple[int, ...]
+    numerators: tuple[int, ...] | None
     classes: int
     table: Table | None
     class_sizes: Int64Array | None = None
@@ -355,28 +584,22 @@ class Evaluation:
     source_failed: npt.NDArray[np.bool_] | None = None
     class_entities: Int64Array | None = None
 
+    def computed_numerators(self) -> tuple[int, ...]:
+        """The numerators, which the caller knows were computed (an acceptable node below the cap)."""
+        if self.numerators is None:  # pragma: no cover -- callers ask only for computed ones
+            raise RuntimeError("the loss numerators of this evaluation were not computed")
+        return self.numerators
+
 
 def _class_keys(
     problem: Problem, source: Table, levels: tuple[int, ...]
-) -> tuple[Int64Array, int, tuple[object, ...], Int64Array | None, int]:
-    """One integer key per combination of ``source`` at ``levels`` (sensitive value, then entity
-    last), its bound, the maps that produce each column's generalized labels (``_TOP`` at the top)
-    and, with entities, how to find the key of the quasi-identifiers alone (the class of each
-    combination): ``key // divisor`` when the sensitive value and entity were appended without
-    renumbering (no copy), else a copy of the class keys (``divisor`` 0). Labels are folded into the
-    key column by column and not kept (``_labels`` recomputes them where needed)."""
-    key: Int64Array | None = None
-    bound = 1
-    maps: list[object] = []
-    for q, (level, codes) in enumerate(zip(levels, source.codes, strict=True)):
-        if codes is None or level == problem.heights[q] - 1:
-            maps.append(_TOP)
-            continue
-        mapping = problem.up[q][source.levels[q]][level]
-        maps.append(mapping)
-        key, bound = _extend_key(
-            key, bound, codes if mapping is None else mapping[codes], problem.cardinality[q][level]
-        )
+) -> tuple[Int64Array, int, Int64Array | None, int]:
+    """One integer key per combination of ``source`` at ``levels`` (quasi-identifiers, then the
+    sensitive value, then the entity: classes are runs of keys), its bound, and, with entities, how
+    to find the key of the quasi-identifiers alone (the class of each combination): ``key //
+    divisor`` when the sensitive value and entity were appended without renumbering (no copy), else
+    a copy of the class keys (``divisor`` 0)."""
+    key, bound = _label_key(problem, source, levels)
     entities, sensitive = source.entities, source.sensitive
     class_key, divisor = None, 0
     if entities is not None:
@@ -391,19 +614,38 @@ def _class_keys(
         key, bound = _extend_key(key, bound, entities, problem.entity_values)
     if key is None:
         key = np.zeros(source.size, dtype=np.int64)
-    return key, bound, tuple(maps), class_key, divisor
+    return key, bound, class_key, divisor
 
 
-def _labels(source: Table, q: int, mapping: object, rows: IntpArray) -> CodeArray:
-    """Column q's generalized labels of ``source``'s combinations at ``rows`` (``mapping`` not top)."""
-    codes = source.codes[q]
-    if codes is None:  # pragma: no cover -- such a column's map is _TOP
-        raise RuntimeError("no labels for a column at its top level")
-    picked = codes[rows]
-    return picked if mapping is None else mapping[picked]  # type: ignore[index]
+def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tuple[Int64Array | None, int]:
+    """The key of the quasi-identifiers' labels at ``levels`` (``None`` if all are at the top) and
+    its bound: each chunk's dense number at ``levels`` through its lookup table, in mixed radix."""
+    chunks = source.chunks(problem)
+    parts: list[tuple[IntpArray, LabelArray, int]] = []
+    lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
+    for c in range(len(chunks)):
+        lut, card = problem.key_lut(c, lows[c], highs[c])
+        if card > 1:
+            parts.append((lut, chunks[c], card))
+    key: Int64Array | None = None
+    bound = math.prod(card for _, _, card in parts)
+    if bound < _KEY_LIMIT:
+        stride = 1
+        for lut, values, card in reversed(parts):
+            piece = (lut if stride == 1 else lut * stride)[values]
+            if key is None:
+                key = piece
+            else:
+                key += piece
+            stride *= card
+        return key, bound
+    bound = 1
+    for lut, values, card in parts:
+        key, bound = _extend_key(key, bound, lut[values], card)
+    return key, bound
 
 
-def _extend_key(key: Int64Array | None, bound: int, labels: CodeArray, radix: int) -> tuple[Int64Array, int]:
+def _extend_key(key: Int64Array | None, bound: int, labels: LabelArray, radix: int) -> tuple[Int64Array, int]:
     if key is None:
         return labels.astype(np.int64), radix
     if radix == 1:
@@ -494,18 +736,24 @@ def _failing_entity_classes(
 
 
 def evaluate(
-    problem: Problem, source: Table, levels: tuple[int, ...], *, keep_table: bool, details: bool = False
+    problem: Problem,
+    source: Table,
+    levels: tuple[int, ...],
+    *,
+    keep_table: bool,
+    details: bool = False,
+    loss_cap: float = math.inf,
 ) -> Evaluation:
     """Roll ``source`` (a table at a node ≤ ``levels``) up to ``levels`` and check the models.
 
-    The loss numerators are computed only for an acceptable node (or with ``details``). With
-    ``details``, also return the class sizes, which classes fail, and, for each combination of
-    ``source``, whether its records are suppressed.
+    The loss numerators are computed only for an acceptable node whose suppression does not put its
+    loss above ``loss_cap`` (``Problem.suppression_bound``), or with ``details``; otherwise they
+    are ``None``. With ``details``, also return the class sizes, which classes fail, and, for each
+    combination of ``source``, whether its records are suppressed.
     """
-    key, bound, maps, class_key, divisor = _class_keys(problem, source, levels)
-    inverse, unique, representative = group_keys(key, bound)
+    key, bound, class_key, divisor = _class_keys(problem, source, levels)
+    unique, representative, counts, inverse = _group(key, bound, source.counts, inverse=details)
     del key
-    counts = np.bincount(inverse, weights=source.counts, minlength=unique.size).astype(np.int64)
     source_entities = source.entities
     class_entities: Int64Array | None = None
     class_of_group: IntpArray | None
@@ -526,25 +774,39 @@ def evaluate(
     failed_sizes = sizes[failed_classes]
     suppressed = int(failed_sizes.sum())
 
-    numerators: list[int] = []
-    if suppressed <= problem.max_suppressed or details:
-        failed_rows = representative[starts[failed_classes]]
-        for q, (level, mapping) in enumerate(zip(levels, maps, strict=True)):
-            domain = problem.domain_sizes[q]
-            if mapping is _TOP:
-                numerators.append(problem.rows * domain)
-                continue
-            leaves = problem.leaves[q][level][_labels(source, q, mapping, failed_rows)]
-            numerators.append(problem.bound_numerator[q][level] + int(failed_sizes @ (domain - leaves)))
+    numerators: list[int] | None = None
+    wanted = suppressed <= problem.max_suppressed and (
+        not suppressed or problem.suppression_bound(levels, suppressed) <= loss_cap
+    )
+    if wanted or details:
+        numerators = [problem.bound_numerator[q][level] for q, level in enumerate(levels)]
+        if failed_classes.size:
+            failed_rows = representative[starts[failed_classes]]
+            chunks = source.chunks(problem)
+            lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
+            for c, chunk in enumerate(problem.layout.chunks):
+                lut = problem.deficit_lut(c, lows[c], highs[c])
+                values = chunks[c][failed_rows]
+                if problem.rows < 1 << 53:  # the float sums of sizes per chunk value are exact
+                    sizes_by_value = np.bincount(values, weights=failed_sizes, minlength=lut.shape[1])
+                    # Integer product: exact, and no BLAS (whose threads would spin on a busy core).
+                    added = lut @ sizes_by_value.astype(np.int64)
+                else:
+                    added = lut[:, values] @ failed_sizes
+                for j, q in enumerate(chunk):
+                    numerators[q] += int(added[j])
 
-    table = Table.rolled_up(source, levels, counts, representative, maps) if keep_table else None
+    table = Table.rolled_up(source, levels, counts, representative) if keep_table else None
+    totals = None if numerators is None else tuple(numerators)
     if not details:
-        return Evaluation(levels, suppressed, tuple(numerators), int(starts.size), table)
+        return Evaluation(levels, suppressed, totals, int(starts.size), table)
+    if inverse is None:  # pragma: no cover -- asked for with details
+        raise RuntimeError("no inverse")
     group_failed = failed if class_of_group is None else failed[class_of_group]
     return Evaluation(
         levels,
         suppressed,
-        tuple(numerators),
+        totals,
         int(starts.size),
         table,
         class_sizes=sizes,
@@ -591,9 +853,10 @@ class _Cache:
         below = (self._levels[:count] <= levels).all(axis=1)
         return self._tables[int(np.argmin(np.where(below, self._sizes[:count], np.inf)))]
 
-    def add(self, table: Table, source: Table) -> None:
+    def add(self, table: Table, source: Table) -> bool:
+        """Keep ``table`` (rolled up from ``source``) if it is worth its memory; say whether it was."""
         if table.size > self._budget // 2 or table.size > CACHE_MAX_SHARE * source.size:
-            return
+            return False
         while self._used + table.size > self._budget and len(self._tables) > 1:
             self._used -= self._tables.pop(1).size
             count = len(self._tables)
@@ -607,6 +870,7 @@ class _Cache:
         self._levels[count] = table.levels
         self._sizes[count] = table.size
         self._used += table.size
+        return True
 
 
 def _monotone(problem: Problem) -> bool:
@@ -683,6 +947,12 @@ class _Search:
         self.best: tuple[float, int, int] = (math.inf, 0, -1)
         self.best_evaluation: Evaluation | None = None
         self.checked = 0
+        self.base_levels = base.levels
+        self.last_from_base: tuple[int, ...] | None = None
+        self.meets: set[tuple[int, ...]] = set()
+        # Intermediate tables pay off only if the cache keeps them; with an input a sizeable share
+        # of the cache, they would be evicted before their reuse.
+        self.share_meets = base.size * 8 <= cache_budget
 
     def run(self) -> Evaluation:
         status, done, floor, bounds = self.status, self.done, self.floor, self.bounds
@@ -710,8 +980,8 @@ class _Search:
         """Evaluate ``node``, tag what it implies, and keep it if it is the best so far."""
         problem, lattice = self.problem, self.lattice
         levels = lattice.levels_of(node)
-        source = self.cache.source_for(levels)
-        outcome = evaluate(problem, source, levels, keep_table=True)
+        source = self.source_for(levels)
+        outcome = evaluate(problem, source, levels, keep_table=True, loss_cap=self.best[0] + LOSS_SLACK)
         self.checked += 1
         self.done[node] = True
         if outcome.table is not None:
@@ -730,23 +1000,47 @@ class _Search:
         self.status[node] = _ANONYMOUS
         if outcome.suppressed == 0:
             self.done[above] = True
+        if outcome.numerators is None:  # its suppression alone puts it above the best so far
+            return
         loss = problem.total_loss(problem.loss_terms(outcome.numerators))
         candidate = (loss, self.heights[node], node)
         if candidate < self.best:
             # Without its table: the best node's table is no source for others unless cached.
             self.best, self.best_evaluation = candidate, replace(outcome, table=None)
 
+    def source_for(self, levels: tuple[int, ...]) -> Table:
+        """The smallest cached table below ``levels``. When that is the input's table (the largest)
+        and the input is small beside the cache budget, it is first rolled up to the meet of
+        ``levels`` and the previous node evaluated from it (once per meet): nodes evaluated in turn
+        tend to share levels, and the next ones can start from that smaller table. A meet's table
+        the cache refuses (more than ``CACHE_MAX_SHARE`` of the input) is dropped and ends the
+        sharing for this search. Only the cost changes, never a result: any table at a node ≤
+        ``levels`` is a valid source."""
+        source = self.cache.source_for(levels)
+        if source.levels != self.base_levels or not self.share_meets:
+            return source
+        previous, self.last_from_base = self.last_from_base, levels
+        if previous is None:
+            return source
+        meet = tuple(min(a, b) for a, b in zip(levels, previous, strict=True))
+        if meet in (self.base_levels, levels) or meet in self.meets:
+            return source
+        self.meets.add(meet)
+        shared = evaluate(self.problem, source, meet, keep_table=True, loss_cap=-math.inf).table
+        if shared is None:  # pragma: no cover -- asked for with keep_table
+            return source
+        if self.cache.add(shared, source):
+            return shared
+        # Nearly as large as the input (with entities nearly every record stays a combination of
+        # its own at every node): no cheaper source, and holding it beside the input would raise
+        # the peak. Later meets would be alike; stop building them.
+        self.share_meets = False
+        return source
+
     def refined_bound(self, node: int) -> float:
         """LB(node) with the suppression its generalizations prove unavoidable (monotone models):
         each suppressed record adds at least ``gaps[q][level]`` to I_q."""
-        problem = self.problem
-        suppressed = int(self.floor[node])
-        return problem.total_loss(
-            [
-                problem.loss_term(q, problem.bound_numerator[q][level] + suppressed * problem.gaps[q][level])
-                for q, level in enumerate(self.lattice.levels_of(node))
-            ]
-        )
+        return self.problem.suppression_bound(self.lattice.levels_of(node), int(self.floor[node]))
 
     def successor(self, node: int) -> int:
         """The direct generalization of ``node`` with the least bound (-1 at the top)."""
@@ -791,11 +1085,11 @@ def search(
 
     ``cache_budget`` bounds the combinations kept in rolled-up tables (default ``CACHE_BUDGET``, 2^21:
     a fixed cap, so the cache does not grow with the input; a combination costs 16 bytes — int64
-    count and representative — and, once its table serves as a source, an int64 count and 4 bytes
-    per quasi-identifier, sensitive value and entity instead). Tables that keep more than
-    ``CACHE_MAX_SHARE`` of their source's combinations are not cached at all: with an entity column
-    nearly every record is a combination of its own at every node, and such tables would be copies
-    of the input that save no work.
+    count and representative — and, once its table serves as a source, an int64 count, 8 bytes per
+    chunk of quasi-identifiers (4 from ``NARROW_CHUNKS_FROM`` combinations on) and 4 per sensitive
+    value and entity instead). Tables that keep more than ``CACHE_MAX_SHARE`` of their source's
+    combinations are not cached at all: with an entity column nearly every record is a combination
+    of its own at every node, and such tables would be copies of the input that save no work.
     """
     started = clock()
     state = _Search(problem, base, cache_budget if cache_budget is not None else CACHE_BUDGET)
@@ -804,7 +1098,7 @@ def search(
         levels=best.levels,
         suppressed=best.suppressed,
         loss=state.best[0],
-        loss_terms=tuple(problem.loss_terms(best.numerators)),
+        loss_terms=tuple(problem.loss_terms(best.computed_numerators())),
         nodes_checked=state.checked,
         lattice_size=state.lattice.size,
         search_ms=(clock() - started) * 1000.0,
@@ -818,6 +1112,6 @@ def exhaustive(problem: Problem, base: Table) -> list[tuple[tuple[int, ...], int
     for node in range(lattice.size):
         levels = tuple(int(level) for level in lattice.levels[node])
         outcome = evaluate(problem, base, levels, keep_table=False, details=True)
-        loss = problem.total_loss(problem.loss_terms(outcome.numerators))
+        loss = problem.total_loss(problem.loss_terms(outcome.computed_numerators()))
         results.append((levels, outcome.suppressed, loss))
     return results

@@ -17,8 +17,22 @@ from anonymize import (
     anonymize,
     flat_hierarchy,
 )
+from anonymize import _lattice as lattice_module
 from anonymize._engine import distinct_combinations, encode_columns
-from anonymize._lattice import Problem, _Cache, evaluate, exhaustive, group_keys, search
+from anonymize._lattice import (
+    CACHE_BUDGET,
+    CHUNK_SPACE,
+    Layout,
+    Problem,
+    Table,
+    _Cache,
+    _group,
+    _Search,
+    evaluate,
+    exhaustive,
+    group_keys,
+    search,
+)
 
 from .conftest import check_release, max_suppressed, naive_node, naive_optimum
 
@@ -269,6 +283,133 @@ def test_group_keys_numbers_groups_in_key_order(bound: int, size: int) -> None:
     assert np.array_equal(keys[representative], unique)
 
 
+@pytest.mark.parametrize(
+    ("bound", "size"),
+    [(50, 200), (1 << 20, 1000), (1 << 61, 5000)],
+    ids=["dense", "packed-sort", "unique-fallback"],
+)
+def test_group_sums_weights_per_group(bound: int, size: int) -> None:
+    rng = np.random.default_rng(size)
+    keys = rng.integers(0, min(bound, 300), size=size).astype(np.int64) * (bound // 300 or 1)
+    weights = rng.integers(1, 1000, size=size).astype(np.int64)
+    unique, representative, totals, inverse = _group(keys.copy(), bound, weights, inverse=False)
+    expected, groups = np.unique(keys, return_inverse=True)
+    assert inverse is None
+    assert np.array_equal(unique, expected)
+    assert np.array_equal(keys[representative], unique)
+    assert np.array_equal(totals, np.bincount(groups, weights=weights).astype(np.int64))
+
+
+def test_layout_packs_columns_into_chunks_and_back() -> None:
+    domains = [2, 100, 5, 7, 16, 41, 8, 14, 20_000, 3]
+    layout = Layout.build(domains)
+    assert sorted(q for chunk in layout.chunks for q in chunk) == list(range(len(domains)))
+    for chunk in layout.chunks:
+        assert len(chunk) == 1 or np.prod([domains[q] for q in chunk]) <= CHUNK_SPACE
+    assert (8,) in layout.chunks  # a domain larger than the chunk space is a chunk of its own
+    assert len(layout.chunks) == 4  # first fit, widest first: the nine small columns fill three chunks
+    rng = np.random.default_rng(3)
+    codes = [rng.integers(0, domain, size=500).astype(np.intp) for domain in domains]
+    assert all(
+        np.array_equal(a, b) for a, b in zip(codes, layout.unpack(layout.pack(codes, 500)), strict=True)
+    )
+
+
+def _problem_for(
+    frame: pl.DataFrame, trees: dict[str, Hierarchy], config: AnonymizationConfig
+) -> tuple[Problem, Table]:
+    codes = encode_columns(frame, trees)
+    sensitive = None
+    values = 1
+    if config.sensitive is not None and config.l is not None:
+        labels = sorted(set(frame[config.sensitive].to_list()))
+        sensitive = frame[config.sensitive].replace_strict(labels, list(range(len(labels)))).to_numpy()
+        sensitive = sensitive.astype(np.int32)
+        values = len(labels)
+    base, _ = distinct_combinations(codes, [tree.domain_size for tree in trees.values()], sensitive, values)
+    problem = Problem.build(
+        columns=list(trees),
+        level_codes=[[tree.codes(h).astype(np.intp) for h in range(tree.height)] for tree in trees.values()],
+        level_leaves=[[tree.leaf_counts(h) for h in range(tree.height)] for tree in trees.values()],
+        base=base,
+        sensitive_values=values,
+        k=config.k,
+        l=config.l,
+        l_kind=config.l_kind,
+        max_suppressed=max_suppressed(config.suppression_limit, frame.height),
+    )
+    return problem, base
+
+
+def test_search_with_a_column_wider_than_a_chunk_matches_exhaustive_evaluation() -> None:
+    """A 5,000-leaf column is a chunk of its own, with lookup tables as long as its domain."""
+    rng = np.random.default_rng(11)
+    wide = [f"w{index}" for index in range(5000)]
+    trees = {
+        "wide": Hierarchy((leaf, f"h{i // 50}", f"t{i // 1000}", "*") for i, leaf in enumerate(wide)),
+        "small": Hierarchy((f"s{i}", f"g{i // 2}", "*") for i in range(6)),
+        "flag": flat_hierarchy(["yes", "no"]),
+    }
+    frame = pl.DataFrame(
+        {
+            "wide": rng.choice(wide[:3000], size=6000).tolist(),
+            "small": rng.choice([f"s{i}" for i in range(6)], size=6000).tolist(),
+            "flag": rng.choice(["yes", "no"], size=6000).tolist(),
+            "s": rng.choice(["a", "b", "c"], size=6000, p=[0.8, 0.15, 0.05]).tolist(),
+        }
+    )
+    for config in (
+        AnonymizationConfig(trees, k=5, suppression_limit=0.02),
+        AnonymizationConfig(trees, k=3, l=2, sensitive="s", suppression_limit=0.05),
+    ):
+        problem, base = _problem_for(frame, trees, config)
+        assert (0,) in problem.layout.chunks
+        everything = exhaustive(problem, base)
+        feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
+        assert search(problem, base).loss == pytest.approx(min(feasible), abs=1e-12)
+
+
+def test_loss_numerators_are_exact_beyond_float_precision() -> None:
+    """With 2^42 times the records, the numerators exceed 2^53 (beyond float precision) and stay
+    exactly 2^42 times larger (the failing classes, by l-diversity, do not depend on counts)."""
+    rng = np.random.default_rng(5)
+    trees = {
+        "a": Hierarchy((f"a{i}", f"ga{i // 3}", "*") for i in range(9)),
+        "b": Hierarchy((f"b{i}", "*") for i in range(4)),
+    }
+    frame = pl.DataFrame(
+        {
+            "a": rng.choice([f"a{i}" for i in range(9)], size=400).tolist(),
+            "b": rng.choice([f"b{i}" for i in range(4)], size=400).tolist(),
+            "s": rng.choice(["x", "y"], size=400, p=[0.9, 0.1]).tolist(),
+        }
+    )
+    config = AnonymizationConfig(trees, k=1, l=2, sensitive="s", suppression_limit=1.0)
+    problem, base = _problem_for(frame, trees, config)
+    scale = 1 << 42
+    big_base = Table(base.levels, base.codes, base.sensitive, base.counts * scale)
+    big_problem = Problem.build(
+        columns=list(trees),
+        level_codes=[[tree.codes(h).astype(np.intp) for h in range(tree.height)] for tree in trees.values()],
+        level_leaves=[[tree.leaf_counts(h) for h in range(tree.height)] for tree in trees.values()],
+        base=big_base,
+        sensitive_values=2,
+        k=1,
+        l=2,
+        l_kind="distinct",
+        max_suppressed=int(big_base.counts.sum()),
+    )
+    assert big_problem.rows * 9 >= 1 << 53
+    suppressing = 0
+    for levels in [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)]:
+        small = evaluate(problem, base, levels, keep_table=False, details=True)
+        big = evaluate(big_problem, big_base, levels, keep_table=False, details=True)
+        suppressing += small.suppressed > 0
+        assert big.suppressed == small.suppressed * scale
+        assert big.computed_numerators() == tuple(value * scale for value in small.computed_numerators())
+    assert suppressing >= 2
+
+
 def test_classes_with_entities_when_the_key_needs_renumbering() -> None:
     """Four columns of 2^15 leaves make a 60-bit key before the sensitive value and the entity are
     appended: the key is renumbered on the way, so an evaluation keeps a copy of the classes' keys
@@ -358,3 +499,76 @@ def test_the_search_caches_only_tables_that_roll_up_to_much_fewer_combinations()
     cache = _Cache(without_entities, budget=1 << 20)
     cache.add(rolled, without_entities)
     assert cache.source_for((3,)) is rolled
+
+
+def test_meets_that_do_not_shrink_the_input_are_dropped_and_end_the_sharing() -> None:
+    """With one entity per record a meet's table keeps every combination of the input: it is not
+    used as a source, not cached, and no further meet is built; the result stays the optimum."""
+    rng = np.random.default_rng(7)
+    trees = {
+        "a": Hierarchy((f"a{i}", f"ga{i // 2}", f"ha{i // 4}", "*") for i in range(8)),
+        "b": Hierarchy((f"b{i}", f"gb{i // 3}", "*") for i in range(9)),
+    }
+    rows = 300
+    frame = pl.DataFrame(
+        {
+            "a": rng.choice([f"a{i}" for i in range(8)], size=rows).tolist(),
+            "b": rng.choice([f"b{i}" for i in range(9)], size=rows).tolist(),
+        }
+    )
+    codes = encode_columns(frame, trees)
+    entities = np.arange(rows, dtype=np.int32)
+    base, _ = distinct_combinations(codes, [8, 9], None, 1, entities, rows)
+    problem = Problem.build(
+        columns=list(trees),
+        level_codes=[[tree.codes(h).astype(np.intp) for h in range(tree.height)] for tree in trees.values()],
+        level_leaves=[[tree.leaf_counts(h) for h in range(tree.height)] for tree in trees.values()],
+        base=base,
+        sensitive_values=1,
+        k=10,
+        l=None,
+        l_kind="distinct",
+        max_suppressed=max_suppressed(0.05, rows),
+        entity_values=rows,
+    )
+    state = _Search(problem, base, CACHE_BUDGET)
+    assert state.share_meets
+    best = state.run()
+    assert not state.share_meets and len(state.meets) == 1
+    assert state.cache.source_for((3, 2)) is base  # no table of a meet (or node) kept
+    everything = exhaustive(problem, base)
+    feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
+    found = problem.total_loss(problem.loss_terms(best.computed_numerators()))
+    assert found == pytest.approx(min(feasible), abs=1e-12)
+
+
+def test_tables_with_4_byte_chunk_values_search_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large tables store their chunk values in 4 bytes (``chunk_dtype``): with the threshold
+    lowered to every table, the base and rolled-up tables are int32 and the search still finds the
+    optimum of exhaustive evaluation, with and without l-diversity."""
+    rng = np.random.default_rng(13)
+    trees = {
+        "a": Hierarchy((f"a{i}", f"ga{i // 3}", f"ha{i // 9}", "*") for i in range(27)),
+        "b": Hierarchy((f"b{i}", f"gb{i // 2}", "*") for i in range(10)),
+        "c": flat_hierarchy(["x", "y", "z"]),
+    }
+    frame = pl.DataFrame(
+        {
+            "a": rng.choice([f"a{i}" for i in range(27)], size=2000).tolist(),
+            "b": rng.choice([f"b{i}" for i in range(10)], size=2000).tolist(),
+            "c": rng.choice(["x", "y", "z"], size=2000).tolist(),
+            "s": rng.choice(["p", "q", "r"], size=2000, p=[0.85, 0.1, 0.05]).tolist(),
+        }
+    )
+    monkeypatch.setattr(lattice_module, "NARROW_CHUNKS_FROM", 1)
+    for config in (
+        AnonymizationConfig(trees, k=6, suppression_limit=0.03),
+        AnonymizationConfig(trees, k=3, l=2, sensitive="s", suppression_limit=0.05),
+    ):
+        problem, base = _problem_for(frame, trees, config)
+        everything = exhaustive(problem, base)
+        feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
+        assert search(problem, base).loss == pytest.approx(min(feasible), abs=1e-12)
+        assert all(values.dtype == np.int32 for values in base.chunks(problem))
+        rolled = evaluate(problem, base, (1, 1, 0), keep_table=True).table
+        assert rolled is not None and all(values.dtype == np.int32 for values in rolled.chunks(problem))
