@@ -7,8 +7,8 @@ Nonce policy
     A fresh random 96-bit nonce per sealed value, drawn from ``rng`` (``os.urandom`` unless a test
     injects a fixed one for known-answer vectors). Random nonces stay safe up to about 2**32 values
     per key; DEKs are per data subject and purpose, far below that. With the default
-    ``os.urandom``, nonces are read from it in 4 KiB batches of 341, each slice handed out once
-    (an atomic counter per batch), and a forked child drops the batch it inherited
+    ``os.urandom``, nonces are read from it in 4 KiB batches of 341, each handed out once (an
+    iterator's ``next()``, atomic under the GIL), and a forked child drops the batch it inherited
     (:func:`os.register_at_fork`). A nonce is public (it is stored in the clear beside the
     ciphertext) and need only never repeat, so buffering the OS generator's output keeps its
     guarantee and saves a system call per value (``bench/crypto_bench.py`` measures it). A
@@ -51,7 +51,6 @@ Failures
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -62,7 +61,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from billing.errors import DecryptionError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 __all__ = [
     "FORMAT_VERSION",
@@ -195,46 +194,31 @@ def generate_key_material(rng: Callable[[int], bytes] = os.urandom) -> bytes:
     return material
 
 
+_OS_RANDOM: Final = os.urandom
 _NONCES_PER_BATCH: Final = 341  # 4,092 bytes: one getrandom() call per 341 nonces
 
 
-class _NonceBatch:
-    """One ``os.urandom`` read, handed out 12 bytes at a time, each slice to exactly one caller.
-
-    ``next()`` on an ``itertools.count`` is a single C call that cannot be interleaved under the
-    GIL, so two threads never receive the same index. When a batch runs out, each thread that
-    notices makes a batch of its own and takes its first nonce from it; whichever batch is
-    published last serves the rest, and every slice of every batch is still handed out once.
-    """
-
-    __slots__ = ("indexes", "material")
-
-    def __init__(self) -> None:
-        self.material = os.urandom(_NONCES_PER_BATCH * NONCE_SIZE)
-        self.indexes = itertools.count()
+# The nonces not handed out yet, pre-sliced. ``next()`` on a list iterator is one C call that
+# cannot be interleaved under the GIL, so two threads never receive the same nonce. When the batch
+# runs out, each thread that notices reads a batch of its own and takes its first nonce from it;
+# whichever batch is published last serves the rest, and every nonce of every batch is still
+# handed out once (the others' remainders are dropped, never shared).
+_unused_nonces: Iterator[bytes] = iter(())
 
 
-_current_batch: _NonceBatch | None = None
-
-
-def _take_nonce() -> bytes:
-    global _current_batch  # noqa: PLW0603 - one shared batch, replaced whole when spent
-    batch = _current_batch
-    if batch is not None:
-        index = next(batch.indexes)
-        if index < _NONCES_PER_BATCH:
-            start = index * NONCE_SIZE
-            return batch.material[start : start + NONCE_SIZE]
-    batch = _NonceBatch()
-    index = next(batch.indexes)
-    _current_batch = batch
-    return batch.material[:NONCE_SIZE]
+def _next_batch_nonce() -> bytes:
+    global _unused_nonces  # noqa: PLW0603 - one shared batch, replaced whole when spent
+    material = os.urandom(_NONCES_PER_BATCH * NONCE_SIZE)
+    nonces = iter([material[start : start + NONCE_SIZE] for start in range(0, len(material), NONCE_SIZE)])
+    nonce = next(nonces)
+    _unused_nonces = nonces
+    return nonce
 
 
 def _forget_batch_after_fork() -> None:
     """A forked child must not hand out the nonces its parent will also hand out."""
-    global _current_batch  # noqa: PLW0603 - see _take_nonce
-    _current_batch = None
+    global _unused_nonces  # noqa: PLW0603 - see _next_batch_nonce
+    _unused_nonces = iter(())
 
 
 os.register_at_fork(after_in_child=_forget_batch_after_fork)
@@ -268,8 +252,8 @@ def seal(
         raise TypeError("key must be a DataKey and context a FieldContext") from None
     if type(plaintext) is not bytes:
         raise TypeError("plaintext must be bytes")
-    if rng is os.urandom:
-        nonce = _take_nonce()
+    if rng is _OS_RANDOM:
+        nonce = next(_unused_nonces, None) or _next_batch_nonce()  # a nonce is 12 bytes: truthy
     else:
         nonce = rng(NONCE_SIZE)
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
