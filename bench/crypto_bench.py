@@ -42,7 +42,7 @@ Operation = Callable[[], None]
 
 def _veilbill(plaintext: bytes) -> Operation:
     key = DataKey("dek_bench_0001", os.urandom(32))
-    context = FieldContext("tn_benchmark", "invoices", "notes", "inv_benchmarkrowid")
+    context = _context()
 
     def operation() -> None:
         if open_sealed(key, seal(key, plaintext, context), context) != plaintext:
@@ -51,12 +51,18 @@ def _veilbill(plaintext: bytes) -> Operation:
     return operation
 
 
+def _associated_data() -> bytes:
+    """What ``seal`` authenticates for the bench's key and context: its header, then the context."""
+    return b"\x01\x0edek_bench_0001" + _context().associated_data()
+
+
+def _context() -> FieldContext:
+    return FieldContext("tn_benchmark", "invoices", "notes", "inv_benchmarkrowid")
+
+
 def _aesgcm(plaintext: bytes) -> Operation:
     cipher = AESGCM(os.urandom(32))
-    associated = (
-        b"\x01\x0edek_bench_0001"
-        + FieldContext("tn_benchmark", "invoices", "notes", "inv_benchmarkrowid").associated_data()
-    )
+    associated = _associated_data()
 
     def operation() -> None:
         nonce = os.urandom(12)
@@ -68,10 +74,7 @@ def _aesgcm(plaintext: bytes) -> Operation:
 
 def _aesgcm_batched_nonce(plaintext: bytes) -> Operation:
     cipher = AESGCM(os.urandom(32))
-    associated = (
-        b"\x01\x0edek_bench_0001"
-        + FieldContext("tn_benchmark", "invoices", "notes", "inv_benchmarkrowid").associated_data()
-    )
+    associated = _associated_data()
     batch = b""
     offset = NONCE_BATCH_BYTES
 
@@ -105,7 +108,7 @@ def _tink(plaintext: bytes) -> Operation | None:
         return None
     aead.register()
     primitive = tink.new_keyset_handle(aead.aead_key_templates.AES256_GCM).primitive(aead.Aead)
-    associated = FieldContext("tn_benchmark", "invoices", "notes", "inv_benchmarkrowid").associated_data()
+    associated = _context().associated_data()
 
     def operation() -> None:
         if primitive.decrypt(primitive.encrypt(plaintext, associated), associated) != plaintext:

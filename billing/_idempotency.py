@@ -166,20 +166,7 @@ class IdempotencyStore:
     def complete(self, tenant_id: str, key: str, status: int, body: bytes) -> None:
         self._let_go(tenant_id, key)
         with self._db.transaction() as session:
-            record = session.exec(
-                select(IdempotencyRecord)
-                .where(IdempotencyRecord.tenant_id == tenant_id, IdempotencyRecord.key == key)
-                .with_for_update()
-            ).one_or_none()
-            if record is None or record.state == "done":
-                return
-            keys = SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
-            dek = keys.get_or_create(tenant_id, tenant_id, "idempotency")
-            record.response_ct = seal(dek, body, _context(tenant_id, key), rng=self._rng)
-            record.response_status = status
-            record.state = "done"
-            record.expires_at = record.created_at + IDEMPOTENCY_TTL
-            session.add(record)
+            self._store_answer(session, tenant_id, key, status, body)
 
     def release(self, tenant_id: str, key: str) -> None:
         self._let_go(tenant_id, key)
@@ -215,18 +202,21 @@ class IdempotencyStore:
         claim = _BOUND.get()
         if claim is None or claim.tenant_id != tenant_id:
             return
+        self._store_answer(session, tenant_id, claim.key, claim.status, msgspec.json.encode(answer))
+
+    def _store_answer(self, session: Session, tenant_id: str, key: str, status: int, body: bytes) -> None:
+        """Seal ``body`` as the answer of ``key`` and mark it done, unless it already is (or is gone)."""
         record = session.exec(
             select(IdempotencyRecord)
-            .where(IdempotencyRecord.tenant_id == tenant_id, IdempotencyRecord.key == claim.key)
+            .where(IdempotencyRecord.tenant_id == tenant_id, IdempotencyRecord.key == key)
             .with_for_update()
         ).one_or_none()
         if record is None or record.state == "done":
             return
         keys = SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
         dek = keys.get_or_create(tenant_id, tenant_id, "idempotency")
-        body = msgspec.json.encode(answer)
-        record.response_ct = seal(dek, body, _context(tenant_id, claim.key), rng=self._rng)
-        record.response_status = claim.status
+        record.response_ct = seal(dek, body, _context(tenant_id, key), rng=self._rng)
+        record.response_status = status
         record.state = "done"
         record.expires_at = record.created_at + IDEMPOTENCY_TTL
         session.add(record)
