@@ -333,16 +333,17 @@ def _number_is_card(value: int | float | Decimal) -> bool:
     return contains_card_number(str(abs(integral)))
 
 
-def _key_path(parent: str, key: str) -> str:
+def _key_path(parent: str, key: str, *, holds_number: bool) -> str:
     """``parent.key`` for an identifier, else ``parent["key"]``, any card number redacted.
 
     An identifier can hold a number too (``card4242…``): it is quoted and redacted like any other
     key, or the path would carry the number into the refusal, the audit chain and the logs.
+    ``holds_number`` is what the caller's scan of ``key`` found, so the key is not scanned twice.
     """
-    redacted = redact_card_numbers(key)
-    if redacted == key and _IDENTIFIER_RE.fullmatch(key):
+    if not holds_number and _IDENTIFIER_RE.fullmatch(key):
         return f"{parent}.{key}"
-    return f"{parent}[{json.dumps(redacted, ensure_ascii=False)}]"
+    shown = redact_card_numbers(key) if holds_number else key
+    return f"{parent}[{json.dumps(shown, ensure_ascii=False)}]"
 
 
 def find_card_data(value: object, path: str = "$") -> list[str]:
@@ -383,8 +384,9 @@ def find_card_data(value: object, path: str = "$") -> list[str]:
                 if not isinstance(key, str):
                     kind = type(key).__name__
                     raise TypeError(f"JSON object keys must be str, not {kind}")
-                flagged = is_card_field_name(key) or contains_card_number(key)
-                children.append((_key_path(here, key), child, flagged))
+                holds_number = contains_card_number(key)
+                flagged = holds_number or is_card_field_name(key)
+                children.append((_key_path(here, key, holds_number=holds_number), child, flagged))
             stack.extend(reversed(children))
         elif isinstance(item, list | tuple):
             elements = [(f"{here}[{i}]", child, False) for i, child in enumerate(item)]
