@@ -3,9 +3,11 @@
 Each tenant has its own chain (tenantless events, such as an unknown API key, go to ``system``).
 Link ``n`` stores ``mac_n = HMAC-SHA256(audit_key, mac_{n-1} || canonical(event_n))`` where the
 canonical encoding is sorted-key JSON of every column except ``id`` and ``mac``; ``mac_0`` is 64
-zeros. ``audit_heads`` holds each chain's newest link: appending locks that row (``FOR UPDATE`` on
-PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) so concurrent writers from any number of processes
-extend the chain one at a time.
+zeros. ``audit_heads`` holds each chain's newest link, and every append moves it, so concurrent
+writers from any number of processes extend the chain one at a time. An append first tries to
+follow the head this process last saw (a compare and swap on the head's ``seq``, one statement on
+PostgreSQL); if another writer moved it since, it locks the head (``FOR UPDATE`` on PostgreSQL,
+``BEGIN IMMEDIATE`` on SQLite) and follows what it reads.
 
 What it detects: an edited event (its mac no longer matches), a deleted event (a gap in ``seq``),
 a reordered or inserted event (``prev_mac`` does not match), a truncated tail (the head names a
@@ -21,13 +23,26 @@ from __future__ import annotations
 import functools
 import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from hashlib import sha256
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Insert, Select, Update, bindparam, delete, func, insert, true, update
+from sqlalchemy import (
+    CTE,
+    Insert,
+    Row,
+    Select,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    true,
+    update,
+)
 from sqlmodel import Session, col, select
 
 from billing._actor import Actor
@@ -35,7 +50,16 @@ from billing._db import insert_ignore
 from billing._keyring import Keyring
 from billing._models import AuditCheckpoint, AuditEvent, AuditHead
 
-__all__ = ["GENESIS_MAC", "SYSTEM_CHAIN", "AuditBreak", "AuditTrail", "AuditVerification"]
+__all__ = [
+    "GENESIS_MAC",
+    "SYSTEM_CHAIN",
+    "AuditBreak",
+    "AuditTrail",
+    "AuditVerification",
+    "Check",
+    "Link",
+    "Watcher",
+]
 
 GENESIS_MAC = "0" * 64
 SYSTEM_CHAIN = "system"
@@ -62,6 +86,58 @@ _SIGNED_FIELDS = (
 
 
 @dataclass(frozen=True, slots=True)
+class Link:
+    """One event as appended: the columns of ``AuditEvent`` but its database ``id``.
+
+    A plain record rather than the ORM model: the append writes it with Core statements, and making
+    an instrumented model instance costs more than the rest of the append's Python work.
+    """
+
+    chain: str
+    seq: int
+    occurred_at: datetime
+    tenant_id: str | None
+    actor_key_id: str | None
+    actor_role: str | None
+    action: str
+    resource_type: str | None
+    resource_id: str | None
+    subject_id: str | None
+    outcome: str
+    request_id: str | None
+    client_ip: str | None
+    user_agent: str | None
+    detail: str | None
+    audit_key_id: str
+    prev_mac: str
+    mac: str
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A watcher's query about a link (one row or none), run in the link's transaction."""
+
+    query: Select[Any]
+    parameters: Mapping[str, Any]
+
+
+class Watcher(Protocol):
+    """Checks appended links (the access monitor): ``check`` says what to ask the database about a
+    link, or ``None``; ``after`` gets the answer's row (``None`` if none, or if nothing was asked).
+
+    The query runs in the same transaction as the append, after the link was written or — on
+    PostgreSQL, in the same statement — before it: either way it must not count the link itself
+    (the ``chain`` and ``seq`` of the link tell it apart). Its parameters must not be named after
+    a column of ``audit_events`` or ``audit_heads``: in the append's statement they would be taken
+    for values to write.
+    """
+
+    def check(self, link: Link) -> Check | None: ...
+
+    def after(self, session: Session, link: Link, row: Row[Any] | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
 class AuditBreak:
     """The first link of a chain that fails verification, and why (no event content)."""
 
@@ -85,11 +161,13 @@ class AuditTrail:
     def __init__(self, keyring: Keyring, *, clock: Callable[[], datetime]) -> None:
         self._keyring = keyring
         self._clock = clock
-        self._observers: list[Callable[[Session, AuditEvent], None]] = []
+        self._watchers: list[Watcher] = []
+        # Each chain's head as this process last moved it: a hint, never trusted (see ``record``).
+        self._heads: dict[str, tuple[int, str]] = {}
 
-    def observe(self, observer: Callable[[Session, AuditEvent], None]) -> None:
-        """Call ``observer`` after each appended event, in the same transaction (access monitoring)."""
-        self._observers.append(observer)
+    def watch(self, watcher: Watcher) -> None:
+        """Let ``watcher`` check each appended event, in the same transaction (access monitoring)."""
+        self._watchers.append(watcher)
 
     def record(
         self,
@@ -103,11 +181,11 @@ class AuditTrail:
         subject_id: str | None = None,
         outcome: str = "success",
         detail: Mapping[str, str | int | bool | None] | None = None,
-    ) -> AuditEvent:
+    ) -> Link:
         """Append one event in ``session``'s transaction; it is kept only if that commits.
 
-        Returns the event as appended (not attached to ``session``; its database ``id`` is not read
-        back). Observers see it after it is written, in the same transaction.
+        Returns the link as appended (its database ``id`` is not read back). Observers see it after
+        it is written, in the same transaction.
         """
         tenant = tenant_id or (actor.tenant_id if actor else None) or None
         chain = tenant or SYSTEM_CHAIN
@@ -115,33 +193,47 @@ class AuditTrail:
         # and a failing write fails here, as when the link was flushed through the ORM; the
         # append's own statements are Core statements, which the session does not autoflush for.
         session.flush()
-        head_seq, head_mac = _lock_head(session, chain)
         key = self._keyring.active_audit
-        event = AuditEvent(
-            chain=chain,
-            seq=head_seq + 1,
-            occurred_at=self._clock(),
-            tenant_id=tenant,
-            actor_key_id=actor.key_id if actor else None,
-            actor_role=actor.role if actor else None,
-            action=action,
-            resource_type=resource_type,
-            resource_id=resource_id,
-            subject_id=subject_id,
-            outcome=outcome,
-            request_id=actor.request_id if actor else None,
-            client_ip=actor.client_ip if actor else None,
-            user_agent=(actor.user_agent or "")[:200] or None if actor else None,
-            detail=json.dumps(dict(detail), sort_keys=True) if detail else None,
-            audit_key_id=key.key_id,
-            prev_mac=head_mac,
-            mac="",
-        )
-        event.mac = _mac(key.material, event)
-        _append(session, event)
-        for observer in self._observers:
-            observer(session, event)
-        return event
+        fields = {
+            "chain": chain,
+            "occurred_at": self._clock(),
+            "tenant_id": tenant,
+            "actor_key_id": actor.key_id if actor else None,
+            "actor_role": actor.role if actor else None,
+            "action": action,
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "subject_id": subject_id,
+            "outcome": outcome,
+            "request_id": actor.request_id if actor else None,
+            "client_ip": actor.client_ip if actor else None,
+            "user_agent": (actor.user_agent or "")[:200] or None if actor else None,
+            "detail": json.dumps(dict(detail), sort_keys=True) if detail else None,
+            "audit_key_id": key.key_id,
+        }
+        # The head this process saw last, if any: appending after it is one statement that fails
+        # (appends nothing) when another writer moved the head since; then the head is locked and
+        # read, and the link is made again after it. A watcher's check of the link rides along in
+        # the append's statement where it can (PostgreSQL, after the head this process saw).
+        cached = self._heads.get(chain)
+        link, checks = None, None
+        if cached is not None:
+            link = _link(key.material, fields, cached)
+            checks = [watcher.check(link) for watcher in self._watchers]
+            appended, rows = _append_after(session, link, cached, checks)
+            if not appended:
+                link = None
+        if link is None:
+            link = _link(key.material, fields, _lock_head(session, chain))
+            _append(session, link)
+            checks = [watcher.check(link) for watcher in self._watchers]
+            rows = [
+                None if c is None else session.execute(c.query, c.parameters).one_or_none() for c in checks
+            ]
+        self._heads[chain] = (link.seq, link.mac)
+        for watcher, row in zip(self._watchers, rows, strict=True):
+            watcher.after(session, link, row)
+        return link
 
     def verify(self, session: Session, *, chain: str | None = None) -> AuditVerification:
         """Walk the chains (or one) in order and report the first broken link.
@@ -287,21 +379,77 @@ def _lock_head(session: Session, chain: str) -> tuple[int, str]:
     return int(row.seq), str(row.mac)
 
 
-def _append(session: Session, event: AuditEvent) -> None:
-    """Insert ``event`` and move its chain's head (locked by :func:`_lock_head`) to it.
+def _append(session: Session, link: Link) -> None:
+    """Insert ``link`` and move its chain's head (locked by :func:`_lock_head`) to it.
 
     On PostgreSQL one statement does both (the insert is a data-modifying CTE of the head's
     update), so an audited request pays one round trip for them, not two; elsewhere (SQLite,
     in-process) two statements. Either way both happen in the caller's transaction or neither.
     """
     statements = _statements()
-    values = {f"e_{name}": getattr(event, name) for name in statements.event_columns}
-    head = {"head_chain": event.chain, "head_seq": event.seq, "head_mac": event.mac}
+    values = {f"e_{name}": getattr(link, name) for name in statements.event_columns}
+    head = {"head_chain": link.chain, "head_seq": link.seq, "head_mac": link.mac}
     if session.get_bind().dialect.name == "postgresql":
         session.execute(statements.append, {**values, **head})
     else:
         session.execute(statements.insert_event, values)
         session.execute(statements.move_head, head)
+
+
+def _append_after(
+    session: Session, link: Link, head: tuple[int, str], checks: Sequence[Check | None]
+) -> tuple[bool, list[Row[Any] | None]]:
+    """Append ``link`` if its chain's head is still ``head`` (compare and swap), and run ``checks``.
+
+    Returns whether it was appended, and each check's row (``None`` when it was not). The head's
+    update only matches while its ``seq`` is the one ``link`` follows; a concurrent writer holding
+    the row makes it wait, and once that writer commits the update no longer matches (PostgreSQL
+    re-reads the row; SQLite's writers take turns), so nothing is appended and the caller locks the
+    head instead. On PostgreSQL the update, the insert (conditional on the update) and one check
+    are one statement; on SQLite each is a statement of its own.
+    """
+    statements = _statements()
+    values = {f"e_{name}": getattr(link, name) for name in statements.event_columns}
+    swap = {"head_chain": link.chain, "head_seq": link.seq, "head_mac": link.mac, "prev_seq": head[0]}
+    if session.get_bind().dialect.name == "postgresql":
+        ridden = next((i for i, c in enumerate(checks) if c is not None), None)
+        if ridden is None:
+            appended = session.execute(statements.append_after, {**values, **swap}).first() is not None
+            return appended, [None] * len(checks)
+        check = checks[ridden]
+        assert check is not None
+        row = session.execute(_append_after_with(check.query), {**values, **swap, **check.parameters}).first()
+        if row is None:
+            return False, [None] * len(checks)
+        rows = [_run(session, c) if i != ridden else None for i, c in enumerate(checks)]
+        if row.found:
+            rows[ridden] = row[1:-1]  # type: ignore[call-overload]
+        return True, rows
+    if session.execute(statements.swap_head, swap).first() is None:
+        return False, [None] * len(checks)
+    session.execute(statements.insert_event, values)
+    return True, [_run(session, c) for c in checks]
+
+
+def _run(session: Session, check: Check | None) -> Row[Any] | None:
+    return None if check is None else session.execute(check.query, check.parameters).one_or_none()
+
+
+@functools.cache
+def _append_after_with(query: Select[Any]) -> Select[Any]:
+    """The compare-and-swap append with ``query``'s row (left-joined: it may have none) after the
+    swapped head's chain, built once per query. The query runs on the statement's snapshot, so it
+    does not see the link being inserted."""
+    statements = _statements()
+    swapped = statements.swapped
+    # ``found`` tells a row of nulls from no row at all (the left join's null-filled row).
+    checked = query.add_columns(literal_column("true").label("found")).subquery("checked")
+    combined: Select[Any] = (
+        select(swapped.c.chain, *checked.c)
+        .select_from(swapped.outerjoin(checked, true()))
+        .add_cte(statements.insert_after.cte("appended"))
+    )
+    return combined
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +459,10 @@ class _Statements:
     insert_event: Insert
     move_head: Update
     append: Update
+    swap_head: Update
+    swapped: CTE
+    insert_after: Insert
+    append_after: Select[tuple[str]]
 
 
 @functools.cache
@@ -319,15 +471,26 @@ def _statements() -> _Statements:
     for every event; SQLAlchemy then finds their compiled form in its cache at once)."""
     events = AuditEvent.__table__  # type: ignore[attr-defined]
     columns = tuple(column for column in events.columns if column.name != "id")
-    insert_event = insert(events).values({c.name: bindparam(f"e_{c.name}", type_=c.type) for c in columns})
+    params = {c.name: bindparam(f"e_{c.name}", type_=c.type) for c in columns}
+    insert_event = insert(events).values(params)
     heads = AuditHead.__table__  # type: ignore[attr-defined]
-    move_head = (
+    new_head = {
+        "seq": bindparam("head_seq", type_=heads.c.seq.type),
+        "mac": bindparam("head_mac", type_=heads.c.mac.type),
+    }
+    of_chain = heads.c.chain == bindparam("head_chain", type_=heads.c.chain.type)
+    move_head = update(heads).where(of_chain).values(new_head)
+    swap_head = (
         update(heads)
-        .where(heads.c.chain == bindparam("head_chain", type_=heads.c.chain.type))
-        .values(
-            seq=bindparam("head_seq", type_=heads.c.seq.type),
-            mac=bindparam("head_mac", type_=heads.c.mac.type),
-        )
+        .where(of_chain, heads.c.seq == bindparam("prev_seq", type_=heads.c.seq.type))
+        .values(new_head)
+        .returning(heads.c.chain)
+    )
+    swapped = swap_head.cte("swapped")
+    # The insert selects its values from the swap's result: no row swapped, nothing inserted.
+    # (The parameters are typed: psycopg's dialect casts each to its column's type.)
+    insert_after = insert(events).from_select(
+        [c.name for c in columns], select(*(params[c.name] for c in columns)).select_from(swapped)
     )
     return _Statements(
         lock_head=select(heads.c.seq, heads.c.mac)
@@ -337,6 +500,10 @@ def _statements() -> _Statements:
         insert_event=insert_event,
         move_head=move_head,
         append=move_head.add_cte(insert_event.cte("appended")),
+        swap_head=swap_head,
+        swapped=swapped,
+        insert_after=insert_after,
+        append_after=select(swapped.c.chain).add_cte(insert_after.cte("appended")),
     )
 
 
@@ -345,11 +512,19 @@ def _checkpoint_signature(key: bytes, chain: str, seq: int, mac: str) -> str:
     return hmac.new(key, message.encode(), sha256).hexdigest()
 
 
-def _canonical(event: AuditEvent) -> bytes:
-    values: dict[str, Any] = {name: getattr(event, name) for name in _SIGNED_FIELDS}
-    values["occurred_at"] = event.occurred_at.isoformat(timespec="microseconds")
-    return json.dumps(values, sort_keys=True, separators=(",", ":")).encode()
+def _canonical(values: Mapping[str, Any]) -> bytes:
+    signed = {name: values[name] for name in _SIGNED_FIELDS}
+    signed["occurred_at"] = values["occurred_at"].isoformat(timespec="microseconds")
+    return json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _mac(key: bytes, event: AuditEvent) -> str:
-    return hmac.new(key, event.prev_mac.encode() + _canonical(event), sha256).hexdigest()
+def _mac(key: bytes, event: AuditEvent | Link) -> str:
+    values = {name: getattr(event, name) for name in _SIGNED_FIELDS}
+    return hmac.new(key, event.prev_mac.encode() + _canonical(values), sha256).hexdigest()
+
+
+def _link(key: bytes, fields: Mapping[str, Any], head: tuple[int, str]) -> Link:
+    """The link of ``fields`` that follows ``head``, with its mac."""
+    values = {**fields, "seq": head[0] + 1, "prev_mac": head[1]}
+    mac = hmac.new(key, head[1].encode() + _canonical(values), sha256).hexdigest()
+    return Link(**values, mac=mac)

@@ -616,6 +616,8 @@ class AuditEvent(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("chain", "seq"),
         Index("ix_audit_events_actor_time", "actor_key_id", "occurred_at"),
+        # The access monitor's "did this key read this client in the window before?"
+        Index("ix_audit_events_actor_subject_time", "actor_key_id", "subject_id", "occurred_at"),
     )
 
     id: int | None = Field(

@@ -1,23 +1,26 @@
 """Access monitoring: a key that reads the personal data of too many clients is flagged.
 
-Every audited read of decrypted PII (``PII_READ_ACTIONS``) is followed, in the same transaction,
-by a count of the *distinct* clients that key read within the tenant's window (default: more than
-100 clients in 60 minutes). Crossing the threshold appends one ``access.alert`` event per window to
-the audit chain and, when the tenant chose ``suspend_on_alert``, suspends the key at once (it then
-authenticates no more until an admin reinstates it).
+Every audited read of decrypted PII (``PII_READ_ACTIONS``) of a client the key had not read within
+the tenant's window is followed, in the same transaction, by a count of the *distinct* clients that
+key read within the window (default: more than 100 clients in 60 minutes). Crossing the threshold
+appends one ``access.alert`` event per window to the audit chain and, when the tenant chose
+``suspend_on_alert``, suspends the key at once (it then authenticates no more until an admin
+reinstates it).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, Row, Select, bindparam, case, exists, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
-from sqlmodel.sql.expression import SelectOfScalar
 
-from billing._audit import AuditTrail
+from billing._audit import AuditTrail, Check, Link
 from billing._models import ApiKey, AuditEvent, Tenant
 
 __all__ = [
@@ -64,61 +67,99 @@ def _policy(threshold: int | None, window_minutes: int | None, suspend: bool) ->
 _DEFAULT_WINDOW_MINUTES = int(DEFAULT_PII_READ_WINDOW.total_seconds() // 60)
 
 
-def _distinct_subjects_read(key_id: str, since: datetime) -> SelectOfScalar[int]:
-    """How many distinct clients ``key_id`` read (audited PII reads) since ``since``."""
-    return select(func.count(func.distinct(AuditEvent.subject_id))).where(
-        AuditEvent.actor_key_id == key_id,
+def _other_reads(since: Any) -> list[ColumnElement[bool]]:
+    """The PII reads by the link's key since ``since``, but the link itself."""
+    return [
+        col(AuditEvent.actor_key_id) == bindparam("m_key"),
         col(AuditEvent.occurred_at) >= since,
         col(AuditEvent.action).in_(PII_READ_ACTIONS),
-    )
+        ~((col(AuditEvent.chain) == bindparam("m_chain")) & (col(AuditEvent.seq) == bindparam("m_seq"))),
+    ]
+
+
+def _parameters_of(link: Link, since: datetime) -> dict[str, Any]:
+    return {
+        "m_tenant": link.tenant_id,
+        "m_key": link.actor_key_id,
+        "m_subject": link.subject_id,
+        "m_chain": link.chain,
+        "m_seq": link.seq,
+        "m_since": since,
+    }
+
+
+@functools.cache
+def _check_statement() -> Select[Any]:
+    """The tenant's policy, whether the key read the client before since ``since``, and — only when
+    it did not — how many other clients it read since, in one query built once.
+
+    The count's subquery sits in a ``CASE`` branch, which both databases evaluate only when taken.
+    """
+    since = bindparam("m_since", type_=AuditEvent.__table__.c.occurred_at.type)  # type: ignore[attr-defined]
+    others = select(func.count(func.distinct(AuditEvent.subject_id))).where(*_other_reads(since))
+    seen = exists().where(col(AuditEvent.subject_id) == bindparam("m_subject"), *_other_reads(since))
+    columns: list[Any] = [
+        col(Tenant.pii_read_threshold),
+        col(Tenant.pii_read_window_minutes),
+        col(Tenant.suspend_on_alert),
+        seen,
+        case((seen, None), else_=others.scalar_subquery()),
+    ]
+    return sa_select(*columns).where(col(Tenant.id) == bindparam("m_tenant"))
 
 
 class AccessMonitor:
+    """The audit trail's watcher of PII reads (see the module's docstring)."""
+
     def __init__(self, audit: AuditTrail, *, clock: Callable[[], datetime]) -> None:
         self._audit = audit
         self._clock = clock
 
-    def after_event(self, session: Session, event: AuditEvent) -> None:
-        """Audit observer: check the reading key after each PII read.
+    def check(self, link: Link) -> Check | None:
+        """For a PII read: the tenant's policy, whether the key read this client before within the
+        default window, and — only if it did not — how many other clients it read in that window.
 
-        One query reads the tenant's policy together with the count over the default window; a
-        tenant with a window of its own costs a second count over that window.
+        The number of distinct clients a key read in the window only grows when it reads one it
+        had not read in the window, so only such a read can cross the threshold: a read of a client
+        already read is one index lookup (``ix_audit_events_actor_subject_time``), and only the
+        first read of each client in the window pays the count (decision 54).
         """
-        if event.action not in PII_READ_ACTIONS or not event.actor_key_id or not event.tenant_id:
-            return
-        now = self._clock()
-        row = session.execute(
-            select(
-                col(Tenant.pii_read_threshold),
-                col(Tenant.pii_read_window_minutes),
-                col(Tenant.suspend_on_alert),
-                _distinct_subjects_read(event.actor_key_id, now - DEFAULT_PII_READ_WINDOW).scalar_subquery(),
-            ).where(Tenant.id == event.tenant_id)
-        ).one_or_none()
+        if link.action not in PII_READ_ACTIONS or not link.actor_key_id or not link.tenant_id:
+            return None
+        return Check(_check_statement(), _parameters_of(link, self._clock() - DEFAULT_PII_READ_WINDOW))
+
+    def after(self, session: Session, link: Link, row: Row[Any] | None) -> None:
+        """Alert (and suspend, if the tenant chose to) when the read took the key over the threshold.
+
+        A tenant with a window of its own costs a second query, over that window.
+        """
         if row is None:
             return
-        threshold, window_minutes, suspend, distinct = row
+        threshold, window_minutes, suspend, seen, others = tuple(row)
         policy = _policy(threshold, window_minutes, suspend)
-        since = now - timedelta(minutes=policy.window_minutes)
+        since = self._clock() - timedelta(minutes=policy.window_minutes)
         if policy.window_minutes != _DEFAULT_WINDOW_MINUTES:
-            distinct = session.execute(_distinct_subjects_read(event.actor_key_id, since)).scalar_one()
+            seen, others = session.execute(_check_statement(), _parameters_of(link, since)).one()[3:]
+        if seen:
+            return
+        distinct = others + (link.subject_id is not None)  # the other clients, and this one
         if distinct <= policy.pii_read_threshold:
             return
         already = session.exec(
             select(AuditEvent.id).where(
-                AuditEvent.chain == event.tenant_id,
+                AuditEvent.chain == link.tenant_id,
                 AuditEvent.action == "access.alert",
-                AuditEvent.resource_id == event.actor_key_id,
+                AuditEvent.resource_id == link.actor_key_id,
                 col(AuditEvent.occurred_at) >= since,
             )
         ).first()
         if already is None:
             self._audit.record(
                 session,
-                tenant_id=event.tenant_id,
+                tenant_id=link.tenant_id,
                 action="access.alert",
                 resource_type="api_key",
-                resource_id=event.actor_key_id,
+                resource_id=link.actor_key_id,
                 outcome="alert",
                 detail={
                     "distinct_subjects": int(distinct),
@@ -127,13 +168,13 @@ class AccessMonitor:
                 },
             )
         if policy.suspend_on_alert:
-            key = session.get(ApiKey, event.actor_key_id, with_for_update=True)
+            key = session.get(ApiKey, link.actor_key_id, with_for_update=True)
             if key is not None and key.suspended_at is None:
                 key.suspended_at = self._clock()
                 session.add(key)
                 self._audit.record(
                     session,
-                    tenant_id=event.tenant_id,
+                    tenant_id=link.tenant_id,
                     action="api_key.suspended",
                     resource_type="api_key",
                     resource_id=key.id,

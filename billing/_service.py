@@ -97,7 +97,7 @@ class Billing:
             self.db, self.keyring, self.audit, policy=self.webhook_destinations, clock=clock, rng=rng
         )
         self.monitor = AccessMonitor(self.audit, clock=clock)
-        self.audit.observe(self.monitor.after_event)
+        self.audit.watch(self.monitor)
         self.rotation = KeyRotationService(self.db, self.key_provider, self.audit, clock=clock)
         self.subject_rotation = SubjectKeyRotationService(
             self.db, self.keyring, self.audit, clock=clock, rng=rng

@@ -7,7 +7,7 @@ import threading
 import pytest
 from sqlalchemy import delete, select, update
 
-from billing import Actor, Billing, Keyring, create_keyring
+from billing import Actor, Billing, Database, Keyring, create_keyring
 from billing._audit import AuditTrail
 from billing._models import AuditEvent, AuditHead
 
@@ -135,16 +135,81 @@ def test_appends_in_one_transaction_chain_to_each_other(billing: Billing) -> Non
     assert (head.seq, head.mac) == (4, last.mac)
 
 
-def test_an_append_locks_the_head_then_writes_once_on_postgresql(billing: Billing) -> None:
-    _append(billing, 1)  # the chain and its head exist
+def test_the_first_append_of_a_process_locks_the_head(
+    billing: Billing, database: Database, keyring: Keyring
+) -> None:
+    _append(billing, 1)  # the chain and its head exist, written by another process
+    fresh = Billing(db=database, keyring=keyring)
+    with fresh.db.transaction() as session, statements_of(fresh.db.engine) as sent:
+        fresh.audit.record(session, action="invoice.created", tenant_id="ten_a")
+    if fresh.db.dialect == "postgresql":
+        assert _kinds(sent) == ["SELECT", "WITH"]  # FOR UPDATE of the head; insert and head move together
+    else:
+        assert _kinds(sent) == ["SELECT", "INSERT", "UPDATE"]
+    assert fresh.verify_audit().ok
+
+
+def test_an_append_after_the_head_this_process_wrote_is_one_statement_on_postgresql(billing: Billing) -> None:
+    _append(billing, 1)
     with billing.db.transaction() as session, statements_of(billing.db.engine) as sent:
         billing.audit.record(session, action="invoice.created", tenant_id="ten_a")
-    kinds = [statement.split()[0] for statement in sent if not statement.startswith("BEGIN")]
     if billing.db.dialect == "postgresql":
-        assert kinds == ["SELECT", "WITH"]  # FOR UPDATE of the head; insert and head move together
+        assert _kinds(sent) == ["WITH"]  # the head swapped from the seq it had and the link inserted
     else:
-        assert kinds == ["SELECT", "INSERT", "UPDATE"]
+        assert _kinds(sent) == ["UPDATE", "INSERT"]
     assert billing.verify_audit().ok
+
+
+def test_an_append_after_a_head_another_process_moved_follows_the_new_head(
+    billing: Billing, database: Database, keyring: Keyring
+) -> None:
+    other = Billing(db=database, keyring=keyring)
+    _append(billing, 2)
+    _append(other, 3)  # the head moved past what ``billing`` saw
+    with billing.db.transaction() as session, statements_of(billing.db.engine) as sent:
+        link = billing.audit.record(session, action="invoice.created", tenant_id="ten_a")
+    assert link.seq == 6
+    if billing.db.dialect == "postgresql":
+        assert _kinds(sent) == ["WITH", "SELECT", "WITH"]  # the swap missed; then locked and followed
+    else:
+        assert _kinds(sent) == ["UPDATE", "SELECT", "INSERT", "UPDATE"]
+    _append(other, 1)  # and ``other`` in turn finds the head moved
+    result = billing.verify_audit()
+    assert result.ok and result.events == 7
+
+
+def test_an_append_after_a_rolled_back_append_follows_the_committed_head(billing: Billing) -> None:
+    _append(billing, 1)
+
+    def failing_request() -> None:
+        with billing.db.transaction() as session:
+            billing.audit.record(session, action="invoice.created", tenant_id="ten_a")  # seq 2, never kept
+            raise RuntimeError("the request failed after auditing")
+
+    with pytest.raises(RuntimeError):
+        failing_request()
+    with billing.db.transaction() as session:
+        assert billing.audit.record(session, action="invoice.created", tenant_id="ten_a").seq == 2
+    result = billing.verify_audit()
+    assert result.ok and result.events == 2
+
+
+def test_two_processes_appending_at_once_keep_one_chain(
+    billing: Billing, database: Database, keyring: Keyring
+) -> None:
+    others = [Billing(db=database, keyring=keyring) for _ in range(3)]
+    _append(billing, 1)
+    threads = [threading.Thread(target=_append, args=(each, 10)) for each in [billing, *others]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result = billing.verify_audit()
+    assert result.ok and result.events == 41
+
+
+def _kinds(sent: list[str]) -> list[str]:
+    return [statement.split()[0] for statement in sent if not statement.startswith("BEGIN")]
 
 
 def test_concurrent_appends_keep_one_chain(billing: Billing, keyring: Keyring) -> None:

@@ -42,3 +42,61 @@ def test_reads_older_than_the_tenants_window_do_not_count(
     assert [a.resource_id for a in alerts] == (["key_reader"] if alerted else [])
     if alerted:
         assert '"distinct_subjects": 3' in (alerts[0].detail or "")
+
+
+def _policy(billing: Billing, admin: Actor, *, suspend: bool) -> None:
+    billing.tenants.set_access_policy(
+        admin, AccessPolicy(pii_read_threshold=2, window_minutes=60, suspend_on_alert=suspend)
+    )
+
+
+def _alerts(database: Database) -> list[AuditEvent]:
+    with database.read() as session:
+        return list(session.exec(select(AuditEvent).where(AuditEvent.action == "access.alert")).all())
+
+
+def test_rereading_clients_already_read_in_the_window_never_alerts(
+    database: Database, keyring: Keyring, fake: Faker
+) -> None:
+    billing = Billing(db=database, keyring=keyring)
+    issued = billing.tenants.create_tenant("Salon Relecture")
+    admin = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
+    _policy(billing, admin, suspend=False)
+    reader = Actor(tenant_id=issued.tenant_id, role="booking", key_id="key_reader")
+    clients = [billing.customers.create(admin, CustomerInput(name=fake.name())).id for _ in range(3)]
+    for customer_id in [clients[0], clients[1], clients[0], clients[1], clients[1], clients[0]]:
+        billing.customers.read(reader, customer_id)
+    assert _alerts(database) == []
+    billing.customers.read(reader, clients[2])  # the third distinct client: the count runs, and crosses
+    alerts = _alerts(database)
+    assert [a.resource_id for a in alerts] == ["key_reader"]
+    assert '"distinct_subjects": 3' in (alerts[0].detail or "")
+
+
+def test_a_reinstated_key_reads_the_clients_it_read_but_a_new_one_suspends_it_again(
+    database: Database, keyring: Keyring, fake: Faker
+) -> None:
+    billing = Billing(db=database, keyring=keyring)
+    issued = billing.tenants.create_tenant("Salon Reprise")
+    admin = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
+    _policy(billing, admin, suspend=True)
+    scraper = billing.tenants.issue_api_key(admin, role="booking", name="scraper")
+    reader = Actor(tenant_id=issued.tenant_id, role="booking", key_id=scraper.id)
+    clients = [billing.customers.create(admin, CustomerInput(name=fake.name())).id for _ in range(4)]
+
+    def suspended() -> bool:
+        return (
+            next(k for k in billing.tenants.list_api_keys(admin) if k.id == scraper.id).suspended_at
+            is not None
+        )
+
+    for customer_id in clients[:3]:
+        billing.customers.read(reader, customer_id)
+    assert suspended()
+    billing.tenants.reinstate_api_key(admin, scraper.id)
+    for customer_id in clients[:3]:  # the admin's decision holds for what was already read
+        billing.customers.read(reader, customer_id)
+    assert not suspended()
+    billing.customers.read(reader, clients[3])
+    assert suspended()
+    assert len(_alerts(database)) == 1  # one alert per window, however often it is crossed
