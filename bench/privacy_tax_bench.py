@@ -45,8 +45,15 @@ path that differs — the billing service's ``create_draft`` and ``read`` — on
 directly in this thread (the app runs handlers in worker threads, which a sampling profiler of
 the main thread does not see); the framework around it is the same on both sides.
 
+``--ablate`` measures what one guarantee costs, by taking it away from *this benchmark's instance*
+of the service only (never the product's code or configuration): ``unflushed-reads`` commits the
+audit link of each PII read without waiting for the write-ahead log to reach the disk
+(``SET LOCAL synchronous_commit = off`` in the read's transaction, PostgreSQL only), and
+``no-audit`` appends no audit link at all (and so runs no access monitoring). Results carry an
+``ablation`` key; they answer "what would the ratio be without it", not what the product costs.
+
 Usage: ``python -m bench.privacy_tax_bench [--rounds 10] [--ops 40] [--only pg-invoice,...]
-[--profile FILE]``; prints one JSON line per case.
+[--ablate unflushed-reads|no-audit] [--profile FILE]``; prints one JSON line per case.
 """
 
 from __future__ import annotations
@@ -87,16 +94,19 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import registry
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, select
 
 from api.app import create_app
 from api.auth import requires_role
 from api.deps import ActorDep
 from api.settings import Settings
 from billing import (
+    PII_READ_ACTIONS,
     Actor,
+    Billing,
     CustomerInput,
     CustomerView,
     Database,
@@ -771,6 +781,29 @@ def profile_service(args: argparse.Namespace, path: Path) -> None:
     )
 
 
+ABLATIONS = ("unflushed-reads", "no-audit")
+
+
+def ablate(billing: Billing, ablation: str | None) -> None:
+    """Take one guarantee away from this benchmark's instance of the service (see ``--ablate``)."""
+    if ablation is None:
+        return
+    audit = billing.audit
+    record = audit.record
+    if ablation == "no-audit":
+        audit.record = lambda session, **_: None  # type: ignore[method-assign, assignment, return-value]
+    elif ablation == "unflushed-reads":
+
+        def record_unflushed(session: Session, **fields: Any) -> Any:
+            if fields.get("action") in PII_READ_ACTIONS:
+                session.execute(text("SET LOCAL synchronous_commit = off"))
+            return record(session, **fields)
+
+        audit.record = record_unflushed  # type: ignore[method-assign]
+    else:
+        raise ValueError(f"unknown ablation {ablation!r}")
+
+
 def run_cases(args: argparse.Namespace, *, configure_logs: bool = True) -> list[dict[str, Any]]:
     """Run the selected cases one after another; each gets a fresh database and keyring."""
     results = []
@@ -778,7 +811,10 @@ def run_cases(args: argparse.Namespace, *, configure_logs: bool = True) -> list[
         database = "postgresql" if case.startswith("pg-") else "sqlite"
         with fresh_settings(database, args.postgres) as settings:
             app = bench_app(settings, configure_logs=configure_logs)
+            ablate(app.state.billing, args.ablate)
             result = asyncio.run(_run_case(app, case, args))
+            if args.ablate:
+                result["ablation"] = args.ablate
         print(json.dumps(result), flush=True)
         results.append(result)
     return results
@@ -796,11 +832,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, help="profile Veilbill's service calls into this file instead"
     )
+    parser.add_argument(
+        "--ablate", choices=ABLATIONS, help="take one guarantee away from the measured instance (see above)"
+    )
     args = parser.parse_args(argv)
     args.only = [case.strip() for case in args.only.split(",") if case.strip()]
     unknown = set(args.only) - set(CASES)
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    if args.ablate == "unflushed-reads" and any(not case.startswith("pg-") for case in args.only):
+        parser.error("--ablate unflushed-reads is for the PostgreSQL cases (pg-...)")
     if args.rounds < 1 or args.ops < 1 or args.warmup < 1 or args.clients < 1:
         parser.error("--rounds, --ops, --warmup and --clients must be at least 1")
     return args

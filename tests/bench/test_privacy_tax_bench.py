@@ -14,9 +14,11 @@ from bench.privacy_tax_bench import (
     PlainCustomer,
     PlainInvoice,
     PlainInvoiceLine,
+    ablate,
     parse_args,
     run_cases,
 )
+from billing import Billing
 from billing._models import Customer, Invoice, InvoiceLine
 
 from ..conftest import PG_ADMIN_URL, require_or_skip
@@ -58,3 +60,32 @@ def test_one_short_round_of_every_case_compares_both_sides(
             {"create_client"} if "client" in result["case"] else set()
         )
         assert set(result["steps"]) == steps
+
+
+@pytest.mark.parametrize("ablation", ["unflushed-reads", "no-audit"])
+def test_an_ablation_takes_its_guarantee_away_from_the_measured_instance_only(
+    restore_logging: None, capsys: pytest.CaptureFixture[str], ablation: str
+) -> None:
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=5).close()
+    except psycopg.OperationalError:
+        require_or_skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
+    args = parse_args(
+        ["--rounds", "1", "--ops", "2", "--warmup", "1", "--clients", "2", "--only", "pg-invoice"]
+        + ["--ablate", ablation]
+    )
+    (result,) = run_cases(args)
+    assert result["ablation"] == ablation and result["ratio_median"] > 0
+
+
+def test_an_ablation_leaves_the_products_audit_alone(billing: Billing) -> None:
+    other = Billing(db=billing.db, keyring=billing.keyring)
+    ablate(other, "no-audit")
+    with billing.db.transaction() as session:
+        assert other.audit.record(session, action="customer.read", tenant_id="ten_a") is None
+        assert billing.audit.record(session, action="customer.read", tenant_id="ten_a").seq == 1
+
+
+def test_unflushed_reads_only_apply_to_postgresql_cases() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "sqlite-invoice", "--ablate", "unflushed-reads"])
