@@ -104,6 +104,10 @@ class Settings:
                 "VEILBILL_STRIPE_WEBHOOK_SECRET is required when a gateway is configured: "
                 "webhooks are never accepted unsigned"
             )
+        if not all(secret.isprintable() and secret.isascii() for secret in self.webhook_secrets):
+            # The gateway's secrets are printable ASCII (whsec_…); a lone surrogate (from an
+            # environment variable that was not UTF-8) would fail each webhook's HMAC instead.
+            raise ValueError("VEILBILL_STRIPE_WEBHOOK_SECRET must be printable ASCII text")
 
     @property
     def webhook_secrets(self) -> tuple[str, ...]:

@@ -60,6 +60,7 @@ _ITEM_RE: Final = re.compile(r"([a-z][a-z0-9_]{0,15})=([\x21-\x2b\x2d-\x7e]{1,51
 _TIMESTAMP_RE: Final = re.compile(r"0|[1-9][0-9]{0,11}")
 _V1_RE: Final = re.compile(r"[0-9a-f]{64}")
 _REFUSAL: Final = "refusing to verify webhooks without a secret"
+_NOT_TEXT: Final = "a webhook secret is not valid Unicode text (a lone surrogate)"
 
 
 def parse_signature_header(header: str) -> tuple[int, list[str]]:
@@ -115,7 +116,19 @@ def _checked_secrets(secrets: Sequence[str]) -> list[str]:
             raise TypeError("webhook secrets must be str")
     if not checked or not all(checked):
         raise ValueError(_REFUSAL)
+    if not all(_is_text(secret) for secret in checked):
+        raise ValueError(_NOT_TEXT)
     return checked
+
+
+def _is_text(secret: str) -> bool:
+    """Whether ``secret`` encodes to UTF-8: a lone surrogate (an environment variable that was not
+    UTF-8 decodes to one) would otherwise fail inside the HMAC, with the secret in the error."""
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _signature(secret: str, raw_timestamp: str, payload: bytes) -> str:
@@ -168,6 +181,8 @@ def sign_payload(payload: bytes, secret: str, *, timestamp: int) -> str:
     """
     if not isinstance(secret, str) or not secret:
         raise ValueError(_REFUSAL)
+    if not _is_text(secret):
+        raise ValueError(_NOT_TEXT)
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp < 10**12:
         raise ValueError("timestamp must be a Unix time (0 to 12 digits)")
     raw_timestamp = str(timestamp)

@@ -117,3 +117,10 @@ def test_hsm_migration_mode_needs_the_hsm_settings(keyring_path: Path) -> None:
     settings = Settings.from_env(env)
     assert settings.hsm_migration and settings.as_env()["VEILBILL_HSM_MIGRATION"] == "1"
     assert "1234" not in repr(settings)
+
+
+@pytest.mark.parametrize("secret", ["whsec_\udcff", "whsec_é", "whsec_a\nb"])
+def test_a_webhook_secret_that_is_not_printable_ascii_stops_the_service_at_start(secret: str) -> None:
+    with pytest.raises(ValueError, match="printable ASCII") as caught:
+        Settings.from_env({"VEILBILL_STRIPE_API_KEY": "sk_test_x", "VEILBILL_STRIPE_WEBHOOK_SECRET": secret})
+    assert secret not in str(caught.value)

@@ -70,10 +70,8 @@ def test_an_ablation_takes_its_guarantee_away_from_the_measured_instance_only(
         psycopg.connect(PG_ADMIN_URL, connect_timeout=5).close()
     except psycopg.OperationalError:
         require_or_skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
-    args = parse_args(
-        ["--rounds", "1", "--ops", "2", "--warmup", "1", "--clients", "2", "--only", "pg-invoice"]
-        + ["--ablate", ablation]
-    )
+    short = ["--rounds", "1", "--ops", "2", "--warmup", "1", "--clients", "2"]
+    args = parse_args([*short, "--only", "pg-invoice", "--ablate", ablation])
     (result,) = run_cases(args)
     assert result["ablation"] == ablation and result["ratio_median"] > 0
 

@@ -203,6 +203,15 @@ def test_no_secret_refuses_to_verify(secrets: list[str]) -> None:
         verify_signature(PAYLOAD, f"t={NOW},v1={KNOWN_V1}", secrets, now=NOW)
 
 
+def test_a_secret_that_is_not_unicode_text_is_refused_without_being_echoed() -> None:
+    broken = "whsec_\udcff" + SECRET  # what a non-UTF-8 environment variable decodes to
+    with pytest.raises(ValueError, match="not valid Unicode") as caught:
+        verify_signature(PAYLOAD, f"t={NOW},v1={KNOWN_V1}", [SECRET, broken], now=NOW)
+    assert SECRET not in str(caught.value)
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        sign_payload(PAYLOAD, broken, timestamp=NOW)
+
+
 def test_one_string_is_not_a_list_of_secrets() -> None:
     with pytest.raises(TypeError):
         verify_signature(PAYLOAD, f"t={NOW},v1={KNOWN_V1}", SECRET, now=NOW)
