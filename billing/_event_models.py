@@ -30,7 +30,10 @@ __all__ = ["EventDelivery", "EventRecord", "WebhookEndpoint"]
 
 _TECH: Final = "technical"
 _ENDPOINTS = "until the endpoint is deleted (then kept, secrets unreadable, for the event log)"
-_EVENTS = "as the event log (kept for redelivery; no client PII)"
+_EVENTS = (
+    "30 days (as Stripe keeps events), then purged by the retention run with the event's deliveries, "
+    "once none is pending"
+)
 
 
 def _plain(purpose: str, retention: str, why: str = "no personal data") -> Inventory:

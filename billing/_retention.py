@@ -16,9 +16,10 @@ A run, per tenant (``dry_run`` only reports):
 - shreds the ``record`` key of every **erased** client whose newest invoice is past retention — their
   invoice content becomes unreadable, the amounts stay (a client who was not erased keeps their
   record key: their relationship with the business goes on);
-- purges idempotency records past their 24 hours, gateway webhook events older than 30 days, and
-  audit events older than the audit period — the chain then starts from a signed checkpoint, so it
-  stays verifiable.
+- purges idempotency records past their 24 hours, gateway webhook events older than 30 days, our
+  own event log's events older than 30 days (with their deliveries) once none of their deliveries
+  is still pending, and audit events older than the audit period — the chain then starts from a
+  signed checkpoint, so it stays verifiable.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sqlmodel import col, select
 from billing._actor import Actor
 from billing._audit import AuditTrail
 from billing._db import Database
+from billing._event_models import EventDelivery, EventRecord
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import (
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 WEBHOOK_EVENT_TTL = timedelta(days=30)
+# How long our own event log keeps an event (``GET /v1/events``, redelivery): Stripe's 30 days.
+EVENT_LOG_TTL = timedelta(days=30)
 DEFAULT_AUDIT_YEARS = 6
 
 
@@ -98,6 +102,7 @@ class RetentionReport(msgspec.Struct, kw_only=True):
     record_keys_shredded: list[str]
     idempotency_records_purged: int
     webhook_events_purged: int
+    events_purged: int
     audit_events_purged: int
 
 
@@ -174,8 +179,28 @@ class RetentionService:
             record_keys_shredded=shredded,
             idempotency_records_purged=idempotency,
             webhook_events_purged=webhooks,
+            events_purged=self._purge_event_log(now - EVENT_LOG_TTL, tenant_id, dry_run=dry_run),
             audit_events_purged=audit_purged,
         )
+
+    def _purge_event_log(self, cutoff: datetime, tenant_id: str | None, *, dry_run: bool) -> int:
+        """Delete events older than ``cutoff`` none of whose deliveries is pending, with their
+        deliveries (delivered or given up), in one transaction; returns how many events."""
+        pending = (
+            select(EventDelivery.id)
+            .where(col(EventDelivery.event_id) == col(EventRecord.id), EventDelivery.status == "pending")
+            .exists()
+        )
+        where = [col(EventRecord.created_at) < cutoff, ~pending]
+        if tenant_id is not None:
+            where.append(col(EventRecord.tenant_id) == tenant_id)
+        with self._db.transaction() as session:
+            if dry_run:
+                return int(session.exec(select(func.count()).select_from(EventRecord).where(*where)).one())
+            expired = select(EventRecord.id).where(*where).scalar_subquery()
+            session.execute(delete(EventDelivery).where(col(EventDelivery.event_id).in_(expired)))
+            result = session.execute(delete(EventRecord).where(*where))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def _expired_records(
         self, tenant_id: str, policy: RetentionPolicy, today: date, *, dry_run: bool, actor: Actor | None

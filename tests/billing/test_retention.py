@@ -7,19 +7,21 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from faker import Faker
 from sqlalchemy import update
-from sqlmodel import select
+from sqlmodel import col, select
 
 from billing import (
     Actor,
     Billing,
     CustomerInput,
     Database,
+    DestinationPolicy,
     InvoiceInput,
     InvoiceLineInput,
     InvoiceQuery,
     Keyring,
     RetentionPolicyInput,
 )
+from billing._event_models import EventDelivery, EventRecord
 from billing._models import AuditCheckpoint, AuditEvent, IdempotencyRecord, WebhookEvent
 from billing.errors import RecordExpired, ValidationFailed
 
@@ -169,3 +171,31 @@ def test_deleting_an_event_after_a_checkpoint_is_still_detected(
         assert victim is not None
         session.delete(victim)
     assert not timed.verify_audit(chain=tenant).ok
+
+
+def test_the_event_log_keeps_30_days_and_every_event_still_to_deliver(
+    database: Database, keyring: Keyring, clock: Clock, fake: Faker
+) -> None:
+    billing = Billing(
+        db=database, keyring=keyring, clock=clock, webhook_destinations=DestinationPolicy(allow_private=True)
+    )
+    issued = billing.tenants.create_tenant("Journal")
+    admin = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
+    billing.events.create_endpoint(admin, "http://127.0.0.1:9/hook", ["invoice.finalized"])
+    old_delivered = _invoiced_client(billing, admin, fake)[1]
+    old_pending = _invoiced_client(billing, admin, fake)[1]
+    clock.now += timedelta(days=20)
+    recent = _invoiced_client(billing, admin, fake)[1]
+    with billing.db.transaction() as session:  # the receiver took the first one; the second still fails
+        session.execute(
+            update(EventDelivery)
+            .where(col(EventDelivery.ordering_key) == old_delivered)
+            .values(status="delivered", delivered_at=clock.now)
+        )
+    clock.now += timedelta(days=11)  # the first two are 31 days old, the third 11
+    assert billing.retention.run(dry_run=True).events_purged == 1
+    assert billing.retention.run(dry_run=False).events_purged == 1
+    with billing.db.read() as session:
+        kept = {e.ordering_key for e in session.exec(select(EventRecord))}
+        deliveries = {d.ordering_key for d in session.exec(select(EventDelivery))}
+    assert kept == deliveries == {old_pending, recent}
