@@ -6,7 +6,7 @@ What is measured, per operation, on one app instance and one database:
   and address decrypted for the invoice's snapshot, notes, snapshot and line descriptions sealed
   under the client's ``record`` key, the subject lock, an ``invoice.created`` audit link) then
   ``GET /v1/invoices/{id}`` (the record key unwrapped, every sealed column opened, an
-  ``invoice.read`` audit link and the access monitor's count of clients this key read);
+  ``invoice.read`` audit link and the access monitor's check of the reading key);
 * **baseline** — the same two requests on ``/bench/plain/invoices``: a route registered only on
   the benchmark's instance of the real app (``create_app`` then ``app.register``), over tables
   created only by this module (``bench_plain_*``, never in the product's models or migrations)
@@ -19,9 +19,9 @@ idempotency middleware (no key is sent), dependency injection, msgspec validatio
 the same totals and tax arithmetic, the same rows and indexes. What only Veilbill does is the
 privacy machinery: data-key lookups and unwrapping, AES-GCM sealing and opening, the subject lock
 (``FOR SHARE`` on the client, for key rotation), the restriction of an erased client's invoices on
-read, and the audit chain (head lock, HMAC, insert, access monitoring). The baseline reads in a
-read-only unit of work because it writes nothing when reading; Veilbill's read writes its audit
-link.
+read, and the audit chain (HMAC, the head's compare and swap and the insert, access monitoring).
+The baseline reads in a read-only unit of work because it writes nothing when reading; Veilbill's
+read writes its audit link.
 
 Cases: ``invoice`` reuses the clients of a pool (``--clients``), as a booking app bills the same
 regulars again and again; ``client-invoice`` registers a new client for every booking first
