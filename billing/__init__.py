@@ -123,7 +123,7 @@ from billing._subject_rotation import (
     SubjectKeyRotationService,
     SubjectPurpose,
 )
-from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantService
+from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, IssuedApiKeyView, TenantService
 from billing._webhook_delivery import (
     AttemptOutcome,
     DeliveryWorker,
@@ -203,6 +203,7 @@ __all__ = [
     "InvoiceSummary",
     "InvoiceView",
     "IssuedApiKey",
+    "IssuedApiKeyView",
     "IssuedPageSession",
     "IssuedPaymentSession",
     "KeyRotationService",
