@@ -153,7 +153,7 @@ class Billing:
         self.pci = PciService(
             self.db, self.keyring, self.audit, key_status=self.rotation.key_status, clock=clock
         )
-        self.reconciler = Reconciler(self.db, self.gateway)
+        self.reconciler = Reconciler(self.db, self.gateway, clock=clock)
 
     def invoice_pdf(self, actor: Actor, invoice_id: str) -> tuple[str, bytes]:
         """The invoice as PDF, rendered in memory from the decrypted content and never stored.
