@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from billing import (
     DEFAULT_ROTATION_BATCH_SIZE,
     REPORT_PROFILES,
     REVENUE_GROUPINGS,
+    STALE_PENDING_REFUND,
     Actor,
     Billing,
     BreachInput,
@@ -467,9 +468,18 @@ def audit() -> None:
     help="Compare local payments with the gateway's and the books with themselves; exit 1 on any difference."
 )
 @click.option("--tenant", "tenant_id", default=None, help="only this tenant (default: every tenant)")
+@click.option(
+    "--stale-refund-minutes",
+    type=click.IntRange(min=0),
+    default=int(STALE_PENDING_REFUND.total_seconds() // 60),
+    show_default=True,
+    help="report refunds still pending this many minutes after they were requested",
+)
 @pass_context
-def reconcile(ctx: _Context, tenant_id: str | None) -> None:
-    report = ctx.billing().reconciler.reconcile(tenant_id=tenant_id)
+def reconcile(ctx: _Context, tenant_id: str | None, stale_refund_minutes: int) -> None:
+    report = ctx.billing().reconciler.reconcile(
+        tenant_id=tenant_id, stale_refund_after=timedelta(minutes=stale_refund_minutes)
+    )
     click.echo(
         json.dumps(
             {

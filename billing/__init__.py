@@ -102,7 +102,7 @@ from billing._pci import (
 )
 from billing._pci_pdf import render_scope_report_pdf
 from billing._privacy import DATA_CATEGORIES, ErasureReceipt, PrivacyService, SubjectExport
-from billing._reconcile import Discrepancy, Reconciler, ReconciliationReport
+from billing._reconcile import STALE_PENDING_REFUND, Discrepancy, Reconciler, ReconciliationReport
 from billing._reports import PROFILES as REPORT_PROFILES
 from billing._reports import REVENUE_GROUPINGS, Dataset, ReportExport, ReportService, RevenueGrouping
 from billing._retention import RETENTION_PRESETS, RetentionPolicy, RetentionPolicyInput, RetentionReport
@@ -123,7 +123,7 @@ from billing._subject_rotation import (
     SubjectKeyRotationService,
     SubjectPurpose,
 )
-from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, TenantService
+from billing._tenants import ApiKeyView, BusinessDetails, IssuedApiKey, IssuedApiKeyView, TenantService
 from billing._webhook_delivery import (
     AttemptOutcome,
     DeliveryWorker,
@@ -147,6 +147,7 @@ __all__ = [
     "RETENTION_PRESETS",
     "REVENUE_GROUPINGS",
     "ROLES",
+    "STALE_PENDING_REFUND",
     "SUBJECT_KEY_PURPOSES",
     "AccessPolicy",
     "Actor",
@@ -203,6 +204,7 @@ __all__ = [
     "InvoiceSummary",
     "InvoiceView",
     "IssuedApiKey",
+    "IssuedApiKeyView",
     "IssuedPageSession",
     "IssuedPaymentSession",
     "KeyRotationService",

@@ -33,6 +33,7 @@ from billing._audit import AuditTrail
 from billing._db import Database, get_for_tenant
 from billing._envelope import FieldContext, open_sealed_text, seal_text
 from billing._event_models import EventDelivery, EventRecord, WebhookEndpoint
+from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import new_id
@@ -212,6 +213,7 @@ class EventService:
         policy: DestinationPolicy,
         clock: Callable[[], datetime],
         rng: Callable[[int], bytes] = os.urandom,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._db = db
         self._keyring = keyring
@@ -219,11 +221,15 @@ class EventService:
         self._policy = policy
         self._clock = clock
         self._rng = rng
+        self._idempotency = idempotency
 
     # --- endpoints ------------------------------------------------------------------------
 
     def create_endpoint(self, actor: Actor, url: str, event_types: list[str]) -> EndpointView:
         """Register an endpoint; the answer carries its signing secret, shown this once.
+
+        In a keyed request that answer is stored (sealed) in the transaction that registers the
+        endpoint, so a retry after a crash gets this endpoint and secret, not a second endpoint.
 
         Raises:
             WebhookUrlInvalid / WebhookUrlRefused: see :class:`~billing._webhook_urls.DestinationPolicy`.
@@ -266,8 +272,17 @@ class EventService:
                 resource_id=endpoint_id,
                 detail={"event_types": endpoint.event_types},
             )
-            view = _endpoint_view(endpoint)
+            return self._answered(session, actor, endpoint, secret)
+
+    def _answered(
+        self, session: Session, actor: Actor, endpoint: WebhookEndpoint, secret: SigningSecret
+    ) -> EndpointView:
+        """The endpoint with its new ``secret``, stored as the answer of the keyed request being
+        served (same transaction)."""
+        view = _endpoint_view(endpoint)
         view.secret = secret.value
+        if self._idempotency is not None:
+            self._idempotency.record_outcome(session, actor.tenant_id, view)
         return view
 
     def list_endpoints(self, actor: Actor) -> list[EndpointView]:
@@ -313,6 +328,10 @@ class EventService:
     ) -> EndpointView:
         """A new secret (shown once); the old one stays valid, and signs too, for ``overlap``.
 
+        In a keyed request the answer is stored in the rotation's transaction: a retry after a
+        crash must not rotate again, which would make the undelivered secret the previous one and
+        drop, at once, the one the receiver still verifies with.
+
         Raises:
             ValidationFailed: ``overlap`` is negative or longer than seven days.
         """
@@ -341,9 +360,7 @@ class EventService:
                 resource_id=endpoint_id,
                 detail={"overlap_seconds": int(overlap.total_seconds())},
             )
-            view = _endpoint_view(endpoint)
-        view.secret = secret.value
-        return view
+            return self._answered(session, actor, endpoint, secret)
 
     def enable_endpoint(self, actor: Actor, endpoint_id: str) -> EndpointView:
         """Enable an endpoint disabled after repeated failures; its pending deliveries resume now."""

@@ -25,8 +25,10 @@ keyed request runs, its claim is *bound* (:meth:`IdempotencyStore.bound`, a cont
 follows the request into the worker thread), and an operation whose whole change is one
 transaction stores its answer inside that transaction (:meth:`IdempotencyStore.record_outcome`):
 the change and its answer are committed together or not at all. ``complete`` then finds the key
-done and leaves it. Operations with several transactions around gateway calls (pay, refund) rely
-instead on finding their own earlier work by the derived gateway key when run again.
+done and leaves it (clients, drafts, finalize, void, mark-uncollectible, API keys, payment
+sessions, webhook endpoints and their secret rotation do so). Operations around gateway calls
+rely instead on finding their own earlier work when run again: pay and refund by the derived
+gateway key of their local row, a setup intent by that key in its gateway metadata.
 """
 
 from __future__ import annotations

@@ -184,11 +184,35 @@ class PaymentService:
 
     # --- cards ----------------------------------------------------------------------------
 
-    def create_setup_intent(self, actor: Actor, customer_id: str) -> SetupIntentView:
-        """A SetupIntent whose client secret lets the browser give the gateway a card."""
+    def create_setup_intent(
+        self, actor: Actor, customer_id: str, idempotency_key: str | None = None
+    ) -> SetupIntentView:
+        """A SetupIntent whose client secret lets the browser give the gateway a card.
+
+        With the caller's ``idempotency_key``, the intent carries a key derived from it in its
+        metadata (``veilbill_request``), and the gateway is first asked for an intent of the client
+        with that key: the same key again — a retry whose first answer was lost when its process
+        died or the gateway's answer timed out — gets the same intent, even from a gateway that
+        ignores idempotency keys. That costs one listing of the client's setup intents per keyed
+        request. Without a key, each call makes a new intent (the hosted page's card setup).
+        """
         gateway_customer = self._gateway_customer(actor, customer_id)
-        key = derive_idempotency_key("setup_intent", actor.tenant_id, customer_id, new_id("si"))
-        intent = self.gateway.create_setup_intent(customer=gateway_customer, idempotency_key=key)
+        request = idempotency_key or new_id("si")
+        key = derive_idempotency_key("setup_intent", actor.tenant_id, customer_id, request)
+        marker = _letters_only(key)
+        intent = (
+            self.gateway.find_setup_intent(
+                customer=gateway_customer, metadata_key="veilbill_request", metadata_value=marker
+            )
+            if idempotency_key is not None
+            else None
+        )
+        if intent is None:
+            intent = self.gateway.create_setup_intent(
+                customer=gateway_customer,
+                idempotency_key=key,
+                metadata={"veilbill_request": marker, "veilbill_tenant_id": actor.tenant_id},
+            )
         return SetupIntentView(setup_intent_id=intent.id, client_secret=intent.client_secret)
 
     def attach_payment_method(self, actor: Actor, customer_id: str, token: str) -> CardView:
@@ -891,6 +915,19 @@ class PaymentService:
                     },
                 )
         return "applied"
+
+
+_HEX_DIGITS_AS_LETTERS = str.maketrans("0123456789", "ghijklmnop")
+
+
+def _letters_only(derived_key: str) -> str:
+    """A derived key with its decimal digits spelled as letters (one to one), for gateway metadata.
+
+    Metadata refuses anything that reads as a card number, and 48 hex digits hold a run of 13+
+    decimal digits passing the Luhn check about once in a thousand keys; our ids are letters for
+    the same reason.
+    """
+    return derived_key.translate(_HEX_DIGITS_AS_LETTERS)
 
 
 def _refund_status(status: str) -> str:

@@ -22,6 +22,18 @@ Against the gateway, for every payment of the tenant(s):
   ``gateway`` names the gateway's refund id and amount (``re_…:500``); ``refunds_unchecked`` when
   the gateway could not list them.
 
+Refunds left pending (the request's process died, or the gateway failed, and its client never
+retried with the same key):
+
+- ``refund_pending_stale``: a refund still ``pending`` :data:`STALE_PENDING_REFUND` (15 minutes)
+  or more after it was requested — a live refund request takes seconds, and pay's own
+  ``ABANDONED_AFTER`` is 2 minutes. Its amount stays reserved, so nothing more of the invoice can be
+  refunded until it is settled. ``local`` is ``refund_id:amount:requested_at``; ``gateway`` is what
+  the gateway says of it, found by its ``veilbill_refund_id`` metadata: ``re_…:amount:status`` (it
+  went through: the refund's own retry, or a ``refund.updated`` event, would record it), ``absent``
+  (it never reached the gateway: nothing was given back), or ``None`` when it could not be asked
+  (no gateway, or the gateway failed).
+
 Within the books:
 
 - ``paid_amount_differs``: an invoice's ``amount_paid`` is not the sum of its succeeded payments;
@@ -37,18 +49,22 @@ Findings carry ids and statuses, never PII.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from datetime import datetime, timedelta
+from typing import Final, TypeVar
 
 from sqlmodel import Session, col, select
 
 from billing._db import Database
-from billing._models import CreditNote, GatewayCustomer, Invoice, Payment, Refund
+from billing._models import CreditNote, GatewayCustomer, Invoice, Payment, Refund, utcnow
 from tokenization import GatewayError, PaymentGateway, PaymentResult
 
-__all__ = ["Discrepancy", "Reconciler", "ReconciliationReport"]
+__all__ = ["STALE_PENDING_REFUND", "Discrepancy", "Reconciler", "ReconciliationReport"]
 
 _PAID_STATUSES = frozenset({"paid", "partially_refunded", "refunded"})
+STALE_PENDING_REFUND: Final = timedelta(minutes=15)
+"""A refund still pending this long after it was requested is reported (``refund_pending_stale``)."""
 
 
 @dataclass(frozen=True)
@@ -76,11 +92,25 @@ class ReconciliationReport:
 class Reconciler:
     """Compares local payments with the gateway's, and the books with themselves (reads only)."""
 
-    def __init__(self, db: Database, gateway: PaymentGateway | None) -> None:
+    def __init__(
+        self, db: Database, gateway: PaymentGateway | None, *, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self._db = db
         self._gateway = gateway
+        self._clock = clock
 
-    def reconcile(self, *, tenant_id: str | None = None) -> ReconciliationReport:
+    def reconcile(
+        self, *, tenant_id: str | None = None, stale_refund_after: timedelta = STALE_PENDING_REFUND
+    ) -> ReconciliationReport:
+        """Every finding for ``tenant_id`` (default: every tenant); a refund pending for
+        ``stale_refund_after`` or more is one.
+
+        Raises:
+            ValueError: ``stale_refund_after`` is negative.
+        """
+        if stale_refund_after < timedelta(0):
+            raise ValueError("stale_refund_after must not be negative")
+        stale_before = self._clock() - stale_refund_after
         report = ReconciliationReport(gateway_checked=self._gateway is not None)
         with self._db.read() as session:
             payments = _rows(session, Payment, tenant_id)
@@ -101,6 +131,12 @@ class Reconciler:
                     self._gateway, payment, customers.get(payment.customer_id), refunds_of[payment.id]
                 )
                 report.discrepancies.extend(found)
+        intents = {payment.id: payment.gateway_intent_id for payment in payments}
+        report.discrepancies.extend(
+            _stale_refund(self._gateway, refund, intents.get(refund.payment_id))
+            for refund in refunds
+            if refund.status == "pending" and refund.created_at <= stale_before
+        )
         report.discrepancies.extend(_books(invoices, payments, refunds, credit_notes))
         report.discrepancies.extend(_numbering(invoices, credit_notes))
         return report
@@ -167,6 +203,24 @@ def _refunds_against_gateway(
         if ours.status == "succeeded" and ours.id not in matched
     )
     return differences
+
+
+def _stale_refund(gateway: PaymentGateway | None, refund: Refund, intent_id: str | None) -> Discrepancy:
+    """A refund left pending, with what the gateway says of it (see the module's docstring)."""
+    theirs: str | None = None
+    if gateway is not None and intent_id is not None:
+        try:
+            found = gateway.find_refund(
+                intent_id=intent_id, metadata_key="veilbill_refund_id", metadata_value=refund.id
+            )
+        except GatewayError:
+            pass
+        else:
+            theirs = "absent" if found is None else f"{found.refund_id}:{found.amount}:{found.status}"
+    local = f"{refund.id}:{refund.amount}:{refund.created_at.isoformat()}"
+    return Discrepancy(
+        "refund_pending_stale", refund.tenant_id, refund.invoice_id, refund.payment_id, local, theirs
+    )
 
 
 _Row = TypeVar("_Row", Payment, Invoice, Refund, CreditNote, GatewayCustomer)

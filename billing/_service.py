@@ -93,18 +93,26 @@ class Billing:
         self.keyring = self.keyring.with_master_key_provider(self.key_provider)
         self.audit = AuditTrail(self.keyring, clock=clock)
         self.outbox = EventOutbox(clock=clock)
-        self.events = EventService(
-            self.db, self.keyring, self.audit, policy=self.webhook_destinations, clock=clock, rng=rng
-        )
         self.monitor = AccessMonitor(self.audit, clock=clock)
         self.audit.watch(self.monitor)
         self.rotation = KeyRotationService(self.db, self.key_provider, self.audit, clock=clock)
         self.subject_rotation = SubjectKeyRotationService(
             self.db, self.keyring, self.audit, clock=clock, rng=rng
         )
-        self.tenants = TenantService(self.db, self.keyring, self.audit, clock=clock, rng=rng)
         self.idempotency = IdempotencyStore(
             self.db, self.keyring, clock=clock, rng=rng, on_error=self.on_background_error
+        )
+        self.tenants = TenantService(
+            self.db, self.keyring, self.audit, clock=clock, rng=rng, idempotency=self.idempotency
+        )
+        self.events = EventService(
+            self.db,
+            self.keyring,
+            self.audit,
+            policy=self.webhook_destinations,
+            clock=clock,
+            rng=rng,
+            idempotency=self.idempotency,
         )
         self.customers = CustomerService(
             self.db, self.keyring, self.audit, clock=clock, rng=rng, idempotency=self.idempotency
@@ -122,7 +130,9 @@ class Billing:
         self.payments = PaymentService(
             self.db, self.audit, self.gateway, clock=clock, rng=rng, events=self.outbox
         )
-        self.sessions = PaymentSessionService(self.db, self.audit, self.payments, clock=clock)
+        self.sessions = PaymentSessionService(
+            self.db, self.audit, self.payments, clock=clock, idempotency=self.idempotency
+        )
         self.privacy = PrivacyService(
             self.db,
             self.keyring,
@@ -143,7 +153,7 @@ class Billing:
         self.pci = PciService(
             self.db, self.keyring, self.audit, key_status=self.rotation.key_status, clock=clock
         )
-        self.reconciler = Reconciler(self.db, self.gateway)
+        self.reconciler = Reconciler(self.db, self.gateway, clock=clock)
 
     def invoice_pdf(self, actor: Actor, invoice_id: str) -> tuple[str, bytes]:
         """The invoice as PDF, rendered in memory from the decrypted content and never stored.

@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from billing._actor import Actor
 from billing._audit import AuditTrail
 from billing._db import Database
+from billing._idempotency import IdempotencyStore
 from billing._models import Invoice, Payment, PaymentSession, Tenant, new_id
 from billing._money import currency_exponent
 from billing._payments import UNFINISHED, PaymentService, PaymentView, SetupIntentView
@@ -78,14 +79,21 @@ class PaymentSessionService:
         payments: PaymentService,
         *,
         clock: Callable[[], datetime],
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._db = db
         self._audit = audit
         self._payments = payments
         self._clock = clock
+        self._idempotency = idempotency
 
     def create(self, actor: Actor, invoice_id: str, *, base_url: str) -> IssuedPaymentSession:
-        """A link to pay an open invoice, valid for 30 minutes."""
+        """A link to pay an open invoice, valid for 30 minutes.
+
+        In a keyed request the answer — the link, with its token — is stored (sealed) in the
+        transaction that records the session, so a retry after a crash gets this link rather than
+        a second session.
+        """
         token = "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(_TOKEN_LENGTH))
         now = self._clock()
         with self._db.transaction() as session:
@@ -113,9 +121,12 @@ class PaymentSessionService:
                 resource_id=invoice_id,
                 subject_id=invoice.customer_id,
             )
-        return IssuedPaymentSession(
-            id=record.id, url=f"{base_url.rstrip('/')}/pay/{token}", expires_at=record.expires_at
-        )
+            issued = IssuedPaymentSession(
+                id=record.id, url=f"{base_url.rstrip('/')}/pay/{token}", expires_at=record.expires_at
+            )
+            if self._idempotency is not None:
+                self._idempotency.record_outcome(session, actor.tenant_id, issued)
+            return issued
 
     def describe(self, token: str) -> HostedInvoice:
         found = self._resolve(token)

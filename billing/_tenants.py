@@ -25,13 +25,21 @@ from sqlmodel import Session, col, select
 from billing._actor import ROLES, Actor
 from billing._audit import AuditTrail
 from billing._db import Database, get_for_tenant
+from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import ApiKey, Tenant, new_id
 from billing._monitoring import AccessPolicy, access_policy_of
 from billing.errors import ApiKeyInvalid, NotFound, ValidationFailed
 
-__all__ = ["ApiKeyView", "BusinessDetails", "IssuedApiKey", "TenantService", "hash_api_key"]
+__all__ = [
+    "ApiKeyView",
+    "BusinessDetails",
+    "IssuedApiKey",
+    "IssuedApiKeyView",
+    "TenantService",
+    "hash_api_key",
+]
 
 KEY_PREFIX = "vb_"
 LAST_USE_RESOLUTION = timedelta(minutes=1)
@@ -53,6 +61,26 @@ class IssuedApiKey:
 
     def __repr__(self) -> str:
         return f"IssuedApiKey(id={self.id!r}, role={self.role!r}, key=<redacted>)"
+
+    def view(self) -> IssuedApiKeyView:
+        """What the API answers: the key without its tenant."""
+        return IssuedApiKeyView(id=self.id, key=self.key, role=self.role, name=self.name)
+
+
+class IssuedApiKeyView(msgspec.Struct, kw_only=True):
+    """The answer that issues a key: the key is shown here once; only its hash is kept.
+
+    A keyed request stores this answer, sealed under the tenant's idempotency key, in the
+    transaction that issues the key (see :meth:`TenantService.issue_api_key`).
+    """
+
+    id: str
+    key: str
+    role: str
+    name: str
+
+    def __repr__(self) -> str:
+        return f"IssuedApiKeyView(id={self.id!r}, role={self.role!r}, key=<redacted>)"
 
 
 class BusinessDetails(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -89,12 +117,14 @@ class TenantService:
         *,
         clock: Callable[[], datetime],
         rng: Callable[[int], bytes] = os.urandom,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._db = db
         self._keyring = keyring
         self._audit = audit
         self._clock = clock
         self._rng = rng
+        self._idempotency = idempotency
 
     def create_tenant(self, name: str) -> IssuedApiKey:
         """Create a tenant with its blind-index key and a first ``admin`` key."""
@@ -152,13 +182,19 @@ class TenantService:
         return details
 
     def issue_api_key(self, actor: Actor, *, role: str, name: str) -> IssuedApiKey:
+        """A new key; in a keyed request, its answer (:meth:`IssuedApiKey.view`) is stored in the
+        same transaction, so a retry after a crash gets this key rather than a second one (the
+        secret is sealed there, as any stored answer is, for the replay window)."""
         if role not in ROLES:
             raise ValidationFailed("Unknown role.", field="role")
         name = name.strip()
         if not 1 <= len(name) <= 200:
             raise ValidationFailed("A key name has 1 to 200 characters.", field="name")
         with self._db.transaction() as session:
-            return self._insert_key(session, actor, role=role, name=name)
+            issued = self._insert_key(session, actor, role=role, name=name)
+            if self._idempotency is not None:
+                self._idempotency.record_outcome(session, actor.tenant_id, issued.view())
+            return issued
 
     def revoke_api_key(self, actor: Actor, key_id: str) -> ApiKeyView:
         with self._db.transaction() as session:

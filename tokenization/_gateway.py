@@ -270,8 +270,23 @@ class PaymentGateway(Protocol):
         """Delete a gateway customer (and with it its saved cards). Already deleted is success."""
         ...
 
-    def create_setup_intent(self, *, customer: str, idempotency_key: str) -> SetupIntentResult:
-        """A setup intent for ``customer``, for a card to be saved from the browser (off-session use)."""
+    def create_setup_intent(
+        self, *, customer: str, idempotency_key: str, metadata: Mapping[str, str] | None = None
+    ) -> SetupIntentResult:
+        """A setup intent for ``customer``, for a card to be saved from the browser (off-session use).
+
+        ``metadata`` may carry our request's derived key, so :meth:`find_setup_intent` can find it.
+        """
+        ...
+
+    def find_setup_intent(
+        self, *, customer: str, metadata_key: str, metadata_value: str
+    ) -> SetupIntentResult | None:
+        """The customer's setup intent whose ``metadata[metadata_key] == metadata_value``, if any.
+
+        For a setup intent requested again after the answer of the request that created it was
+        lost; like :meth:`find_payment`, the earliest created if several match.
+        """
         ...
 
     def attach_payment_method(

@@ -158,17 +158,48 @@ class StripeGateway:
 
     # --- cards -------------------------------------------------------------------------------
 
-    def create_setup_intent(self, *, customer: str, idempotency_key: str) -> SetupIntentResult:
+    def create_setup_intent(
+        self, *, customer: str, idempotency_key: str, metadata: Mapping[str, str] | None = None
+    ) -> SetupIntentResult:
         params: stripe.params.SetupIntentCreateParams = {"customer": customer, "usage": "off_session"}
+        if metadata:
+            params["metadata"] = check_metadata(metadata)
         if not self._localstripe:  # cards only (the sandbox knows no other kind, nor this parameter)
             params["allowed_payment_method_types"] = ["card"]
         try:
             intent = self._client.v1.setup_intents.create(params=params, options=_options(idempotency_key))
         except stripe.StripeError as error:
             _raise(error)
-        if not intent.client_secret:
-            raise GatewayRejected(None, gateway_code="missing_client_secret")
-        return SetupIntentResult(id=intent.id, client_secret=intent.client_secret)
+        return _setup_intent_result(intent.to_dict())
+
+    def find_setup_intent(
+        self, *, customer: str, metadata_key: str, metadata_value: str
+    ) -> SetupIntentResult | None:
+        """The customer's setup intent with ``metadata[metadata_key] == metadata_value``, if any.
+
+        Lists the customer's setup intents (newest first), examining at most 1,000; with
+        ``localstripe=True`` every setup intent is listed and filtered by customer here.
+        """
+        params: stripe.params.SetupIntentListParams = {"limit": 100}
+        if not self._localstripe:
+            params["customer"] = customer
+        matches: list[dict[str, Any]] = []
+        try:
+            listing = self._client.v1.setup_intents.list(params=params)
+            for intent in _bounded(listing.auto_paging_iter(), _FIND_SCAN_LIMIT):
+                data = intent.to_dict()
+                if (
+                    _id(data.get("customer")) == customer
+                    and _metadata(data).get(metadata_key) == metadata_value
+                ):
+                    matches.append(data)
+        except stripe.StripeError as error:
+            _raise(error)
+        if not matches:
+            return None
+        return _setup_intent_result(
+            min(matches, key=lambda data: (_int(data, "created"), str(data.get("id"))))
+        )
 
     def attach_payment_method(
         self, *, customer: str, payment_method: str, idempotency_key: str
@@ -412,6 +443,13 @@ def _card_summary(data: Mapping[str, Any]) -> CardSummary:
         funding=_optional_str(card, "funding"),
         country=_optional_str(card, "country"),
     )
+
+
+def _setup_intent_result(data: Mapping[str, Any]) -> SetupIntentResult:
+    secret = data.get("client_secret")
+    if not isinstance(secret, str) or not secret:
+        raise GatewayRejected(None, gateway_code="missing_client_secret")
+    return SetupIntentResult(id=_str(data, "id"), client_secret=secret)
 
 
 def _payment_result(data: Mapping[str, Any]) -> PaymentResult:

@@ -82,11 +82,26 @@ class _FaultInjectingGateway:
             lambda: self.inner.delete_customer(customer=customer, idempotency_key=idempotency_key),
         )
 
-    def create_setup_intent(self, *, customer: str, idempotency_key: str) -> SetupIntentResult:
+    def create_setup_intent(
+        self, *, customer: str, idempotency_key: str, metadata: Mapping[str, str] | None = None
+    ) -> SetupIntentResult:
         return self._call(
             "create_setup_intent",
             idempotency_key,
-            lambda: self.inner.create_setup_intent(customer=customer, idempotency_key=idempotency_key),
+            lambda: self.inner.create_setup_intent(
+                customer=customer, idempotency_key=idempotency_key, metadata=metadata
+            ),
+        )
+
+    def find_setup_intent(
+        self, *, customer: str, metadata_key: str, metadata_value: str
+    ) -> SetupIntentResult | None:
+        return self._call(
+            "find_setup_intent",
+            None,
+            lambda: self.inner.find_setup_intent(
+                customer=customer, metadata_key=metadata_key, metadata_value=metadata_value
+            ),
         )
 
     def attach_payment_method(

@@ -27,6 +27,7 @@ from billing import (
     AccessPolicy,
     ApiKeyView,
     BusinessDetails,
+    IssuedApiKeyView,
     KeyStatus,
     RetentionPolicy,
     RetentionPolicyInput,
@@ -47,15 +48,6 @@ class ApiKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class RetentionRun(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dry_run: bool = True
-
-
-class IssuedApiKeyResponse(msgspec.Struct, kw_only=True):
-    """The key is shown here once; only its hash is kept."""
-
-    id: str
-    key: str
-    role: str
-    name: str
 
 
 class ApiKeyResponse(msgspec.Struct, kw_only=True):
@@ -149,9 +141,8 @@ class AdminController(Controller):
     @post("/api-keys", sync_to_thread=True, summary="Issue an API key (shown once)")
     def issue_api_key(
         self, data: JSONBody[ApiKeyRequest], billing: BillingDep, actor: ActorDep
-    ) -> IssuedApiKeyResponse:
-        issued = billing.tenants.issue_api_key(actor, role=data.role, name=data.name)
-        return IssuedApiKeyResponse(id=issued.id, key=issued.key, role=issued.role, name=issued.name)
+    ) -> IssuedApiKeyView:
+        return billing.tenants.issue_api_key(actor, role=data.role, name=data.name).view()
 
     @get("/api-keys", sync_to_thread=True, summary="List API keys (never the secrets)")
     def list_api_keys(self, billing: BillingDep, actor: ActorDep) -> ApiKeyList:

@@ -65,7 +65,9 @@ class CardController(Controller):
         billing: BillingDep,
         actor: ActorDep,
     ) -> SetupIntentResponse:
-        intent: SetupIntentView = billing.payments.create_setup_intent(actor, customer_id)
+        intent: SetupIntentView = billing.payments.create_setup_intent(
+            actor, customer_id, idempotency_key_of(request.headers)
+        )
         settings = request.app.state.settings
         return SetupIntentResponse(
             setup_intent_id=intent.setup_intent_id,

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import msgspec
+import pytest
 from faker import Faker
 from litestar.testing import TestClient
+from sqlmodel import func, select
 
-from billing import CLAIM_LEASE, Billing, utcnow
-from billing._models import IdempotencyRecord
+from api.app import create_app
+from api.settings import Settings
+from billing import CLAIM_LEASE, Actor, Billing, DestinationPolicy, utcnow
+from billing._event_models import WebhookEndpoint
+from billing._models import ApiKey, AuditEvent, IdempotencyRecord, PaymentSession
 
-from .conftest import TenantKeys, customer_payload, invoice_payload
+from .conftest import TenantKeys, customer_payload, invoice_payload, make_tenant
 
 
 def _fingerprint(path: str, body: bytes) -> str:
@@ -85,13 +93,14 @@ def test_an_abandoned_claim_is_not_taken_over_by_another_request(
 def test_answers_stored_with_their_change_replay_byte_for_byte(
     client: TestClient[Any], tenant: TenantKeys, fake: Faker
 ) -> None:
-    """Create, finalize and void store their answer in their own transaction (encoded there, not
-    by the framework): a replay must still be exactly what the first request was answered."""
-    headers = tenant.headers("booking")
+    """Create, finalize, void, issuing a key and a payment link store their answer in their own
+    transaction (encoded there, not by the framework): a replay must still be exactly what the
+    first request was answered."""
 
-    def twice(path: str, body: Any, key: str, status: int) -> Any:
-        first = client.post(path, json=body, headers=headers | {"Idempotency-Key": key})
-        again = client.post(path, json=body, headers=headers | {"Idempotency-Key": key})
+    def twice(path: str, body: Any, key: str, status: int, role: str = "booking") -> Any:
+        sent = tenant.headers(role) | {"Idempotency-Key": key}
+        first = client.post(path, json=body, headers=sent)
+        again = client.post(path, json=body, headers=sent)
         assert first.status_code == again.status_code == status, first.text
         assert again.headers["idempotent-replayed"] == "true"
         assert again.content == first.content
@@ -101,4 +110,182 @@ def test_answers_stored_with_their_change_replay_byte_for_byte(
     customer = twice("/v1/customers", customer_payload(fake), "c", 201)
     invoice = twice("/v1/invoices", invoice_payload(customer["id"], fake), "i", 201)
     assert twice(f"/v1/invoices/{invoice['id']}/finalize", None, "f", 200)["number"]
+    assert twice(f"/v1/invoices/{invoice['id']}/payment-sessions", None, "p", 201)["url"]
     assert twice(f"/v1/invoices/{invoice['id']}/void", None, "v", 200)["status"] == "void"
+    assert twice("/v1/admin/api-keys", {"role": "auditor", "name": "audit"}, "k", 201, "admin")["key"]
+
+
+def test_endpoint_answers_stored_with_their_change_replay_byte_for_byte(
+    loopback_client: TestClient[Any], app_billing: Billing
+) -> None:
+    tenant = make_tenant(loopback_client, app_billing, "Salon Rivoli")
+    headers = tenant.headers("admin")
+    endpoint = {"url": "http://127.0.0.1:9/hook", "event_types": ["invoice.paid"]}
+    for template, body, status in [
+        ("/v1/admin/webhook-endpoints", endpoint, 201),
+        ("/v1/admin/webhook-endpoints/{}/rotate-secret", {"overlap_hours": 1}, 200),
+    ]:
+        created = app_billing.events.list_endpoints(Actor(tenant_id=tenant.tenant_id, role="admin"))
+        path = template.format(created[0].id if created else "")
+        first = loopback_client.post(path, json=body, headers=headers | {"Idempotency-Key": path})
+        again = loopback_client.post(path, json=body, headers=headers | {"Idempotency-Key": path})
+        assert first.status_code == again.status_code == status, first.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.content == first.content and first.json()["secret"]
+
+
+# --- a change committed, then SIGKILL before the answer was stored --------------------------------
+
+
+@pytest.fixture
+def loopback_client(settings: Settings) -> Iterator[TestClient[Any]]:
+    """The app with loopback webhook receivers allowed (the development setting)."""
+    app = create_app(replace(settings, webhooks_allow_private=True), configure_logs=False)
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def died(settings: Settings, app_billing: Billing) -> Billing:
+    """The billing of the service process that dies: same database, keyring and destinations."""
+    return Billing(
+        db=app_billing.db,
+        keyring=app_billing.keyring,
+        webhook_destinations=DestinationPolicy(allow_private=True),
+    )
+
+
+def _count(billing: Billing, model: Any, *where: Any) -> int:
+    with billing.db.read() as session:
+        return int(session.exec(select(func.count()).select_from(model).where(*where)).one())
+
+
+def _killed_after_the_change(
+    died: Billing, tenant_id: str, key: str, path: str, body: bytes, status: int, change: Callable[[], Any]
+) -> Any:
+    """Serve a keyed request the way the middleware does — claim, bind, run — and die before
+    ``complete``: the claim is left ``in_progress`` and its lease runs out (nobody extends it)."""
+    _plant_claim(died, tenant_id, key, _fingerprint(path, body), age=CLAIM_LEASE * 2)
+    with died.idempotency.bound(tenant_id, key, status):
+        return change()
+
+
+def _retried(client: TestClient[Any], path: str, body: bytes, key: str, headers: dict[str, str]) -> Any:
+    sent = headers | {"Idempotency-Key": key, "Content-Type": "application/json"}
+    return client.post(path, content=body, headers=sent)
+
+
+def test_an_api_key_issued_just_before_a_kill_is_answered_again_not_issued_twice(
+    client: TestClient[Any], tenant: TenantKeys, died: Billing
+) -> None:
+    """The first key's secret was never delivered; a second key would leave it valid until revoked."""
+    path, body = "/v1/admin/api-keys", json.dumps({"role": "booking", "name": "front desk"}).encode()
+    before = _count(died, ApiKey, ApiKey.tenant_id == tenant.tenant_id)
+    admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+    issued = _killed_after_the_change(
+        died,
+        tenant.tenant_id,
+        "issue-then-crash",
+        path,
+        body,
+        201,
+        lambda: died.tenants.issue_api_key(admin, role="booking", name="front desk"),
+    )
+
+    retried = _retried(client, path, body, "issue-then-crash", tenant.headers("admin"))
+    assert retried.status_code == 201, retried.text
+    assert retried.headers.get("idempotent-replayed") == "true", "the answer was stored with the key"
+    assert retried.content == msgspec.json.encode(issued.view())
+    assert _count(died, ApiKey, ApiKey.tenant_id == tenant.tenant_id) == before + 1
+    assert died.tenants.authenticate(retried.json()["key"]).key_id == issued.id, "the key issued"
+
+
+def test_a_payment_session_created_just_before_a_kill_is_answered_again_not_created_twice(
+    client: TestClient[Any], tenant: TenantKeys, died: Billing, settings: Settings, fake: Faker
+) -> None:
+    headers = tenant.headers("booking")
+    customer = client.post("/v1/customers", json=customer_payload(fake), headers=headers).json()
+    draft = client.post("/v1/invoices", json=invoice_payload(customer["id"], fake), headers=headers).json()
+    assert client.post(f"/v1/invoices/{draft['id']}/finalize", headers=headers).status_code == 200
+    path, body = f"/v1/invoices/{draft['id']}/payment-sessions", b""
+    booking = Actor(tenant_id=tenant.tenant_id, role="booking")
+    issued = _killed_after_the_change(
+        died,
+        tenant.tenant_id,
+        "link-then-crash",
+        path,
+        body,
+        201,
+        lambda: died.sessions.create(booking, draft["id"], base_url=settings.public_url),
+    )
+
+    retried = _retried(client, path, body, "link-then-crash", headers)
+    assert retried.status_code == 201, retried.text
+    assert retried.headers.get("idempotent-replayed") == "true", "the answer was stored with the key"
+    assert retried.content == msgspec.json.encode(issued)
+    assert _count(died, PaymentSession, PaymentSession.invoice_id == draft["id"]) == 1
+    page = client.get(f"/pay/{retried.json()['url'].rsplit('/', 1)[1]}")
+    assert page.status_code == 200, "the answered link is the one created"
+
+
+def test_a_webhook_endpoint_registered_just_before_a_kill_is_answered_again_not_registered_twice(
+    loopback_client: TestClient[Any], died: Billing
+) -> None:
+    tenant = make_tenant(loopback_client, died, "Salon Rivoli")
+    path = "/v1/admin/webhook-endpoints"
+    body = json.dumps({"url": "http://127.0.0.1:9/hook", "event_types": ["invoice.paid"]}).encode()
+    admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+    registered = _killed_after_the_change(
+        died,
+        tenant.tenant_id,
+        "register-then-crash",
+        path,
+        body,
+        201,
+        lambda: died.events.create_endpoint(admin, "http://127.0.0.1:9/hook", ["invoice.paid"]),
+    )
+
+    retried = _retried(loopback_client, path, body, "register-then-crash", tenant.headers("admin"))
+    assert retried.status_code == 201, retried.text
+    assert retried.headers.get("idempotent-replayed") == "true", "the answer was stored with the key"
+    assert retried.content == msgspec.json.encode(registered)
+    assert retried.json()["secret"] == registered.secret, "the secret the endpoint signs with"
+    assert _count(died, WebhookEndpoint, WebhookEndpoint.tenant_id == tenant.tenant_id) == 1
+
+
+def test_a_secret_rotated_just_before_a_kill_is_answered_again_not_rotated_twice(
+    loopback_client: TestClient[Any], died: Billing
+) -> None:
+    """Rotating twice would make the undelivered secret the previous one, and drop at once the
+    secret the receiver still verifies with."""
+    tenant = make_tenant(loopback_client, died, "Salon Rivoli")
+    created = loopback_client.post(
+        "/v1/admin/webhook-endpoints",
+        json={"url": "http://127.0.0.1:9/hook", "event_types": ["invoice.paid"]},
+        headers=tenant.headers("admin"),
+    ).json()
+    path = f"/v1/admin/webhook-endpoints/{created['id']}/rotate-secret"
+    body = json.dumps({"overlap_hours": 24}).encode()
+    admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+    rotated = _killed_after_the_change(
+        died,
+        tenant.tenant_id,
+        "rotate-then-crash",
+        path,
+        body,
+        200,
+        lambda: died.events.rotate_secret(admin, created["id"], timedelta(hours=24)),
+    )
+
+    retried = _retried(loopback_client, path, body, "rotate-then-crash", tenant.headers("admin"))
+    assert retried.status_code == 200, retried.text
+    assert retried.headers.get("idempotent-replayed") == "true", "the answer was stored with the key"
+    assert retried.content == msgspec.json.encode(rotated)
+    assert rotated.secret != created["secret"]
+    rotations = _count(
+        died,
+        AuditEvent,
+        AuditEvent.resource_id == created["id"],
+        AuditEvent.action == "webhook_endpoint.secret_rotated",
+    )
+    assert rotations == 1

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -182,6 +183,70 @@ def test_a_payment_whose_answer_was_lost_after_it_was_recorded_is_answered_again
     assert len(_intents_of(stripe_client, billed.invoice_id)) == 1
     other_key = _pay(pay_client, shop, billed.invoice_id, card["id"], "another-payment")
     assert other_key.status_code == 409 and other_key.json()["code"] == "invalid_state_transition"
+
+
+def _setup_intents_of(stripe_client: stripe.StripeClient, gateway_customer: str | None) -> list[str]:
+    intents = stripe_client.v1.setup_intents.list(params={"limit": 100}).auto_paging_iter()
+    return sorted(i.id for i in intents if gateway_customer is not None and i.customer == gateway_customer)
+
+
+def _answer_lost(billing: Billing, key: str) -> None:
+    """What a process killed before storing the answer leaves: the claim, in progress, unextended."""
+    with billing.db.transaction() as session:
+        record = session.exec(select(IdempotencyRecord).where(IdempotencyRecord.key == key)).one()
+        record.state, record.response_ct, record.response_status = "in_progress", None, None
+        record.expires_at = utcnow() - timedelta(seconds=1)
+        session.add(record)
+
+
+def test_a_setup_intent_whose_answer_was_lost_is_answered_again_not_made_twice(
+    pay_client: TestClient,
+    shop: TenantKeys,
+    fake: Faker,
+    stripe_client: stripe.StripeClient,
+    app_billing: Billing,
+) -> None:
+    """The process died after the gateway made the setup intent and before the answer was stored;
+    the retry made a second intent (the sandbox, like a gateway past its replay window, ignores
+    idempotency keys). It now finds the first by the key derived from the request's."""
+    customer = pay_client.post("/v1/customers", json=customer_payload(fake), headers=shop.headers("booking"))
+    path = f"/v1/customers/{customer.json()['id']}/setup-intents"
+    headers = shop.headers("booking") | {"Idempotency-Key": "setup-then-crash"}
+    first = pay_client.post(path, headers=headers)
+    assert first.status_code == 201, first.text
+    _answer_lost(app_billing, "setup-then-crash")
+
+    retried = pay_client.post(path, headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert "idempotent-replayed" not in retried.headers, "ran again, not replayed"
+    assert retried.json() == first.json()
+    gateway_customer = app_billing.payments.gateway_customer_id(customer.json()["id"])
+    assert _setup_intents_of(stripe_client, gateway_customer) == [first.json()["setup_intent_id"]]
+    another = pay_client.post(path, headers=shop.headers("booking") | {"Idempotency-Key": "another-card"})
+    assert another.json()["setup_intent_id"] != first.json()["setup_intent_id"], "another key, another"
+    assert len(_setup_intents_of(stripe_client, gateway_customer)) == 2
+
+
+def test_a_setup_intent_whose_gateway_answer_timed_out_is_found_by_the_retry(
+    gateway_settings: Settings,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    stripe_client: stripe.StripeClient,
+    app_billing: Billing,
+) -> None:
+    """The gateway made the intent but its answer was lost (504: the key is released and the retry
+    runs again); the retry adopts the intent instead of making a second one."""
+    real, keys, billed, _ = _billed_with_card(gateway_settings, app_billing, fake, card_token)
+    path = f"/v1/customers/{billed.customer_id}/setup-intents"
+    headers = keys.headers("booking") | {"Idempotency-Key": "setup-timed-out"}
+    lossy = FlakyGateway(real, 1, _timeout, lose_response=True)
+    with TestClient(create_app(gateway_settings, configure_logs=False, gateway=lossy)) as client:
+        lost = client.post(path, headers=headers)
+        assert lost.status_code == 504, lost.text
+        retried = client.post(path, headers=headers)
+        assert retried.status_code == 201, retried.text
+    gateway_customer = app_billing.payments.gateway_customer_id(billed.customer_id)
+    assert _setup_intents_of(stripe_client, gateway_customer) == [retried.json()["setup_intent_id"]]
 
 
 def test_idempotency_keys_are_per_tenant(

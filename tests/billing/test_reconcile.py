@@ -7,6 +7,7 @@ way a crash or a bad restore would leave it — by writing the database directly
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,12 +15,14 @@ from faker import Faker
 from litestar.testing import TestClient
 from sqlalchemy import text
 
+from api.app import create_app
 from api.settings import Settings
-from billing import Billing, Database, DatabaseConfig, Reconciler
-from tokenization import StripeGateway, make_stripe_client
+from billing import STALE_PENDING_REFUND, Billing, Database, DatabaseConfig, Reconciler, utcnow
+from tokenization import GatewayTimeout, GatewayUnavailable, StripeGateway, make_stripe_client
+from tokenization.testing import FlakyGateway
 
 from ..api.conftest import TenantKeys, make_tenant
-from ..api.test_payments import _billed, _pay, _save_card
+from ..api.test_payments import _billed, _billed_with_card, _pay, _save_card
 from ..conftest import API_KEY, TEST_CARDS
 
 
@@ -191,3 +194,123 @@ def test_the_whole_database_by_default(
     everything = reconciler.reconcile()
     assert everything.clean and everything.payments_checked == 1
     assert everything.invoices_checked == reconciler.reconcile(tenant_id=paid[0].tenant_id).invoices_checked
+
+
+# --- refunds left pending -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def reconciler_later(gateway_settings: Settings) -> Iterator[Callable[[timedelta], Reconciler]]:
+    """A reconciler on the sandbox whose clock runs ``later`` ahead of now."""
+    db = Database(DatabaseConfig(gateway_settings.database_url))
+    gateway = StripeGateway(
+        make_stripe_client(API_KEY, api_base=gateway_settings.stripe_api_base), localstripe=True
+    )
+
+    def at(later: timedelta) -> Reconciler:
+        return Reconciler(db, gateway, clock=lambda: utcnow() + later)
+
+    yield at
+    db.dispose()
+
+
+def _abandoned_refund(
+    settings: Settings, billing: Billing, fake: Faker, card_token: Callable[[str], str], *, reached: bool
+) -> tuple[str, str, str]:
+    """A paid invoice whose refund of 5.00 failed on the gateway's side and was never retried.
+
+    ``reached``: the gateway made the refund and its answer was lost (504); otherwise the gateway
+    was unreachable (503) and made nothing. Either way the refund stays ``pending``. Returns the
+    tenant, the payment and the refund ids.
+    """
+    real, keys, billed, card = _billed_with_card(settings, billing, fake, card_token)
+    failing = FlakyGateway(
+        real,
+        1,
+        (lambda: GatewayTimeout(None)) if reached else (lambda: GatewayUnavailable(None)),
+        lose_response=reached,
+    )
+    with TestClient(create_app(settings, configure_logs=False, gateway=real)) as client:
+        assert _pay(client, keys, billed.invoice_id, card["id"], "pay").status_code == 200
+    with TestClient(create_app(settings, configure_logs=False, gateway=failing)) as client:
+        refund = client.post(
+            f"/v1/invoices/{billed.invoice_id}/refunds",
+            json={"amount": 500},
+            headers=keys.headers("booking") | {"Idempotency-Key": "refund-abandoned"},
+        )
+        assert refund.status_code == (504 if reached else 503), refund.text
+    db = Database(DatabaseConfig(settings.database_url))
+    with db.engine.connect() as connection:
+        payment_id, refund_id, status = connection.execute(
+            text("SELECT payment_id, id, status FROM refunds WHERE invoice_id = :id"),
+            {"id": billed.invoice_id},
+        ).one()
+    db.dispose()
+    assert status == "pending"
+    return keys.tenant_id, payment_id, refund_id
+
+
+def test_a_refund_left_pending_is_reported_once_it_is_stale(
+    gateway_settings: Settings,
+    app_billing: Billing,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    reconciler_later: Callable[[timedelta], Reconciler],
+) -> None:
+    """An abandoned refund used to stay pending, unreported, with its amount reserved for ever."""
+    tenant_id, payment_id, refund_id = _abandoned_refund(
+        gateway_settings, app_billing, fake, card_token, reached=False
+    )
+    fresh = reconciler_later(STALE_PENDING_REFUND - timedelta(minutes=1)).reconcile(tenant_id=tenant_id)
+    assert fresh.clean, fresh.discrepancies
+
+    stale = reconciler_later(STALE_PENDING_REFUND + timedelta(seconds=1)).reconcile(tenant_id=tenant_id)
+    assert not stale.clean
+    [found] = stale.discrepancies
+    assert (found.kind, found.payment_id, found.gateway) == ("refund_pending_stale", payment_id, "absent")
+    assert found.local is not None and found.local.startswith(f"{refund_id}:500:")
+    sooner = reconciler_later(timedelta(minutes=6)).reconcile(
+        tenant_id=tenant_id, stale_refund_after=timedelta(minutes=5)
+    )
+    assert [f.kind for f in sooner.discrepancies] == ["refund_pending_stale"], "the threshold is a parameter"
+
+
+def test_a_stale_refund_the_gateway_made_is_reported_with_what_the_gateway_says(
+    gateway_settings: Settings,
+    app_billing: Billing,
+    fake: Faker,
+    card_token: Callable[[str], str],
+    stripe_client: Any,
+    reconciler_later: Callable[[timedelta], Reconciler],
+) -> None:
+    tenant_id, payment_id, refund_id = _abandoned_refund(
+        gateway_settings, app_billing, fake, card_token, reached=True
+    )
+    [made] = [
+        r
+        for r in stripe_client.v1.refunds.list(params={"limit": 100}).auto_paging_iter()
+        if r.metadata and r.metadata.to_dict().get("veilbill_refund_id") == refund_id
+    ]
+
+    found = reconciler_later(timedelta(hours=1)).reconcile(tenant_id=tenant_id).discrepancies
+    stale = [f for f in found if f.kind == "refund_pending_stale"]
+    assert [(f.payment_id, f.gateway) for f in stale] == [(payment_id, f"{made.id}:500:succeeded")]
+    assert sorted(f.kind for f in found) == ["refund_pending_stale", "refund_status_differs"]
+
+
+def test_a_stale_refund_is_reported_without_a_gateway_too(
+    gateway_settings: Settings, app_billing: Billing, fake: Faker, card_token: Callable[[str], str]
+) -> None:
+    tenant_id, _, refund_id = _abandoned_refund(
+        gateway_settings, app_billing, fake, card_token, reached=False
+    )
+    db = Database(DatabaseConfig(gateway_settings.database_url))
+    try:
+        later = Reconciler(db, None, clock=lambda: utcnow() + timedelta(hours=1))
+        found = later.reconcile(tenant_id=tenant_id).discrepancies
+        with pytest.raises(ValueError, match="negative"):
+            later.reconcile(tenant_id=tenant_id, stale_refund_after=timedelta(minutes=-1))
+    finally:
+        db.dispose()
+    assert [(f.kind, f.gateway) for f in found] == [("refund_pending_stale", None)]
+    assert found[0].local is not None and found[0].local.startswith(f"{refund_id}:500:")

@@ -409,3 +409,39 @@ def test_report_export_writes_private_files_checked_independently(
     )  # fmt: skip
     assert "validation_failed" in too_strict.stderr
     assert not missing.exists()
+
+
+def test_reconcile_reports_a_refund_left_pending_past_the_threshold(
+    operator: Operator, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "demo" / "keys.json"
+    operator.run("demo", "--customers", "1", "--invoices", "1", "--keys-file", str(keys_file))
+    tenant = json.loads(keys_file.read_text())["tenant_id"]
+    # A paid invoice whose refund was requested and then abandoned (its request died, never retried).
+    operator.sql(
+        "INSERT INTO payments (id, tenant_id, invoice_id, customer_id, amount, currency, status,"
+        " gateway_idempotency_key, created_at, updated_at)"
+        " SELECT 'pay_abandoned', tenant_id, id, customer_id, total, currency, 'succeeded', 'vb-pay',"
+        " created_at, created_at FROM invoices WHERE tenant_id = :t",
+        t=tenant,
+    )
+    operator.sql("UPDATE invoices SET amount_paid = total, status = 'paid' WHERE tenant_id = :t", t=tenant)
+    operator.sql(
+        "INSERT INTO refunds (id, tenant_id, invoice_id, payment_id, amount, currency, status,"
+        " gateway_idempotency_key, created_at, updated_at)"
+        " SELECT 're_abandoned', tenant_id, invoice_id, id, 100, currency, 'pending', 'vb-refund',"
+        " created_at, created_at FROM payments WHERE id = 'pay_abandoned'"
+    )
+
+    recent = json.loads(operator.run("reconcile", "--tenant", tenant).stdout)
+    assert recent["clean"], "requested seconds ago: not stale by the default 15 minutes"
+    stale = json.loads(
+        operator.run("reconcile", "--tenant", tenant, "--stale-refund-minutes", "0", expect=1).stdout
+    )
+    assert not stale["clean"]
+    assert [(d["kind"], d["payment_id"], d["gateway"]) for d in stale["discrepancies"]] == [
+        ("refund_pending_stale", "pay_abandoned", None)  # no gateway configured: not asked
+    ]
+    assert stale["discrepancies"][0]["local"].startswith("re_abandoned:100:")
+    refused = operator.run("reconcile", "--stale-refund-minutes", "-1", expect=2)
+    assert "stale-refund-minutes" in refused.stderr

@@ -124,6 +124,31 @@ def test_setup_intent_has_a_masked_client_secret(gateway: StripeGateway, custome
     assert intent.client_secret not in str(intent)
 
 
+def test_find_setup_intent_by_metadata(gateway: StripeGateway, customer: str) -> None:
+    wanted = f"req_{uuid.uuid4().hex}"
+    gateway.create_setup_intent(customer=customer, idempotency_key=new_key("setup"))
+    created = gateway.create_setup_intent(
+        customer=customer, idempotency_key=new_key("setup"), metadata={"veilbill_request": wanted}
+    )
+    other_customer = gateway.create_customer(reference=_reference(), idempotency_key=new_key("customer"))
+
+    found = gateway.find_setup_intent(
+        customer=customer, metadata_key="veilbill_request", metadata_value=wanted
+    )
+
+    assert found == created
+    assert (
+        gateway.find_setup_intent(customer=customer, metadata_key="veilbill_request", metadata_value="x")
+        is None
+    )
+    assert (
+        gateway.find_setup_intent(
+            customer=other_customer, metadata_key="veilbill_request", metadata_value=wanted
+        )
+        is None
+    )
+
+
 def test_attach_summarizes_the_card_without_its_number(
     gateway: StripeGateway, customer: str, card_token: Callable[[str], str]
 ) -> None:

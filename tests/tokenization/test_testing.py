@@ -42,6 +42,7 @@ def _every_call(gateway: PaymentGateway) -> list[Callable[[], object]]:
         ),
         lambda: gateway.retrieve_payment(intent_id="pi_1"),
         lambda: gateway.find_payment(customer="cus_1", metadata_key="k", metadata_value="v"),
+        lambda: gateway.find_setup_intent(customer="cus_1", metadata_key="k", metadata_value="v"),
         lambda: gateway.find_refund(intent_id="pi_1", metadata_key="k", metadata_value="v"),
         lambda: gateway.list_refunds(intent_id="pi_1"),
         lambda: gateway.refund(intent_id="pi_1", amount=1, reason=None, metadata={}, idempotency_key="k"),
@@ -54,7 +55,7 @@ def _every_call(gateway: PaymentGateway) -> list[Callable[[], object]]:
 def test_every_call_fails(double: Callable[[], PaymentGateway], error: type[Exception]) -> None:
     gateway = double()
     calls = _every_call(gateway)
-    assert len(calls) == 12
+    assert len(calls) == 13
     for call in calls:
         with pytest.raises(error):
             call()
