@@ -19,8 +19,8 @@ Working representation (the ideas of ARX's Flash)
   segmented sums. Because hierarchies nest, the classes of N are unions of the classes of any
   specialization P ≤ N, so N's table is rolled up from the smallest table already computed for a
   node below it (the input's distinct combinations at worst).
-* Grouping is a dense relabelling (O(u + K), no sort) when the key space K is small, else one sort
-  of keys packed with their positions, with class sizes summed over the sorted runs.
+* Grouping is a dense relabelling (O(u + K), no sort) when the key space K is small, else a radix
+  sort on 16-bit digits, with class sizes summed over the sorted runs.
 * The loss of an acceptable node is only computed exactly when the bound of rule 6 with its own
   suppression does not already put it above the best loss found so far.
 
@@ -126,8 +126,8 @@ def _group(
     ``unique`` are the distinct keys in ascending order, ``representative`` one position holding
     each, ``totals`` the sum of ``weights`` over each group (the group sizes without weights), and
     ``inverse`` each key's group number, computed only when asked for. Small key spaces are grouped
-    by a dense relabelling (no sort); larger ones by one sort of the keys packed with their
-    positions, whose totals come from segmented sums in sorted order.
+    by a dense relabelling (no sort); larger ones by a radix sort (``_radix_order``), whose totals
+    come from segmented sums in sorted order.
     """
     size = int(keys.size)
     if size == 0:
@@ -145,40 +145,39 @@ def _group(
             slot[unique] = np.arange(unique.size, dtype=np.intp)
             numbers = slot[keys]
         return unique.astype(np.int64, copy=False), representative, totals, numbers
-    shift = max(size - 1, 1).bit_length()
-    if (bound - 1).bit_length() + shift <= 63:
-        packed = keys << shift
-        packed |= np.arange(size, dtype=np.int64)
-        packed.sort()
-        order = (packed & ((1 << shift) - 1)).astype(np.intp, copy=False)
-        packed >>= shift
-        starts_mask = np.empty(size, dtype=np.bool_)
-        starts_mask[0] = True
-        np.not_equal(packed[1:], packed[:-1], out=starts_mask[1:])
-        starts = np.flatnonzero(starts_mask)
-        ends = np.empty_like(starts)
-        ends[:-1] = starts[1:]
-        ends[-1] = size
-        if weights is None:
-            totals = (ends - starts).astype(np.int64)
-        else:
-            ends -= 1
-            totals = np.cumsum(weights[order])[ends]
-            totals[1:] = totals[1:] - totals[:-1]
-        numbers = None
-        if inverse:
-            numbers = np.empty(size, dtype=np.intp)
-            numbers[order] = np.cumsum(starts_mask, dtype=np.intp) - 1
-        return packed[starts], order[starts], totals, numbers
-    unique, first, groups = np.unique(keys, return_index=True, return_inverse=True)
-    groups = groups.astype(np.intp, copy=False)
-    totals = np.bincount(groups, weights=weights, minlength=unique.size).astype(np.int64)
-    return (
-        unique.astype(np.int64, copy=False),
-        first.astype(np.intp, copy=False),
-        totals,
-        groups if inverse else None,
-    )
+    order = _radix_order(keys, bound)
+    ordered = keys[order]
+    starts_mask = np.empty(size, dtype=np.bool_)
+    starts_mask[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts_mask[1:])
+    starts = np.flatnonzero(starts_mask)
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1] = size
+    if weights is None:
+        totals = (ends - starts).astype(np.int64)
+    else:
+        ends -= 1
+        totals = np.cumsum(weights[order])[ends]
+        totals[1:] = totals[1:] - totals[:-1]
+    numbers = None
+    if inverse:
+        numbers = np.empty(size, dtype=np.intp)
+        numbers[order] = np.cumsum(starts_mask, dtype=np.intp) - 1
+    return ordered[starts], order[starts], totals, numbers
+
+
+def _radix_order(keys: Int64Array, bound: int) -> IntpArray:
+    """The stable sorting permutation of non-negative ``keys`` (all < ``bound``): a least
+    significant digit first radix sort on 16-bit digits (``np.lexsort`` sorts each digit with
+    NumPy's radix sort for 16-bit integers). Stable, so the first position of each run of equal
+    keys is the smallest. About 4 times faster than sorting the keys packed with their positions
+    at the search's table sizes (10^4 combinations, keys of 20 to 30 bits), and 2 times at 10^6
+    (docs/benchmarks.md)."""
+    digits = [(keys >> shift).astype(np.uint16) for shift in range(0, max(bound - 1, 1).bit_length(), 16)]
+    if len(digits) == 1:
+        return np.argsort(digits[0], kind="stable")
+    return np.lexsort(digits)
 
 
 @dataclass(frozen=True)
