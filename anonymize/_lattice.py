@@ -506,6 +506,34 @@ class Problem:
             self._luts[cache_key] = hit
         return hit  # type: ignore[return-value]
 
+    def key_plan(
+        self, lows: tuple[int, ...], highs: tuple[int, ...]
+    ) -> tuple[tuple[tuple[int, IntpArray, int], ...], int, bool]:
+        """How ``_label_key`` numbers a table at ``lows`` rolled up to ``highs`` (memoized): the
+        chunks whose columns are not all at the top, each with its ``key_lut`` and label count, and
+        the key's bound. Below ``_KEY_LIMIT`` (``scaled``) each lookup table is already multiplied by
+        its chunk's stride in the mixed radix (the last chunk least significant), so the key is the
+        sum of one gather per chunk."""
+        cache_key = ("plan", lows, highs)
+        plan = self._luts.get(cache_key)
+        if plan is None:
+            split_lows, split_highs = self.chunk_levels(lows), self.chunk_levels(highs)
+            parts = []
+            for c in range(len(self.layout.chunks)):
+                lut, card = self.key_lut(c, split_lows[c], split_highs[c])
+                if card > 1:
+                    parts.append((c, lut, card))
+            bound = math.prod(card for _, _, card in parts)
+            scaled = bound < _KEY_LIMIT
+            if scaled:
+                stride = bound
+                for index, (c, lut, card) in enumerate(parts):
+                    stride //= card
+                    parts[index] = (c, lut * stride if stride > 1 else lut, card)
+            plan = (tuple(parts), bound, scaled)
+            self._luts[cache_key] = plan
+        return plan  # type: ignore[return-value]
+
     def pack_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> IntpArray | None:
         """For chunk c: chunk value at ``lows`` → chunk value at ``highs`` (``None`` if equal)."""
         if lows == highs:
@@ -620,27 +648,19 @@ def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tupl
     """The key of the quasi-identifiers' labels at ``levels`` (``None`` if all are at the top) and
     its bound: each chunk's dense number at ``levels`` through its lookup table, in mixed radix."""
     chunks = source.chunks(problem)
-    parts: list[tuple[IntpArray, LabelArray, int]] = []
-    lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
-    for c in range(len(chunks)):
-        lut, card = problem.key_lut(c, lows[c], highs[c])
-        if card > 1:
-            parts.append((lut, chunks[c], card))
+    parts, bound, scaled = problem.key_plan(source.levels, levels)
     key: Int64Array | None = None
-    bound = math.prod(card for _, _, card in parts)
-    if bound < _KEY_LIMIT:
-        stride = 1
-        for lut, values, card in reversed(parts):
-            piece = (lut if stride == 1 else lut * stride)[values]
+    if scaled:
+        for c, lut, _ in parts:
+            piece = lut[chunks[c]]
             if key is None:
                 key = piece
             else:
                 key += piece
-            stride *= card
         return key, bound
     bound = 1
-    for lut, values, card in parts:
-        key, bound = _extend_key(key, bound, lut[values], card)
+    for c, lut, card in parts:
+        key, bound = _extend_key(key, bound, lut[chunks[c]], card)
     return key, bound
 
 
