@@ -914,6 +914,7 @@ class _Lattice:
         for q in range(len(heights) - 2, -1, -1):
             strides[q] = strides[q + 1] * heights[q + 1]
         self.strides = tuple(strides)
+        self._levels_of: dict[int, tuple[int, ...]] = {}
         index = np.arange(size, dtype=np.int64)
         self.levels = np.stack(
             [(index // stride) % height for stride, height in zip(strides, heights, strict=True)], axis=1
@@ -929,9 +930,14 @@ class _Lattice:
         self.order = np.lexsort((index, self.height, self.bound))
 
     def levels_of(self, node: int) -> tuple[int, ...]:
-        return tuple(
-            node // stride % height for stride, height in zip(self.strides, self.heights, strict=True)
-        )
+        """The node's levels (memoized: the search asks for the same nodes again and again)."""
+        levels = self._levels_of.get(node)
+        if levels is None:
+            levels = tuple(
+                node // stride % height for stride, height in zip(self.strides, self.heights, strict=True)
+            )
+            self._levels_of[node] = levels
+        return levels
 
     def generalizations(self, levels: Sequence[int]) -> npt.NDArray[np.bool_]:
         """Mask of the nodes ≥ ``levels`` (the node included)."""
