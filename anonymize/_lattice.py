@@ -91,6 +91,8 @@ IntpArray = npt.NDArray[np.intp]
 CodeArray = npt.NDArray[np.int32]
 # Per-column label numbers as given (4-byte codes) or unpacked from chunk values (intp).
 LabelArray = npt.NDArray[np.signedinteger[Any]]
+# Grouping keys: 4 bytes below 2^31 (half the memory traffic in the search's gathers and sorts), else 8.
+KeyArray = npt.NDArray[np.signedinteger[Any]]
 
 MAX_LATTICE_NODES = 1 << 20
 CACHE_BUDGET = 1 << 21
@@ -106,7 +108,7 @@ _DENSE_MAX = 1 << 26
 _UNKNOWN, _ANONYMOUS, _NOT_ANONYMOUS = 0, 1, 2
 
 
-def group_keys(keys: Int64Array, bound: int) -> tuple[IntpArray, Int64Array, IntpArray]:
+def group_keys(keys: KeyArray, bound: int) -> tuple[IntpArray, KeyArray, IntpArray]:
     """Group non-negative ``keys`` (all < ``bound``).
 
     Returns ``(inverse, unique, representative)``: group number of each key, the distinct keys in
@@ -119,8 +121,8 @@ def group_keys(keys: Int64Array, bound: int) -> tuple[IntpArray, Int64Array, Int
 
 
 def _group(
-    keys: Int64Array, bound: int, weights: Int64Array | None, *, inverse: bool
-) -> tuple[Int64Array, IntpArray, Int64Array, IntpArray | None]:
+    keys: KeyArray, bound: int, weights: Int64Array | None, *, inverse: bool
+) -> tuple[KeyArray, IntpArray, Int64Array, IntpArray | None]:
     """Group non-negative ``keys`` (all < ``bound``): ``(unique, representative, totals, inverse)``.
 
     ``unique`` are the distinct keys in ascending order, ``representative`` one position holding
@@ -167,7 +169,7 @@ def _group(
     return ordered[starts], order[starts], totals, numbers
 
 
-def _radix_order(keys: Int64Array, bound: int) -> IntpArray:
+def _radix_order(keys: KeyArray, bound: int) -> IntpArray:
     """The stable sorting permutation of non-negative ``keys`` (all < ``bound``): a least
     significant digit first radix sort on 16-bit digits (``np.lexsort`` sorts each digit with
     NumPy's radix sort for 16-bit integers). Stable, so the first position of each run of equal
@@ -513,7 +515,7 @@ class Problem:
         chunks whose columns are not all at the top, each with its ``key_lut`` and label count, and
         the key's bound. Below ``_KEY_LIMIT`` (``scaled``) each lookup table is already multiplied by
         its chunk's stride in the mixed radix (the last chunk least significant), so the key is the
-        sum of one gather per chunk."""
+        sum of one gather per chunk; below 2^31 the tables hold 4 bytes, and so does the key."""
         cache_key = ("plan", lows, highs)
         plan = self._luts.get(cache_key)
         if plan is None:
@@ -529,7 +531,8 @@ class Problem:
                 stride = bound
                 for index, (c, lut, card) in enumerate(parts):
                     stride //= card
-                    parts[index] = (c, lut * stride if stride > 1 else lut, card)
+                    scaled_lut = lut * stride if stride > 1 else lut
+                    parts[index] = (c, scaled_lut.astype(np.int32) if bound < 1 << 31 else scaled_lut, card)
             plan = (tuple(parts), bound, scaled)
             self._luts[cache_key] = plan
         return plan  # type: ignore[return-value]
@@ -620,7 +623,7 @@ class Evaluation:
 
 def _class_keys(
     problem: Problem, source: Table, levels: tuple[int, ...]
-) -> tuple[Int64Array, int, Int64Array | None, int]:
+) -> tuple[KeyArray, int, KeyArray | None, int]:
     """One integer key per combination of ``source`` at ``levels`` (quasi-identifiers, then the
     sensitive value, then the entity: classes are runs of keys), its bound, and, with entities, how
     to find the key of the quasi-identifiers alone (the class of each combination): ``key //
@@ -644,12 +647,12 @@ def _class_keys(
     return key, bound, class_key, divisor
 
 
-def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tuple[Int64Array | None, int]:
+def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tuple[KeyArray | None, int]:
     """The key of the quasi-identifiers' labels at ``levels`` (``None`` if all are at the top) and
     its bound: each chunk's dense number at ``levels`` through its lookup table, in mixed radix."""
     chunks = source.chunks(problem)
     parts, bound, scaled = problem.key_plan(source.levels, levels)
-    key: Int64Array | None = None
+    key: KeyArray | None = None
     if scaled:
         for c, lut, _ in parts:
             piece = lut[chunks[c]]
@@ -664,7 +667,7 @@ def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tupl
     return key, bound
 
 
-def _extend_key(key: Int64Array | None, bound: int, labels: LabelArray, radix: int) -> tuple[Int64Array, int]:
+def _extend_key(key: KeyArray | None, bound: int, labels: LabelArray, radix: int) -> tuple[KeyArray, int]:
     if key is None:
         return labels.astype(np.int64), radix
     if radix == 1:
@@ -672,13 +675,15 @@ def _extend_key(key: Int64Array | None, bound: int, labels: LabelArray, radix: i
     if bound * radix >= _KEY_LIMIT:  # re-number the distinct keys so far to stay within 63 bits
         inverse, unique, _ = group_keys(key, bound)
         key, bound = inverse.astype(np.int64), int(unique.size)
+    elif key.dtype != np.int64 and bound * radix >= 1 << 31:
+        key = key.astype(np.int64)
     key *= radix
     key += labels
     return key, bound * radix
 
 
 def _failing_classes(
-    problem: Problem, counts: Int64Array, unique: Int64Array, diversity: bool
+    problem: Problem, counts: Int64Array, unique: KeyArray, diversity: bool
 ) -> tuple[IntpArray, Int64Array, npt.NDArray[np.bool_], IntpArray | None]:
     """Class starts (in groups), sizes, which fail k or l, and each group's class (with a sensitive
     column; otherwise classes are the groups)."""
@@ -705,8 +710,8 @@ def _failing_classes(
 def _failing_entity_classes(
     problem: Problem,
     counts: Int64Array,
-    unique: Int64Array,
-    group_class_key: Int64Array,
+    unique: KeyArray,
+    group_class_key: KeyArray,
     group_entities: CodeArray,
     diversity: bool,
 ) -> tuple[IntpArray, Int64Array, npt.NDArray[np.bool_], IntpArray, Int64Array]:
