@@ -176,10 +176,11 @@ def _radix_order(keys: KeyArray, bound: int) -> IntpArray:
     keys is the smallest. About 4 times faster than sorting the keys packed with their positions
     at the search's table sizes (10^4 combinations, keys of 20 to 30 bits), and 2 times at 10^6
     (docs/benchmarks.md)."""
-    digits = [(keys >> shift).astype(np.uint16) for shift in range(0, max(bound - 1, 1).bit_length(), 16)]
-    if len(digits) == 1:
-        return np.argsort(digits[0], kind="stable")
-    return np.lexsort(digits)
+    bits = max(bound - 1, 1).bit_length()
+    lowest = keys.astype(np.uint16)  # the cast keeps the low 16 bits
+    if bits <= 16:
+        return np.argsort(lowest, kind="stable")
+    return np.lexsort([lowest, *((keys >> shift).astype(np.uint16) for shift in range(16, bits, 16))])
 
 
 @dataclass(frozen=True)
