@@ -486,10 +486,10 @@ class Problem:
             self._luts[cache_key] = lift
         return lift  # type: ignore[return-value]
 
-    def key_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> tuple[IntpArray, int]:
+    def key_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> tuple[CodeArray, int]:
         """For chunk c of a table at ``lows``: chunk value → the dense number of its labels at
-        ``highs`` (mixed radix of the label counts at ``highs``, columns at the top left out), and
-        the count of such numbers."""
+        ``highs`` (mixed radix of the label counts at ``highs``, columns at the top left out, in 4
+        bytes), and the count of such numbers."""
         cache_key = ("key", c, lows, highs)
         hit = self._luts.get(cache_key)
         if hit is None:
@@ -505,38 +505,11 @@ class Problem:
                 radix = self.cardinality[q][high]
                 lut = labels.copy() if lut is None else (lut[:, None] * radix + labels[None, :]).ravel()
                 card *= radix
-            hit = (lut, card)
+            if lut is None:  # pragma: no cover -- a chunk has at least one column
+                raise RuntimeError("an empty chunk")
+            hit = (lut.astype(np.int32), card)
             self._luts[cache_key] = hit
         return hit  # type: ignore[return-value]
-
-    def key_plan(
-        self, lows: tuple[int, ...], highs: tuple[int, ...]
-    ) -> tuple[tuple[tuple[int, IntpArray, int], ...], int, bool]:
-        """How ``_label_key`` numbers a table at ``lows`` rolled up to ``highs`` (memoized): the
-        chunks whose columns are not all at the top, each with its ``key_lut`` and label count, and
-        the key's bound. Below ``_KEY_LIMIT`` (``scaled``) each lookup table is already multiplied by
-        its chunk's stride in the mixed radix (the last chunk least significant), so the key is the
-        sum of one gather per chunk; below 2^31 the tables hold 4 bytes, and so does the key."""
-        cache_key = ("plan", lows, highs)
-        plan = self._luts.get(cache_key)
-        if plan is None:
-            split_lows, split_highs = self.chunk_levels(lows), self.chunk_levels(highs)
-            parts = []
-            for c in range(len(self.layout.chunks)):
-                lut, card = self.key_lut(c, split_lows[c], split_highs[c])
-                if card > 1:
-                    parts.append((c, lut, card))
-            bound = math.prod(card for _, _, card in parts)
-            scaled = bound < _KEY_LIMIT
-            if scaled:
-                stride = bound
-                for index, (c, lut, card) in enumerate(parts):
-                    stride //= card
-                    scaled_lut = lut * stride if stride > 1 else lut
-                    parts[index] = (c, scaled_lut.astype(np.int32) if bound < 1 << 31 else scaled_lut, card)
-            plan = (tuple(parts), bound, scaled)
-            self._luts[cache_key] = plan
-        return plan  # type: ignore[return-value]
 
     def pack_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> IntpArray | None:
         """For chunk c: chunk value at ``lows`` → chunk value at ``highs`` (``None`` if equal)."""
@@ -650,21 +623,29 @@ def _class_keys(
 
 def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tuple[KeyArray | None, int]:
     """The key of the quasi-identifiers' labels at ``levels`` (``None`` if all are at the top) and
-    its bound: each chunk's dense number at ``levels`` through its lookup table, in mixed radix."""
+    its bound: each chunk's dense number at ``levels`` through its lookup table, in mixed radix (the
+    last chunk least significant, by Horner's rule), in 4 bytes below 2^31."""
     chunks = source.chunks(problem)
-    parts, bound, scaled = problem.key_plan(source.levels, levels)
+    parts: list[tuple[CodeArray, LabelArray, int]] = []
+    lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
+    for c in range(len(chunks)):
+        lut, card = problem.key_lut(c, lows[c], highs[c])
+        if card > 1:
+            parts.append((lut, chunks[c], card))
     key: KeyArray | None = None
-    if scaled:
-        for c, lut, _ in parts:
-            piece = lut[chunks[c]]
+    bound = math.prod(card for _, _, card in parts)
+    if bound < _KEY_LIMIT:
+        for lut, values, card in parts:
+            piece = lut[values]
             if key is None:
-                key = piece
+                key = piece if bound < 1 << 31 else piece.astype(np.int64)
             else:
+                key *= card
                 key += piece
         return key, bound
     bound = 1
-    for c, lut, card in parts:
-        key, bound = _extend_key(key, bound, lut[chunks[c]], card)
+    for lut, values, card in parts:
+        key, bound = _extend_key(key, bound, lut[values], card)
     return key, bound
 
 
