@@ -271,7 +271,7 @@ def test_distinct_entities_never_fall_as_levels_rise() -> None:
 @pytest.mark.parametrize(
     ("bound", "size"),
     [(50, 200), (1 << 20, 1000), (1 << 61, 5000)],
-    ids=["dense", "packed-sort", "unique-fallback"],
+    ids=["dense", "radix-2-digits", "radix-4-digits"],
 )
 def test_group_keys_numbers_groups_in_key_order(bound: int, size: int) -> None:
     rng = np.random.default_rng(bound % 1000)
@@ -286,7 +286,7 @@ def test_group_keys_numbers_groups_in_key_order(bound: int, size: int) -> None:
 @pytest.mark.parametrize(
     ("bound", "size"),
     [(50, 200), (1 << 20, 1000), (1 << 61, 5000)],
-    ids=["dense", "packed-sort", "unique-fallback"],
+    ids=["dense", "radix-2-digits", "radix-4-digits"],
 )
 def test_group_sums_weights_per_group(bound: int, size: int) -> None:
     rng = np.random.default_rng(size)
