@@ -170,6 +170,13 @@ def _killed_after_the_change(
         return change()
 
 
+def _assert_replayed(retried: Any, status: int, answer: object) -> None:
+    """The retry got the first attempt's answer, as stored with its change, byte for byte."""
+    assert retried.status_code == status, retried.text
+    assert retried.headers.get("idempotent-replayed") == "true", "the answer was stored with the key"
+    assert retried.content == msgspec.json.encode(answer)
+
+
 def _retried(client: TestClient[Any], path: str, body: bytes, key: str, headers: dict[str, str]) -> Any:
     sent = headers | {"Idempotency-Key": key, "Content-Type": "application/json"}
     return client.post(path, content=body, headers=sent)
@@ -193,9 +200,7 @@ def test_an_api_key_issued_just_before_a_kill_is_answered_again_not_issued_twice
     )
 
     retried = _retried(client, path, body, "issue-then-crash", tenant.headers("admin"))
-    assert retried.status_code == 201, retried.text
-    assert retried.headers.get("idempotent-replayed") == "true", "the answer was stored with the key"
-    assert retried.content == msgspec.json.encode(issued.view())
+    _assert_replayed(retried, 201, issued.view())
     assert _count(died, ApiKey, ApiKey.tenant_id == tenant.tenant_id) == before + 1
     assert died.tenants.authenticate(retried.json()["key"]).key_id == issued.id, "the key issued"
 
@@ -220,9 +225,7 @@ def test_a_payment_session_created_just_before_a_kill_is_answered_again_not_crea
     )
 
     retried = _retried(client, path, body, "link-then-crash", headers)
-    assert retried.status_code == 201, retried.text
-    assert retried.headers.get("idempotent-replayed") == "true", "the answer was stored with the key"
-    assert retried.content == msgspec.json.encode(issued)
+    _assert_replayed(retried, 201, issued)
     assert _count(died, PaymentSession, PaymentSession.invoice_id == draft["id"]) == 1
     page = client.get(f"/pay/{retried.json()['url'].rsplit('/', 1)[1]}")
     assert page.status_code == 200, "the answered link is the one created"
@@ -246,9 +249,7 @@ def test_a_webhook_endpoint_registered_just_before_a_kill_is_answered_again_not_
     )
 
     retried = _retried(loopback_client, path, body, "register-then-crash", tenant.headers("admin"))
-    assert retried.status_code == 201, retried.text
-    assert retried.headers.get("idempotent-replayed") == "true", "the answer was stored with the key"
-    assert retried.content == msgspec.json.encode(registered)
+    _assert_replayed(retried, 201, registered)
     assert retried.json()["secret"] == registered.secret, "the secret the endpoint signs with"
     assert _count(died, WebhookEndpoint, WebhookEndpoint.tenant_id == tenant.tenant_id) == 1
 
@@ -278,9 +279,7 @@ def test_a_secret_rotated_just_before_a_kill_is_answered_again_not_rotated_twice
     )
 
     retried = _retried(loopback_client, path, body, "rotate-then-crash", tenant.headers("admin"))
-    assert retried.status_code == 200, retried.text
-    assert retried.headers.get("idempotent-replayed") == "true", "the answer was stored with the key"
-    assert retried.content == msgspec.json.encode(rotated)
+    _assert_replayed(retried, 200, rotated)
     assert rotated.secret != created["secret"]
     rotations = _count(
         died,

@@ -199,13 +199,18 @@ def test_two_processes_appending_at_once_keep_one_chain(
 ) -> None:
     others = [Billing(db=database, keyring=keyring) for _ in range(3)]
     _append(billing, 1)
-    threads = [threading.Thread(target=_append, args=(each, 10)) for each in [billing, *others]]
+    _append_at_once([billing, *others], 10)
+    result = billing.verify_audit()
+    assert result.ok and result.events == 41
+
+
+def _append_at_once(appenders: list[Billing], count: int) -> None:
+    """``count`` appends by each of ``appenders``, each in a thread of its own, all at once."""
+    threads = [threading.Thread(target=_append, args=(each, count)) for each in appenders]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    result = billing.verify_audit()
-    assert result.ok and result.events == 41
 
 
 def _kinds(sent: list[str]) -> list[str]:
@@ -213,10 +218,6 @@ def _kinds(sent: list[str]) -> list[str]:
 
 
 def test_concurrent_appends_keep_one_chain(billing: Billing, keyring: Keyring) -> None:
-    threads = [threading.Thread(target=_append, args=(billing, 10)) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _append_at_once([billing] * 4, 10)
     result = billing.verify_audit()
     assert result.ok and result.events == 40

@@ -44,10 +44,15 @@ def test_reads_older_than_the_tenants_window_do_not_count(
         assert '"distinct_subjects": 3' in (alerts[0].detail or "")
 
 
-def _policy(billing: Billing, admin: Actor, *, suspend: bool) -> None:
+def _monitored(database: Database, keyring: Keyring, name: str, *, suspend: bool) -> tuple[Billing, Actor]:
+    """A tenant whose keys are flagged above two clients in 60 minutes, and its admin."""
+    billing = Billing(db=database, keyring=keyring)
+    issued = billing.tenants.create_tenant(name)
+    admin = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
     billing.tenants.set_access_policy(
         admin, AccessPolicy(pii_read_threshold=2, window_minutes=60, suspend_on_alert=suspend)
     )
+    return billing, admin
 
 
 def _alerts(database: Database) -> list[AuditEvent]:
@@ -58,11 +63,8 @@ def _alerts(database: Database) -> list[AuditEvent]:
 def test_rereading_clients_already_read_in_the_window_never_alerts(
     database: Database, keyring: Keyring, fake: Faker
 ) -> None:
-    billing = Billing(db=database, keyring=keyring)
-    issued = billing.tenants.create_tenant("Salon Relecture")
-    admin = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
-    _policy(billing, admin, suspend=False)
-    reader = Actor(tenant_id=issued.tenant_id, role="booking", key_id="key_reader")
+    billing, admin = _monitored(database, keyring, "Salon Relecture", suspend=False)
+    reader = Actor(tenant_id=admin.tenant_id, role="booking", key_id="key_reader")
     clients = [billing.customers.create(admin, CustomerInput(name=fake.name())).id for _ in range(3)]
     for customer_id in [clients[0], clients[1], clients[0], clients[1], clients[1], clients[0]]:
         billing.customers.read(reader, customer_id)
@@ -76,12 +78,9 @@ def test_rereading_clients_already_read_in_the_window_never_alerts(
 def test_a_reinstated_key_reads_the_clients_it_read_but_a_new_one_suspends_it_again(
     database: Database, keyring: Keyring, fake: Faker
 ) -> None:
-    billing = Billing(db=database, keyring=keyring)
-    issued = billing.tenants.create_tenant("Salon Reprise")
-    admin = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
-    _policy(billing, admin, suspend=True)
+    billing, admin = _monitored(database, keyring, "Salon Reprise", suspend=True)
     scraper = billing.tenants.issue_api_key(admin, role="booking", name="scraper")
-    reader = Actor(tenant_id=issued.tenant_id, role="booking", key_id=scraper.id)
+    reader = Actor(tenant_id=admin.tenant_id, role="booking", key_id=scraper.id)
     clients = [billing.customers.create(admin, CustomerInput(name=fake.name())).id for _ in range(4)]
 
     def suspended() -> bool:
