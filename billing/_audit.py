@@ -5,9 +5,9 @@ Link ``n`` stores ``mac_n = HMAC-SHA256(audit_key, mac_{n-1} || canonical(event_
 canonical encoding is sorted-key JSON of every column except ``id`` and ``mac``; ``mac_0`` is 64
 zeros. ``audit_heads`` holds each chain's newest link, and every append moves it, so concurrent
 writers from any number of processes extend the chain one at a time. An append first tries to
-follow the head this process last saw (a compare and swap on the head's ``seq``, one statement on
-PostgreSQL); if another writer moved it since, it locks the head (``FOR UPDATE`` on PostgreSQL,
-``BEGIN IMMEDIATE`` on SQLite) and follows what it reads.
+follow the head this process last saw (a compare and swap on the head's ``seq`` and ``mac``, one
+statement on PostgreSQL); if another writer moved it since, it locks the head (``FOR UPDATE`` on
+PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) and follows what it reads.
 
 What it detects: an edited event (its mac no longer matches), a deleted event (a gap in ``seq``),
 a reordered or inserted event (``prev_mac`` does not match), a truncated tail (the head names a
@@ -402,7 +402,9 @@ def _append_after(
     """Append ``link`` if its chain's head is still ``head`` (compare and swap), and run ``checks``.
 
     Returns whether it was appended, and each check's row (``None`` when it was not). The head's
-    update only matches while its ``seq`` is the one ``link`` follows; a concurrent writer holding
+    update only matches while its ``seq`` and ``mac`` are those ``link`` follows (the ``seq``
+    alone is not enough: this process's own append at that position may have been rolled back and
+    another's committed there, with another mac); a concurrent writer holding
     the row makes it wait, and once that writer commits the update no longer matches (PostgreSQL
     re-reads the row; SQLite's writers take turns), so nothing is appended and the caller locks the
     head instead. On PostgreSQL the update, the insert (conditional on the update) and one check
@@ -410,7 +412,13 @@ def _append_after(
     """
     statements = _statements()
     values = {f"e_{name}": getattr(link, name) for name in statements.event_columns}
-    swap = {"head_chain": link.chain, "head_seq": link.seq, "head_mac": link.mac, "prev_seq": head[0]}
+    swap = {
+        "head_chain": link.chain,
+        "head_seq": link.seq,
+        "head_mac": link.mac,
+        "prev_seq": head[0],
+        "prev_mac": head[1],
+    }
     if session.get_bind().dialect.name == "postgresql":
         ridden = next((i for i, c in enumerate(checks) if c is not None), None)
         if ridden is None:
@@ -482,7 +490,11 @@ def _statements() -> _Statements:
     move_head = update(heads).where(of_chain).values(new_head)
     swap_head = (
         update(heads)
-        .where(of_chain, heads.c.seq == bindparam("prev_seq", type_=heads.c.seq.type))
+        .where(
+            of_chain,
+            heads.c.seq == bindparam("prev_seq", type_=heads.c.seq.type),
+            heads.c.mac == bindparam("prev_mac", type_=heads.c.mac.type),
+        )
         .values(new_head)
         .returning(heads.c.chain)
     )

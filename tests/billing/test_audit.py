@@ -221,3 +221,24 @@ def test_concurrent_appends_keep_one_chain(billing: Billing, keyring: Keyring) -
     _append_at_once([billing] * 4, 10)
     result = billing.verify_audit()
     assert result.ok and result.events == 40
+
+
+def test_an_append_after_a_rolled_back_one_and_another_processs_follows_the_real_head(
+    billing: Billing, database: Database, keyring: Keyring
+) -> None:
+    """The head this process remembers can name the right ``seq`` with another link's mac: its own
+    append was rolled back, and another process appended at that position."""
+    other = Billing(db=database, keyring=keyring)
+    _append(billing, 1)
+
+    def failing_request() -> None:
+        with billing.db.transaction() as session:
+            billing.audit.record(session, action="invoice.created", tenant_id="ten_a")  # seq 2, never kept
+            raise RuntimeError("the request failed after auditing")
+
+    with pytest.raises(RuntimeError):
+        failing_request()
+    _append(other, 1)  # seq 2 after all, with its own mac
+    _append(billing, 1)
+    result = billing.verify_audit()
+    assert result.ok and result.events == 3, result.first_break
