@@ -112,9 +112,7 @@ from billing import (
     Database,
     DatabaseConfig,
     InvoiceInput,
-    InvoiceLineView,
     InvoiceView,
-    TaxLine,
     compute_line,
     compute_totals,
     create_keyring,
@@ -123,6 +121,7 @@ from billing import (
     utcnow,
     write_keyring,
 )
+from billing._invoices import _view as invoice_view
 from billing.errors import CustomerErased, NotFound, ValidationFailed
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -404,44 +403,10 @@ class PlainBilling:
 def _plain_view(
     invoice: PlainInvoice, lines: list[PlainInvoiceLine], snapshot: dict[str, object] | None
 ) -> InvoiceView:
-    """The product's ``InvoiceView``, built the way the product builds it."""
-    totals = compute_totals((ln.quantity, ln.unit_amount, ln.tax_rate_bps) for ln in lines)
-    return InvoiceView(
-        id=invoice.id,
-        customer_id=invoice.customer_id,
-        booking_ref=invoice.booking_ref,
-        status=invoice.status,
-        number=invoice.number,
-        currency=invoice.currency,
-        currency_exponent=currency_exponent(invoice.currency),
-        series=invoice.series,
-        subtotal=invoice.subtotal,
-        tax=invoice.tax,
-        total=invoice.total,
-        issue_date=invoice.issue_date,
-        due_date=invoice.due_date,
-        created_at=invoice.created_at,
-        finalized_at=invoice.finalized_at,
-        tax_breakdown=[TaxLine(tax_rate_bps=t.tax_rate_bps, net=t.net, tax=t.tax) for t in totals.breakdown],
-        lines=[
-            InvoiceLineView(
-                id=ln.id,
-                position=ln.position,
-                description=ln.description or "",
-                quantity=ln.quantity,
-                unit_amount=ln.unit_amount,
-                tax_rate_bps=ln.tax_rate_bps,
-                category=ln.category,
-                net=ln.net,
-                tax=ln.tax,
-                total=ln.total,
-            )
-            for ln in lines
-        ],
-        customer=snapshot,
-        notes=invoice.notes,
-        updated_at=invoice.updated_at,
-    )
+    """The product's ``InvoiceView``, built by the product's own function: the plaintext rows have
+    the product's column names, with the sealed values in clear."""
+    descriptions = [ln.description or "" for ln in lines]
+    return invoice_view(invoice, lines, invoice.notes, snapshot, descriptions=descriptions)  # type: ignore[arg-type]
 
 
 PlainDep: TypeAlias = NamedDependency[PlainBilling]
