@@ -524,19 +524,20 @@ def _checkpoint_signature(key: bytes, chain: str, seq: int, mac: str) -> str:
     return hmac.new(key, message.encode(), sha256).hexdigest()
 
 
-def _canonical(values: Mapping[str, Any]) -> bytes:
+def _mac_of(key: bytes, values: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 of the previous link's mac and the sorted-key JSON of the signed fields."""
     signed = {name: values[name] for name in _SIGNED_FIELDS}
     signed["occurred_at"] = values["occurred_at"].isoformat(timespec="microseconds")
-    return json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
+    canonical = json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, values["prev_mac"].encode() + canonical, sha256).hexdigest()
 
 
 def _mac(key: bytes, event: AuditEvent | Link) -> str:
-    values = {name: getattr(event, name) for name in _SIGNED_FIELDS}
-    return hmac.new(key, event.prev_mac.encode() + _canonical(values), sha256).hexdigest()
+    return _mac_of(key, {name: getattr(event, name) for name in _SIGNED_FIELDS})
 
 
 def _link(key: bytes, fields: Mapping[str, Any], head: tuple[int, str]) -> Link:
     """The link of ``fields`` that follows ``head``, with its mac."""
     values = {**fields, "seq": head[0] + 1, "prev_mac": head[1]}
-    mac = hmac.new(key, head[1].encode() + _canonical(values), sha256).hexdigest()
+    mac = _mac_of(key, values)
     return Link(**values, mac=mac)
