@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import hmac
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from hashlib import sha256
@@ -161,13 +161,15 @@ class AuditTrail:
     def __init__(self, keyring: Keyring, *, clock: Callable[[], datetime]) -> None:
         self._keyring = keyring
         self._clock = clock
-        self._watchers: list[Watcher] = []
+        self._watcher: Watcher | None = None
         # Each chain's head as this process last moved it: a hint, never trusted (see ``record``).
         self._heads: dict[str, tuple[int, str]] = {}
 
     def watch(self, watcher: Watcher) -> None:
-        """Let ``watcher`` check each appended event, in the same transaction (access monitoring)."""
-        self._watchers.append(watcher)
+        """Let ``watcher`` check each appended event, in the same transaction (access monitoring).
+
+        One watcher: its check can ride in the append's statement."""
+        self._watcher = watcher
 
     def record(
         self,
@@ -216,24 +218,23 @@ class AuditTrail:
         # read, and the link is made again after it. A watcher's check of the link rides along in
         # the append's statement where it can (PostgreSQL, after the head this process saw).
         cached = self._heads.get(chain)
-        link, checks = None, None
+        link, row = None, None
         if cached is not None:
             link = _link(key.material, fields, cached)
-            checks = [watcher.check(link) for watcher in self._watchers]
-            appended, rows = _append_after(session, link, cached, checks)
+            appended, row = _append_after(session, link, cached, self._check(link))
             if not appended:
                 link = None
         if link is None:
             link = _link(key.material, fields, _lock_head(session, chain))
             _append(session, link)
-            checks = [watcher.check(link) for watcher in self._watchers]
-            rows = [
-                None if c is None else session.execute(c.query, c.parameters).one_or_none() for c in checks
-            ]
+            row = _run(session, self._check(link))
         self._heads[chain] = (link.seq, link.mac)
-        for watcher, row in zip(self._watchers, rows, strict=True):
-            watcher.after(session, link, row)
+        if self._watcher is not None:
+            self._watcher.after(session, link, row)
         return link
+
+    def _check(self, link: Link) -> Check | None:
+        return self._watcher.check(link) if self._watcher is not None else None
 
     def verify(self, session: Session, *, chain: str | None = None) -> AuditVerification:
         """Walk the chains (or one) in order and report the first broken link.
@@ -397,17 +398,17 @@ def _append(session: Session, link: Link) -> None:
 
 
 def _append_after(
-    session: Session, link: Link, head: tuple[int, str], checks: Sequence[Check | None]
-) -> tuple[bool, list[Row[Any] | None]]:
-    """Append ``link`` if its chain's head is still ``head`` (compare and swap), and run ``checks``.
+    session: Session, link: Link, head: tuple[int, str], check: Check | None
+) -> tuple[bool, Row[Any] | None]:
+    """Append ``link`` if its chain's head is still ``head`` (compare and swap), and run ``check``.
 
-    Returns whether it was appended, and each check's row (``None`` when it was not). The head's
+    Returns whether it was appended, and the check's row (``None`` when it was not). The head's
     update only matches while its ``seq`` and ``mac`` are those ``link`` follows (the ``seq``
     alone is not enough: this process's own append at that position may have been rolled back and
     another's committed there, with another mac); a concurrent writer holding
     the row makes it wait, and once that writer commits the update no longer matches (PostgreSQL
     re-reads the row; SQLite's writers take turns), so nothing is appended and the caller locks the
-    head instead. On PostgreSQL the update, the insert (conditional on the update) and one check
+    head instead. On PostgreSQL the update, the insert (conditional on the update) and the check
     are one statement; on SQLite each is a statement of its own.
     """
     statements = _statements()
@@ -420,23 +421,16 @@ def _append_after(
         "prev_mac": head[1],
     }
     if session.get_bind().dialect.name == "postgresql":
-        ridden = next((i for i, c in enumerate(checks) if c is not None), None)
-        if ridden is None:
-            appended = session.execute(statements.append_after, {**values, **swap}).first() is not None
-            return appended, [None] * len(checks)
-        check = checks[ridden]
-        assert check is not None
+        if check is None:
+            return session.execute(statements.append_after, {**values, **swap}).first() is not None, None
         row = session.execute(_append_after_with(check.query), {**values, **swap, **check.parameters}).first()
         if row is None:
-            return False, [None] * len(checks)
-        rows = [_run(session, c) if i != ridden else None for i, c in enumerate(checks)]
-        if row.found:
-            rows[ridden] = row[1:-1]  # type: ignore[call-overload]
-        return True, rows
+            return False, None
+        return True, row[1:-1] if row.found else None  # type: ignore[return-value]
     if session.execute(statements.swap_head, swap).first() is None:
-        return False, [None] * len(checks)
+        return False, None
     session.execute(statements.insert_event, values)
-    return True, [_run(session, c) for c in checks]
+    return True, _run(session, check)
 
 
 def _run(session: Session, check: Check | None) -> Row[Any] | None:
