@@ -43,6 +43,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from billing._actor import Actor
@@ -53,6 +54,7 @@ from billing._models import AuditCheckpoint, AuditEvent, AuditHead
 __all__ = [
     "GENESIS_MAC",
     "SYSTEM_CHAIN",
+    "Along",
     "AuditBreak",
     "AuditTrail",
     "AuditVerification",
@@ -116,6 +118,17 @@ class Link:
 @dataclass(frozen=True, slots=True)
 class Check:
     """A watcher's query about a link (one row or none), run in the link's transaction."""
+
+    query: Select[Any]
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Along:
+    """A read that an append's statement can carry: ``query`` selects one model's rows (built
+    once, with bound parameters), ``parameters`` bind it. Its parameters must not be named after
+    a column of ``audit_events`` or ``audit_heads`` (see :class:`Watcher`), and it must not read
+    the audit chain itself: on PostgreSQL it runs before the link is inserted, on SQLite after."""
 
     query: Select[Any]
     parameters: Mapping[str, Any]
@@ -189,15 +202,63 @@ class AuditTrail:
         Returns the link as appended (its database ``id`` is not read back). Observers see it after
         it is written, in the same transaction.
         """
+        fields = self._fields(
+            action=action,
+            actor=actor,
+            tenant_id=tenant_id,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            subject_id=subject_id,
+            outcome=outcome,
+            detail=detail,
+        )
+        return self._record(session, fields, None)[0]
+
+    def record_along(
+        self,
+        session: Session,
+        along: Along,
+        *,
+        action: str,
+        actor: Actor,
+        resource_type: str,
+        resource_id: str,
+        subject_id: str | None,
+    ) -> tuple[Link, list[Any]]:
+        """Append one event as :meth:`record` does, and read ``along``'s rows in the same round trip
+        where the database allows it (PostgreSQL, after the head this process saw): for a read of
+        PII whose last query can carry its own audit link.
+
+        Returns the link and ``along``'s entities, in no particular order.
+        """
+        fields = self._fields(
+            action=action,
+            actor=actor,
+            tenant_id=None,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            subject_id=subject_id,
+            outcome="success",
+            detail=None,
+        )
+        return self._record(session, fields, along)
+
+    def _fields(
+        self,
+        *,
+        action: str,
+        actor: Actor | None,
+        tenant_id: str | None,
+        resource_type: str | None,
+        resource_id: str | None,
+        subject_id: str | None,
+        outcome: str,
+        detail: Mapping[str, str | int | bool | None] | None,
+    ) -> dict[str, Any]:
+        """The signed columns of a new event but its audit key and its place in the chain."""
         tenant = tenant_id or (actor.tenant_id if actor else None) or None
-        chain = tenant or SYSTEM_CHAIN
-        # What the unit of work has pending is written first, so the link follows what it records
-        # and a failing write fails here, as when the link was flushed through the ORM; the
-        # append's own statements are Core statements, which the session does not autoflush for.
-        session.flush()
-        key = self._keyring.active_audit
-        fields = {
-            "chain": chain,
+        return {
+            "chain": tenant or SYSTEM_CHAIN,
             "occurred_at": self._clock(),
             "tenant_id": tenant,
             "actor_key_id": actor.key_id if actor else None,
@@ -211,27 +272,40 @@ class AuditTrail:
             "client_ip": actor.client_ip if actor else None,
             "user_agent": (actor.user_agent or "")[:200] or None if actor else None,
             "detail": json.dumps(dict(detail), sort_keys=True) if detail else None,
-            "audit_key_id": key.key_id,
         }
+
+    def _record(
+        self, session: Session, fields: dict[str, Any], along: Along | None
+    ) -> tuple[Link, list[Any]]:
+        # What the unit of work has pending is written first, so the link follows what it records
+        # and a failing write fails here, as when the link was flushed through the ORM; the
+        # append's own statements are Core statements, which the session does not autoflush for.
+        session.flush()
+        key = self._keyring.active_audit
+        fields = {**fields, "audit_key_id": key.key_id}
+        chain = fields["chain"]
         # The head this process saw last, if any: appending after it is one statement that fails
         # (appends nothing) when another writer moved the head since; then the head is locked and
-        # read, and the link is made again after it. A watcher's check of the link rides along in
-        # the append's statement where it can (PostgreSQL, after the head this process saw).
+        # read, and the link is made again after it. A watcher's check of the link, and ``along``'s
+        # read, ride along in the append's statement where they can (PostgreSQL, after the head
+        # this process saw).
         cached = self._heads.get(chain)
-        link, row = None, None
+        link, row, rows = None, None, None
         if cached is not None:
             link = _link(key.material, fields, cached)
-            appended, row = _append_after(session, link, cached, self._check(link))
+            appended, row, rows = _append_after(session, link, cached, self._check(link), along)
             if not appended:
                 link = None
         if link is None:
             link = _link(key.material, fields, _lock_head(session, chain))
             _append(session, link)
             row = _run(session, self._check(link))
+        if rows is None and along is not None:
+            rows = list(session.scalars(along.query, along.parameters))
         self._heads[chain] = (link.seq, link.mac)
         if self._watcher is not None:
             self._watcher.after(session, link, row)
-        return link
+        return link, rows or []
 
     def _check(self, link: Link) -> Check | None:
         return self._watcher.check(link) if self._watcher is not None else None
@@ -398,17 +472,19 @@ def _append(session: Session, link: Link) -> None:
 
 
 def _append_after(
-    session: Session, link: Link, head: tuple[int, str], check: Check | None
-) -> tuple[bool, Row[Any] | None]:
-    """Append ``link`` if its chain's head is still ``head`` (compare and swap), and run ``check``.
+    session: Session, link: Link, head: tuple[int, str], check: Check | None, along: Along | None
+) -> tuple[bool, Row[Any] | None, list[Any] | None]:
+    """Append ``link`` if its chain's head is still ``head`` (compare and swap), run ``check``, and
+    read ``along`` if the same statement can.
 
-    Returns whether it was appended, and the check's row (``None`` when it was not). The head's
-    update only matches while its ``seq`` and ``mac`` are those ``link`` follows (the ``seq``
-    alone is not enough: this process's own append at that position may have been rolled back and
-    another's committed there, with another mac); a concurrent writer holding
-    the row makes it wait, and once that writer commits the update no longer matches (PostgreSQL
-    re-reads the row; SQLite's writers take turns), so nothing is appended and the caller locks the
-    head instead. On PostgreSQL the update, the insert (conditional on the update) and the check
+    Returns whether it was appended, the check's row (``None`` when it was not), and ``along``'s
+    entities if they were read (``None`` if not: the caller reads them). The head's update only
+    matches while its ``seq`` and ``mac`` are those ``link`` follows (the ``seq`` alone is not
+    enough: this process's own append at that position may have been rolled back and another's
+    committed there, with another mac); a concurrent writer holding the row makes it wait, and
+    once that writer commits the update no longer matches (PostgreSQL re-reads the row; SQLite's
+    writers take turns), so nothing is appended and the caller locks the head instead. On
+    PostgreSQL the update, the insert (conditional on the update), the check and ``along``'s read
     are one statement; on SQLite each is a statement of its own.
     """
     statements = _statements()
@@ -421,37 +497,76 @@ def _append_after(
         "prev_mac": head[1],
     }
     if session.get_bind().dialect.name == "postgresql":
-        if check is None:
-            return session.execute(statements.append_after, {**values, **swap}).first() is not None, None
-        row = session.execute(_append_after_with(check.query), {**values, **swap, **check.parameters}).first()
-        if row is None:
-            return False, None
-        return True, row[1:-1] if row.found else None  # type: ignore[return-value]
+        if check is None and along is None:
+            return (
+                session.execute(statements.append_after, {**values, **swap}).first() is not None,
+                None,
+                None,
+            )
+        combined = _append_after_with(
+            check.query if check is not None else None, along.query if along is not None else None
+        )
+        parameters = {
+            **values,
+            **swap,
+            **(check.parameters if check is not None else {}),
+            **(along.parameters if along is not None else {}),
+        }
+        result = session.execute(combined.statement, parameters).all()
+        appended = [row for row in result if row[0] is not None]
+        checked = None
+        if appended and combined.found is not None and appended[0][combined.found]:
+            checked = appended[0][1 : combined.found]
+        rows = None if along is None else [row[-1] for row in result if row[-1] is not None]
+        return bool(appended), checked, rows  # type: ignore[return-value]
     if session.execute(statements.swap_head, swap).first() is None:
-        return False, None
+        return False, None, None
     session.execute(statements.insert_event, values)
-    return True, _run(session, check)
+    return True, _run(session, check), None
 
 
 def _run(session: Session, check: Check | None) -> Row[Any] | None:
     return None if check is None else session.execute(check.query, check.parameters).one_or_none()
 
 
+@dataclass(frozen=True, slots=True)
+class _Combined:
+    """The compare-and-swap append with a check and a read: its statement, and where the check's
+    ``found`` marker is in a row (``None`` without a check)."""
+
+    statement: Select[Any]
+    found: int | None
+
+
 @functools.cache
-def _append_after_with(query: Select[Any]) -> Select[Any]:
-    """The compare-and-swap append with ``query``'s row (left-joined: it may have none) after the
-    swapped head's chain, built once per query. The query runs on the statement's snapshot, so it
-    does not see the link being inserted."""
+def _append_after_with(check: Select[Any] | None, along: Select[Any] | None) -> _Combined:
+    """The compare-and-swap append, with ``check``'s row (left-joined to the swapped head: it may
+    have none) and ``along``'s entities (full-joined: they come back whether or not the head was
+    swapped, and a swapped head comes back without them), built once per pair of queries.
+
+    A row is ``(swapped chain or NULL, *check's columns, found, entity or NULL)``; no row at all
+    means nothing was swapped and ``along`` found nothing. The queries run on the statement's
+    snapshot, so they do not see the link being inserted.
+    """
     statements = _statements()
     swapped = statements.swapped
-    # ``found`` tells a row of nulls from no row at all (the left join's null-filled row).
-    checked = query.add_columns(literal_column("true").label("found")).subquery("checked")
+    source: Any = swapped
+    columns: list[Any] = [swapped.c.chain]
+    found = None
+    if check is not None:
+        # ``found`` tells a row of nulls from no row at all (the left join's null-filled row).
+        checked = check.add_columns(literal_column("true").label("found")).subquery("checked")
+        source = source.outerjoin(checked, true())
+        columns += list(checked.c)
+        found = len(columns) - 1
+    if along is not None:
+        read = along.subquery("along")
+        source = source.outerjoin(read, true(), full=True)
+        columns.append(aliased(along.column_descriptions[0]["entity"], read))
     combined: Select[Any] = (
-        select(swapped.c.chain, *checked.c)
-        .select_from(swapped.outerjoin(checked, true()))
-        .add_cte(statements.insert_after.cte("appended"))
+        select(*columns).select_from(source).add_cte(statements.insert_after.cte("appended"))
     )
-    return combined
+    return _Combined(combined, found)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import threading
+from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, bindparam, delete, select, update
+from sqlmodel import col
 
 from billing import Actor, Billing, Database, Keyring, create_keyring
-from billing._audit import AuditTrail
+from billing._audit import Along, AuditTrail, Link
 from billing._models import AuditEvent, AuditHead
 
 from ..conftest import FIXED_NOW, statements_of
@@ -242,3 +245,64 @@ def test_an_append_after_a_rolled_back_one_and_another_processs_follows_the_real
     _append(billing, 1)
     result = billing.verify_audit()
     assert result.ok and result.events == 3, result.first_break
+
+
+def _along_events_of(chain: str) -> Along:
+    """A read that rides in an append: the events of another chain."""
+    return Along(_events_query(), {"along_chain": chain})
+
+
+@functools.cache
+def _events_query() -> Select[Any]:
+    return select(AuditEvent).where(col(AuditEvent.chain) == bindparam("along_chain"))
+
+
+def _read_along(billing: Billing, chain: str) -> tuple[Link, list[AuditEvent]]:
+    actor = Actor(tenant_id="ten_a", role="booking", key_id="key_1", request_id="req_1")
+    with billing.db.transaction() as session:
+        return billing.audit.record_along(
+            session,
+            _along_events_of(chain),
+            actor=actor,
+            action="invoice.read",
+            resource_type="invoice",
+            resource_id="inv_1",
+            subject_id="cus_1",
+        )
+
+
+@pytest.mark.parametrize("chain", ["ten_b", "ten_empty"])
+def test_a_read_along_an_append_is_one_statement_on_postgresql(billing: Billing, chain: str) -> None:
+    _append(billing, 1)
+    _append(billing, 3, tenant="ten_b")
+    with statements_of(billing.db.engine) as sent:
+        link, rows = _read_along(billing, chain)
+    assert link.seq == 2 and link.chain == "ten_a"
+    assert sorted(row.seq for row in rows) == ([1, 2, 3] if chain == "ten_b" else [])
+    if billing.db.dialect == "postgresql":
+        assert _kinds(sent) == ["WITH"]  # swap, link, the monitor's check and the read
+    else:
+        assert _kinds(sent) == ["UPDATE", "INSERT", "SELECT", "SELECT"]
+    result = billing.verify_audit()
+    assert result.ok and result.events == 5
+
+
+@pytest.mark.parametrize("chain", ["ten_b", "ten_empty"])
+def test_a_read_along_an_append_whose_head_moved_is_read_once_and_linked_once(
+    billing: Billing, database: Database, keyring: Keyring, chain: str
+) -> None:
+    other = Billing(db=database, keyring=keyring)
+    _append(billing, 1)
+    _append(other, 2)  # the head moved past what ``billing`` saw
+    _append(other, 3, tenant="ten_b")
+    with statements_of(billing.db.engine) as sent:
+        link, rows = _read_along(billing, chain)
+    assert link.seq == 4
+    assert sorted(row.seq for row in rows) == ([1, 2, 3] if chain == "ten_b" else [])
+    if billing.db.dialect == "postgresql":
+        # the swap missed (the read came back with it); then the head locked, followed, checked
+        assert _kinds(sent) == ["WITH", "SELECT", "WITH", "SELECT"]
+    else:
+        assert _kinds(sent) == ["UPDATE", "SELECT", "INSERT", "UPDATE", "SELECT", "SELECT"]
+    result = billing.verify_audit()
+    assert result.ok and result.events == 7

@@ -8,7 +8,7 @@ import pytest
 from faker import Faker
 from sqlmodel import select
 
-from billing import AccessPolicy, Actor, Billing, CustomerInput, Database, Keyring
+from billing import AccessPolicy, Actor, Billing, CustomerInput, Database, InvoiceInput, Keyring
 from billing._models import AuditEvent
 
 
@@ -99,3 +99,22 @@ def test_a_reinstated_key_reads_the_clients_it_read_but_a_new_one_suspends_it_ag
     billing.customers.read(reader, clients[3])
     assert suspended()
     assert len(_alerts(database)) == 1  # one alert per window, however often it is crossed
+
+
+def test_reads_of_invoices_count_their_clients(database: Database, keyring: Keyring, fake: Faker) -> None:
+    """An invoice's read carries its audit link, the monitor's check and the lines in one statement
+    on PostgreSQL: the check's answer still reaches the monitor."""
+    billing, admin = _monitored(database, keyring, "Salon Factures", suspend=False)
+    reader = Actor(tenant_id=admin.tenant_id, role="booking", key_id="key_reader")
+    clients = [billing.customers.create(admin, CustomerInput(name=fake.name())).id for _ in range(3)]
+    drafts = [
+        billing.invoices.create_draft(admin, InvoiceInput(customer_id=client, currency="EUR")).id
+        for client in clients
+    ]
+    for draft in [drafts[0], drafts[1], drafts[0], drafts[1]]:
+        billing.invoices.read(reader, draft)
+    assert _alerts(database) == []
+    billing.invoices.read(reader, drafts[2])  # the third distinct client
+    alerts = _alerts(database)
+    assert [a.resource_id for a in alerts] == ["key_reader"]
+    assert '"distinct_subjects": 3' in (alerts[0].detail or "")
