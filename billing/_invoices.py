@@ -37,7 +37,7 @@ from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._events import EventOutbox
 from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
-from billing._keys import SubjectKeys, open_across_a_rotation
+from billing._keys import SubjectKeys, keys_of_subject, keys_of_subject_parameters, open_across_a_rotation
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
 from billing.errors import (
@@ -228,10 +228,25 @@ class InvoiceService:
             customer = get_for_tenant(
                 session, Customer, actor.tenant_id, data.customer_id, resource="customer", for_share=True
             )
+            invoice_id = new_id("inv")
+            # The client's two keys come with the draft's audit link, one round trip on PostgreSQL:
+            # the link is written before the invoice's rows, and all of them stand or fall together.
+            _, key_rows = self._audit.record_along(
+                session,
+                Along(
+                    keys_of_subject(), keys_of_subject_parameters(actor.tenant_id, customer.id, _DRAFT_KEYS)
+                ),
+                actor=actor,
+                action="invoice.created",
+                resource_type="invoice",
+                resource_id=invoice_id,
+                subject_id=customer.id,
+            )
             keys = self._keys(session)
-            keys.load(actor.tenant_id, customer.id, ("profile", "record"))
+            for row in key_rows:
+                keys.adopt(row)
             invoice = Invoice(
-                id=new_id("inv"),
+                id=invoice_id,
                 tenant_id=actor.tenant_id,
                 customer_id=data.customer_id,
                 booking_ref=data.booking_ref,
@@ -252,14 +267,6 @@ class InvoiceService:
             session.add(invoice)
             session.flush()
             lines = self._insert_lines(session, key, invoice, data.lines)
-            self._audit.record(
-                session,
-                actor=actor,
-                action="invoice.created",
-                resource_type="invoice",
-                resource_id=invoice.id,
-                subject_id=invoice.customer_id,
-            )
             view = _view(
                 invoice, lines, data.notes, snapshot, descriptions=[ln.description for ln in data.lines]
             )
@@ -703,6 +710,9 @@ def _lines_query() -> SelectOfScalar[InvoiceLine]:
 
 def _position(line: InvoiceLine) -> int:
     return line.position
+
+
+_DRAFT_KEYS = ("profile", "record")  # the client snapshot is opened with one, sealed with the other
 
 
 def _check_series(series: str) -> None:

@@ -19,12 +19,15 @@ and, once the master version that wrapped it is retired, in old backups too.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from billing._db import insert_ignore
 from billing._envelope import DataKey, generate_key_material, sealed_key_id
@@ -32,7 +35,13 @@ from billing._keyring import Keyring, MasterKeyProvider, master_key_provider_of
 from billing._models import DataKeyRecord, new_id
 from billing.errors import DecryptionError
 
-__all__ = ["PURPOSES", "SubjectKeys", "open_across_a_rotation"]
+__all__ = [
+    "PURPOSES",
+    "SubjectKeys",
+    "keys_of_subject",
+    "keys_of_subject_parameters",
+    "open_across_a_rotation",
+]
 
 PURPOSES = ("profile", "record", "index", "idempotency", "webhooks")
 
@@ -56,6 +65,20 @@ def open_across_a_rotation(open_values: Callable[[], T], reload: Callable[[], No
         pass
     reload()  # outside the except block: the error that follows, if any, carries no context
     return open_values()
+
+
+@functools.cache
+def keys_of_subject() -> SelectOfScalar[DataKeyRecord]:
+    """The key rows of one subject for some purposes (:func:`keys_of_subject_parameters`), built once."""
+    return select(DataKeyRecord).where(
+        col(DataKeyRecord.tenant_id) == bindparam("keys_tenant"),
+        col(DataKeyRecord.subject_id) == bindparam("keys_subject"),
+        col(DataKeyRecord.purpose).in_(bindparam("keys_purposes", expanding=True)),
+    )
+
+
+def keys_of_subject_parameters(tenant_id: str, subject_id: str, purposes: Sequence[str]) -> dict[str, Any]:
+    return {"keys_tenant": tenant_id, "keys_subject": subject_id, "keys_purposes": list(purposes)}
 
 
 class SubjectKeys:
@@ -161,12 +184,8 @@ class SubjectKeys:
         if not wanted:
             return
         records = self._session.exec(
-            select(DataKeyRecord).where(
-                DataKeyRecord.tenant_id == tenant_id,
-                DataKeyRecord.subject_id == subject_id,
-                col(DataKeyRecord.purpose).in_(wanted),
-            )
-        ).all()
+            keys_of_subject(), params=keys_of_subject_parameters(tenant_id, subject_id, wanted)
+        )
         for record in records:
             self.adopt(record)
 
@@ -178,8 +197,10 @@ class SubjectKeys:
         data, so a row moved to another tenant or purpose does not unwrap; that it belongs to the
         subject is the caller's query to ensure, as ``get``'s query does.
 
-        Only for reading: a unit that seals must read its keys after taking the subject lock, in a
-        statement of their own (see ``_subject_rotation``), never joined to the locking read.
+        A unit that seals must have read its keys after taking the subject lock, in a later
+        statement (see ``_subject_rotation``), never joined to the locking read: a row joined to
+        the row a statement waited to lock is the one of the statement's snapshot, from before the
+        rotation it waited for.
         """
         if record.wrapped is None:
             return
