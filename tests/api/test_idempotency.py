@@ -25,7 +25,9 @@ from billing import CLAIM_LEASE, Actor, Billing, DestinationPolicy, utcnow
 from billing._event_models import WebhookEndpoint
 from billing._models import ApiKey, AuditEvent, IdempotencyRecord, PaymentSession
 
+from ..conftest import WebhookReceiver
 from .conftest import TenantKeys, customer_payload, invoice_payload, make_tenant
+from .test_events import loopback_delivery
 
 
 def _fingerprint(path: str, body: bytes) -> str:
@@ -288,3 +290,52 @@ def test_a_secret_rotated_just_before_a_kill_is_answered_again_not_rotated_twice
         AuditEvent.action == "webhook_endpoint.secret_rotated",
     )
     assert rotations == 1
+
+
+def test_an_event_redelivered_just_before_a_kill_is_answered_again_not_queued_twice(
+    loopback_client: TestClient[Any],
+    died: Billing,
+    fake: Faker,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    """A second run would queue the event once more after the worker had sent the first
+    redelivery: the receiver would get it a third time."""
+    tenant = make_tenant(loopback_client, died, "Salon Rivoli")
+    admin_headers, booking = tenant.headers("admin"), tenant.headers("booking")
+    loopback_client.post(
+        "/v1/admin/webhook-endpoints",
+        json={"url": webhook_receiver.url, "event_types": ["invoice.finalized"]},
+        headers=admin_headers,
+    )
+    customer = loopback_client.post("/v1/customers", json=customer_payload(fake), headers=booking).json()
+    draft = loopback_client.post(
+        "/v1/invoices", json=invoice_payload(customer["id"], fake), headers=booking
+    ).json()
+    assert loopback_client.post(f"/v1/invoices/{draft['id']}/finalize", headers=booking).status_code == 200
+    (event,) = loopback_client.get("/v1/events", headers=admin_headers).json()["data"]
+    delivery = loopback_delivery(died)
+    try:
+        assert delivery.deliver_due() == 1, "the event's own delivery"
+        path, body = f"/v1/events/{event['id']}/redeliver", b""
+        admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+        redelivered = _killed_after_the_change(
+            died,
+            tenant.tenant_id,
+            "redeliver-then-crash",
+            path,
+            body,
+            202,
+            lambda: died.events.redeliver(admin, event["id"]),
+        )
+        assert delivery.deliver_due() == 1, "the worker sends the redelivery before the retry"
+
+        retried = _retried(loopback_client, path, body, "redeliver-then-crash", admin_headers)
+        _assert_replayed(retried, 202, redelivered)
+        assert delivery.deliver_due() == 0, "nothing queued again"
+    finally:
+        delivery.close()
+    assert [received.id for received in webhook_receiver.snapshot()] == [event["id"]] * 2
+    redeliveries = _count(
+        died, AuditEvent, AuditEvent.resource_id == event["id"], AuditEvent.action == "event.redelivered"
+    )
+    assert redeliveries == 1
