@@ -144,7 +144,9 @@ class Billing:
             clock=clock,
             events=self.outbox,
         )
-        self.retention = RetentionService(self.db, self.keyring, self.audit, clock=clock)
+        self.retention = RetentionService(
+            self.db, self.keyring, self.audit, clock=clock, idempotency=self.idempotency
+        )
         self.breaches = BreachService(self.db, self.audit, clock=clock)
         self.reports = ReportService(self.db, self.keyring, self.audit, clock=clock)
         self.page_sessions = PageSessionService(

@@ -17,7 +17,8 @@ import msgspec
 import pytest
 from faker import Faker
 from litestar.testing import TestClient
-from sqlmodel import func, select
+from sqlalchemy import update
+from sqlmodel import col, func, select
 
 from api.app import create_app
 from api.settings import Settings
@@ -95,9 +96,9 @@ def test_an_abandoned_claim_is_not_taken_over_by_another_request(
 def test_answers_stored_with_their_change_replay_byte_for_byte(
     client: TestClient[Any], tenant: TenantKeys, fake: Faker
 ) -> None:
-    """Create, finalize, void, issuing a key and a payment link store their answer in their own
-    transaction (encoded there, not by the framework): a replay must still be exactly what the
-    first request was answered."""
+    """Create, finalize, void, issuing a key, a payment link, a redelivery and a retention run store
+    their answer in their own transaction (encoded there, not by the framework): a replay must
+    still be exactly what the first request was answered."""
 
     def twice(path: str, body: Any, key: str, status: int, role: str = "booking") -> Any:
         sent = tenant.headers(role) | {"Idempotency-Key": key}
@@ -115,6 +116,9 @@ def test_answers_stored_with_their_change_replay_byte_for_byte(
     assert twice(f"/v1/invoices/{invoice['id']}/payment-sessions", None, "p", 201)["url"]
     assert twice(f"/v1/invoices/{invoice['id']}/void", None, "v", 200)["status"] == "void"
     assert twice("/v1/admin/api-keys", {"role": "auditor", "name": "audit"}, "k", 201, "admin")["key"]
+    event = client.get("/v1/events", headers=tenant.headers("admin")).json()["data"][0]
+    assert twice(f"/v1/events/{event['id']}/redeliver", None, "e", 202, "admin")["id"] == event["id"]
+    assert twice("/v1/admin/retention/run", {"dry_run": False}, "r", 200, "admin")["dry_run"] is False
 
 
 def test_endpoint_answers_stored_with_their_change_replay_byte_for_byte(
@@ -166,10 +170,24 @@ def _killed_after_the_change(
     died: Billing, tenant_id: str, key: str, path: str, body: bytes, status: int, change: Callable[[], Any]
 ) -> Any:
     """Serve a keyed request the way the middleware does — claim, bind, run — and die before
-    ``complete``: the claim is left ``in_progress`` and its lease runs out (nobody extends it)."""
-    _plant_claim(died, tenant_id, key, _fingerprint(path, body), age=CLAIM_LEASE * 2)
+    ``complete``: the claim is left ``in_progress`` and its lease runs out (nobody extends it).
+
+    The claim is live while the change runs, as its process's keeper keeps it: a change that
+    purges expired records (retention) must not find its own claim among them."""
+    _plant_claim(died, tenant_id, key, _fingerprint(path, body), age=timedelta(0))
     with died.idempotency.bound(tenant_id, key, status):
-        return change()
+        answer = change()
+    with died.db.transaction() as session:
+        session.execute(
+            update(IdempotencyRecord)
+            .where(
+                col(IdempotencyRecord.tenant_id) == tenant_id,
+                col(IdempotencyRecord.key) == key,
+                col(IdempotencyRecord.state) == "in_progress",
+            )
+            .values(expires_at=utcnow() - CLAIM_LEASE)
+        )
+    return answer
 
 
 def _assert_replayed(retried: Any, status: int, answer: object) -> None:
@@ -339,3 +357,28 @@ def test_an_event_redelivered_just_before_a_kill_is_answered_again_not_queued_tw
         died, AuditEvent, AuditEvent.resource_id == event["id"], AuditEvent.action == "event.redelivered"
     )
     assert redeliveries == 1
+
+
+def test_a_retention_run_just_before_a_kill_is_answered_again_not_run_twice(
+    client: TestClient[Any], tenant: TenantKeys, died: Billing
+) -> None:
+    """A second run finds nothing more due and would answer that, not what the first run did."""
+    for stale in ("stale-1", "stale-2"):  # past their 24 hours: due for purging
+        _plant_claim(died, tenant.tenant_id, stale, _fingerprint(stale, b""), age=timedelta(days=2))
+    path, body = "/v1/admin/retention/run", json.dumps({"dry_run": False}).encode()
+    admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+    ran = _killed_after_the_change(
+        died,
+        tenant.tenant_id,
+        "retention-then-crash",
+        path,
+        body,
+        200,
+        lambda: died.retention.run(dry_run=False, tenant_id=tenant.tenant_id, actor=admin),
+    )
+    assert ran.idempotency_records_purged == 2
+
+    retried = _retried(client, path, body, "retention-then-crash", tenant.headers("admin"))
+    _assert_replayed(retried, 200, ran)
+    assert retried.json()["idempotency_records_purged"] == 2
+    assert _count(died, IdempotencyRecord, col(IdempotencyRecord.key).in_(["stale-1", "stale-2"])) == 0
