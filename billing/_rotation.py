@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
+import msgspec
 from sqlalchemy import func, text
 from sqlmodel import Session, col, select
 
@@ -66,6 +67,7 @@ __all__ = [
     "RetirementReport",
     "RotationProgress",
     "RotationReport",
+    "RotationStepView",
 ]
 
 DEFAULT_ROTATION_BATCH_SIZE: Final = 500
@@ -106,6 +108,24 @@ class RotationReport:
     @property
     def complete(self) -> bool:
         return self.remaining == 0
+
+    def view(self) -> RotationStepView:
+        """What ``POST /v1/admin/keys/rotate`` answers: the versions, not the counts."""
+        return RotationStepView(
+            to_version=self.to_version,
+            from_versions=list(self.from_versions),
+            resumed=self.resumed,
+            complete=self.complete,
+        )
+
+
+class RotationStepView(msgspec.Struct, kw_only=True):
+    """The answer to one rotation request over HTTP; call again until ``complete``."""
+
+    to_version: str
+    from_versions: list[str]
+    resumed: bool
+    complete: bool
 
 
 @dataclass(frozen=True, slots=True)

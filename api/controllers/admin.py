@@ -32,6 +32,7 @@ from billing import (
     RetentionPolicy,
     RetentionPolicyInput,
     RetentionReport,
+    RotationStepView,
 )
 
 Role = Literal["booking", "accountant", "admin", "auditor"]
@@ -88,13 +89,6 @@ class MasterKeysResponse(msgspec.Struct, kw_only=True):
     rotation_in_progress: bool
     tenant_pending_deks: int
     tenant_progress: float
-
-
-class RotationStepResponse(msgspec.Struct, kw_only=True):
-    to_version: str
-    from_versions: list[str]
-    resumed: bool
-    complete: bool
 
 
 def tenant_master_key_rotation_enabled(
@@ -211,14 +205,9 @@ class AdminController(Controller):
         sync_to_thread=True,
         summary="Start or continue a master key rotation (a bounded number of batches per call)",
     )
-    def rotate_master_key(self, billing: BillingDep, actor: ActorDep) -> RotationStepResponse:
+    def rotate_master_key(self, billing: BillingDep, actor: ActorDep) -> RotationStepView:
         report = billing.rotation.rotate_master_key(max_batches=ROTATION_BATCHES_PER_REQUEST, actor=actor)
-        return RotationStepResponse(
-            to_version=report.to_version,
-            from_versions=list(report.from_versions),
-            resumed=report.resumed,
-            complete=report.complete,
-        )
+        return report.view()
 
     @delete("/api-keys/{key_id:str}", status_code=200, sync_to_thread=True, summary="Revoke an API key")
     def revoke_api_key(self, key_id: FromPath[str], billing: BillingDep, actor: ActorDep) -> ApiKeyResponse:
