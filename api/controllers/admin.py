@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, delete, get, post, put
+from litestar import Controller, Request, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
@@ -22,6 +22,7 @@ from litestar.params import FromPath, JSONBody
 from api.auth import requires_role
 from api.deps import ActorDep, BillingDep
 from api.errors import ProblemError
+from api.idempotency import idempotency_key_of
 from api.settings import Settings
 from billing import (
     AccessPolicy,
@@ -205,8 +206,14 @@ class AdminController(Controller):
         sync_to_thread=True,
         summary="Start or continue a master key rotation (a bounded number of batches per call)",
     )
-    def rotate_master_key(self, billing: BillingDep, actor: ActorDep) -> RotationStepView:
-        report = billing.rotation.rotate_master_key(max_batches=ROTATION_BATCHES_PER_REQUEST, actor=actor)
+    def rotate_master_key(
+        self, request: Request[Any, Any, Any], billing: BillingDep, actor: ActorDep
+    ) -> RotationStepView:
+        report = billing.rotation.rotate_master_key(
+            max_batches=ROTATION_BATCHES_PER_REQUEST,
+            actor=actor,
+            idempotency_key=idempotency_key_of(request.headers),
+        )
         return report.view()
 
     @delete("/api-keys/{key_id:str}", status_code=200, sync_to_thread=True, summary="Revoke an API key")

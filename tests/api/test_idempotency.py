@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,11 +22,13 @@ from sqlalchemy import update
 from sqlmodel import col, func, select
 
 from api.app import create_app
+from api.controllers.admin import ROTATION_BATCHES_PER_REQUEST
 from api.settings import Settings
-from billing import CLAIM_LEASE, Actor, Billing, DestinationPolicy, utcnow
+from billing import CLAIM_LEASE, Actor, Billing, DestinationPolicy, RotationProgress, utcnow
 from billing._event_models import WebhookEndpoint
 from billing._models import ApiKey, AuditEvent, IdempotencyRecord, PaymentSession
 
+from ..billing.test_rotation import versions_on_file
 from ..conftest import WebhookReceiver
 from .conftest import TenantKeys, customer_payload, invoice_payload, make_tenant
 from .test_events import loopback_delivery
@@ -382,3 +385,75 @@ def test_a_retention_run_just_before_a_kill_is_answered_again_not_run_twice(
     _assert_replayed(retried, 200, ran)
     assert retried.json()["idempotency_records_purged"] == 2
     assert _count(died, IdempotencyRecord, col(IdempotencyRecord.key).in_(["stale-1", "stale-2"])) == 0
+
+
+@pytest.fixture
+def rotating_client(settings: Settings) -> Iterator[TestClient[Any]]:
+    """The app of a deployment serving one business: its admin may rotate the master keys."""
+    app = create_app(replace(settings, tenant_admin_master_key_rotation=True), configure_logs=False)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_a_master_key_rotation_finished_just_before_a_kill_is_answered_again_not_run_twice(
+    rotating_client: TestClient[Any], died: Billing, keyring_path: Path
+) -> None:
+    """With nothing left to resume, a second run would add another master key version."""
+    tenant = make_tenant(rotating_client, died, "Salon Rivoli")
+    path, body, key = "/v1/admin/keys/rotate", b"", "rotate-keys-then-crash"
+    admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+    rotated = _killed_after_the_change(
+        died,
+        tenant.tenant_id,
+        key,
+        path,
+        body,
+        200,
+        lambda: died.rotation.rotate_master_key(
+            max_batches=ROTATION_BATCHES_PER_REQUEST, actor=admin, idempotency_key=key
+        ),
+    )
+    assert rotated.complete and rotated.to_version == "mk_0002"
+
+    retried = _retried(rotating_client, path, body, key, tenant.headers("admin"))
+    _assert_replayed(retried, 200, rotated.view())
+    assert versions_on_file(keyring_path) == ["mk_0001", "mk_0002"]
+    assert _count(died, AuditEvent, AuditEvent.action == "keys.master_key_added") == 1
+
+
+class _Killed(Exception):
+    """The process dies here: nothing after this point runs."""
+
+
+def _dies(_: RotationProgress) -> None:
+    raise _Killed
+
+
+def test_a_master_key_rotation_killed_before_its_last_transaction_is_finished_not_started_again(
+    rotating_client: TestClient[Any], died: Billing, keyring_path: Path
+) -> None:
+    """The version was added and every data key re-wrapped under it (one batch), then the process
+    died before the rotation's last transaction, which stores the answer. Nothing is left to
+    resume, so the retry used to add yet another version; it now finds the version its request
+    added, by the request's key recorded with it, and answers what the first attempt would have:
+    not replayed, but equal."""
+    tenant = make_tenant(rotating_client, died, "Salon Rivoli")
+    path, body, key = "/v1/admin/keys/rotate", b"", "rotate-keys-killed"
+    admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+
+    def rotate_until_killed() -> None:
+        with pytest.raises(_Killed):
+            died.rotation.rotate_master_key(on_batch=_dies, actor=admin, idempotency_key=key)
+
+    _killed_after_the_change(died, tenant.tenant_id, key, path, body, 200, rotate_until_killed)
+    assert not died.rotation.key_status().rotation_in_progress, "every data key was re-wrapped"
+
+    retried = _retried(rotating_client, path, body, key, tenant.headers("admin"))
+    assert retried.status_code == 200, retried.text
+    assert "idempotent-replayed" not in retried.headers, "finished by the retry, not replayed"
+    first = {"to_version": "mk_0002", "from_versions": ["mk_0001"], "resumed": False, "complete": True}
+    assert retried.json() == first
+    assert versions_on_file(keyring_path) == ["mk_0001", "mk_0002"]
+    assert _count(died, AuditEvent, AuditEvent.action == "keys.master_key_added") == 1
+    another = _retried(rotating_client, path, body, "the-next-rotation", tenant.headers("admin"))
+    assert another.json()["to_version"] == "mk_0003", "another key is another rotation"
