@@ -114,6 +114,7 @@ from billing._rotation import (
     RetirementReport,
     RotationProgress,
     RotationReport,
+    RotationStepView,
 )
 from billing._service import Billing
 from billing._sessions import HostedInvoice, IssuedPaymentSession, PaymentSessionService
@@ -241,6 +242,7 @@ __all__ = [
     "RevenueGrouping",
     "RotationProgress",
     "RotationReport",
+    "RotationStepView",
     "ScanResult",
     "ScanStats",
     "ScopeReport",

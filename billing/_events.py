@@ -425,7 +425,9 @@ class EventService:
         """Send the event again, now, to ``endpoint_id`` or to every enabled endpoint subscribed to it.
 
         The event keeps its id (receivers deduplicate on ``webhook-id``). An endpoint registered
-        after the event gets it too, so an admin can replay the log to a new receiver.
+        after the event gets it too, so an admin can replay the log to a new receiver. The answer
+        is stored as that of the keyed request being served, in the transaction that queues the
+        deliveries: a retry after a crash replays it instead of queueing them again.
 
         Raises:
             NotFound: no such event, or no such endpoint, in this tenant.
@@ -472,6 +474,8 @@ class EventService:
             session.flush()
             view = _event_view(event)
             view.deliveries = [_delivery_view(d, event.type) for d in _deliveries_of(session, event.id)]
+            if self._idempotency is not None:
+                self._idempotency.record_outcome(session, actor.tenant_id, view)
             return view
 
     def list_deliveries(

@@ -26,9 +26,13 @@ follows the request into the worker thread), and an operation whose whole change
 transaction stores its answer inside that transaction (:meth:`IdempotencyStore.record_outcome`):
 the change and its answer are committed together or not at all. ``complete`` then finds the key
 done and leaves it (clients, drafts, finalize, void, mark-uncollectible, API keys, payment
-sessions, webhook endpoints and their secret rotation do so). Operations around gateway calls
-rely instead on finding their own earlier work when run again: pay and refund by the derived
-gateway key of their local row, a setup intent by that key in its gateway metadata.
+sessions, webhook endpoints and their secret rotation, redelivery of an event, and a tenant's
+retention run do so). Operations around gateway calls rely instead on finding their own earlier
+work when run again: pay and refund by the derived gateway key of their local row, a setup intent
+by that key in its gateway metadata. A master key rotation does both: its last transaction
+stores its answer, and the version it adds is audited with a key derived from the request's, by
+which a retry finds it rather than adding another (the version is written to the keyring file or
+the HSM first, outside any transaction).
 """
 
 from __future__ import annotations

@@ -30,12 +30,13 @@ from datetime import date, datetime, timedelta
 
 import msgspec
 from sqlalchemy import delete, func
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from billing._actor import Actor
 from billing._audit import AuditTrail
 from billing._db import Database
 from billing._event_models import EventDelivery, EventRecord
+from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import (
@@ -108,12 +109,19 @@ class RetentionReport(msgspec.Struct, kw_only=True):
 
 class RetentionService:
     def __init__(
-        self, db: Database, keyring: Keyring, audit: AuditTrail, *, clock: Callable[[], datetime]
+        self,
+        db: Database,
+        keyring: Keyring,
+        audit: AuditTrail,
+        *,
+        clock: Callable[[], datetime],
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._db = db
         self._keyring = keyring
         self._audit = audit
         self._clock = clock
+        self._idempotency = idempotency
 
     def policy(self, tenant_id: str) -> RetentionPolicy:
         with self._db.read() as session:
@@ -151,80 +159,87 @@ class RetentionService:
     def run(
         self, *, dry_run: bool, tenant_id: str | None = None, actor: Actor | None = None
     ) -> RetentionReport:
-        """Enforce every tenant's policy (or one tenant's); ``dry_run`` lists what would go."""
+        """Enforce every tenant's policy (or one tenant's); ``dry_run`` lists what would go.
+
+        Each tenant's part is one transaction: its shredding, its purges and their audit events
+        commit together or not at all. A run for one tenant (``POST /v1/admin/retention/run``) is
+        that one transaction, and stores its report there as the answer of the keyed request being
+        served: a retry after a crash replays what the run did, rather than running again and
+        answering that nothing more was due. Gateway webhook events belong to no tenant: a run for
+        every tenant purges them last, in a transaction of their own.
+        """
         now = self._clock()
+        if tenant_id is not None:
+            with self._db.transaction() as session:
+                tenant = session.get(Tenant, tenant_id)
+                report = (
+                    self._enforce(session, tenant, now, dry_run=dry_run, actor=actor)
+                    if tenant is not None
+                    else _nothing_done(now, dry_run=dry_run)
+                )
+                if actor is not None and self._idempotency is not None:
+                    self._idempotency.record_outcome(session, actor.tenant_id, report)
+                return report
         with self._db.read() as session:
-            tenants = session.exec(
-                select(Tenant).where(Tenant.id == tenant_id) if tenant_id else select(Tenant)
-            ).all()
-        shredded: list[str] = []
-        audit_purged = 0
-        for tenant in tenants:
-            policy = _policy_of(tenant)
-            shredded += self._expired_records(tenant.id, policy, now.date(), dry_run=dry_run, actor=actor)
-            audit_purged += self._purge_audit(tenant.id, policy, now, dry_run=dry_run)
-        idempotency = self._purge(
-            IdempotencyRecord, col(IdempotencyRecord.expires_at) <= now, tenant_id, dry_run
-        )
-        webhooks = (
-            0
-            if tenant_id
-            else self._purge(
-                WebhookEvent, col(WebhookEvent.received_at) < now - WEBHOOK_EVENT_TTL, None, dry_run
+            tenant_ids = list(session.exec(select(Tenant.id)).all())
+        report = _nothing_done(now, dry_run=dry_run)
+        for each in tenant_ids:
+            with self._db.transaction() as session:
+                tenant = session.get(Tenant, each)
+                if tenant is not None:
+                    _add(report, self._enforce(session, tenant, now, dry_run=dry_run, actor=actor))
+        with self._db.transaction() as session:
+            report.webhook_events_purged = _purge(
+                session, WebhookEvent, col(WebhookEvent.received_at) < now - WEBHOOK_EVENT_TTL, None, dry_run
             )
-        )
+        return report
+
+    def _enforce(
+        self, session: Session, tenant: Tenant, now: datetime, *, dry_run: bool, actor: Actor | None
+    ) -> RetentionReport:
+        """One tenant's run, in ``session``."""
+        policy = _policy_of(tenant)
         return RetentionReport(
             dry_run=dry_run,
             ran_at=now,
-            record_keys_shredded=shredded,
-            idempotency_records_purged=idempotency,
-            webhook_events_purged=webhooks,
-            events_purged=self._purge_event_log(now - EVENT_LOG_TTL, tenant_id, dry_run=dry_run),
-            audit_events_purged=audit_purged,
+            record_keys_shredded=self._expired_records(
+                session, tenant.id, policy, now.date(), dry_run=dry_run, actor=actor
+            ),
+            idempotency_records_purged=_purge(
+                session, IdempotencyRecord, col(IdempotencyRecord.expires_at) <= now, tenant.id, dry_run
+            ),
+            webhook_events_purged=0,
+            events_purged=_purge_event_log(session, now - EVENT_LOG_TTL, tenant.id, dry_run=dry_run),
+            audit_events_purged=self._purge_audit(session, tenant.id, policy, now, dry_run=dry_run),
         )
-
-    def _purge_event_log(self, cutoff: datetime, tenant_id: str | None, *, dry_run: bool) -> int:
-        """Delete events older than ``cutoff`` none of whose deliveries is pending, with their
-        deliveries (delivered or given up), in one transaction; returns how many events."""
-        pending = (
-            select(EventDelivery.id)
-            .where(col(EventDelivery.event_id) == col(EventRecord.id), EventDelivery.status == "pending")
-            .exists()
-        )
-        where = [col(EventRecord.created_at) < cutoff, ~pending]
-        if tenant_id is not None:
-            where.append(col(EventRecord.tenant_id) == tenant_id)
-        with self._db.transaction() as session:
-            if dry_run:
-                return int(session.exec(select(func.count()).select_from(EventRecord).where(*where)).one())
-            expired = select(EventRecord.id).where(*where).scalar_subquery()
-            session.execute(delete(EventDelivery).where(col(EventDelivery.event_id).in_(expired)))
-            result = session.execute(delete(EventRecord).where(*where))
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def _expired_records(
-        self, tenant_id: str, policy: RetentionPolicy, today: date, *, dry_run: bool, actor: Actor | None
+        self,
+        session: Session,
+        tenant_id: str,
+        policy: RetentionPolicy,
+        today: date,
+        *,
+        dry_run: bool,
+        actor: Actor | None,
     ) -> list[str]:
         if policy.invoice_retention_years is None:
             return []
-        with self._db.read() as session:
-            rows = session.exec(
-                select(
-                    Customer.id, func.max(func.coalesce(Invoice.issue_date, func.date(Invoice.created_at)))
-                )
-                .join(Invoice, col(Invoice.customer_id) == col(Customer.id), isouter=True)
-                .join(
-                    DataKeyRecord,
-                    (col(DataKeyRecord.subject_id) == col(Customer.id))
-                    & (col(DataKeyRecord.purpose) == "record"),
-                )
-                .where(
-                    Customer.tenant_id == tenant_id,
-                    col(Customer.erased_at).is_not(None),
-                    col(DataKeyRecord.wrapped).is_not(None),
-                )
-                .group_by(col(Customer.id))
-            ).all()
+        rows = session.exec(
+            select(Customer.id, func.max(func.coalesce(Invoice.issue_date, func.date(Invoice.created_at))))
+            .join(Invoice, col(Invoice.customer_id) == col(Customer.id), isouter=True)
+            .join(
+                DataKeyRecord,
+                (col(DataKeyRecord.subject_id) == col(Customer.id))
+                & (col(DataKeyRecord.purpose) == "record"),
+            )
+            .where(
+                Customer.tenant_id == tenant_id,
+                col(Customer.erased_at).is_not(None),
+                col(DataKeyRecord.wrapped).is_not(None),
+            )
+            .group_by(col(Customer.id))
+        ).all()
         expired = []
         for customer_id, newest in rows:
             newest_date = _as_date(newest)
@@ -233,43 +248,78 @@ class RetentionService:
                 expired.append(customer_id)
         if dry_run or not expired:
             return expired
-        with self._db.transaction() as session:
-            keys = SubjectKeys(session, self._keyring, clock=self._clock)
-            for customer_id in expired:
-                keys.shred(tenant_id, customer_id, "record")
-                self._audit.record(
-                    session,
-                    actor=actor,
-                    tenant_id=tenant_id,
-                    action="retention.record_shredded",
-                    resource_type="customer",
-                    resource_id=customer_id,
-                    subject_id=customer_id,
-                )
+        keys = SubjectKeys(session, self._keyring, clock=self._clock)
+        for customer_id in expired:
+            keys.shred(tenant_id, customer_id, "record")
+            self._audit.record(
+                session,
+                actor=actor,
+                tenant_id=tenant_id,
+                action="retention.record_shredded",
+                resource_type="customer",
+                resource_id=customer_id,
+                subject_id=customer_id,
+            )
         return expired
 
-    def _purge_audit(self, tenant_id: str, policy: RetentionPolicy, now: datetime, *, dry_run: bool) -> int:
+    def _purge_audit(
+        self, session: Session, tenant_id: str, policy: RetentionPolicy, now: datetime, *, dry_run: bool
+    ) -> int:
         cutoff = now.replace(year=now.year - policy.audit_retention_years)
         if dry_run:
-            with self._db.read() as session:
-                count = session.exec(
-                    select(func.count())
-                    .select_from(AuditEvent)
-                    .where(AuditEvent.chain == tenant_id, AuditEvent.occurred_at < cutoff)
-                ).one()
-                return int(count)
-        with self._db.transaction() as session:
-            return self._audit.purge_before(session, tenant_id, cutoff)
+            count = session.exec(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.chain == tenant_id, AuditEvent.occurred_at < cutoff)
+            ).one()
+            return int(count)
+        return self._audit.purge_before(session, tenant_id, cutoff)
 
-    def _purge(self, model: type, condition: object, tenant_id: str | None, dry_run: bool) -> int:
-        where = [condition]
-        if tenant_id is not None:
-            where.append(col(model.tenant_id) == tenant_id)  # type: ignore[attr-defined]
-        with self._db.transaction() as session:
-            if dry_run:
-                return int(session.exec(select(func.count()).select_from(model).where(*where)).one())  # type: ignore[arg-type]
-            result = session.execute(delete(model).where(*where))  # type: ignore[arg-type]
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+def _purge_event_log(session: Session, cutoff: datetime, tenant_id: str, *, dry_run: bool) -> int:
+    """Delete the tenant's events older than ``cutoff`` none of whose deliveries is pending, with
+    their deliveries (delivered or given up); returns how many events."""
+    pending = (
+        select(EventDelivery.id)
+        .where(col(EventDelivery.event_id) == col(EventRecord.id), EventDelivery.status == "pending")
+        .exists()
+    )
+    where = [col(EventRecord.created_at) < cutoff, ~pending, col(EventRecord.tenant_id) == tenant_id]
+    if dry_run:
+        return int(session.exec(select(func.count()).select_from(EventRecord).where(*where)).one())
+    expired = select(EventRecord.id).where(*where).scalar_subquery()
+    session.execute(delete(EventDelivery).where(col(EventDelivery.event_id).in_(expired)))
+    result = session.execute(delete(EventRecord).where(*where))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _purge(session: Session, model: type, condition: object, tenant_id: str | None, dry_run: bool) -> int:
+    where = [condition]
+    if tenant_id is not None:
+        where.append(col(model.tenant_id) == tenant_id)  # type: ignore[attr-defined]
+    if dry_run:
+        return int(session.exec(select(func.count()).select_from(model).where(*where)).one())  # type: ignore[arg-type]
+    result = session.execute(delete(model).where(*where))  # type: ignore[arg-type]
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _nothing_done(now: datetime, *, dry_run: bool) -> RetentionReport:
+    return RetentionReport(
+        dry_run=dry_run,
+        ran_at=now,
+        record_keys_shredded=[],
+        idempotency_records_purged=0,
+        webhook_events_purged=0,
+        events_purged=0,
+        audit_events_purged=0,
+    )
+
+
+def _add(total: RetentionReport, part: RetentionReport) -> None:
+    total.record_keys_shredded += part.record_keys_shredded
+    total.idempotency_records_purged += part.idempotency_records_purged
+    total.events_purged += part.events_purged
+    total.audit_events_purged += part.audit_events_purged
 
 
 def _policy_of(tenant: Tenant) -> RetentionPolicy:

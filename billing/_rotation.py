@@ -17,6 +17,19 @@ Rotation (:meth:`KeyRotationService.rotate_master_key`)
        version.
     3. ``keys.rotated`` is audited with the counts.
 
+    Over HTTP (``POST /v1/admin/keys/rotate``, keyed): the last transaction, the one that audits
+    ``keys.rotated``, also stores the answer of the keyed request being served, so a retry after a
+    crash that came later is replayed. The request is no single transaction (the version is made
+    durable in the keyring file or the HSM before the database knows of it, and re-wrapping takes
+    batches), so the answer cannot commit with the whole change; instead ``keys.master_key_added``
+    records, with the new version, a key derived from the request's ``Idempotency-Key``
+    (``request``, a SHA-256 of ids: :func:`~tokenization.derive_idempotency_key`). A retry that
+    finds its request's version (within the 24-hour replay window) goes on with that one rather
+    than adding another: it re-wraps what is left and answers what the first attempt would have.
+    Only a crash between the keyring write and the commit of that record leaves a version no
+    record names; the retry then resumes the re-wrapping under it, or, with no data key to
+    re-wrap at all, adds one more (unused) version.
+
     Online: readers unwrap with whichever version a row names, and both versions exist throughout,
     so the service keeps working; processes built on the keyring file or the HSM see the new version
     without a restart. Resumable: a batch commits or rolls back whole, and nothing is removed, so a
@@ -42,21 +55,25 @@ rotation over :class:`billing._hsm.HsmMigrationMasterKeys`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
+import msgspec
 from sqlalchemy import func, text
 from sqlmodel import Session, col, select
 
 from billing._actor import Actor
-from billing._audit import AuditTrail
+from billing._audit import SYSTEM_CHAIN, AuditTrail
 from billing._db import Database
 from billing._envelope import sealed_key_id
+from billing._idempotency import IDEMPOTENCY_TTL, IdempotencyStore
 from billing._keyring import MasterKeyProvider
-from billing._models import DataKeyRecord
+from billing._models import AuditEvent, DataKeyRecord
 from billing.errors import DecryptionError, InvalidStateTransition, NotFound
+from tokenization import derive_idempotency_key
 
 __all__ = [
     "DEFAULT_ROTATION_BATCH_SIZE",
@@ -66,6 +83,7 @@ __all__ = [
     "RetirementReport",
     "RotationProgress",
     "RotationReport",
+    "RotationStepView",
 ]
 
 DEFAULT_ROTATION_BATCH_SIZE: Final = 500
@@ -106,6 +124,24 @@ class RotationReport:
     @property
     def complete(self) -> bool:
         return self.remaining == 0
+
+    def view(self) -> RotationStepView:
+        """What ``POST /v1/admin/keys/rotate`` answers: the versions, not the counts."""
+        return RotationStepView(
+            to_version=self.to_version,
+            from_versions=list(self.from_versions),
+            resumed=self.resumed,
+            complete=self.complete,
+        )
+
+
+class RotationStepView(msgspec.Struct, kw_only=True):
+    """The answer to one rotation request over HTTP; call again until ``complete``."""
+
+    to_version: str
+    from_versions: list[str]
+    resumed: bool
+    complete: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +201,8 @@ class KeyRotationService:
     """Rotates and retires master key versions, and reports on them.
 
     Collaborators are injected: the database, the master-key provider every service wraps with,
-    the audit trail (key operations go to the ``system`` chain) and the clock.
+    the audit trail (key operations go to the ``system`` chain), the clock, and the idempotency
+    store that keyed requests' answers go to.
     """
 
     def __init__(
@@ -175,11 +212,13 @@ class KeyRotationService:
         audit: AuditTrail,
         *,
         clock: Callable[[], datetime],
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self._db = db
         self._provider = provider
         self._audit = audit
         self._clock = clock
+        self._idempotency = idempotency
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -228,6 +267,7 @@ class KeyRotationService:
         on_batch: Callable[[RotationProgress], None] | None = None,
         actor: Actor | None = None,
         resume_only: bool = False,
+        idempotency_key: str | None = None,
     ) -> RotationReport:
         """Add a master key version and re-wrap every live DEK under it — or resume doing so.
 
@@ -235,6 +275,9 @@ class KeyRotationService:
         the run stops there (what was committed stays) and the exception propagates. With
         ``max_batches`` the run stops after that many batches; call again to go on. With
         ``resume_only`` no version is added: pending DEKs are re-wrapped, or nothing is done.
+        With the ``actor``'s ``idempotency_key``, a version this request added before (a crash
+        lost its answer) is gone on with instead of adding another, and the report is stored as
+        the keyed request's answer in the run's last transaction (see the module docstring).
 
         Raises:
             ValueError: ``batch_size`` is not 1..10000 or ``max_batches`` is below 1.
@@ -244,7 +287,12 @@ class KeyRotationService:
             raise ValueError(f"batch_size must be 1..{MAX_BATCH_SIZE}")
         if max_batches is not None and max_batches < 1:
             raise ValueError("max_batches must be at least 1")
-        from_versions, to_version, resumed = self._start(actor, resume_only=resume_only)
+        request = (
+            derive_idempotency_key("master_key_rotation", actor.tenant_id, idempotency_key)
+            if actor is not None and idempotency_key is not None
+            else None
+        )
+        from_versions, to_version, resumed = self._start(actor, resume_only=resume_only, request=request)
         run = _Run(to_version=to_version)
         while max_batches is None or run.batches < max_batches:
             rewrapped_before = run.rewrapped
@@ -278,12 +326,20 @@ class KeyRotationService:
                     **_requested_by(actor),
                 },
             )
+            if actor is not None and self._idempotency is not None:
+                self._idempotency.record_outcome(session, actor.tenant_id, report.view())
         return report
 
-    def _start(self, actor: Actor | None, *, resume_only: bool) -> tuple[tuple[str, ...], str, bool]:
-        """Decide under the lock: resume, or add a version first. ``(from, to, resumed)``."""
+    def _start(
+        self, actor: Actor | None, *, resume_only: bool, request: str | None
+    ) -> tuple[tuple[str, ...], str, bool]:
+        """Decide under the lock: go on with the version ``request`` added, resume, or add a
+        version first. ``(from, to, resumed)``."""
         with self._db.transaction() as session:
             _lock_key_administration(session)
+            added = self._version_added_for(session, request) if request is not None else None
+            if added is not None:
+                return added
             active, old = self._old_versions()
             counts = _live_counts(session, None)
             pending = tuple(key_id for key_id in old if counts.get(key_id))
@@ -291,16 +347,37 @@ class KeyRotationService:
                 return pending, active, True
             if resume_only:
                 return (), active, False
+            from_versions = (active,) if counts.get(active) else ()
             new_version = self._provider.add_version(now=self._clock())  # durable before any use
             self._audit.record(
                 session,
                 action="keys.master_key_added",
                 resource_type="master_key",
                 resource_id=new_version,
-                detail={"previous": active, **_requested_by(actor)},
+                detail={
+                    "previous": active,
+                    **({"from": ",".join(from_versions), "request": request} if request else {}),
+                    **_requested_by(actor),
+                },
             )
-        from_versions = (active,) if counts.get(active) else ()
         return from_versions, new_version, False
+
+    def _version_added_for(self, session: Session, request: str) -> tuple[tuple[str, ...], str, bool] | None:
+        """``(from, to, False)`` of the version that the request ``request`` added within the
+        replay window, if the provider still has it."""
+        added = session.exec(
+            select(AuditEvent.resource_id, AuditEvent.detail).where(
+                AuditEvent.chain == SYSTEM_CHAIN,
+                AuditEvent.action == "keys.master_key_added",
+                AuditEvent.occurred_at >= self._clock() - IDEMPOTENCY_TTL,
+            )
+        ).all()
+        known = {version.key_id for version in self._provider.versions()}
+        for version, detail in added:
+            recorded = json.loads(detail or "{}")
+            if recorded.get("request") == request and version in known:
+                return tuple(filter(None, recorded["from"].split(","))), version, False
+        return None
 
     def _rewrap_pass(
         self,

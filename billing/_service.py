@@ -95,12 +95,14 @@ class Billing:
         self.outbox = EventOutbox(clock=clock)
         self.monitor = AccessMonitor(self.audit, clock=clock)
         self.audit.watch(self.monitor)
-        self.rotation = KeyRotationService(self.db, self.key_provider, self.audit, clock=clock)
-        self.subject_rotation = SubjectKeyRotationService(
-            self.db, self.keyring, self.audit, clock=clock, rng=rng
-        )
         self.idempotency = IdempotencyStore(
             self.db, self.keyring, clock=clock, rng=rng, on_error=self.on_background_error
+        )
+        self.rotation = KeyRotationService(
+            self.db, self.key_provider, self.audit, clock=clock, idempotency=self.idempotency
+        )
+        self.subject_rotation = SubjectKeyRotationService(
+            self.db, self.keyring, self.audit, clock=clock, rng=rng
         )
         self.tenants = TenantService(
             self.db, self.keyring, self.audit, clock=clock, rng=rng, idempotency=self.idempotency
@@ -144,7 +146,9 @@ class Billing:
             clock=clock,
             events=self.outbox,
         )
-        self.retention = RetentionService(self.db, self.keyring, self.audit, clock=clock)
+        self.retention = RetentionService(
+            self.db, self.keyring, self.audit, clock=clock, idempotency=self.idempotency
+        )
         self.breaches = BreachService(self.db, self.audit, clock=clock)
         self.reports = ReportService(self.db, self.keyring, self.audit, clock=clock)
         self.page_sessions = PageSessionService(

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, delete, get, post, put
+from litestar import Controller, Request, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
@@ -22,6 +22,7 @@ from litestar.params import FromPath, JSONBody
 from api.auth import requires_role
 from api.deps import ActorDep, BillingDep
 from api.errors import ProblemError
+from api.idempotency import idempotency_key_of
 from api.settings import Settings
 from billing import (
     AccessPolicy,
@@ -32,6 +33,7 @@ from billing import (
     RetentionPolicy,
     RetentionPolicyInput,
     RetentionReport,
+    RotationStepView,
 )
 
 Role = Literal["booking", "accountant", "admin", "auditor"]
@@ -88,13 +90,6 @@ class MasterKeysResponse(msgspec.Struct, kw_only=True):
     rotation_in_progress: bool
     tenant_pending_deks: int
     tenant_progress: float
-
-
-class RotationStepResponse(msgspec.Struct, kw_only=True):
-    to_version: str
-    from_versions: list[str]
-    resumed: bool
-    complete: bool
 
 
 def tenant_master_key_rotation_enabled(
@@ -211,14 +206,15 @@ class AdminController(Controller):
         sync_to_thread=True,
         summary="Start or continue a master key rotation (a bounded number of batches per call)",
     )
-    def rotate_master_key(self, billing: BillingDep, actor: ActorDep) -> RotationStepResponse:
-        report = billing.rotation.rotate_master_key(max_batches=ROTATION_BATCHES_PER_REQUEST, actor=actor)
-        return RotationStepResponse(
-            to_version=report.to_version,
-            from_versions=list(report.from_versions),
-            resumed=report.resumed,
-            complete=report.complete,
+    def rotate_master_key(
+        self, request: Request[Any, Any, Any], billing: BillingDep, actor: ActorDep
+    ) -> RotationStepView:
+        report = billing.rotation.rotate_master_key(
+            max_batches=ROTATION_BATCHES_PER_REQUEST,
+            actor=actor,
+            idempotency_key=idempotency_key_of(request.headers),
         )
+        return report.view()
 
     @delete("/api-keys/{key_id:str}", status_code=200, sync_to_thread=True, summary="Revoke an API key")
     def revoke_api_key(self, key_id: FromPath[str], billing: BillingDep, actor: ActorDep) -> ApiKeyResponse:

@@ -11,21 +11,27 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from faker import Faker
 from litestar.testing import TestClient
-from sqlmodel import func, select
+from sqlalchemy import update
+from sqlmodel import col, func, select
 
 from api.app import create_app
+from api.controllers.admin import ROTATION_BATCHES_PER_REQUEST
 from api.settings import Settings
-from billing import CLAIM_LEASE, Actor, Billing, DestinationPolicy, utcnow
+from billing import CLAIM_LEASE, Actor, Billing, DestinationPolicy, RotationProgress, utcnow
 from billing._event_models import WebhookEndpoint
 from billing._models import ApiKey, AuditEvent, IdempotencyRecord, PaymentSession
 
+from ..billing.test_rotation import versions_on_file
+from ..conftest import WebhookReceiver
 from .conftest import TenantKeys, customer_payload, invoice_payload, make_tenant
+from .test_events import loopback_delivery
 
 
 def _fingerprint(path: str, body: bytes) -> str:
@@ -93,9 +99,9 @@ def test_an_abandoned_claim_is_not_taken_over_by_another_request(
 def test_answers_stored_with_their_change_replay_byte_for_byte(
     client: TestClient[Any], tenant: TenantKeys, fake: Faker
 ) -> None:
-    """Create, finalize, void, issuing a key and a payment link store their answer in their own
-    transaction (encoded there, not by the framework): a replay must still be exactly what the
-    first request was answered."""
+    """Create, finalize, void, issuing a key, a payment link, a redelivery and a retention run store
+    their answer in their own transaction (encoded there, not by the framework): a replay must
+    still be exactly what the first request was answered."""
 
     def twice(path: str, body: Any, key: str, status: int, role: str = "booking") -> Any:
         sent = tenant.headers(role) | {"Idempotency-Key": key}
@@ -113,6 +119,9 @@ def test_answers_stored_with_their_change_replay_byte_for_byte(
     assert twice(f"/v1/invoices/{invoice['id']}/payment-sessions", None, "p", 201)["url"]
     assert twice(f"/v1/invoices/{invoice['id']}/void", None, "v", 200)["status"] == "void"
     assert twice("/v1/admin/api-keys", {"role": "auditor", "name": "audit"}, "k", 201, "admin")["key"]
+    event = client.get("/v1/events", headers=tenant.headers("admin")).json()["data"][0]
+    assert twice(f"/v1/events/{event['id']}/redeliver", None, "e", 202, "admin")["id"] == event["id"]
+    assert twice("/v1/admin/retention/run", {"dry_run": False}, "r", 200, "admin")["dry_run"] is False
 
 
 def test_endpoint_answers_stored_with_their_change_replay_byte_for_byte(
@@ -164,10 +173,24 @@ def _killed_after_the_change(
     died: Billing, tenant_id: str, key: str, path: str, body: bytes, status: int, change: Callable[[], Any]
 ) -> Any:
     """Serve a keyed request the way the middleware does — claim, bind, run — and die before
-    ``complete``: the claim is left ``in_progress`` and its lease runs out (nobody extends it)."""
-    _plant_claim(died, tenant_id, key, _fingerprint(path, body), age=CLAIM_LEASE * 2)
+    ``complete``: the claim is left ``in_progress`` and its lease runs out (nobody extends it).
+
+    The claim is live while the change runs, as its process's keeper keeps it: a change that
+    purges expired records (retention) must not find its own claim among them."""
+    _plant_claim(died, tenant_id, key, _fingerprint(path, body), age=timedelta(0))
     with died.idempotency.bound(tenant_id, key, status):
-        return change()
+        answer = change()
+    with died.db.transaction() as session:
+        session.execute(
+            update(IdempotencyRecord)
+            .where(
+                col(IdempotencyRecord.tenant_id) == tenant_id,
+                col(IdempotencyRecord.key) == key,
+                col(IdempotencyRecord.state) == "in_progress",
+            )
+            .values(expires_at=utcnow() - CLAIM_LEASE)
+        )
+    return answer
 
 
 def _assert_replayed(retried: Any, status: int, answer: object) -> None:
@@ -288,3 +311,149 @@ def test_a_secret_rotated_just_before_a_kill_is_answered_again_not_rotated_twice
         AuditEvent.action == "webhook_endpoint.secret_rotated",
     )
     assert rotations == 1
+
+
+def test_an_event_redelivered_just_before_a_kill_is_answered_again_not_queued_twice(
+    loopback_client: TestClient[Any],
+    died: Billing,
+    fake: Faker,
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    """A second run would queue the event once more after the worker had sent the first
+    redelivery: the receiver would get it a third time."""
+    tenant = make_tenant(loopback_client, died, "Salon Rivoli")
+    admin_headers, booking = tenant.headers("admin"), tenant.headers("booking")
+    loopback_client.post(
+        "/v1/admin/webhook-endpoints",
+        json={"url": webhook_receiver.url, "event_types": ["invoice.finalized"]},
+        headers=admin_headers,
+    )
+    customer = loopback_client.post("/v1/customers", json=customer_payload(fake), headers=booking).json()
+    draft = loopback_client.post(
+        "/v1/invoices", json=invoice_payload(customer["id"], fake), headers=booking
+    ).json()
+    assert loopback_client.post(f"/v1/invoices/{draft['id']}/finalize", headers=booking).status_code == 200
+    (event,) = loopback_client.get("/v1/events", headers=admin_headers).json()["data"]
+    delivery = loopback_delivery(died)
+    try:
+        assert delivery.deliver_due() == 1, "the event's own delivery"
+        path, body = f"/v1/events/{event['id']}/redeliver", b""
+        admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+        redelivered = _killed_after_the_change(
+            died,
+            tenant.tenant_id,
+            "redeliver-then-crash",
+            path,
+            body,
+            202,
+            lambda: died.events.redeliver(admin, event["id"]),
+        )
+        assert delivery.deliver_due() == 1, "the worker sends the redelivery before the retry"
+
+        retried = _retried(loopback_client, path, body, "redeliver-then-crash", admin_headers)
+        _assert_replayed(retried, 202, redelivered)
+        assert delivery.deliver_due() == 0, "nothing queued again"
+    finally:
+        delivery.close()
+    assert [received.id for received in webhook_receiver.snapshot()] == [event["id"]] * 2
+    redeliveries = _count(
+        died, AuditEvent, AuditEvent.resource_id == event["id"], AuditEvent.action == "event.redelivered"
+    )
+    assert redeliveries == 1
+
+
+def test_a_retention_run_just_before_a_kill_is_answered_again_not_run_twice(
+    client: TestClient[Any], tenant: TenantKeys, died: Billing
+) -> None:
+    """A second run finds nothing more due and would answer that, not what the first run did."""
+    for stale in ("stale-1", "stale-2"):  # past their 24 hours: due for purging
+        _plant_claim(died, tenant.tenant_id, stale, _fingerprint(stale, b""), age=timedelta(days=2))
+    path, body = "/v1/admin/retention/run", json.dumps({"dry_run": False}).encode()
+    admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+    ran = _killed_after_the_change(
+        died,
+        tenant.tenant_id,
+        "retention-then-crash",
+        path,
+        body,
+        200,
+        lambda: died.retention.run(dry_run=False, tenant_id=tenant.tenant_id, actor=admin),
+    )
+    assert ran.idempotency_records_purged == 2
+
+    retried = _retried(client, path, body, "retention-then-crash", tenant.headers("admin"))
+    _assert_replayed(retried, 200, ran)
+    assert retried.json()["idempotency_records_purged"] == 2
+    assert _count(died, IdempotencyRecord, col(IdempotencyRecord.key).in_(["stale-1", "stale-2"])) == 0
+
+
+@pytest.fixture
+def rotating_client(settings: Settings) -> Iterator[TestClient[Any]]:
+    """The app of a deployment serving one business: its admin may rotate the master keys."""
+    app = create_app(replace(settings, tenant_admin_master_key_rotation=True), configure_logs=False)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_a_master_key_rotation_finished_just_before_a_kill_is_answered_again_not_run_twice(
+    rotating_client: TestClient[Any], died: Billing, keyring_path: Path
+) -> None:
+    """With nothing left to resume, a second run would add another master key version."""
+    tenant = make_tenant(rotating_client, died, "Salon Rivoli")
+    path, body, key = "/v1/admin/keys/rotate", b"", "rotate-keys-then-crash"
+    admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+    rotated = _killed_after_the_change(
+        died,
+        tenant.tenant_id,
+        key,
+        path,
+        body,
+        200,
+        lambda: died.rotation.rotate_master_key(
+            max_batches=ROTATION_BATCHES_PER_REQUEST, actor=admin, idempotency_key=key
+        ),
+    )
+    assert rotated.complete and rotated.to_version == "mk_0002"
+
+    retried = _retried(rotating_client, path, body, key, tenant.headers("admin"))
+    _assert_replayed(retried, 200, rotated.view())
+    assert versions_on_file(keyring_path) == ["mk_0001", "mk_0002"]
+    assert _count(died, AuditEvent, AuditEvent.action == "keys.master_key_added") == 1
+
+
+class _Killed(Exception):
+    """The process dies here: nothing after this point runs."""
+
+
+def _dies(_: RotationProgress) -> None:
+    raise _Killed
+
+
+def test_a_master_key_rotation_killed_before_its_last_transaction_is_finished_not_started_again(
+    rotating_client: TestClient[Any], died: Billing, keyring_path: Path
+) -> None:
+    """The version was added and every data key re-wrapped under it (one batch), then the process
+    died before the rotation's last transaction, which stores the answer. Nothing is left to
+    resume, so the retry used to add yet another version; it now finds the version its request
+    added, by the request's key recorded with it, and answers what the first attempt would have:
+    not replayed, but equal."""
+    tenant = make_tenant(rotating_client, died, "Salon Rivoli")
+    path, body, key = "/v1/admin/keys/rotate", b"", "rotate-keys-killed"
+    admin = Actor(tenant_id=tenant.tenant_id, role="admin")
+
+    def rotate_until_killed() -> None:
+        with pytest.raises(_Killed):
+            died.rotation.rotate_master_key(on_batch=_dies, actor=admin, idempotency_key=key)
+
+    _killed_after_the_change(died, tenant.tenant_id, key, path, body, 200, rotate_until_killed)
+    assert not died.rotation.key_status().rotation_in_progress, "every data key was re-wrapped"
+
+    retried = _retried(rotating_client, path, body, key, tenant.headers("admin"))
+    assert retried.status_code == 200, retried.text
+    assert "idempotent-replayed" not in retried.headers, "finished by the retry, not replayed"
+    first = {"to_version": "mk_0002", "from_versions": ["mk_0001"], "resumed": False, "complete": True}
+    assert retried.json() == first
+    assert versions_on_file(keyring_path) == ["mk_0001", "mk_0002"]
+    assert _count(died, AuditEvent, AuditEvent.action == "keys.master_key_added") == 1
+    another = _retried(rotating_client, path, body, "the-next-rotation", tenant.headers("admin"))
+    assert another.json()["to_version"] == "mk_0003", "another key is another rotation"
