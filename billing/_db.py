@@ -104,13 +104,24 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A session for reads only: nothing is committed; loaded objects stay readable after it.
+        """A session for reads only: nothing is written; loaded objects stay readable after it.
+
+        On PostgreSQL the unit is a ``READ ONLY`` transaction (a write in it fails), ended by a
+        ``COMMIT`` rather than a ``ROLLBACK``: the two are the same for a transaction that wrote
+        nothing, but psycopg forgets every statement it prepared on the connection at each
+        ``ROLLBACK`` it sees, and every request begins with a read (its API key), so the service's
+        statements would never stay prepared and PostgreSQL would plan each of them at every
+        execution (decision 60). A block that raises is rolled back.
 
         Raises:
             DatabaseUnavailable: as :meth:`transaction`.
         """
-        with _unavailable(), Session(self.engine, expire_on_commit=False) as session:
-            yield session
+        with _unavailable(), self.engine.connect() as connection:
+            if not self.config.is_sqlite:
+                connection.execution_options(postgresql_readonly=True)
+            with Session(bind=connection, expire_on_commit=False) as session:
+                yield session
+                session.commit()
 
     @contextmanager
     def snapshot(self) -> Iterator[Session]:
