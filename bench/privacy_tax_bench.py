@@ -47,9 +47,10 @@ the main thread does not see); the framework around it is the same on both sides
 
 ``--ablate`` measures what one guarantee costs, by taking it away from *this benchmark's instance*
 of the service only (never the product's code or configuration): ``unflushed-reads`` commits the
-audit link of each PII read without waiting for the write-ahead log to reach the disk
-(``SET LOCAL synchronous_commit = off`` in the read's transaction, PostgreSQL only), and
-``no-audit`` appends no audit link at all (and so runs no access monitoring). Results carry an
+invoice's read (and so its audit link) without waiting for the write-ahead log to reach the disk
+(a pool of its own for the read, whose connections are set ``synchronous_commit = off`` once when
+they open, so the read sends no statement more; PostgreSQL only), and ``no-audit`` appends no
+audit link at all (and so runs no access monitoring). Results carry an
 ``ablation`` key; they answer "what would the ratio be without it", not what the product costs.
 
 Usage: ``python -m bench.privacy_tax_bench [--rounds 10] [--ops 40] [--only pg-invoice,...]
@@ -94,7 +95,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    text,
+    event,
 )
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, select
@@ -104,7 +105,6 @@ from api.auth import requires_role
 from api.deps import ActorDep
 from api.settings import Settings
 from billing import (
-    PII_READ_ACTIONS,
     Actor,
     Billing,
     CustomerInput,
@@ -121,6 +121,7 @@ from billing import (
     utcnow,
     write_keyring,
 )
+from billing._audit import Along
 from billing._invoices import _view as invoice_view
 from billing.errors import CustomerErased, NotFound, ValidationFailed
 
@@ -749,24 +750,50 @@ def profile_service(args: argparse.Namespace, path: Path) -> None:
 ABLATIONS = ("unflushed-reads", "no-audit")
 
 
-def ablate(billing: Billing, ablation: str | None) -> None:
-    """Take one guarantee away from this benchmark's instance of the service (see ``--ablate``)."""
+def ablate(billing: Billing, ablation: str | None) -> Callable[[], None]:
+    """Take one guarantee away from this benchmark's instance of the service (see ``--ablate``).
+
+    Returns what releases the ablation's own resources once the instance is done with."""
     if ablation is None:
-        return
-    audit = billing.audit
-    record = audit.record
+        return _nothing
     if ablation == "no-audit":
-        audit.record = lambda session, **_: None  # type: ignore[method-assign, assignment, return-value]
-    elif ablation == "unflushed-reads":
+        audit = billing.audit
 
-        def record_unflushed(session: Session, **fields: Any) -> Any:
-            if fields.get("action") in PII_READ_ACTIONS:
-                session.execute(text("SET LOCAL synchronous_commit = off"))
-            return record(session, **fields)
+        def read_without_a_link(session: Session, along: Along, **_: Any) -> tuple[None, list[Any]]:
+            return None, list(session.scalars(along.query, along.parameters))
 
-        audit.record = record_unflushed  # type: ignore[method-assign]
-    else:
-        raise ValueError(f"unknown ablation {ablation!r}")
+        audit.record = lambda session, **_: None  # type: ignore[method-assign, assignment]
+        audit.record_along = read_without_a_link  # type: ignore[method-assign, assignment]
+        return _nothing
+    if ablation == "unflushed-reads":
+        # The reads get a pool of their own whose sessions commit without waiting for the WAL:
+        # set once per connection, so the read sends no statement more than it does unablated.
+        # (The service is built with its collaborators; the read's database is swapped under it
+        # for the call — the benchmark sends one request at a time.)
+        unflushed = Database(billing.db.config)
+        event.listen(unflushed.engine, "connect", _commit_without_flush)
+        invoices = billing.invoices
+        read = invoices.read
+
+        def read_unflushed(actor: Actor, invoice_id: str) -> InvoiceView:
+            invoices._db = unflushed
+            try:
+                return read(actor, invoice_id)
+            finally:
+                invoices._db = billing.db
+
+        invoices.read = read_unflushed  # type: ignore[method-assign]
+        return unflushed.dispose
+    raise ValueError(f"unknown ablation {ablation!r}")
+
+
+def _nothing() -> None:
+    pass
+
+
+def _commit_without_flush(connection: Any, _record: Any) -> None:
+    connection.execute("SET synchronous_commit = off")
+    connection.commit()
 
 
 def run_cases(args: argparse.Namespace, *, configure_logs: bool = True) -> list[dict[str, Any]]:
@@ -776,8 +803,11 @@ def run_cases(args: argparse.Namespace, *, configure_logs: bool = True) -> list[
         database = "postgresql" if case.startswith("pg-") else "sqlite"
         with fresh_settings(database, args.postgres) as settings:
             app = bench_app(settings, configure_logs=configure_logs)
-            ablate(app.state.billing, args.ablate)
-            result = asyncio.run(_run_case(app, case, args))
+            release = ablate(app.state.billing, args.ablate)
+            try:
+                result = asyncio.run(_run_case(app, case, args))
+            finally:
+                release()
             if args.ablate:
                 result["ablation"] = args.ablate
         print(json.dumps(result), flush=True)

@@ -6,7 +6,9 @@ import json
 
 import psycopg
 import pytest
-from sqlmodel import SQLModel
+from faker import Faker
+from sqlalchemy import Connection, Engine, event
+from sqlmodel import SQLModel, select
 
 from bench.privacy_tax_bench import (
     CASES,
@@ -18,8 +20,8 @@ from bench.privacy_tax_bench import (
     parse_args,
     run_cases,
 )
-from billing import Billing
-from billing._models import Customer, Invoice, InvoiceLine
+from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInput, InvoiceView
+from billing._models import AuditEvent, Customer, Invoice, InvoiceLine
 
 from ..conftest import PG_ADMIN_URL, require_or_skip
 
@@ -82,6 +84,51 @@ def test_an_ablation_leaves_the_products_audit_alone(billing: Billing) -> None:
     with billing.db.transaction() as session:
         assert other.audit.record(session, action="customer.read", tenant_id="ten_a") is None
         assert billing.audit.record(session, action="customer.read", tenant_id="ten_a").seq == 1
+
+
+def _drafted_and_read(billing: Billing, fake: Faker) -> InvoiceView:
+    issued = billing.tenants.create_tenant(fake.company())
+    actor = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
+    customer = billing.customers.create(actor, CustomerInput(name=fake.name()))
+    line = InvoiceLineInput(description=fake.sentence(), unit_amount=1200)
+    draft = billing.invoices.create_draft(
+        actor, InvoiceInput(customer_id=customer.id, currency="EUR", lines=[line])
+    )
+    read = billing.invoices.read(actor, draft.id)
+    assert [ln.description for ln in read.lines] == [line.description]
+    return read
+
+
+def _audited_actions(billing: Billing) -> list[str]:
+    with billing.db.read() as session:
+        return list(session.exec(select(AuditEvent.action)).all())
+
+
+def test_without_the_audit_chain_a_draft_and_its_read_leave_no_link(billing: Billing, fake: Faker) -> None:
+    ablate(billing, "no-audit")
+    _drafted_and_read(billing, fake)
+    assert not {"invoice.created", "invoice.read"} & set(_audited_actions(billing))
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # synchronous_commit is PostgreSQL's
+def test_unflushed_reads_commit_the_invoices_read_without_waiting_for_the_log(
+    billing: Billing, fake: Faker
+) -> None:
+    release = ablate(billing, "unflushed-reads")
+    settings: list[str] = []
+
+    def seen_at_commit(connection: Connection) -> None:
+        settings.append(connection.exec_driver_sql("SHOW synchronous_commit").scalar_one())
+
+    event.listen(Engine, "commit", seen_at_commit)
+    try:
+        _drafted_and_read(billing, fake)
+    finally:
+        event.remove(Engine, "commit", seen_at_commit)
+        release()
+    # the tenant, the client and the draft commit as usual; the read, with its link, does not wait
+    assert settings[-1] == "off" and set(settings[:-1]) == {"on"}
+    assert _audited_actions(billing)[-1] == "invoice.read"
 
 
 def test_unflushed_reads_only_apply_to_postgresql_cases() -> None:
