@@ -12,22 +12,31 @@ deadlock upgrading a shared lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ColumnElement, Engine, create_engine, event, literal_column
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.elements import SQLCoreOperations
 from sqlmodel import Session, SQLModel, col, select
 
 from billing.errors import DatabaseUnavailable, NotFound
 
-__all__ = ["Database", "DatabaseConfig", "get_for_tenant", "insert_ignore", "normalize_database_url"]
+__all__ = [
+    "Database",
+    "DatabaseConfig",
+    "get_for_tenant",
+    "in_constants",
+    "insert_ignore",
+    "normalize_database_url",
+]
 
 _Row = TypeVar("_Row", bound=SQLModel)
 _SNAPSHOT = "veilbill.snapshot"  # connection.info flag: begin a deferred (read) transaction
@@ -205,6 +214,26 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
 
 def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN" if connection.info.get(_SNAPSHOT) else "BEGIN IMMEDIATE")
+
+
+_CONSTANT = re.compile(r"[a-z][a-z_.]*")
+
+
+def in_constants(column: SQLCoreOperations[str], values: Iterable[str]) -> ColumnElement[bool]:
+    """``column IN ('a', 'b', …)`` with the service's own constant names (actions, key purposes)
+    written into the SQL, not bound.
+
+    A list of bound values is an "expanding" parameter: SQLAlchemy rewrites the statement's text at
+    every execution to fit the list, and the driver binds each value again; on the audit link's
+    statement, whose check names the five PII-read actions three times, that was about 100 µs of
+    CPU per read (measured, decision 60). Only names matching ``[a-z][a-z_.]*`` are accepted, so
+    nothing that needs quoting can reach the SQL.
+    """
+    names = sorted(set(values))
+    for name in names:
+        if not _CONSTANT.fullmatch(name):
+            raise ValueError(f"not a constant name: {name!r}")
+    return column.in_([literal_column(f"'{name}'") for name in names])
 
 
 def insert_ignore(session: Session, model: type[Any], values: dict[str, Any]) -> bool:

@@ -233,9 +233,7 @@ class InvoiceService:
             # the link is written before the invoice's rows, and all of them stand or fall together.
             _, key_rows = self._audit.record_along(
                 session,
-                Along(
-                    keys_of_subject(), keys_of_subject_parameters(actor.tenant_id, customer.id, _DRAFT_KEYS)
-                ),
+                Along(keys_of_subject(_DRAFT_KEYS), keys_of_subject_parameters(actor.tenant_id, customer.id)),
                 actor=actor,
                 action="invoice.created",
                 resource_type="invoice",

@@ -29,7 +29,7 @@ from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from billing._db import insert_ignore
+from billing._db import in_constants, insert_ignore
 from billing._envelope import DataKey, generate_key_material, sealed_key_id
 from billing._keyring import Keyring, MasterKeyProvider, master_key_provider_of
 from billing._models import DataKeyRecord, new_id
@@ -68,17 +68,18 @@ def open_across_a_rotation(open_values: Callable[[], T], reload: Callable[[], No
 
 
 @functools.cache
-def keys_of_subject() -> SelectOfScalar[DataKeyRecord]:
-    """The key rows of one subject for some purposes (:func:`keys_of_subject_parameters`), built once."""
+def keys_of_subject(purposes: tuple[str, ...]) -> SelectOfScalar[DataKeyRecord]:
+    """The key rows of one subject (``keys_tenant``, ``keys_subject``) for ``purposes``, built
+    once per set of purposes (few: they are the service's own)."""
     return select(DataKeyRecord).where(
         col(DataKeyRecord.tenant_id) == bindparam("keys_tenant"),
         col(DataKeyRecord.subject_id) == bindparam("keys_subject"),
-        col(DataKeyRecord.purpose).in_(bindparam("keys_purposes", expanding=True)),
+        in_constants(col(DataKeyRecord.purpose), purposes),
     )
 
 
-def keys_of_subject_parameters(tenant_id: str, subject_id: str, purposes: Sequence[str]) -> dict[str, Any]:
-    return {"keys_tenant": tenant_id, "keys_subject": subject_id, "keys_purposes": list(purposes)}
+def keys_of_subject_parameters(tenant_id: str, subject_id: str) -> dict[str, Any]:
+    return {"keys_tenant": tenant_id, "keys_subject": subject_id}
 
 
 class SubjectKeys:
@@ -184,7 +185,7 @@ class SubjectKeys:
         if not wanted:
             return
         records = self._session.exec(
-            keys_of_subject(), params=keys_of_subject_parameters(tenant_id, subject_id, wanted)
+            keys_of_subject(tuple(wanted)), params=keys_of_subject_parameters(tenant_id, subject_id)
         )
         for record in records:
             self.adopt(record)

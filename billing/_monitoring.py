@@ -21,6 +21,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from billing._audit import AuditTrail, Check, Link
+from billing._db import in_constants
 from billing._models import ApiKey, AuditEvent, Tenant
 
 __all__ = [
@@ -72,7 +73,7 @@ def _other_reads(since: Any) -> list[ColumnElement[bool]]:
     return [
         col(AuditEvent.actor_key_id) == bindparam("m_key"),
         col(AuditEvent.occurred_at) >= since,
-        col(AuditEvent.action).in_(PII_READ_ACTIONS),
+        in_constants(col(AuditEvent.action), PII_READ_ACTIONS),
         ~((col(AuditEvent.chain) == bindparam("m_chain")) & (col(AuditEvent.seq) == bindparam("m_seq"))),
     ]
 

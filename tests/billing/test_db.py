@@ -5,11 +5,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from billing import Database, DatabaseConfig, normalize_database_url
-from billing._db import insert_ignore
-from billing._models import WebhookEvent, utcnow
+from billing._db import in_constants, insert_ignore
+from billing._models import AuditEvent, WebhookEvent, utcnow
 
 
 def test_insert_ignore_reports_whether_it_inserted(database: Database) -> None:
@@ -81,3 +81,11 @@ def test_other_databases_are_refused_without_echoing_credentials() -> None:
     with pytest.raises(ValueError, match="unsupported") as error:
         DatabaseConfig("mysql://user:hunter2@h/db")
     assert "hunter2" not in str(error.value)
+
+
+def test_constant_names_are_written_into_the_sql_and_nothing_else_is() -> None:
+    condition = in_constants(col(AuditEvent.action), ["invoice.read", "customer.read", "invoice.read"])
+    assert str(condition.compile()) == "audit_events.action IN ('customer.read', 'invoice.read')"
+    for unsafe in ["it's", "a b", "Invoice.read", "x'); DROP TABLE audit_events; --", ""]:
+        with pytest.raises(ValueError, match="not a constant name"):
+            in_constants(col(AuditEvent.action), [unsafe])
