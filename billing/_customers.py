@@ -17,13 +17,13 @@ import msgspec
 from sqlmodel import Session, select
 
 from billing._actor import Actor
-from billing._audit import AuditTrail
+from billing._audit import Along, AuditTrail
 from billing._blind_index import blind_index, normalize_email, normalize_ref
 from billing._db import Database, get_for_tenant
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
-from billing._keys import SubjectKeys, open_across_a_rotation
+from billing._keys import SubjectKeys, keys_of_subject, keys_of_subject_parameters, open_across_a_rotation
 from billing._models import Customer, new_id
 from billing.errors import CustomerErased
 
@@ -154,9 +154,22 @@ class CustomerService:
         """The decrypted client; the read is audited. Raises NotFound, CustomerErased, DecryptionError."""
         with self._db.transaction() as session:
             customer = _get_live(session, actor.tenant_id, customer_id)
-            view = self._open(session, customer)
-            self._audit_read(session, actor, customer.id)
-            return view
+            # The read's audit link brings the client's profile key (one round trip on PostgreSQL).
+            _, key_rows = self._audit.record_along(
+                session,
+                Along(
+                    keys_of_subject(("profile",)), keys_of_subject_parameters(actor.tenant_id, customer.id)
+                ),
+                actor=actor,
+                action="customer.read",
+                resource_type="customer",
+                resource_id=customer.id,
+                subject_id=customer.id,
+            )
+            keys = self._keys(session)
+            for row in key_rows:
+                keys.adopt(row)
+            return self._open(session, customer, keys)
 
     def rectify(self, actor: Actor, customer_id: str, patch: CustomerPatch) -> CustomerView:
         with self._db.transaction() as session:
@@ -233,12 +246,21 @@ class CustomerService:
             return None
         return self._open(session, customer)
 
-    def _open(self, session: Session, customer: Customer) -> CustomerView:
+    def _open(self, session: Session, customer: Customer, keys: SubjectKeys | None = None) -> CustomerView:
+        """The client decrypted, with ``keys`` if given (looked up afresh after a reload)."""
+        reloaded = False
+
         def open_values() -> CustomerView:
-            profile = self._keys(session).get(customer.tenant_id, customer.id, "profile")
+            unit_keys = keys if keys is not None and not reloaded else self._keys(session)
+            profile = unit_keys.get(customer.tenant_id, customer.id, "profile")
             return _view(customer, self._open_values(customer, profile))
 
-        return open_across_a_rotation(open_values, lambda: session.refresh(customer))
+        def reload() -> None:
+            nonlocal reloaded
+            reloaded = True
+            session.refresh(customer)
+
+        return open_across_a_rotation(open_values, reload)
 
     def _audit_read(self, session: Session, actor: Actor, customer_id: str) -> None:
         self._audit.record(
@@ -292,6 +314,9 @@ def _get(session: Session, tenant_id: str, customer_id: str, *, for_update: bool
     return get_for_tenant(
         session, Customer, tenant_id, customer_id, resource="customer", for_update=for_update
     )
+
+
+_PROFILE = ("profile",)
 
 
 def _get_live(session: Session, tenant_id: str, customer_id: str, *, for_update: bool = False) -> Customer:

@@ -110,3 +110,15 @@ def test_a_draft_and_its_read_stay_within_their_statement_budget(billing: Billin
     # lines: on PostgreSQL one statement, on SQLite the link, the check, then the lines
     monitored = ["WITH"] if billing.db.dialect == "postgresql" else [*append, "SELECT", "SELECT"]
     assert read == ["SELECT", *monitored]
+
+
+def test_a_client_read_stays_within_its_statement_budget(billing: Billing, fake: Faker) -> None:
+    actor, customer_id = _setup(billing, fake)
+    billing.customers.read(actor, customer_id)  # the tenant's audit chain has its head
+    with statements_of(billing.db.engine) as sent:
+        assert billing.customers.read(actor, customer_id).id == customer_id
+    read = [s.split()[0] for s in sent if not s.startswith("BEGIN")]
+    # the client, then the link with the monitor's check and the client's profile key: on
+    # PostgreSQL one statement, on SQLite the link, the check, then the key
+    linked = ["WITH"] if billing.db.dialect == "postgresql" else ["UPDATE", "INSERT", "SELECT", "SELECT"]
+    assert read == ["SELECT", *linked]
