@@ -273,7 +273,11 @@ def test_distinct_entities_never_fall_as_levels_rise() -> None:
     [(50, 200), (1 << 20, 1000), (1 << 61, 5000)],
     ids=["dense", "radix-2-digits", "radix-4-digits"],
 )
-def test_group_keys_numbers_groups_in_key_order(bound: int, size: int) -> None:
+@pytest.mark.parametrize("packed", [True, False], ids=["packed-sort", "radix-sort"])
+def test_group_keys_numbers_groups_in_key_order(
+    bound: int, size: int, packed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lattice_module, "_simd_sort", lambda: packed)
     rng = np.random.default_rng(bound % 1000)
     keys = rng.integers(0, min(bound, 300), size=size).astype(np.int64) * (bound // 300 or 1)
     inverse, unique, representative = group_keys(keys, bound)
@@ -288,7 +292,13 @@ def test_group_keys_numbers_groups_in_key_order(bound: int, size: int) -> None:
     [(50, 200), (1 << 20, 1000), (1 << 61, 5000)],
     ids=["dense", "radix-2-digits", "radix-4-digits"],
 )
-def test_group_sums_weights_per_group(bound: int, size: int) -> None:
+@pytest.mark.parametrize("packed", [True, False], ids=["packed-sort", "radix-sort"])
+def test_group_sums_weights_per_group(
+    bound: int, size: int, packed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both sorts (one of keys packed with their positions where NumPy sorts with SIMD, a radix
+    sort elsewhere) give the same groups, in key order, each represented by its first position."""
+    monkeypatch.setattr(lattice_module, "_simd_sort", lambda: packed)
     rng = np.random.default_rng(size)
     keys = rng.integers(0, min(bound, 300), size=size).astype(np.int64) * (bound // 300 or 1)
     weights = rng.integers(1, 1000, size=size).astype(np.int64)
@@ -297,6 +307,8 @@ def test_group_sums_weights_per_group(bound: int, size: int) -> None:
     assert inverse is None
     assert np.array_equal(unique, expected)
     assert np.array_equal(keys[representative], unique)
+    if bound > 1 << 16:  # sorted, not relabelled densely (which keeps the last position)
+        assert np.array_equal(representative, np.unique(keys, return_index=True)[1])
     assert np.array_equal(totals, np.bincount(groups, weights=weights).astype(np.int64))
 
 
