@@ -27,6 +27,7 @@ from anonymize._lattice import (
     Table,
     _Cache,
     _group,
+    _Lattice,
     _Search,
     evaluate,
     exhaustive,
@@ -325,6 +326,33 @@ def test_layout_packs_columns_into_chunks_and_back() -> None:
     assert all(
         np.array_equal(a, b) for a, b in zip(codes, layout.unpack(layout.pack(codes, 500)), strict=True)
     )
+
+
+def test_each_nodes_successor_is_its_direct_generalization_of_least_bound() -> None:
+    """``settle``'s upward path: the direct generalization of least bound, ties to the smaller node
+    number (two columns with the same values and hierarchy tie at every step)."""
+    values = ["a", "b", "c", "a", "b", "a"] * 5
+    trees = {
+        "x": Hierarchy((v, "ab" if v != "c" else "c", "*") for v in "abc"),
+        "y": Hierarchy((v, "ab" if v != "c" else "c", "*") for v in "abc"),
+        "z": flat_hierarchy(["p", "q"]),
+    }
+    frame = pl.DataFrame({"x": values, "y": values, "z": ["p", "q"] * 15})
+    problem, _ = _problem_for(frame, trees, AnonymizationConfig(trees, k=2))
+    lattice = _Lattice(problem)
+    bounds = lattice.bound.tolist()
+    ties = 0
+    for node in range(lattice.size):
+        levels = lattice.levels_of(node)
+        options = [
+            node + stride
+            for stride, level, height in zip(lattice.strides, levels, lattice.heights, strict=True)
+            if level < height - 1
+        ]
+        expected = min(options, key=lambda option: (bounds[option], option)) if options else -1
+        assert lattice.successor[node] == expected
+        ties += len({bounds[option] for option in options}) < len(options)
+    assert ties
 
 
 def _problem_for(
