@@ -11,16 +11,20 @@ Working representation (the ideas of ARX's Flash)
 * Values are integer-coded once; per column and level the hierarchy gives arrays label → parent.
   Tables hold the label numbers packed by *chunks*, groups of columns (``Layout``: a chunk's
   value is the mixed-radix number of its labels, at most ``CHUNK_SPACE`` values), so generalizing
-  a chunk's columns and numbering the result is one gather through a small lookup table, built
-  once per (chunk, source levels, target levels).
+  a chunk's columns and numbering the result is one gather through a small lookup table. Every
+  table of a search packs the labels of the input's combinations (a rolled-up table those of one
+  input combination per combination of its own: hierarchies nest, so it generalizes to the same
+  labels), so a lookup table depends only on the target levels and is built once per (chunk,
+  target levels).
 * The engine never touches rows during the search. A *table* holds the distinct combinations of
   (quasi-identifier labels, sensitive value) at some node with their record counts. Classes are the
   runs of equal quasi-identifier labels; sizes, distinct sensitive values and entropies come from
   segmented sums. Because hierarchies nest, the classes of N are unions of the classes of any
   specialization P ≤ N, so N's table is rolled up from the smallest table already computed for a
   node below it (the input's distinct combinations at worst).
-* Grouping is a dense relabelling (O(u + K), no sort) when the key space K is small, else a radix
-  sort on 16-bit digits, with class sizes summed over the sorted runs.
+* Grouping is a dense relabelling (O(u + K), no sort) when the key space K is small, else a sort
+  (of keys packed with their positions where NumPy sorts with SIMD, else a radix sort on 16-bit
+  digits), with class sizes summed over the sorted runs.
 * The loss of an acceptable node is only computed exactly when the bound of rule 6 with its own
   suppression does not already put it above the best loss found so far.
 
@@ -301,7 +305,8 @@ class Table:
     (``Layout``). ``sensitive`` is ``None`` when no l-diversity model is checked, ``entities`` when k
     counts records. A table rolled up during the search keeps only its counts and one representative
     position per combination in its source; its chunks are gathered the first time it serves as a
-    source itself (most never do).
+    source itself (most never do), and are those of the input's combinations it descends from:
+    labels at ``packed_levels`` (the input's levels), which generalize to its own ``levels``.
     """
 
     __slots__ = (
@@ -315,6 +320,7 @@ class Table:
         "_source",
         "counts",
         "levels",
+        "packed_levels",
     )
 
     def __init__(
@@ -326,6 +332,7 @@ class Table:
         entities: CodeArray | None = None,
     ) -> None:
         self.levels = levels
+        self.packed_levels = levels
         self.counts = counts
         self._codes: tuple[CodeArray | None, ...] | None = codes
         self._sensitive = sensitive
@@ -342,6 +349,7 @@ class Table:
     ) -> Table:
         """A table whose combinations are ``source``'s at ``representative``, generalized to ``levels``."""
         table = cls(levels, (), None, counts)
+        table.packed_levels = source.packed_levels
         table._codes = None
         table._source = table._side_source = source
         table._representative = representative
@@ -357,15 +365,10 @@ class Table:
             # Packed, the per-column numbers are dropped: the chunks hold the same (``codes``).
             self._chunks, self._codes = layout.pack(self.codes, self.size), None
         else:
-            packed: list[LabelArray] = []
             dtype = chunk_dtype(self.size)
-            lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(self.levels)
-            for c, values in enumerate(source.chunks(problem)):
-                picked = values[representative]
-                lift = problem.pack_lut(c, lows[c], highs[c])
-                gathered = picked if lift is None else lift[picked]
-                packed.append(gathered.astype(dtype, copy=False))
-            self._chunks = tuple(packed)
+            self._chunks = tuple(
+                values[representative].astype(dtype, copy=False) for values in source.chunks(problem)
+            )
             self._source = None
             if self._side_source is None:
                 self._representative = None
@@ -385,8 +388,8 @@ class Table:
 
     @property
     def codes(self) -> tuple[LabelArray | None, ...]:
-        """Per-column label numbers (unpacked from the chunks once the table is packed; a rolled-up
-        table must have served as a source first)."""
+        """Per-column label numbers at ``packed_levels`` (unpacked from the chunks once the table is
+        packed; a rolled-up table must have served as a source first)."""
         if self._codes is not None:
             return self._codes
         if self._chunks is None or self._layout is None:
@@ -550,19 +553,6 @@ class Problem:
             self._luts[cache_key] = hit
         return hit  # type: ignore[return-value]
 
-    def pack_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> IntpArray | None:
-        """For chunk c: chunk value at ``lows`` → chunk value at ``highs`` (``None`` if equal)."""
-        if lows == highs:
-            return None
-        cache_key = ("pack", c, lows, highs)
-        lut = self._luts.get(cache_key)
-        if lut is None:
-            for q, low, high in zip(self.layout.chunks[c], lows, highs, strict=True):
-                labels = self.lift(q, low, high)
-                lut = labels.copy() if lut is None else (lut[:, None] * labels.size + labels[None, :]).ravel()
-            self._luts[cache_key] = lut
-        return lut  # type: ignore[return-value]
-
     def deficit_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> Int64Array:
         """For chunk c of a table at ``lows``: row j, chunk value → D_q - (leaves under the label at
         ``highs``) for the chunk's j-th column q, what suppressing one record adds to I_q."""
@@ -666,7 +656,7 @@ def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tupl
     last chunk least significant, by Horner's rule), in 4 bytes below 2^31."""
     chunks = source.chunks(problem)
     parts: list[tuple[CodeArray, LabelArray, int]] = []
-    lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
+    lows, highs = problem.chunk_levels(source.packed_levels), problem.chunk_levels(levels)
     for c in range(len(chunks)):
         lut, card = problem.key_lut(c, lows[c], highs[c])
         if card > 1:
@@ -828,7 +818,7 @@ def evaluate(
         if failed_classes.size:
             failed_rows = representative[starts[failed_classes]]
             chunks = source.chunks(problem)
-            lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
+            lows, highs = problem.chunk_levels(source.packed_levels), problem.chunk_levels(levels)
             for c, chunk in enumerate(problem.layout.chunks):
                 lut = problem.deficit_lut(c, lows[c], highs[c])
                 values = chunks[c][failed_rows]
