@@ -157,7 +157,7 @@ def _group(
     starts_mask = np.empty(size, dtype=np.bool_)
     starts_mask[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=starts_mask[1:])
-    starts = np.flatnonzero(starts_mask)
+    starts = starts_mask.nonzero()[0]
     ends = np.empty_like(starts)
     ends[:-1] = starts[1:]
     ends[-1] = size
@@ -165,7 +165,7 @@ def _group(
         totals = (ends - starts).astype(np.int64)
     else:
         ends -= 1
-        totals = np.cumsum(weights[order])[ends]
+        totals = weights[order].cumsum()[ends]
         totals[1:] = totals[1:] - totals[:-1]
     numbers = None
     if inverse:
@@ -805,9 +805,7 @@ def evaluate(
         starts, sizes, failed, class_of_group = _failing_classes(
             problem, counts, unique, source.sensitive is not None
         )
-    failed_classes = np.flatnonzero(failed)
-    failed_sizes = sizes[failed_classes]
-    suppressed = int(failed_sizes.sum())
+    suppressed = int(sizes @ failed)  # the failing classes' sizes summed (an integer product, no BLAS)
 
     numerators: list[int] | None = None
     wanted = suppressed <= problem.max_suppressed and (
@@ -815,7 +813,9 @@ def evaluate(
     )
     if wanted or details:
         numerators = [problem.bound_numerator[q][level] for q, level in enumerate(levels)]
-        if failed_classes.size:
+        if suppressed:
+            failed_classes = failed.nonzero()[0]
+            failed_sizes = sizes[failed_classes]
             failed_rows = representative[starts[failed_classes]]
             chunks = source.chunks(problem)
             lows, highs = problem.chunk_levels(source.packed_levels), problem.chunk_levels(levels)
@@ -943,7 +943,7 @@ class _Lattice:
             terms = np.asarray([math.log1p(problem.loss_term(q, value)) for value in numerators])
             accumulated += terms[self.levels[:, q]]
         self.bound = np.expm1(accumulated / len(heights))
-        self.order = np.lexsort((index, self.height, self.bound))
+        self.order = np.lexsort((self.height, self.bound))  # stable: ties in node order
         self.successor: list[int] = self._successors(index).tolist()
 
     def _successors(self, index: Int64Array) -> Int64Array:
