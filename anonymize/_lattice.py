@@ -695,12 +695,12 @@ def _extend_key(key: KeyArray | None, bound: int, labels: LabelArray, radix: int
 
 def _failing_classes(
     problem: Problem, counts: Int64Array, unique: KeyArray, diversity: bool
-) -> tuple[IntpArray, Int64Array, npt.NDArray[np.bool_], IntpArray | None]:
+) -> tuple[IntpArray | None, Int64Array, npt.NDArray[np.bool_], IntpArray | None]:
     """Class starts (in groups), sizes, which fail k or l, and each group's class (with a sensitive
-    column; otherwise classes are the groups)."""
+    column; otherwise classes are the groups, and starts and classes are ``None``)."""
     groups = int(unique.size)
     if not diversity:
-        return np.arange(groups, dtype=np.intp), counts, counts < problem.k, None
+        return None, counts, counts < problem.k, None
     class_keys = unique // problem.sensitive_values
     new_class = np.empty(groups, dtype=np.bool_)
     new_class[:1] = True
@@ -792,6 +792,7 @@ def evaluate(
     source_entities = source.entities
     class_entities: Int64Array | None = None
     class_of_group: IntpArray | None
+    starts: IntpArray | None  # each class's first group; None when classes are the groups
     if source_entities is not None:
         starts, sizes, failed, class_of_group, class_entities = _failing_entity_classes(
             problem,
@@ -816,7 +817,7 @@ def evaluate(
         if suppressed:
             failed_classes = failed.nonzero()[0]
             failed_sizes = sizes[failed_classes]
-            failed_rows = representative[starts[failed_classes]]
+            failed_rows = representative[failed_classes if starts is None else starts[failed_classes]]
             chunks = source.chunks(problem)
             lows, highs = problem.chunk_levels(source.packed_levels), problem.chunk_levels(levels)
             for c, chunk in enumerate(problem.layout.chunks):
@@ -834,7 +835,7 @@ def evaluate(
     table = Table.rolled_up(source, levels, counts, representative) if keep_table else None
     totals = None if numerators is None else tuple(numerators)
     if not details:
-        return Evaluation(levels, suppressed, totals, int(starts.size), table)
+        return Evaluation(levels, suppressed, totals, int(sizes.size), table)
     if inverse is None:  # pragma: no cover -- asked for with details
         raise RuntimeError("no inverse")
     group_failed = failed if class_of_group is None else failed[class_of_group]
@@ -842,7 +843,7 @@ def evaluate(
         levels,
         suppressed,
         totals,
-        int(starts.size),
+        int(sizes.size),
         table,
         class_sizes=sizes,
         class_failed=failed,
@@ -885,8 +886,8 @@ class _Cache:
     def source_for(self, levels: tuple[int, ...]) -> Table:
         """The smallest cached table at a node ≤ ``levels``."""
         count = len(self._tables)
-        below = (self._levels[:count] <= levels).all(axis=1)
-        return self._tables[int(np.argmin(np.where(below, self._sizes[:count], np.inf)))]
+        below = np.logical_and.reduce(self._levels[:count] <= levels, axis=1)
+        return self._tables[int(np.where(below, self._sizes[:count], np.inf).argmin())]
 
     def add(self, table: Table, source: Table) -> bool:
         """Keep ``table`` (rolled up from ``source``) if it is worth its memory; say whether it was."""
@@ -932,21 +933,25 @@ class _Lattice:
         self.strides = tuple(strides)
         self._levels_of: dict[int, tuple[int, ...]] = {}
         index = np.arange(size, dtype=np.int64)
-        self.levels = np.stack(
-            [(index // stride) % height for stride, height in zip(strides, heights, strict=True)], axis=1
-        ).astype(np.int32)
+        # One contiguous array per column (the masks below compare whole columns).
+        columns = [
+            ((index // stride) % height).astype(np.int32)
+            for stride, height in zip(strides, heights, strict=True)
+        ]
+        self.levels = np.stack(columns, axis=1)
         self.height = self.levels.sum(axis=1)
-        self._at_least = [[self.levels[:, q] >= h for h in range(height)] for q, height in enumerate(heights)]
-        self._at_most = [[self.levels[:, q] <= h for h in range(height)] for q, height in enumerate(heights)]
+        per_column = list(zip(columns, heights, strict=True))
+        self._at_least = [[column >= h for h in range(height)] for column, height in per_column]
+        self._at_most = [[column <= h for h in range(height)] for column, height in per_column]
         accumulated = np.zeros(size, dtype=np.float64)
         for q, numerators in enumerate(problem.bound_numerator):
             terms = np.asarray([math.log1p(problem.loss_term(q, value)) for value in numerators])
-            accumulated += terms[self.levels[:, q]]
+            accumulated += terms[columns[q]]
         self.bound = np.expm1(accumulated / len(heights))
         self.order = np.lexsort((self.height, self.bound))  # stable: ties in node order
-        self.successor: list[int] = self._successors(index).tolist()
+        self.successor: list[int] = self._successors(index, columns).tolist()
 
-    def _successors(self, index: Int64Array) -> Int64Array:
+    def _successors(self, index: Int64Array, columns: Sequence[CodeArray]) -> Int64Array:
         """Each node's direct generalization of least bound, ties to the smaller node number (-1 at
         the top): the upward path of ``_Search.settle``, for all nodes at once instead of one
         Python comparison of a node's options per step."""
@@ -956,7 +961,7 @@ class _Lattice:
         for q in reversed(range(len(self.heights))):
             option = index + self.strides[q]
             option_bound = np.full(self.size, np.inf)
-            movable = self.levels[:, q] < self.heights[q] - 1
+            movable = columns[q] < self.heights[q] - 1
             option_bound[movable] = self.bound[option[movable]]
             better = option_bound < least
             successor[better] = option[better]
