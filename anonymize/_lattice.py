@@ -915,8 +915,9 @@ def _monotone(problem: Problem) -> bool:
 
 
 class _Lattice:
-    """Node numbering (mixed radix, first column most significant), bounds, and the masks that tag
-    a node's generalizations or specializations in a few vectorized ANDs."""
+    """Node numbering (mixed radix, first column most significant), bounds, and the boxes that tag
+    a node's generalizations or specializations: an array of one entry per node, reshaped to
+    ``heights`` (one axis per column, the C order of the numbering), holds them as slices."""
 
     def __init__(self, problem: Problem) -> None:
         heights = problem.heights
@@ -932,41 +933,35 @@ class _Lattice:
             strides[q] = strides[q + 1] * heights[q + 1]
         self.strides = tuple(strides)
         self._levels_of: dict[int, tuple[int, ...]] = {}
-        index = np.arange(size, dtype=np.int64)
-        # One contiguous array per column (the masks below compare whole columns).
-        columns = [
-            ((index // stride) % height).astype(np.int32)
-            for stride, height in zip(strides, heights, strict=True)
-        ]
-        self.levels = np.stack(columns, axis=1)
-        self.height = self.levels.sum(axis=1)
-        per_column = list(zip(columns, heights, strict=True))
-        self._at_least = [[column >= h for h in range(height)] for column, height in per_column]
-        self._at_most = [[column <= h for h in range(height)] for column, height in per_column]
+        # Row q: every node's level of column q (contiguous, for the bounds below).
+        columns = np.indices(heights, dtype=np.int32).reshape(len(heights), size)
+        self.levels = columns.T
+        self.height = columns.sum(axis=0)
         accumulated = np.zeros(size, dtype=np.float64)
         for q, numerators in enumerate(problem.bound_numerator):
             terms = np.asarray([math.log1p(problem.loss_term(q, value)) for value in numerators])
             accumulated += terms[columns[q]]
         self.bound = np.expm1(accumulated / len(heights))
         self.order = np.lexsort((self.height, self.bound))  # stable: ties in node order
-        self.successor: list[int] = self._successors(index, columns).tolist()
+        self.successor: list[int] = self._successors().tolist()
 
-    def _successors(self, index: Int64Array, columns: Sequence[CodeArray]) -> Int64Array:
+    def _successors(self) -> Int64Array:
         """Each node's direct generalization of least bound, ties to the smaller node number (-1 at
         the top): the upward path of ``_Search.settle``, for all nodes at once instead of one
         Python comparison of a node's options per step."""
-        successor = np.full(self.size, -1, dtype=np.int64)
-        least = np.full(self.size, np.inf)
+        bound = self.by_levels(self.bound)
+        number = self.by_levels(np.arange(self.size, dtype=np.int64))
+        successor = np.full(self.heights, -1, dtype=np.int64)
+        least = np.full(self.heights, np.inf)
         # Smallest stride first, so options come in increasing node number and a tie keeps the first.
         for q in reversed(range(len(self.heights))):
-            option = index + self.strides[q]
-            option_bound = np.full(self.size, np.inf)
-            movable = columns[q] < self.heights[q] - 1
-            option_bound[movable] = self.bound[option[movable]]
-            better = option_bound < least
-            successor[better] = option[better]
-            least[better] = option_bound[better]
-        return successor
+            below = tuple(slice(-1) if axis == q else slice(None) for axis in range(len(self.heights)))
+            above = tuple(slice(1, None) if axis == q else slice(None) for axis in range(len(self.heights)))
+            # Along column q, each node below its top level and the node one level up.
+            better = bound[above] < least[below]
+            successor[below] = np.where(better, number[above], successor[below])
+            least[below] = np.where(better, bound[above], least[below])
+        return successor.ravel()
 
     def levels_of(self, node: int) -> tuple[int, ...]:
         """The node's levels (memoized: the search asks for the same nodes again and again)."""
@@ -978,21 +973,20 @@ class _Lattice:
             self._levels_of[node] = levels
         return levels
 
-    def generalizations(self, levels: Sequence[int]) -> npt.NDArray[np.bool_]:
-        """Mask of the nodes ≥ ``levels`` (the node included)."""
-        mask = np.ones(self.size, dtype=np.bool_)
-        for q, level in enumerate(levels):
-            if level:
-                mask &= self._at_least[q][level]
-        return mask
+    def by_levels(self, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """A view of per-node ``values`` indexed by levels (one axis per column), where the
+        indexes below select a node's generalizations or specializations."""
+        return values.reshape(self.heights)
 
-    def specializations(self, levels: Sequence[int]) -> npt.NDArray[np.bool_]:
-        """Mask of the nodes ≤ ``levels`` (the node included)."""
-        mask = np.ones(self.size, dtype=np.bool_)
-        for q, level in enumerate(levels):
-            if level < self.heights[q] - 1:
-                mask &= self._at_most[q][level]
-        return mask
+    @staticmethod
+    def generalizations(levels: Sequence[int]) -> tuple[slice, ...]:
+        """The nodes ≥ ``levels`` (the node included), an index of a ``by_levels`` view."""
+        return tuple(slice(level, None) for level in levels)
+
+    @staticmethod
+    def specializations(levels: Sequence[int]) -> tuple[slice, ...]:
+        """The nodes ≤ ``levels`` (the node included), an index of a ``by_levels`` view."""
+        return tuple(slice(level + 1) for level in levels)
 
 
 class _Search:
@@ -1006,6 +1000,11 @@ class _Search:
         self.status = np.zeros(lattice.size, dtype=np.int8)
         self.done = np.zeros(lattice.size, dtype=np.bool_)  # evaluated, or dominated (rule 4)
         self.floor = np.zeros(lattice.size, dtype=np.int64)  # suppression known to be unavoidable
+        # The same arrays indexed by levels, where tagging a node's generalizations or
+        # specializations is one slice assignment.
+        self.status_by_levels = lattice.by_levels(self.status)
+        self.done_by_levels = lattice.by_levels(self.done)
+        self.floor_by_levels = lattice.by_levels(self.floor)
         self.bounds: list[float] = lattice.bound.tolist()
         self.heights: list[int] = lattice.height.tolist()
         self.best: tuple[float, int, int] = (math.inf, 0, -1)
@@ -1052,18 +1051,18 @@ class _Search:
             self.cache.add(outcome.table, source)
         if outcome.suppressed > problem.max_suppressed:
             if self.monotone:
-                self.status[lattice.specializations(levels)] = _NOT_ANONYMOUS
+                self.status_by_levels[lattice.specializations(levels)] = _NOT_ANONYMOUS
             self.status[node] = _NOT_ANONYMOUS
             return
         above = lattice.generalizations(levels)
         if self.monotone:
-            self.status[above] = _ANONYMOUS
+            self.status_by_levels[above] = _ANONYMOUS
             if outcome.suppressed:
-                below = lattice.specializations(levels)
-                np.maximum(self.floor, outcome.suppressed, out=self.floor, where=below)
+                below = self.floor_by_levels[lattice.specializations(levels)]
+                np.maximum(below, outcome.suppressed, out=below)
         self.status[node] = _ANONYMOUS
         if outcome.suppressed == 0:
-            self.done[above] = True
+            self.done_by_levels[above] = True
         if outcome.numerators is None:  # its suppression alone puts it above the best so far
             return
         loss = problem.total_loss(problem.loss_terms(outcome.numerators))
