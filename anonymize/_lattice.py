@@ -216,9 +216,9 @@ def _radix_order(keys: KeyArray, bound: int) -> IntpArray:
     """The stable sorting permutation of non-negative ``keys`` (all < ``bound``): a least
     significant digit first radix sort on 16-bit digits (``np.lexsort`` sorts each digit with
     NumPy's radix sort for 16-bit integers). Stable, so the first position of each run of equal
-    keys is the smallest. About 4 times faster than sorting the keys packed with their positions
-    at the search's table sizes (10^4 combinations, keys of 20 to 30 bits), and 2 times at 10^6
-    (docs/benchmarks.md)."""
+    keys is the smallest. Where NumPy has no SIMD sort, about 4 times faster than sorting the
+    keys packed with their positions at the search's table sizes (10^4 combinations, keys of 20 to
+    30 bits), and 2 times at 10^6; where it has one, slower (``_simd_sort``, docs/benchmarks.md)."""
     bits = max(bound - 1, 1).bit_length()
     lowest = keys.astype(np.uint16)  # the cast keeps the low 16 bits
     if bits <= 16:
