@@ -11,16 +11,20 @@ Working representation (the ideas of ARX's Flash)
 * Values are integer-coded once; per column and level the hierarchy gives arrays label → parent.
   Tables hold the label numbers packed by *chunks*, groups of columns (``Layout``: a chunk's
   value is the mixed-radix number of its labels, at most ``CHUNK_SPACE`` values), so generalizing
-  a chunk's columns and numbering the result is one gather through a small lookup table, built
-  once per (chunk, source levels, target levels).
+  a chunk's columns and numbering the result is one gather through a small lookup table. Every
+  table of a search packs the labels of the input's combinations (a rolled-up table those of one
+  input combination per combination of its own: hierarchies nest, so it generalizes to the same
+  labels), so a lookup table depends only on the target levels and is built once per (chunk,
+  target levels).
 * The engine never touches rows during the search. A *table* holds the distinct combinations of
   (quasi-identifier labels, sensitive value) at some node with their record counts. Classes are the
   runs of equal quasi-identifier labels; sizes, distinct sensitive values and entropies come from
   segmented sums. Because hierarchies nest, the classes of N are unions of the classes of any
   specialization P ≤ N, so N's table is rolled up from the smallest table already computed for a
   node below it (the input's distinct combinations at worst).
-* Grouping is a dense relabelling (O(u + K), no sort) when the key space K is small, else a radix
-  sort on 16-bit digits, with class sizes summed over the sorted runs.
+* Grouping is a dense relabelling (O(u + K), no sort) when the key space K is small, else a sort
+  (of keys packed with their positions where NumPy sorts with SIMD, else a radix sort on 16-bit
+  digits), with class sizes summed over the sorted runs.
 * The loss of an acceptable node is only computed exactly when the bound of rule 6 with its own
   suppression does not already put it above the best loss found so far.
 
@@ -72,6 +76,8 @@ reimplementation of the definitions.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -128,8 +134,8 @@ def _group(
     ``unique`` are the distinct keys in ascending order, ``representative`` one position holding
     each, ``totals`` the sum of ``weights`` over each group (the group sizes without weights), and
     ``inverse`` each key's group number, computed only when asked for. Small key spaces are grouped
-    by a dense relabelling (no sort); larger ones by a radix sort (``_radix_order``), whose totals
-    come from segmented sums in sorted order.
+    by a dense relabelling (no sort); larger ones by a sort (``_sort``), whose totals come from
+    segmented sums in sorted order.
     """
     size = int(keys.size)
     if size == 0:
@@ -147,12 +153,11 @@ def _group(
             slot[unique] = np.arange(unique.size, dtype=np.intp)
             numbers = slot[keys]
         return unique.astype(np.int64, copy=False), representative, totals, numbers
-    order = _radix_order(keys, bound)
-    ordered = keys[order]
+    ordered, order = _sort(keys, bound)
     starts_mask = np.empty(size, dtype=np.bool_)
     starts_mask[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=starts_mask[1:])
-    starts = np.flatnonzero(starts_mask)
+    starts = starts_mask.nonzero()[0]
     ends = np.empty_like(starts)
     ends[:-1] = starts[1:]
     ends[-1] = size
@@ -160,7 +165,7 @@ def _group(
         totals = (ends - starts).astype(np.int64)
     else:
         ends -= 1
-        totals = np.cumsum(weights[order])[ends]
+        totals = weights[order].cumsum()[ends]
         totals[1:] = totals[1:] - totals[:-1]
     numbers = None
     if inverse:
@@ -169,13 +174,51 @@ def _group(
     return ordered[starts], order[starts], totals, numbers
 
 
+def _sort(keys: KeyArray, bound: int) -> tuple[KeyArray, IntpArray]:
+    """Non-negative ``keys`` (all < ``bound``) in ascending order, and the stable permutation that
+    sorts them. Where NumPy sorts 8-byte integers with SIMD kernels (``_simd_sort``), by one sort of
+    the keys packed with their positions in the low bits (distinct values, so the order is stable
+    by construction); elsewhere, or if a key and a position do not fit in 63 bits, by a radix sort
+    (``_radix_order``)."""
+    size = int(keys.size)
+    shift = max(size - 1, 1).bit_length()
+    if max(bound - 1, 1).bit_length() + shift <= 63 and _simd_sort():
+        packed = keys.astype(np.int64)
+        packed <<= shift
+        packed |= np.arange(size, dtype=np.int64)
+        packed.sort()
+        order = (packed & ((1 << shift) - 1)).astype(np.intp, copy=False)
+        packed >>= shift
+        return packed, order
+    order = _radix_order(keys, bound)
+    return keys[order], order
+
+
+@functools.cache
+def _simd_sort() -> bool:
+    """Whether this CPU lets NumPy sort 8-byte integers with its x86-simd-sort kernels (AVX2 or
+    AVX-512). Measured on the search's tables (keys of 20 to 30 bits, docs/benchmarks.md): with
+    AVX-512 one sort of packed keys is 1.7 times faster than the radix sort at 7,300 keys and 2.4
+    times at 17,631; with AVX2 alone about as fast at 7,300 and faster above; without either NumPy
+    falls back to an introsort about 5 times slower than the radix sort. NumPy does not say which
+    kernel it dispatches to; the CPU features it detected at import (what ``np.show_runtime``
+    prints, ``NPY_DISABLE_CPU_FEATURES`` respected) are in a private module, so if that ever moves
+    the radix sort, right everywhere, is used."""
+    try:
+        features = importlib.import_module("numpy._core._multiarray_umath").__cpu_features__
+    except (ImportError, AttributeError):  # pragma: no cover -- a NumPy that moved it
+        return False
+    # The dispatch target for AVX2 is named X86_V3 from NumPy 2.4 on, AVX2 before.
+    return bool(features.get("X86_V3", features.get("AVX2", False)))
+
+
 def _radix_order(keys: KeyArray, bound: int) -> IntpArray:
     """The stable sorting permutation of non-negative ``keys`` (all < ``bound``): a least
     significant digit first radix sort on 16-bit digits (``np.lexsort`` sorts each digit with
     NumPy's radix sort for 16-bit integers). Stable, so the first position of each run of equal
-    keys is the smallest. About 4 times faster than sorting the keys packed with their positions
-    at the search's table sizes (10^4 combinations, keys of 20 to 30 bits), and 2 times at 10^6
-    (docs/benchmarks.md)."""
+    keys is the smallest. Where NumPy has no SIMD sort, about 4 times faster than sorting the
+    keys packed with their positions at the search's table sizes (10^4 combinations, keys of 20 to
+    30 bits), and 2 times at 10^6; where it has one, slower (``_simd_sort``, docs/benchmarks.md)."""
     bits = max(bound - 1, 1).bit_length()
     lowest = keys.astype(np.uint16)  # the cast keeps the low 16 bits
     if bits <= 16:
@@ -262,7 +305,8 @@ class Table:
     (``Layout``). ``sensitive`` is ``None`` when no l-diversity model is checked, ``entities`` when k
     counts records. A table rolled up during the search keeps only its counts and one representative
     position per combination in its source; its chunks are gathered the first time it serves as a
-    source itself (most never do).
+    source itself (most never do), and are those of the input's combinations it descends from:
+    labels at ``packed_levels`` (the input's levels), which generalize to its own ``levels``.
     """
 
     __slots__ = (
@@ -276,6 +320,7 @@ class Table:
         "_source",
         "counts",
         "levels",
+        "packed_levels",
     )
 
     def __init__(
@@ -287,6 +332,7 @@ class Table:
         entities: CodeArray | None = None,
     ) -> None:
         self.levels = levels
+        self.packed_levels = levels
         self.counts = counts
         self._codes: tuple[CodeArray | None, ...] | None = codes
         self._sensitive = sensitive
@@ -303,6 +349,7 @@ class Table:
     ) -> Table:
         """A table whose combinations are ``source``'s at ``representative``, generalized to ``levels``."""
         table = cls(levels, (), None, counts)
+        table.packed_levels = source.packed_levels
         table._codes = None
         table._source = table._side_source = source
         table._representative = representative
@@ -318,15 +365,10 @@ class Table:
             # Packed, the per-column numbers are dropped: the chunks hold the same (``codes``).
             self._chunks, self._codes = layout.pack(self.codes, self.size), None
         else:
-            packed: list[LabelArray] = []
             dtype = chunk_dtype(self.size)
-            lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(self.levels)
-            for c, values in enumerate(source.chunks(problem)):
-                picked = values[representative]
-                lift = problem.pack_lut(c, lows[c], highs[c])
-                gathered = picked if lift is None else lift[picked]
-                packed.append(gathered.astype(dtype, copy=False))
-            self._chunks = tuple(packed)
+            self._chunks = tuple(
+                values[representative].astype(dtype, copy=False) for values in source.chunks(problem)
+            )
             self._source = None
             if self._side_source is None:
                 self._representative = None
@@ -346,8 +388,8 @@ class Table:
 
     @property
     def codes(self) -> tuple[LabelArray | None, ...]:
-        """Per-column label numbers (unpacked from the chunks once the table is packed; a rolled-up
-        table must have served as a source first)."""
+        """Per-column label numbers at ``packed_levels`` (unpacked from the chunks once the table is
+        packed; a rolled-up table must have served as a source first)."""
         if self._codes is not None:
             return self._codes
         if self._chunks is None or self._layout is None:
@@ -511,19 +553,6 @@ class Problem:
             self._luts[cache_key] = hit
         return hit  # type: ignore[return-value]
 
-    def pack_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> IntpArray | None:
-        """For chunk c: chunk value at ``lows`` → chunk value at ``highs`` (``None`` if equal)."""
-        if lows == highs:
-            return None
-        cache_key = ("pack", c, lows, highs)
-        lut = self._luts.get(cache_key)
-        if lut is None:
-            for q, low, high in zip(self.layout.chunks[c], lows, highs, strict=True):
-                labels = self.lift(q, low, high)
-                lut = labels.copy() if lut is None else (lut[:, None] * labels.size + labels[None, :]).ravel()
-            self._luts[cache_key] = lut
-        return lut  # type: ignore[return-value]
-
     def deficit_lut(self, c: int, lows: tuple[int, ...], highs: tuple[int, ...]) -> Int64Array:
         """For chunk c of a table at ``lows``: row j, chunk value → D_q - (leaves under the label at
         ``highs``) for the chunk's j-th column q, what suppressing one record adds to I_q."""
@@ -627,7 +656,7 @@ def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tupl
     last chunk least significant, by Horner's rule), in 4 bytes below 2^31."""
     chunks = source.chunks(problem)
     parts: list[tuple[CodeArray, LabelArray, int]] = []
-    lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
+    lows, highs = problem.chunk_levels(source.packed_levels), problem.chunk_levels(levels)
     for c in range(len(chunks)):
         lut, card = problem.key_lut(c, lows[c], highs[c])
         if card > 1:
@@ -666,12 +695,12 @@ def _extend_key(key: KeyArray | None, bound: int, labels: LabelArray, radix: int
 
 def _failing_classes(
     problem: Problem, counts: Int64Array, unique: KeyArray, diversity: bool
-) -> tuple[IntpArray, Int64Array, npt.NDArray[np.bool_], IntpArray | None]:
+) -> tuple[IntpArray | None, Int64Array, npt.NDArray[np.bool_], IntpArray | None]:
     """Class starts (in groups), sizes, which fail k or l, and each group's class (with a sensitive
-    column; otherwise classes are the groups)."""
+    column; otherwise classes are the groups, and starts and classes are ``None``)."""
     groups = int(unique.size)
     if not diversity:
-        return np.arange(groups, dtype=np.intp), counts, counts < problem.k, None
+        return None, counts, counts < problem.k, None
     class_keys = unique // problem.sensitive_values
     new_class = np.empty(groups, dtype=np.bool_)
     new_class[:1] = True
@@ -763,6 +792,7 @@ def evaluate(
     source_entities = source.entities
     class_entities: Int64Array | None = None
     class_of_group: IntpArray | None
+    starts: IntpArray | None  # each class's first group; None when classes are the groups
     if source_entities is not None:
         starts, sizes, failed, class_of_group, class_entities = _failing_entity_classes(
             problem,
@@ -776,9 +806,7 @@ def evaluate(
         starts, sizes, failed, class_of_group = _failing_classes(
             problem, counts, unique, source.sensitive is not None
         )
-    failed_classes = np.flatnonzero(failed)
-    failed_sizes = sizes[failed_classes]
-    suppressed = int(failed_sizes.sum())
+    suppressed = int(sizes @ failed)  # the failing classes' sizes summed (an integer product, no BLAS)
 
     numerators: list[int] | None = None
     wanted = suppressed <= problem.max_suppressed and (
@@ -786,10 +814,12 @@ def evaluate(
     )
     if wanted or details:
         numerators = [problem.bound_numerator[q][level] for q, level in enumerate(levels)]
-        if failed_classes.size:
-            failed_rows = representative[starts[failed_classes]]
+        if suppressed:
+            failed_classes = failed.nonzero()[0]
+            failed_sizes = sizes[failed_classes]
+            failed_rows = representative[failed_classes if starts is None else starts[failed_classes]]
             chunks = source.chunks(problem)
-            lows, highs = problem.chunk_levels(source.levels), problem.chunk_levels(levels)
+            lows, highs = problem.chunk_levels(source.packed_levels), problem.chunk_levels(levels)
             for c, chunk in enumerate(problem.layout.chunks):
                 lut = problem.deficit_lut(c, lows[c], highs[c])
                 values = chunks[c][failed_rows]
@@ -805,7 +835,7 @@ def evaluate(
     table = Table.rolled_up(source, levels, counts, representative) if keep_table else None
     totals = None if numerators is None else tuple(numerators)
     if not details:
-        return Evaluation(levels, suppressed, totals, int(starts.size), table)
+        return Evaluation(levels, suppressed, totals, int(sizes.size), table)
     if inverse is None:  # pragma: no cover -- asked for with details
         raise RuntimeError("no inverse")
     group_failed = failed if class_of_group is None else failed[class_of_group]
@@ -813,7 +843,7 @@ def evaluate(
         levels,
         suppressed,
         totals,
-        int(starts.size),
+        int(sizes.size),
         table,
         class_sizes=sizes,
         class_failed=failed,
@@ -856,8 +886,8 @@ class _Cache:
     def source_for(self, levels: tuple[int, ...]) -> Table:
         """The smallest cached table at a node ≤ ``levels``."""
         count = len(self._tables)
-        below = (self._levels[:count] <= levels).all(axis=1)
-        return self._tables[int(np.argmin(np.where(below, self._sizes[:count], np.inf)))]
+        below = np.logical_and.reduce(self._levels[:count] <= levels, axis=1)
+        return self._tables[int(np.where(below, self._sizes[:count], np.inf).argmin())]
 
     def add(self, table: Table, source: Table) -> bool:
         """Keep ``table`` (rolled up from ``source``) if it is worth its memory; say whether it was."""
@@ -885,8 +915,9 @@ def _monotone(problem: Problem) -> bool:
 
 
 class _Lattice:
-    """Node numbering (mixed radix, first column most significant), bounds, and the masks that tag
-    a node's generalizations or specializations in a few vectorized ANDs."""
+    """Node numbering (mixed radix, first column most significant), bounds, and the boxes that tag
+    a node's generalizations or specializations: an array of one entry per node, reshaped to
+    ``heights`` (one axis per column, the C order of the numbering), holds them as slices."""
 
     def __init__(self, problem: Problem) -> None:
         heights = problem.heights
@@ -902,19 +933,35 @@ class _Lattice:
             strides[q] = strides[q + 1] * heights[q + 1]
         self.strides = tuple(strides)
         self._levels_of: dict[int, tuple[int, ...]] = {}
-        index = np.arange(size, dtype=np.int64)
-        self.levels = np.stack(
-            [(index // stride) % height for stride, height in zip(strides, heights, strict=True)], axis=1
-        ).astype(np.int32)
-        self.height = self.levels.sum(axis=1)
-        self._at_least = [[self.levels[:, q] >= h for h in range(height)] for q, height in enumerate(heights)]
-        self._at_most = [[self.levels[:, q] <= h for h in range(height)] for q, height in enumerate(heights)]
+        # Row q: every node's level of column q (contiguous, for the bounds below).
+        columns = np.indices(heights, dtype=np.int32).reshape(len(heights), size)
+        self.levels = columns.T
+        self.height = columns.sum(axis=0)
         accumulated = np.zeros(size, dtype=np.float64)
         for q, numerators in enumerate(problem.bound_numerator):
             terms = np.asarray([math.log1p(problem.loss_term(q, value)) for value in numerators])
-            accumulated += terms[self.levels[:, q]]
+            accumulated += terms[columns[q]]
         self.bound = np.expm1(accumulated / len(heights))
-        self.order = np.lexsort((index, self.height, self.bound))
+        self.order = np.lexsort((self.height, self.bound))  # stable: ties in node order
+        self.successor: list[int] = self._successors().tolist()
+
+    def _successors(self) -> Int64Array:
+        """Each node's direct generalization of least bound, ties to the smaller node number (-1 at
+        the top): the upward path of ``_Search.settle``, for all nodes at once instead of one
+        Python comparison of a node's options per step."""
+        bound = self.by_levels(self.bound)
+        number = self.by_levels(np.arange(self.size, dtype=np.int64))
+        successor = np.full(self.heights, -1, dtype=np.int64)
+        least = np.full(self.heights, np.inf)
+        # Smallest stride first, so options come in increasing node number and a tie keeps the first.
+        for q in reversed(range(len(self.heights))):
+            below = tuple(slice(-1) if axis == q else slice(None) for axis in range(len(self.heights)))
+            above = tuple(slice(1, None) if axis == q else slice(None) for axis in range(len(self.heights)))
+            # Along column q, each node below its top level and the node one level up.
+            better = bound[above] < least[below]
+            successor[below] = np.where(better, number[above], successor[below])
+            least[below] = np.where(better, bound[above], least[below])
+        return successor.ravel()
 
     def levels_of(self, node: int) -> tuple[int, ...]:
         """The node's levels (memoized: the search asks for the same nodes again and again)."""
@@ -926,21 +973,20 @@ class _Lattice:
             self._levels_of[node] = levels
         return levels
 
-    def generalizations(self, levels: Sequence[int]) -> npt.NDArray[np.bool_]:
-        """Mask of the nodes ≥ ``levels`` (the node included)."""
-        mask = np.ones(self.size, dtype=np.bool_)
-        for q, level in enumerate(levels):
-            if level:
-                mask &= self._at_least[q][level]
-        return mask
+    def by_levels(self, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """A view of per-node ``values`` indexed by levels (one axis per column), where the
+        indexes below select a node's generalizations or specializations."""
+        return values.reshape(self.heights)
 
-    def specializations(self, levels: Sequence[int]) -> npt.NDArray[np.bool_]:
-        """Mask of the nodes ≤ ``levels`` (the node included)."""
-        mask = np.ones(self.size, dtype=np.bool_)
-        for q, level in enumerate(levels):
-            if level < self.heights[q] - 1:
-                mask &= self._at_most[q][level]
-        return mask
+    @staticmethod
+    def generalizations(levels: Sequence[int]) -> tuple[slice, ...]:
+        """The nodes ≥ ``levels`` (the node included), an index of a ``by_levels`` view."""
+        return tuple(slice(level, None) for level in levels)
+
+    @staticmethod
+    def specializations(levels: Sequence[int]) -> tuple[slice, ...]:
+        """The nodes ≤ ``levels`` (the node included), an index of a ``by_levels`` view."""
+        return tuple(slice(level + 1) for level in levels)
 
 
 class _Search:
@@ -954,6 +1000,11 @@ class _Search:
         self.status = np.zeros(lattice.size, dtype=np.int8)
         self.done = np.zeros(lattice.size, dtype=np.bool_)  # evaluated, or dominated (rule 4)
         self.floor = np.zeros(lattice.size, dtype=np.int64)  # suppression known to be unavoidable
+        # The same arrays indexed by levels, where tagging a node's generalizations or
+        # specializations is one slice assignment.
+        self.status_by_levels = lattice.by_levels(self.status)
+        self.done_by_levels = lattice.by_levels(self.done)
+        self.floor_by_levels = lattice.by_levels(self.floor)
         self.bounds: list[float] = lattice.bound.tolist()
         self.heights: list[int] = lattice.height.tolist()
         self.best: tuple[float, int, int] = (math.inf, 0, -1)
@@ -1000,18 +1051,18 @@ class _Search:
             self.cache.add(outcome.table, source)
         if outcome.suppressed > problem.max_suppressed:
             if self.monotone:
-                self.status[lattice.specializations(levels)] = _NOT_ANONYMOUS
+                self.status_by_levels[lattice.specializations(levels)] = _NOT_ANONYMOUS
             self.status[node] = _NOT_ANONYMOUS
             return
         above = lattice.generalizations(levels)
         if self.monotone:
-            self.status[above] = _ANONYMOUS
+            self.status_by_levels[above] = _ANONYMOUS
             if outcome.suppressed:
-                below = lattice.specializations(levels)
-                np.maximum(self.floor, outcome.suppressed, out=self.floor, where=below)
+                below = self.floor_by_levels[lattice.specializations(levels)]
+                np.maximum(below, outcome.suppressed, out=below)
         self.status[node] = _ANONYMOUS
         if outcome.suppressed == 0:
-            self.done[above] = True
+            self.done_by_levels[above] = True
         if outcome.numerators is None:  # its suppression alone puts it above the best so far
             return
         loss = problem.total_loss(problem.loss_terms(outcome.numerators))
@@ -1054,24 +1105,12 @@ class _Search:
         each suppressed record adds at least ``gaps[q][level]`` to I_q."""
         return self.problem.suppression_bound(self.lattice.levels_of(node), int(self.floor[node]))
 
-    def successor(self, node: int) -> int:
-        """The direct generalization of ``node`` with the least bound (-1 at the top)."""
-        lattice = self.lattice
-        options = [
-            node + stride
-            for stride, level, height in zip(
-                lattice.strides, lattice.levels_of(node), lattice.heights, strict=True
-            )
-            if level < height - 1
-        ]
-        return min(options, key=lambda option: (self.bounds[option], option)) if options else -1
-
     def settle(self, node: int) -> None:
         """Decide ``node``'s status by a binary search along an upward path (monotone models)."""
-        status = self.status
+        status, successor = self.status, self.lattice.successor
         path = [node]
         while status[path[-1]] != _ANONYMOUS:
-            following = self.successor(path[-1])
+            following = successor[path[-1]]
             if following < 0:
                 break
             path.append(following)

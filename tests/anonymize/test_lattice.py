@@ -27,6 +27,7 @@ from anonymize._lattice import (
     Table,
     _Cache,
     _group,
+    _Lattice,
     _Search,
     evaluate,
     exhaustive,
@@ -273,7 +274,11 @@ def test_distinct_entities_never_fall_as_levels_rise() -> None:
     [(50, 200), (1 << 20, 1000), (1 << 61, 5000)],
     ids=["dense", "radix-2-digits", "radix-4-digits"],
 )
-def test_group_keys_numbers_groups_in_key_order(bound: int, size: int) -> None:
+@pytest.mark.parametrize("packed", [True, False], ids=["packed-sort", "radix-sort"])
+def test_group_keys_numbers_groups_in_key_order(
+    bound: int, size: int, packed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lattice_module, "_simd_sort", lambda: packed)
     rng = np.random.default_rng(bound % 1000)
     keys = rng.integers(0, min(bound, 300), size=size).astype(np.int64) * (bound // 300 or 1)
     inverse, unique, representative = group_keys(keys, bound)
@@ -288,7 +293,13 @@ def test_group_keys_numbers_groups_in_key_order(bound: int, size: int) -> None:
     [(50, 200), (1 << 20, 1000), (1 << 61, 5000)],
     ids=["dense", "radix-2-digits", "radix-4-digits"],
 )
-def test_group_sums_weights_per_group(bound: int, size: int) -> None:
+@pytest.mark.parametrize("packed", [True, False], ids=["packed-sort", "radix-sort"])
+def test_group_sums_weights_per_group(
+    bound: int, size: int, packed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both sorts (one of keys packed with their positions where NumPy sorts with SIMD, a radix
+    sort elsewhere) give the same groups, in key order, each represented by its first position."""
+    monkeypatch.setattr(lattice_module, "_simd_sort", lambda: packed)
     rng = np.random.default_rng(size)
     keys = rng.integers(0, min(bound, 300), size=size).astype(np.int64) * (bound // 300 or 1)
     weights = rng.integers(1, 1000, size=size).astype(np.int64)
@@ -297,6 +308,8 @@ def test_group_sums_weights_per_group(bound: int, size: int) -> None:
     assert inverse is None
     assert np.array_equal(unique, expected)
     assert np.array_equal(keys[representative], unique)
+    if bound > 1 << 16:  # sorted, not relabelled densely (which keeps the last position)
+        assert np.array_equal(representative, np.unique(keys, return_index=True)[1])
     assert np.array_equal(totals, np.bincount(groups, weights=weights).astype(np.int64))
 
 
@@ -313,6 +326,33 @@ def test_layout_packs_columns_into_chunks_and_back() -> None:
     assert all(
         np.array_equal(a, b) for a, b in zip(codes, layout.unpack(layout.pack(codes, 500)), strict=True)
     )
+
+
+def test_each_nodes_successor_is_its_direct_generalization_of_least_bound() -> None:
+    """``settle``'s upward path: the direct generalization of least bound, ties to the smaller node
+    number (two columns with the same values and hierarchy tie at every step)."""
+    values = ["a", "b", "c", "a", "b", "a"] * 5
+    trees = {
+        "x": Hierarchy((v, "ab" if v != "c" else "c", "*") for v in "abc"),
+        "y": Hierarchy((v, "ab" if v != "c" else "c", "*") for v in "abc"),
+        "z": flat_hierarchy(["p", "q"]),
+    }
+    frame = pl.DataFrame({"x": values, "y": values, "z": ["p", "q"] * 15})
+    problem, _ = _problem_for(frame, trees, AnonymizationConfig(trees, k=2))
+    lattice = _Lattice(problem)
+    bounds = lattice.bound.tolist()
+    ties = 0
+    for node in range(lattice.size):
+        levels = lattice.levels_of(node)
+        options = [
+            node + stride
+            for stride, level, height in zip(lattice.strides, levels, lattice.heights, strict=True)
+            if level < height - 1
+        ]
+        expected = min(options, key=lambda option: (bounds[option], option)) if options else -1
+        assert lattice.successor[node] == expected
+        ties += len({bounds[option] for option in options}) < len(options)
+    assert ties
 
 
 def _problem_for(
