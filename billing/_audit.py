@@ -234,12 +234,9 @@ class AuditTrail:
         fields = self._fields(
             action=action,
             actor=actor,
-            tenant_id=None,
             resource_type=resource_type,
             resource_id=resource_id,
             subject_id=subject_id,
-            outcome="success",
-            detail=None,
         )
         return self._record(session, fields, along)
 
@@ -248,12 +245,12 @@ class AuditTrail:
         *,
         action: str,
         actor: Actor | None,
-        tenant_id: str | None,
-        resource_type: str | None,
-        resource_id: str | None,
-        subject_id: str | None,
-        outcome: str,
-        detail: Mapping[str, str | int | bool | None] | None,
+        tenant_id: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        subject_id: str | None = None,
+        outcome: str = "success",
+        detail: Mapping[str, str | int | bool | None] | None = None,
     ) -> dict[str, Any]:
         """The signed columns of a new event but its audit key and its place in the chain."""
         tenant = tenant_id or (actor.tenant_id if actor else None) or None
