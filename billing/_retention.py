@@ -197,20 +197,28 @@ class RetentionService:
     def _enforce(
         self, session: Session, tenant: Tenant, now: datetime, *, dry_run: bool, actor: Actor | None
     ) -> RetentionReport:
-        """One tenant's run, in ``session``."""
+        """One tenant's run, in ``session``.
+
+        The purges come first and the shredding, which appends audit links, last: the tenant's
+        chain head stays locked from its first link to the commit, and every audited request of
+        the tenant waits for it meanwhile — not through the deletes of the purges.
+        """
         policy = _policy_of(tenant)
+        idempotency = _purge(
+            session, IdempotencyRecord, col(IdempotencyRecord.expires_at) <= now, tenant.id, dry_run
+        )
+        events = _purge_event_log(session, now - EVENT_LOG_TTL, tenant.id, dry_run=dry_run)
+        audit = self._purge_audit(session, tenant.id, policy, now, dry_run=dry_run)
         return RetentionReport(
             dry_run=dry_run,
             ran_at=now,
             record_keys_shredded=self._expired_records(
                 session, tenant.id, policy, now.date(), dry_run=dry_run, actor=actor
             ),
-            idempotency_records_purged=_purge(
-                session, IdempotencyRecord, col(IdempotencyRecord.expires_at) <= now, tenant.id, dry_run
-            ),
+            idempotency_records_purged=idempotency,
             webhook_events_purged=0,
-            events_purged=_purge_event_log(session, now - EVENT_LOG_TTL, tenant.id, dry_run=dry_run),
-            audit_events_purged=self._purge_audit(session, tenant.id, policy, now, dry_run=dry_run),
+            events_purged=events,
+            audit_events_purged=audit,
         )
 
     def _expired_records(

@@ -25,6 +25,8 @@ from billing._event_models import EventDelivery, EventRecord
 from billing._models import AuditCheckpoint, AuditEvent, IdempotencyRecord, WebhookEvent
 from billing.errors import RecordExpired, ValidationFailed
 
+from ..conftest import statements_of
+
 
 class Clock:
     def __init__(self, now: datetime) -> None:
@@ -199,3 +201,23 @@ def test_the_event_log_keeps_30_days_and_every_event_still_to_deliver(
         kept = {e.ordering_key for e in session.exec(select(EventRecord))}
         deliveries = {d.ordering_key for d in session.exec(select(EventDelivery))}
     assert kept == deliveries == {old_pending, recent}
+
+
+def test_a_tenants_run_purges_before_it_locks_the_chain_head(
+    timed: Billing, clock: Clock, fake: Faker
+) -> None:
+    """The shredding appends audit links, and the chain's head stays locked from the first one to
+    the commit: the purges' deletes come before it, not while the tenant's reads wait."""
+    tenant = timed.tenants.create_tenant("Clinic").tenant_id
+    booking, admin = Actor(tenant_id=tenant, role="booking"), Actor(tenant_id=tenant, role="admin")
+    timed.retention.set_policy(admin, RetentionPolicyInput(country="DE"))
+    erased, _ = _invoiced_client(timed, booking, fake)
+    timed.privacy.erase_customer(admin, erased)
+    clock.now = datetime(2035, 1, 1, 9, tzinfo=UTC)
+    with statements_of(timed.db.engine) as sent:
+        report = timed.retention.run(dry_run=False, tenant_id=tenant, actor=admin)
+    assert report.record_keys_shredded == [erased]
+    first_link = next(i for i, statement in enumerate(sent) if "audit_heads" in statement)
+    deletes = [i for i, statement in enumerate(sent) if statement.startswith("DELETE")]
+    assert deletes and max(deletes) < first_link
+    assert timed.verify_audit().ok
