@@ -17,13 +17,13 @@ import msgspec
 from sqlmodel import Session, select
 
 from billing._actor import Actor
-from billing._audit import Along, AuditTrail
+from billing._audit import AuditTrail
 from billing._blind_index import blind_index, normalize_email, normalize_ref
 from billing._db import Database, get_for_tenant
 from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
-from billing._keys import SubjectKeys, keys_of_subject, keys_of_subject_parameters, open_across_a_rotation
+from billing._keys import SubjectKeys, keys_along, open_across_a_rotation
 from billing._models import Customer, new_id
 from billing.errors import CustomerErased
 
@@ -157,9 +157,7 @@ class CustomerService:
             # The read's audit link brings the client's profile key (one round trip on PostgreSQL).
             _, key_rows = self._audit.record_along(
                 session,
-                Along(
-                    keys_of_subject(("profile",)), keys_of_subject_parameters(actor.tenant_id, customer.id)
-                ),
+                keys_along(actor.tenant_id, customer.id, ("profile",)),
                 actor=actor,
                 action="customer.read",
                 resource_type="customer",
@@ -167,8 +165,7 @@ class CustomerService:
                 subject_id=customer.id,
             )
             keys = self._keys(session)
-            for row in key_rows:
-                keys.adopt(row)
+            keys.adopt_all(key_rows)
             return self._open(session, customer, keys)
 
     def rectify(self, actor: Actor, customer_id: str, patch: CustomerPatch) -> CustomerView:
@@ -314,9 +311,6 @@ def _get(session: Session, tenant_id: str, customer_id: str, *, for_update: bool
     return get_for_tenant(
         session, Customer, tenant_id, customer_id, resource="customer", for_update=for_update
     )
-
-
-_PROFILE = ("profile",)
 
 
 def _get_live(session: Session, tenant_id: str, customer_id: str, *, for_update: bool = False) -> Customer:

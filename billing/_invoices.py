@@ -37,7 +37,7 @@ from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._events import EventOutbox
 from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
-from billing._keys import SubjectKeys, keys_of_subject, keys_of_subject_parameters, open_across_a_rotation
+from billing._keys import SubjectKeys, keys_along, open_across_a_rotation
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
 from billing.errors import (
@@ -233,7 +233,7 @@ class InvoiceService:
             # the link is written before the invoice's rows, and all of them stand or fall together.
             _, key_rows = self._audit.record_along(
                 session,
-                Along(keys_of_subject(_DRAFT_KEYS), keys_of_subject_parameters(actor.tenant_id, customer.id)),
+                keys_along(actor.tenant_id, customer.id, _DRAFT_KEYS),
                 actor=actor,
                 action="invoice.created",
                 resource_type="invoice",
@@ -241,8 +241,7 @@ class InvoiceService:
                 subject_id=customer.id,
             )
             keys = self._keys(session)
-            for row in key_rows:
-                keys.adopt(row)
+            keys.adopt_all(key_rows)
             invoice = Invoice(
                 id=invoice_id,
                 tenant_id=actor.tenant_id,

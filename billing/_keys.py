@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+from billing._audit import Along
 from billing._db import in_constants, insert_ignore
 from billing._envelope import DataKey, generate_key_material, sealed_key_id
 from billing._keyring import Keyring, MasterKeyProvider, master_key_provider_of
@@ -38,8 +39,7 @@ from billing.errors import DecryptionError
 __all__ = [
     "PURPOSES",
     "SubjectKeys",
-    "keys_of_subject",
-    "keys_of_subject_parameters",
+    "keys_along",
     "open_across_a_rotation",
 ]
 
@@ -67,8 +67,14 @@ def open_across_a_rotation(open_values: Callable[[], T], reload: Callable[[], No
     return open_values()
 
 
+def keys_along(tenant_id: str, subject_id: str, purposes: tuple[str, ...]) -> Along:
+    """The subject's key rows for ``purposes``, as a read an audit link's statement can carry
+    (:meth:`~billing._audit.AuditTrail.record_along`); :meth:`SubjectKeys.adopt_all` takes them."""
+    return Along(_keys_of_subject(purposes), {"keys_tenant": tenant_id, "keys_subject": subject_id})
+
+
 @functools.cache
-def keys_of_subject(purposes: tuple[str, ...]) -> SelectOfScalar[DataKeyRecord]:
+def _keys_of_subject(purposes: tuple[str, ...]) -> SelectOfScalar[DataKeyRecord]:
     """The key rows of one subject (``keys_tenant``, ``keys_subject``) for ``purposes``, built
     once per set of purposes (few: they are the service's own)."""
     return select(DataKeyRecord).where(
@@ -76,10 +82,6 @@ def keys_of_subject(purposes: tuple[str, ...]) -> SelectOfScalar[DataKeyRecord]:
         col(DataKeyRecord.subject_id) == bindparam("keys_subject"),
         in_constants(col(DataKeyRecord.purpose), purposes),
     )
-
-
-def keys_of_subject_parameters(tenant_id: str, subject_id: str) -> dict[str, Any]:
-    return {"keys_tenant": tenant_id, "keys_subject": subject_id}
 
 
 class SubjectKeys:
@@ -184,11 +186,8 @@ class SubjectKeys:
         wanted = [p for p in purposes if (tenant_id, subject_id, p) not in self._cache]
         if not wanted:
             return
-        records = self._session.exec(
-            keys_of_subject(tuple(wanted)), params=keys_of_subject_parameters(tenant_id, subject_id)
-        )
-        for record in records:
-            self.adopt(record)
+        along = keys_along(tenant_id, subject_id, tuple(wanted))
+        self.adopt_all(self._session.scalars(along.query, along.parameters))
 
     def adopt(self, record: DataKeyRecord) -> None:
         """Unwrap a key row the caller read itself (joined to the row it protects) into this unit's cache.
@@ -212,6 +211,11 @@ class SubjectKeys:
         except DecryptionError:
             return
         self._cache[(record.tenant_id, record.subject_id, record.purpose)] = dek
+
+    def adopt_all(self, records: Iterable[DataKeyRecord]) -> None:
+        """:meth:`adopt` each of ``records``."""
+        for record in records:
+            self.adopt(record)
 
     def get_or_create(self, tenant_id: str, subject_id: str, purpose: str) -> DataKey:
         """The live DEK, made on first use (two concurrent first uses both end with one key)."""
