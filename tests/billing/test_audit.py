@@ -181,16 +181,21 @@ def test_an_append_after_a_head_another_process_moved_follows_the_new_head(
     assert result.ok and result.events == 7
 
 
-def test_an_append_after_a_rolled_back_append_follows_the_committed_head(billing: Billing) -> None:
-    _append(billing, 1)
+def _append_then_roll_back(billing: Billing) -> None:
+    """A request that appends a link and then fails: its transaction, link included, rolls back."""
 
     def failing_request() -> None:
         with billing.db.transaction() as session:
-            billing.audit.record(session, action="invoice.created", tenant_id="ten_a")  # seq 2, never kept
+            billing.audit.record(session, action="invoice.created", tenant_id="ten_a")
             raise RuntimeError("the request failed after auditing")
 
     with pytest.raises(RuntimeError):
         failing_request()
+
+
+def test_an_append_after_a_rolled_back_append_follows_the_committed_head(billing: Billing) -> None:
+    _append(billing, 1)
+    _append_then_roll_back(billing)  # seq 2, never kept
     with billing.db.transaction() as session:
         assert billing.audit.record(session, action="invoice.created", tenant_id="ten_a").seq == 2
     result = billing.verify_audit()
@@ -233,14 +238,7 @@ def test_an_append_after_a_rolled_back_one_and_another_processs_follows_the_real
     append was rolled back, and another process appended at that position."""
     other = Billing(db=database, keyring=keyring)
     _append(billing, 1)
-
-    def failing_request() -> None:
-        with billing.db.transaction() as session:
-            billing.audit.record(session, action="invoice.created", tenant_id="ten_a")  # seq 2, never kept
-            raise RuntimeError("the request failed after auditing")
-
-    with pytest.raises(RuntimeError):
-        failing_request()
+    _append_then_roll_back(billing)  # seq 2, never kept
     _append(other, 1)  # seq 2 after all, with its own mac
     _append(billing, 1)
     result = billing.verify_audit()
