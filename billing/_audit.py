@@ -494,12 +494,6 @@ def _append_after(
         "prev_mac": head[1],
     }
     if session.get_bind().dialect.name == "postgresql":
-        if check is None and along is None:
-            return (
-                session.execute(statements.append_after, {**values, **swap}).first() is not None,
-                None,
-                None,
-            )
         combined = _append_after_with(
             check.query if check is not None else None, along.query if along is not None else None
         )
@@ -539,7 +533,8 @@ class _Combined:
 def _append_after_with(check: Select[Any] | None, along: Select[Any] | None) -> _Combined:
     """The compare-and-swap append, with ``check``'s row (left-joined to the swapped head: it may
     have none) and ``along``'s entities (full-joined: they come back whether or not the head was
-    swapped, and a swapped head comes back without them), built once per pair of queries.
+    swapped, and a swapped head comes back without them), built once per pair of queries; with
+    neither, it is the swap and the insert alone, one row when the head was swapped.
 
     A row is ``(swapped chain or NULL, *check's columns, found, entity or NULL)``; no row at all
     means nothing was swapped and ``along`` found nothing. The queries run on the statement's
@@ -576,7 +571,6 @@ class _Statements:
     swap_head: Update
     swapped: CTE
     insert_after: Insert
-    append_after: Select[tuple[str]]
 
 
 @functools.cache
@@ -621,7 +615,6 @@ def _statements() -> _Statements:
         swap_head=swap_head,
         swapped=swapped,
         insert_after=insert_after,
-        append_after=select(swapped.c.chain).add_cte(insert_after.cte("appended")),
     )
 
 
