@@ -5,6 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import func, text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from billing import Database, DatabaseConfig, normalize_database_url
@@ -89,3 +91,35 @@ def test_constant_names_are_written_into_the_sql_and_nothing_else_is() -> None:
     for unsafe in ["it's", "a b", "Invoice.read", "x'); DROP TABLE audit_events; --", ""]:
         with pytest.raises(ValueError, match="not a constant name"):
             in_constants(col(AuditEvent.action), [unsafe])
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # psycopg's prepared statements
+def test_read_units_keep_the_statements_psycopg_prepared(database: Database) -> None:
+    """A read unit ends with COMMIT, not ROLLBACK, at which psycopg would forget them (decision 60)."""
+    query = select(WebhookEvent.id).where(WebhookEvent.id == "evt_none")
+    for _ in range(6):  # psycopg prepares a statement at its fifth execution on a connection
+        with database.read() as session:
+            assert session.exec(query).all() == []
+    with database.read() as session:
+        prepared = session.exec(
+            select(func.count())
+            .select_from(text("pg_prepared_statements"))
+            .where(text("statement LIKE '%webhook_events.id = $1%'"))
+        ).one()
+    assert prepared == 1
+
+
+# SQLite has no read-only transactions
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_write_in_a_read_unit_fails(database: Database) -> None:
+    def write_in_a_read_unit() -> None:
+        with database.read() as session:
+            session.add(
+                WebhookEvent(id="evt_read_only", type="charge.succeeded", payload="{}", received_at=utcnow())
+            )
+            session.flush()
+
+    with pytest.raises(DBAPIError, match="read-only transaction"):
+        write_in_a_read_unit()
+    with database.read() as session:
+        assert session.get(WebhookEvent, "evt_read_only") is None
