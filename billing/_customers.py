@@ -245,19 +245,13 @@ class CustomerService:
 
     def _open(self, session: Session, customer: Customer, keys: SubjectKeys | None = None) -> CustomerView:
         """The client decrypted, with ``keys`` if given (looked up afresh after a reload)."""
-        reloaded = False
 
-        def open_values() -> CustomerView:
+        def open_values(reloaded: bool) -> CustomerView:
             unit_keys = keys if keys is not None and not reloaded else self._keys(session)
             profile = unit_keys.get(customer.tenant_id, customer.id, "profile")
             return _view(customer, self._open_values(customer, profile))
 
-        def reload() -> None:
-            nonlocal reloaded
-            reloaded = True
-            session.refresh(customer)
-
-        return open_across_a_rotation(open_values, reload)
+        return open_across_a_rotation(open_values, lambda: session.refresh(customer))
 
     def _audit_read(self, session: Session, actor: Actor, customer_id: str) -> None:
         self._audit.record(

@@ -560,9 +560,8 @@ class InvoiceService:
     ) -> InvoiceView:
         """The invoice decrypted, with its ``lines`` (read here if not given; read again after a
         reload)."""
-        reloaded = False
 
-        def open_values() -> InvoiceView:
+        def open_values(reloaded: bool) -> InvoiceView:
             # After a reload the key is looked up afresh: ``keys`` caches the one read before.
             key = self._record_key(session, invoice, None if reloaded else keys)
             rows: Sequence[InvoiceLine]
@@ -586,12 +585,7 @@ class InvoiceService:
             snapshot = msgspec.json.decode(snapshot_json) if snapshot_json else None
             return _view(invoice, rows, notes, snapshot, descriptions=descriptions)
 
-        def reload() -> None:
-            nonlocal reloaded
-            reloaded = True
-            session.refresh(invoice)
-
-        return open_across_a_rotation(open_values, reload)
+        return open_across_a_rotation(open_values, lambda: session.refresh(invoice))
 
     def _open_column(self, key: DataKey, invoice: Invoice, column: str, sealed: bytes | None) -> str | None:
         if sealed is None:

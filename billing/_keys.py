@@ -48,23 +48,24 @@ PURPOSES = ("profile", "record", "index", "idempotency", "webhooks")
 T = TypeVar("T")
 
 
-def open_across_a_rotation(open_values: Callable[[], T], reload: Callable[[], None]) -> T:
+def open_across_a_rotation(open_values: Callable[[bool], T], reload: Callable[[], None]) -> T:
     """Open a subject's values, once more after ``reload`` if they do not open the first time.
 
     Readers do not take the subject lock (it would turn every read into a row-lock write on
     PostgreSQL). So under READ COMMITTED a reader can load a row sealed under the old DEK and then
     the key row after a rotation of that subject committed, or hold a row loaded earlier in its
     session: the value and the key come from two sides of the rotation and do not match.
-    ``reload`` re-reads the rows from the database (``session.refresh``); ``open_values`` must
-    look the key up afresh. A value that still does not open is really unreadable (tampered,
+    ``reload`` re-reads the rows from the database (``session.refresh``); ``open_values`` is told
+    whether it runs after a reload (``True``), when it must look the key up afresh and not use what
+    it was handed before. A value that still does not open is really unreadable (tampered,
     moved, shredded): the second ``DecryptionError`` propagates.
     """
     try:
-        return open_values()
+        return open_values(False)
     except DecryptionError:
         pass
     reload()  # outside the except block: the error that follows, if any, carries no context
-    return open_values()
+    return open_values(True)
 
 
 def keys_along(tenant_id: str, subject_id: str, purposes: tuple[str, ...]) -> Along:
