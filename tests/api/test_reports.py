@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,14 +146,17 @@ def assert_no_pii(seeded: Seeded, rows: list[dict[str, Any]], text: str, headers
     blob = text + json.dumps(headers)
     for value in seeded.pii:
         assert value not in blob
+    # A postcode counts where it stands as a number of its own: the loss in a header
+    # (0.5935299087063741) or a hex pseudonym can hold its five digits inside a longer run.
+    released = [re.compile(rf"(?<!\d){re.escape(postcode)}(?!\d)") for postcode in seeded.postcodes]
     for row in rows:
         for column, value in row.items():
             if column in AMOUNT_COLUMNS:
                 continue
-            for postcode in seeded.postcodes:
-                assert postcode not in str(value), column
-    for postcode in seeded.postcodes:
-        assert postcode not in json.dumps(headers)
+            for postcode in released:
+                assert not postcode.search(str(value)), column
+    for postcode in released:
+        assert not postcode.search(json.dumps(headers))
 
 
 def test_accountant_exports_anonymized_invoices_in_every_format(
