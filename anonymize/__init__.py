@@ -5,7 +5,9 @@ full-domain generalization of least information loss (ARX's "Loss") that satisfi
 optionally, distinct or entropy l-diversity within a suppression limit, and returns the released
 table with its ``Guarantee``; with an ``entity`` column, k counts distinct entities (people) per class
 rather than records. ``plan_release`` does the search on an ``EncodedTable`` (integer codes only)
-and returns a ``ReleasePlan`` that releases any slice of rows, for callers that stream their rows.
+and returns a ``ReleasePlan`` that releases any slice of rows, for callers that stream their rows;
+``plan_partitioned_release`` the same for rows given as partitions of one quasi-identifier (years of
+a date), kept on disk during the search, for inputs too large to hold as one table.
 ``anonymize_csv`` does the same for a file; ``encode_release`` writes a release arriving in chunks as
 CSV, JSON Lines or Parquet. ``keyed_pseudonym``
 replaces identifiers with HMAC-SHA256 pseudonyms under a purpose key; ``suppress_small_cells``
@@ -41,6 +43,7 @@ from anonymize._hierarchy import (
     parse_qi_option,
     postcode_prefix,
 )
+from anonymize._partitioned import plan_partitioned_release
 from anonymize._pseudonym import Pseudonymizer, keyed_pseudonym
 from anonymize._writers import RELEASE_FORMATS, ReleaseFormat, encode_release
 
@@ -81,6 +84,7 @@ __all__ = [
     "keyed_pseudonym",
     "numeric_intervals",
     "parse_qi_option",
+    "plan_partitioned_release",
     "plan_release",
     "postcode_prefix",
     "suppress_small_cells",

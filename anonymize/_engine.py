@@ -23,16 +23,18 @@ import polars as pl
 from anonymize._config import AnonymizationConfig, AnonymizationResult, Guarantee
 from anonymize._errors import ColumnNotFound, InvalidConfig, MissingValues, ValueNotInHierarchy
 from anonymize._hierarchy import SUPPRESSED, Hierarchy
-from anonymize._lattice import Problem, Table, evaluate, group_keys, search
+from anonymize._lattice import Problem, SearchOutcome, Table, evaluate, group_keys, search
 
 __all__ = [
     "EncodedTable",
     "ReleasePlan",
     "anonymize",
+    "build_problem",
     "distinct_combinations",
     "encode_columns",
     "encode_table",
     "plan_release",
+    "release_guarantee",
 ]
 
 TableLike = pl.DataFrame | Mapping[str, Sequence[object]]
@@ -157,6 +159,9 @@ class ReleasePlan:
     config: AnonymizationConfig
     guarantee: Guarantee
     suppressed_rows: npt.NDArray[np.bool_] = field(repr=False)
+    # The released classes (the suppressed records left out): records and distinct entities of each.
+    class_sizes: npt.NDArray[np.int64] = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+    class_entities: npt.NDArray[np.int64] | None = field(repr=False, default=None)
 
     def generalize(
         self, column: str, leaves: npt.NDArray[np.int32], suppressed: npt.NDArray[np.bool_]
@@ -201,6 +206,52 @@ def _check_encoded(encoded: EncodedTable, config: AnonymizationConfig) -> None:
         raise ColumnNotFound(f"column {config.entity!r} is not in the table", column=config.entity)
 
 
+def _search_inputs(
+    encoded: EncodedTable, config: AnonymizationConfig
+) -> tuple[list[npt.NDArray[np.int32]], npt.NDArray[np.int32] | None, int, npt.NDArray[np.int32] | None, int]:
+    """What the search takes from ``encoded``: leaf codes in the configuration's column order, the
+    sensitive column (only if l-diversity is checked) and its value count, the entity column (only
+    if k counts entities) and its value count."""
+    check_diversity = config.l is not None and config.l > 1 and config.sensitive is not None
+    sensitive = encoded.sensitive if check_diversity else None
+    sensitive_values = encoded.sensitive_values if check_diversity else 1
+    entities = encoded.entities if config.entity is not None else None
+    entity_values = max(encoded.entity_values, 1) if entities is not None else 0
+    leaf_codes = [encoded.leaves[column] for column in config.quasi_identifiers]
+    return leaf_codes, sensitive, sensitive_values, entities, entity_values
+
+
+def build_problem(
+    config: AnonymizationConfig,
+    *,
+    rows: int,
+    sensitive_values: int,
+    entity_values: int,
+    base: Table | None = None,
+    marginals: Sequence[npt.NDArray[np.int64]] | None = None,
+) -> Problem:
+    """The search's ``Problem`` for ``config`` over ``rows`` records (see ``Problem.build``)."""
+    hierarchies = list(config.quasi_identifiers.values())
+    limit = Fraction(repr(float(config.suppression_limit)))
+    return Problem.build(
+        columns=list(config.quasi_identifiers),
+        level_codes=[
+            [hierarchy.codes(h).astype(np.intp) for h in range(hierarchy.height)] for hierarchy in hierarchies
+        ],
+        level_leaves=[
+            [hierarchy.leaf_counts(h) for h in range(hierarchy.height)] for hierarchy in hierarchies
+        ],
+        base=base,
+        marginals=marginals,
+        sensitive_values=sensitive_values,
+        k=config.k,
+        l=config.l,
+        l_kind=config.l_kind,
+        max_suppressed=int(limit * rows),
+        entity_values=entity_values,
+    )
+
+
 def plan_release(
     encoded: EncodedTable, config: AnonymizationConfig, *, clock: Callable[[], float] = perf_counter
 ) -> ReleasePlan:
@@ -210,41 +261,18 @@ def plan_release(
     configuration, ``LatticeTooLarge`` and ``NoAnonymousTransformation`` from the search.
     """
     _check_encoded(encoded, config)
-    columns = list(config.quasi_identifiers)
-    hierarchies = [config.quasi_identifiers[column] for column in columns]
-    leaf_codes = [encoded.leaves[column] for column in columns]
-    check_diversity = config.l is not None and config.l > 1 and config.sensitive is not None
-    sensitive = encoded.sensitive if check_diversity else None
-    sensitive_values = encoded.sensitive_values if check_diversity else 1
-    entities = encoded.entities if config.entity is not None else None
-    entity_values = max(encoded.entity_values, 1) if entities is not None else 0
+    leaf_codes, sensitive, sensitive_values, entities, entity_values = _search_inputs(encoded, config)
     rows = encoded.rows
-    limit = Fraction(repr(float(config.suppression_limit)))
-    max_suppressed = int(limit * rows)
-
     base, row_combination = distinct_combinations(
         leaf_codes,
-        [hierarchy.domain_size for hierarchy in hierarchies],
+        [hierarchy.domain_size for hierarchy in config.quasi_identifiers.values()],
         sensitive,
         sensitive_values,
         entities,
         entity_values,
     )
-    problem = Problem.build(
-        columns=columns,
-        level_codes=[
-            [hierarchy.codes(h).astype(np.intp) for h in range(hierarchy.height)] for hierarchy in hierarchies
-        ],
-        level_leaves=[
-            [hierarchy.leaf_counts(h) for h in range(hierarchy.height)] for hierarchy in hierarchies
-        ],
-        base=base,
-        sensitive_values=sensitive_values,
-        k=config.k,
-        l=config.l,
-        l_kind=config.l_kind,
-        max_suppressed=max_suppressed,
-        entity_values=entity_values,
+    problem = build_problem(
+        config, rows=rows, sensitive_values=sensitive_values, entity_values=entity_values, base=base
     )
     if rows == 0:
         return ReleasePlan(config, _empty_guarantee(config, problem), np.zeros(0, dtype=np.bool_))
@@ -254,18 +282,36 @@ def plan_release(
         raise RuntimeError("evaluate(details=True) returned no details")  # pragma: no cover
     suppressed_rows = final.source_failed[row_combination]
     suppressed_rows.flags.writeable = False
-
     kept = ~final.class_failed
-    kept_sizes = final.class_sizes[kept]
+    kept_entities = None if final.class_entities is None else final.class_entities[kept]
+    suppressed_entities = None
+    if entities is not None and outcome.suppressed:
+        suppressed_entities = int(np.unique(entities[suppressed_rows]).size)
+    guarantee = release_guarantee(
+        config, outcome, rows, final.class_sizes[kept], kept_entities, suppressed_entities
+    )
+    return ReleasePlan(config, guarantee, suppressed_rows, final.class_sizes[kept], kept_entities)
+
+
+def release_guarantee(
+    config: AnonymizationConfig,
+    outcome: SearchOutcome,
+    rows: int,
+    kept_sizes: npt.NDArray[np.int64],
+    kept_entities: npt.NDArray[np.int64] | None,
+    suppressed_entities: int | None,
+) -> Guarantee:
+    """The guarantee of the release at ``outcome``: its released classes' sizes (and distinct
+    entities, with an entity column), and the distinct entities among the suppressed records."""
+    columns = list(config.quasi_identifiers)
     suppressed = outcome.suppressed
     classes = int(kept_sizes.size) + (1 if suppressed else 0)
     min_entities: int | None = None
-    if entities is not None and final.class_entities is not None:
+    if kept_entities is not None:
         # Risks per entity: a record's risk is 1 / (distinct entities in its class).
-        kept_entities = final.class_entities[kept]
         per_class = list(zip(kept_sizes.tolist(), kept_entities.tolist(), strict=True))
         if suppressed:
-            per_class.append((suppressed, int(np.unique(entities[suppressed_rows]).size)))
+            per_class.append((suppressed, suppressed_entities or 0))
         min_entities = min(count for _, count in per_class)
         max_risk = 1.0 / min_entities
         avg_risk = sum(size / count for size, count in per_class) / rows
@@ -273,7 +319,7 @@ def plan_release(
         smallest = min(int(kept_sizes.min()) if kept_sizes.size else rows, suppressed or rows)
         max_risk = 1.0 / smallest
         avg_risk = classes / rows
-    guarantee = Guarantee(
+    return Guarantee(
         levels=dict(zip(columns, outcome.levels, strict=True)),
         suppressed=suppressed,
         loss=outcome.loss,
@@ -294,7 +340,6 @@ def plan_release(
         entity=config.entity,
         min_entities=min_entities,
     )
-    return ReleasePlan(config, guarantee, suppressed_rows)
 
 
 def encode_table(frame: pl.DataFrame, config: AnonymizationConfig) -> EncodedTable:

@@ -89,7 +89,18 @@ import numpy.typing as npt
 
 from anonymize._errors import LatticeTooLarge, NoAnonymousTransformation
 
-__all__ = ["Evaluation", "Problem", "SearchOutcome", "Table", "evaluate", "group_keys", "search"]
+__all__ = [
+    "Evaluation",
+    "NodeEvaluator",
+    "Problem",
+    "SearchOutcome",
+    "Table",
+    "evaluate",
+    "group_keys",
+    "leaf_counts",
+    "search",
+    "sum_by_key",
+]
 
 Int64Array = npt.NDArray[np.int64]
 IntpArray = npt.NDArray[np.intp]
@@ -113,6 +124,9 @@ _DENSE_MAX = 1 << 26
 
 _UNKNOWN, _ANONYMOUS, _NOT_ANONYMOUS = 0, 1, 2
 
+# Evaluates a node (its levels, the loss cap) or returns None to leave it to the search's tables.
+NodeEvaluator = Callable[[tuple[int, ...], float], "Evaluation | None"]
+
 
 def group_keys(keys: KeyArray, bound: int) -> tuple[IntpArray, KeyArray, IntpArray]:
     """Group non-negative ``keys`` (all < ``bound``).
@@ -124,6 +138,13 @@ def group_keys(keys: KeyArray, bound: int) -> tuple[IntpArray, KeyArray, IntpArr
     if inverse is None:  # pragma: no cover -- asked for
         raise RuntimeError("no inverse")
     return inverse, unique, representative
+
+
+def sum_by_key(keys: KeyArray, bound: int, weights: Int64Array) -> tuple[IntpArray, Int64Array]:
+    """Group non-negative ``keys`` (all < ``bound``): one position holding each distinct key, in
+    ascending key order, and the sum of ``weights`` over each group."""
+    _, representative, totals, _ = _group(keys, bound, weights, inverse=False)
+    return representative, totals
 
 
 def _group(
@@ -411,6 +432,14 @@ class Table:
         return int(self.counts.size)
 
 
+def leaf_counts(table: Table, q: int, domain: int) -> Int64Array:
+    """Column q's record count per leaf in a level-0 table (zeros for a column given at its top)."""
+    leaf_codes = table.codes[q]
+    if leaf_codes is None:
+        return np.zeros(domain, dtype=np.int64)
+    return np.bincount(leaf_codes, weights=table.counts, minlength=domain).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Problem:
     """Everything about one search that does not depend on the node.
@@ -447,16 +476,26 @@ class Problem:
         columns: Sequence[str],
         level_codes: Sequence[Sequence[npt.NDArray[np.intp]]],
         level_leaves: Sequence[Sequence[Int64Array]],
-        base: Table,
+        base: Table | None,
         sensitive_values: int,
         k: int,
         l: int | None,  # noqa: E741 -- the model's name in the literature
         l_kind: str,
         max_suppressed: int,
         entity_values: int = 0,
+        marginals: Sequence[Int64Array] | None = None,
     ) -> Problem:
-        """Precompute maps and bounds. ``level_codes[q][h]`` maps leaf → label number at level h."""
-        rows = int(base.counts.sum())
+        """Precompute maps and bounds. ``level_codes[q][h]`` maps leaf → label number at level h.
+
+        The bounds need each column's record count per leaf: from ``base`` (the input's table), or
+        given as ``marginals`` when the input is never one table (a partitioned search)."""
+        if base is not None:
+            rows = int(base.counts.sum())
+            marginals = [leaf_counts(base, q, codes[0].size) for q, codes in enumerate(level_codes)]
+        elif marginals is not None:
+            rows = int(marginals[0].sum()) if marginals else 0
+        else:
+            raise ValueError("a problem needs the input's table or its marginals")
         heights, domains, cardinality, ups, leaves, bounds, gaps = [], [], [], [], [], [], []
         for q, codes in enumerate(level_codes):
             height = len(codes)
@@ -473,12 +512,7 @@ class Problem:
                 maps.append(tuple(row))
             ups.append(tuple(maps))
             leaves.append(tuple(level_leaves[q]))
-            leaf_codes = base.codes[q]
-            marginal = (
-                np.bincount(leaf_codes, weights=base.counts, minlength=domains[q]).astype(np.int64)
-                if leaf_codes is not None
-                else np.zeros(domains[q], dtype=np.int64)
-            )
+            marginal = marginals[q]
             bounds.append(tuple(int(marginal @ level_leaves[q][h][codes[h]]) for h in range(height)))
             present = marginal > 0
             gaps.append(
@@ -992,8 +1026,11 @@ class _Lattice:
 class _Search:
     """State of one search: node statuses, the cache, the best node so far (module docstring)."""
 
-    def __init__(self, problem: Problem, base: Table, cache_budget: int) -> None:
+    def __init__(
+        self, problem: Problem, base: Table, cache_budget: int, evaluator: NodeEvaluator | None = None
+    ) -> None:
         self.problem = problem
+        self.evaluator = evaluator
         self.lattice = lattice = _Lattice(problem)
         self.monotone = _monotone(problem)
         self.cache = _Cache(base, cache_budget)
@@ -1043,12 +1080,15 @@ class _Search:
         """Evaluate ``node``, tag what it implies, and keep it if it is the best so far."""
         problem, lattice = self.problem, self.lattice
         levels = lattice.levels_of(node)
-        source = self.source_for(levels)
-        outcome = evaluate(problem, source, levels, keep_table=True, loss_cap=self.best[0] + LOSS_SLACK)
+        loss_cap = self.best[0] + LOSS_SLACK
+        outcome = None if self.evaluator is None else self.evaluator(levels, loss_cap)
+        if outcome is None:
+            source = self.source_for(levels)
+            outcome = evaluate(problem, source, levels, keep_table=True, loss_cap=loss_cap)
+            if outcome.table is not None:
+                self.cache.add(outcome.table, source)
         self.checked += 1
         self.done[node] = True
-        if outcome.table is not None:
-            self.cache.add(outcome.table, source)
         if outcome.suppressed > problem.max_suppressed:
             if self.monotone:
                 self.status_by_levels[lattice.specializations(levels)] = _NOT_ANONYMOUS
@@ -1131,6 +1171,7 @@ def search(
     *,
     cache_budget: int | None = None,
     clock: Callable[[], float] = perf_counter,
+    evaluator: NodeEvaluator | None = None,
 ) -> SearchOutcome:
     """Find the optimal node (see the module docstring); raises ``NoAnonymousTransformation``.
 
@@ -1141,9 +1182,14 @@ def search(
     value and entity instead). Tables that keep more than ``CACHE_MAX_SHARE`` of their source's
     combinations are not cached at all: with an entity column nearly every record is a combination
     of its own at every node, and such tables would be copies of the input that save no work.
+
+    ``evaluator``, if given, evaluates the nodes it can (returning ``None`` for the others, which
+    are evaluated from ``base`` and the cache as usual), with ``evaluate``'s meaning of the loss
+    cap: a partitioned search evaluates there the nodes whose classes never span two partitions.
     """
     started = clock()
-    state = _Search(problem, base, cache_budget if cache_budget is not None else CACHE_BUDGET)
+    budget = cache_budget if cache_budget is not None else CACHE_BUDGET
+    state = _Search(problem, base, budget, evaluator)
     best = state.run()
     return SearchOutcome(
         levels=best.levels,
