@@ -80,7 +80,7 @@ from anonymize import (
     age_bands,
     date_levels,
     flat_hierarchy,
-    plan_release,
+    plan_partitioned_release,
     postcode_prefix,
     suppress_small_cells,
 )
@@ -905,19 +905,17 @@ class _EngineRelease(_Release):
             suppression_limit=engine_limit,
             entity="customer",
         )
+        years = np.unique(self.codes.day_year[used_days]).tolist()
         try:
-            # The encoded table is built here and referenced by nothing else: it is freed as soon
-            # as the search returns.
-            plan = plan_release(self._encoded(complete), config)
+            # One year of the kept invoices at a time, kept on disk by the engine during the search
+            # (a period's labels below the top never span two years).
+            plan = plan_partitioned_release((self._encoded_year(year) for year in years), config, by="period")
         except AnonymizationError as exc:
             raise ValidationFailed(
                 "no release satisfies k and l for this period", field="k", reason="no_anonymous_release"
             ) from exc
         self.plan = plan
-        if complete == rows:
-            self.suppressed = np.array(plan.suppressed_rows, dtype=np.bool_)
-        else:
-            self.suppressed[~self.suppressed] = plan.suppressed_rows
+        self._scatter_by_year(years, plan.suppressed_rows)
         g = plan.guarantee
         self.guarantee = {
             **base,
@@ -963,86 +961,61 @@ class _EngineRelease(_Release):
             "period": self.period_of_day[self.codes.day_positions(rows)],
         }
 
-    def _encoded(self, complete: int) -> EncodedTable:
-        """The engine's input: the rows not suppressed up front (pass-1 arrays themselves when no
-        row is), 4 bytes per quasi-identifier per row."""
+    def _kept_years(self, rows: slice) -> npt.NDArray[np.int32]:
+        """The issue year of each of these rows, -1 for rows suppressed up front."""
+        years = self.codes.day_year[self.codes.day_positions(rows)]
+        return np.where(self.suppressed[rows], -1, years).astype(np.int32)
+
+    def _encoded_year(self, year: int) -> EncodedTable:
+        """The engine's input for the kept invoices issued in ``year``, in row order: 4 bytes per
+        quasi-identifier, category and client per invoice of that year."""
         compact = self.compact
-        leaves = {name: np.empty(complete, dtype=np.int32) for name in QUASI_IDENTIFIERS}
-        everything = complete == compact.rows
-        sensitive = compact.category if everything else np.empty(complete, dtype=np.int32)
-        entities = compact.customer if everything else np.empty(complete, dtype=np.int32)
-        position = 0
+        columns: dict[str, list[npt.NDArray[np.int32]]] = {
+            name: [] for name in (*QUASI_IDENTIFIERS, SENSITIVE, "customer")
+        }
         for rows in _row_slices(compact.rows, self.chunk_rows):
-            kept = ~self.suppressed[rows]
-            stop = position + int(np.count_nonzero(kept))
+            chosen = self._kept_years(rows) == year
             for name, values in self.leaves(rows).items():
-                leaves[name][position:stop] = values[kept]
-            if not everything:
-                sensitive[position:stop] = compact.category[rows][kept]
-                entities[position:stop] = compact.customer[rows][kept]
-            position = stop
+                columns[name].append(values[chosen])
+            columns[SENSITIVE].append(compact.category[rows][chosen])
+            columns["customer"].append(compact.customer[rows][chosen])
         return EncodedTable(
-            leaves=leaves,
-            sensitive=sensitive,
+            leaves={name: _concatenate(columns[name]) for name in QUASI_IDENTIFIERS},
+            sensitive=_concatenate(columns[SENSITIVE]),
             sensitive_values=max(len(compact.categories), 1),
-            entities=entities,
+            entities=_concatenate(columns["customer"]),
             entity_values=max(len(compact.customer_index), 1),
         )
 
+    def _scatter_by_year(self, years: list[int], flags: npt.NDArray[np.bool_]) -> None:
+        """Mark the invoices the engine suppressed: ``flags`` holds the kept invoices year after
+        year (in ``years``' order), each year in row order."""
+        counts = dict.fromkeys(years, 0)
+        for rows in _row_slices(self.compact.rows, self.chunk_rows):
+            found, number = np.unique(self._kept_years(rows), return_counts=True)
+            for year, count in zip(found.tolist(), number.tolist(), strict=True):
+                if year >= 0:
+                    counts[year] += count
+        offsets = dict(zip(years, np.cumsum([0, *counts.values()])[:-1].tolist(), strict=True))
+        for rows in _row_slices(self.compact.rows, self.chunk_rows):
+            issued = self._kept_years(rows)
+            chunk = self.suppressed[rows]  # a view: assigning to it marks the rows
+            for year in np.unique(issued[issued >= 0]).tolist():
+                chosen = issued == year
+                stop = offsets[year] + int(np.count_nonzero(chosen))
+                chunk[chosen] = flags[offsets[year] : stop]
+                offsets[year] = stop
+
     def _class_risks(self, plan: ReleasePlan) -> dict[str, object]:
         """Classes, fewest distinct clients in a class and the prosecutor risks per client (1 / distinct
-        clients of the class), over the whole release: the suppressed invoices — by the engine or for
-        missing values — are one class (all ``*``).
-
-        One sort of one 8-byte key per released invoice (class, then client), filled a chunk at a
-        time: classes come out in ascending key order, as the risks' sum expects.
-        """
+        clients of the class), over the whole release: the engine's released classes, and the
+        suppressed invoices — by the engine or for missing values — as one class (all ``*``)."""
         compact, suppressed = self.compact, self.suppressed
-        people = max(len(compact.customer_index), 1)
-        radices = [
-            len(plan.config.quasi_identifiers[name].labels(plan.guarantee.levels[name]))
-            for name in QUASI_IDENTIFIERS
-        ]
-        bound = math.prod(radices)
-        dense = bound * people >= 1 << 63  # class keys too wide to pair with clients: renumber them
-        kept_rows = compact.rows - int(np.count_nonzero(suppressed))
-        keys = np.empty(kept_rows, dtype=np.int64)
-        position = 0
-        for rows in _row_slices(compact.rows, self.chunk_rows):
-            kept = ~suppressed[rows]
-            stop = position + int(np.count_nonzero(kept))
-            key = np.zeros(stop - position, dtype=np.int64)
-            for name, leaves in self.leaves(rows).items():
-                hierarchy = plan.config.quasi_identifiers[name]
-                key *= len(hierarchy.labels(plan.guarantee.levels[name]))
-                key += hierarchy.codes(plan.guarantee.levels[name])[leaves[kept]]
-            keys[position:stop] = key
-            position = stop
-        if dense:
-            keys = np.unique(keys, return_inverse=True)[1].astype(np.int64)
-        keys *= people
-        position = 0
-        for rows in _row_slices(compact.rows, self.chunk_rows):
-            kept = ~suppressed[rows]
-            stop = position + int(np.count_nonzero(kept))
-            keys[position:stop] += compact.customer[rows][kept]
-            position = stop
-        keys.sort()
-        weighted: list[tuple[int, int]] = []
-        if kept_rows:
-            new_pair = np.empty(kept_rows, dtype=np.bool_)
-            new_pair[0] = True
-            np.not_equal(keys[1:], keys[:-1], out=new_pair[1:])
-            np.floor_divide(keys, people, out=keys)
-            new_class = np.empty(kept_rows, dtype=np.bool_)
-            new_class[0] = True
-            np.not_equal(keys[1:], keys[:-1], out=new_class[1:])
-            starts = np.flatnonzero(new_class)
-            sizes = np.diff(starts, append=kept_rows)
-            per_class = np.add.reduceat(new_pair, starts, dtype=np.int64)
-            weighted = list(zip(sizes.tolist(), per_class.tolist(), strict=True))
-        del keys
+        if plan.class_entities is None:  # pragma: no cover -- the plan counts clients
+            raise RuntimeError("the release plan has no distinct clients per class")
+        weighted = list(zip(plan.class_sizes.tolist(), plan.class_entities.tolist(), strict=True))
         if suppressed.any():
+            people = max(len(compact.customer_index), 1)
             weighted.append(
                 (
                     int(np.count_nonzero(suppressed)),
@@ -1052,7 +1025,7 @@ class _EngineRelease(_Release):
         fewest = min(count for _, count in weighted)
         return {
             "max_risk": 1.0 / fewest,
-            "avg_risk": sum(size / count for size, count in weighted) / compact.rows,
+            "avg_risk": math.fsum(size / count for size, count in weighted) / compact.rows,
             "classes": len(weighted),
             "min_customers": fewest,
         }
