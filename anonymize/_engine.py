@@ -206,13 +206,18 @@ def _check_encoded(encoded: EncodedTable, config: AnonymizationConfig) -> None:
         raise ColumnNotFound(f"column {config.entity!r} is not in the table", column=config.entity)
 
 
+def checks_diversity(config: AnonymizationConfig) -> bool:
+    """Whether the search checks l-diversity (and so reads the sensitive column)."""
+    return config.l is not None and config.l > 1 and config.sensitive is not None
+
+
 def _search_inputs(
     encoded: EncodedTable, config: AnonymizationConfig
 ) -> tuple[list[npt.NDArray[np.int32]], npt.NDArray[np.int32] | None, int, npt.NDArray[np.int32] | None, int]:
     """What the search takes from ``encoded``: leaf codes in the configuration's column order, the
     sensitive column (only if l-diversity is checked) and its value count, the entity column (only
     if k counts entities) and its value count."""
-    check_diversity = config.l is not None and config.l > 1 and config.sensitive is not None
+    check_diversity = checks_diversity(config)
     sensitive = encoded.sensitive if check_diversity else None
     sensitive_values = encoded.sensitive_values if check_diversity else 1
     entities = encoded.entities if config.entity is not None else None

@@ -812,13 +812,16 @@ def evaluate(
     keep_table: bool,
     details: bool = False,
     loss_cap: float = math.inf,
+    also_failing: npt.NDArray[np.bool_] | None = None,
 ) -> Evaluation:
     """Roll ``source`` (a table at a node ≤ ``levels``) up to ``levels`` and check the models.
 
     The loss numerators are computed only for an acceptable node whose suppression does not put its
     loss above ``loss_cap`` (``Problem.suppression_bound``), or with ``details``; otherwise they
     are ``None``. With ``details``, also return the class sizes, which classes fail, and, for each
-    combination of ``source``, whether its records are suppressed.
+    combination of ``source``, whether its records are suppressed. ``also_failing`` marks classes
+    (in ascending order of their labels, as ``class_failed`` lists them) that fail a model checked
+    elsewhere: another table of the same records with the same classes.
     """
     key, bound, class_key, divisor = _class_keys(problem, source, levels)
     unique, representative, counts, inverse = _group(key, bound, source.counts, inverse=details)
@@ -840,6 +843,10 @@ def evaluate(
         starts, sizes, failed, class_of_group = _failing_classes(
             problem, counts, unique, source.sensitive is not None
         )
+    if also_failing is not None:
+        if also_failing.size != failed.size:
+            raise RuntimeError("a model checked elsewhere saw other classes")
+        failed = failed | also_failing
     suppressed = int(sizes @ failed)  # the failing classes' sizes summed (an integer product, no BLAS)
 
     numerators: list[int] | None = None

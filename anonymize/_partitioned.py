@@ -44,6 +44,7 @@ from anonymize._engine import (
     _empty_guarantee,
     _search_inputs,
     build_problem,
+    checks_diversity,
     distinct_combinations,
     release_guarantee,
 )
@@ -62,6 +63,7 @@ from anonymize._lattice import (
 __all__ = ["plan_partitioned_release"]
 
 _ARRAYS = ("counts", "sensitive", "entities", "inverse")
+KEYED_LIMIT = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -105,43 +107,125 @@ class _Part:
 
 class _Collapsed:
     """The distinct combinations of every partition with column ``by`` left out, merged partition by
-    partition (at most the merged table and one partition's at once)."""
+    partition, keeping the sensitive values and/or the entities as asked.
 
-    def __init__(self, columns: int, by: int, domains: list[int]) -> None:
+    Held as the sorted mixed-radix keys of the combinations with their record counts (16 bytes
+    each), into which each partition's distinct keys are merged by a binary search: the transient
+    memory of a merge is about the merged table's size again, where regrouping the concatenated
+    combinations would sort them all (about 60 bytes each). Keys wider than ``KEYED_LIMIT`` (many
+    wide columns) fall back to that regrouping.
+    """
+
+    def __init__(self, columns: int, by: int, domains: list[int], *, sensitive: bool, entities: bool) -> None:
+        self.columns = columns
         self.by = by
         self.domains = domains
-        self.codes: list[npt.NDArray[np.int32] | None] = [None] * columns
-        self.sensitive: npt.NDArray[np.int32] | None = None
-        self.entities: npt.NDArray[np.int32] | None = None
+        self.keep_sensitive = sensitive
+        self.keep_entities = entities
+        self.radices: list[int] = []
+        self.keys = np.zeros(0, dtype=np.int64)
         self.counts = np.zeros(0, dtype=np.int64)
+        self.regrouped: Table | None = None  # the fallback's merged table
+
+    def _digits(self, table: Table) -> list[npt.NDArray[np.int32]]:
+        """The table's columns that make a combination, in key order (most significant first)."""
+        digits = [codes for q, codes in enumerate(table.codes) if q != self.by and codes is not None]
+        if self.keep_sensitive and table.sensitive is not None:
+            digits.append(table.sensitive)
+        if self.keep_entities and table.entities is not None:
+            digits.append(table.entities)
+        return digits
 
     def add(self, table: Table, sensitive_values: int, entity_values: int) -> None:
-        def joined(
-            mine: npt.NDArray[np.int32] | None, theirs: npt.NDArray[np.int32] | None
-        ) -> npt.NDArray[np.int32] | None:
-            if theirs is None:
-                return None
-            return theirs if mine is None else np.concatenate([mine, theirs])
+        if not self.radices:
+            self.radices = [max(self.domains[q], 1) for q in range(self.columns) if q != self.by]
+            self.radices += [max(sensitive_values, 1)] * self.keep_sensitive
+            self.radices += [max(entity_values, 1)] * self.keep_entities
+        digits = self._digits(table)
+        if math.prod(self.radices) >= KEYED_LIMIT:
+            self._regroup(digits, table.counts)
+            return
+        key, bound = combination_key([*zip(digits, self.radices, strict=True)], table.size)
+        representative, totals = sum_by_key(key, bound, table.counts)
+        unique = key[representative]
+        del key, representative
+        at = np.searchsorted(self.keys, unique)
+        found = at < self.keys.size
+        found[found] = self.keys[at[found]] == unique[found]
+        self.counts[at[found]] += totals[found]  # distinct keys, so distinct positions
+        new = ~found
+        self.keys = np.insert(self.keys, at[new], unique[new])
+        self.counts = np.insert(self.counts, at[new], totals[new])
 
-        codes = [None if q == self.by else joined(self.codes[q], c) for q, c in enumerate(table.codes)]
-        sensitive = joined(self.sensitive, table.sensitive)
-        entities = joined(self.entities, table.entities)
-        counts = np.concatenate([self.counts, table.counts])
-        digits = [(c, self.domains[q]) for q, c in enumerate(codes) if c is not None]
-        if sensitive is not None:
-            digits.append((sensitive, sensitive_values))
-        if entities is not None:
-            digits.append((entities, entity_values))
-        key, bound = combination_key(digits, int(counts.size))
+    def _regroup(self, digits: list[npt.NDArray[np.int32]], counts: npt.NDArray[np.int64]) -> None:
+        if self.regrouped is not None:
+            mine = self._digits(self.regrouped)
+            digits = [np.concatenate([a, b]) for a, b in zip(mine, digits, strict=True)]
+            counts = np.concatenate([self.regrouped.counts, counts])
+        key, bound = combination_key([*zip(digits, self.radices, strict=True)], int(counts.size))
         representative, totals = sum_by_key(key, bound, counts)
         del key
-        self.codes = [None if c is None else c[representative] for c in codes]
-        self.sensitive = None if sensitive is None else sensitive[representative]
-        self.entities = None if entities is None else entities[representative]
-        self.counts = totals
+        self.regrouped = self._table((0,) * self.columns, [d[representative] for d in digits], totals)
+
+    def _table(
+        self, levels: tuple[int, ...], digits: list[npt.NDArray[np.int32]], counts: npt.NDArray[np.int64]
+    ) -> Table:
+        columns = iter(digits)
+        codes = tuple(None if q == self.by else next(columns) for q in range(self.columns))
+        sensitive = next(columns) if self.keep_sensitive else None
+        entities = next(columns) if self.keep_entities else None
+        return Table(levels, codes, sensitive, counts, entities)
 
     def table(self, levels: tuple[int, ...]) -> Table:
-        return Table(levels, tuple(self.codes), self.sensitive, self.counts, self.entities)
+        """The merged combinations as a table at ``levels`` (``by`` at its top, the rest leaves)."""
+        if self.regrouped is not None:
+            return self._table(levels, self._digits(self.regrouped), self.regrouped.counts)
+        if not self.radices:  # nothing added
+            width = self.columns - 1 + self.keep_sensitive + self.keep_entities
+            return self._table(levels, [np.zeros(0, dtype=np.int32)] * width, self.counts)
+        digits: list[npt.NDArray[np.int32]] = []
+        rest = self.keys.copy()
+        for radix in reversed(self.radices):
+            digits.append((rest % radix).astype(np.int32))
+            rest //= radix
+        return self._table(levels, digits[::-1], self.counts)
+
+
+class _Top:
+    """The nodes at which ``by`` is at its top, evaluated from the collapsed tables.
+
+    With both a sensitive column and entities, one table of (other columns, sensitive value,
+    entity) would hold about a combination per record again (an entity's records seldom share a
+    sensitive value and all their labels); so two are kept, *people* (other columns, entity) and
+    *values* (other columns, sensitive value), each with record counts. Both hold the same records,
+    hence the same classes in the same order: the values table decides which classes fail l (and
+    k in records, which implies failing k in entities), and the people table evaluates the node
+    with those classes failing too. With only one of the two columns, the one table is small, and
+    the search's own machinery (its cache of rolled-up tables) evaluates these nodes from it.
+    """
+
+    def __init__(self, problem: Problem, by: int, people: _Collapsed, values: _Collapsed | None) -> None:
+        self.problem = problem
+        self.levels = tuple(problem.heights[q] - 1 if q == by else 0 for q in range(len(problem.heights)))
+        self.people = people.table(self.levels)
+        self.values = None if values is None else values.table(self.levels)
+
+    def evaluate(
+        self, levels: tuple[int, ...], loss_cap: float, *, details: bool = False
+    ) -> Evaluation | None:
+        """``evaluate``'s answer from the two tables (``None`` with only one: the search's)."""
+        if self.values is None:
+            return None
+        failing = evaluate(self.problem, self.values, levels, keep_table=False, details=True).class_failed
+        return evaluate(
+            self.problem,
+            self.people,
+            levels,
+            keep_table=False,
+            details=details,
+            loss_cap=loss_cap,
+            also_failing=failing,
+        )
 
 
 def combination_key(
@@ -185,19 +269,27 @@ def _class_labels(problem: Problem, table: Table, levels: tuple[int, ...]) -> np
 
 
 class _Partitions:
-    """The partitions on disk and how to evaluate a node from them."""
+    """The partitions on disk and how to evaluate a node from them or from the collapsed tables."""
 
-    def __init__(self, problem: Problem, parts: list[_Part], by: int) -> None:
+    def __init__(
+        self, problem: Problem, parts: list[_Part], by: int, top: _Top, rows: int, entity_values: int
+    ) -> None:
         self.problem = problem
         self.parts = parts
         self.by = by
-        self.top = problem.heights[by] - 1
+        self.top = top
+        self.rows = rows
+        self.entity_values = entity_values
+
+    def below_top(self, levels: tuple[int, ...]) -> bool:
+        return levels[self.by] < self.problem.heights[self.by] - 1
 
     def evaluate(self, levels: tuple[int, ...], loss_cap: float) -> Evaluation | None:
-        """``evaluate``'s answer for a node at which ``by`` is below its top (``None`` at the top):
-        the partitions' suppression and loss deficits summed, stopped once past the limit."""
-        if levels[self.by] == self.top:
-            return None
+        """``evaluate``'s answer for a node: partition by partition if ``by`` is below its top
+        (the suppression and loss deficits summed, stopped once past the limit), else from the
+        collapsed tables (``None``: from the search's)."""
+        if not self.below_top(levels):
+            return self.top.evaluate(levels, loss_cap)
         problem = self.problem
         baseline = [problem.bound_numerator[q][level] for q, level in enumerate(levels)]
         numerators = list(baseline)
@@ -214,43 +306,44 @@ class _Partitions:
         return Evaluation(levels, suppressed, tuple(numerators) if wanted else None, classes, None)
 
     def release(
-        self, levels: tuple[int, ...], collapsed: Table, entity_values: int
+        self, levels: tuple[int, ...]
     ) -> tuple[list[npt.NDArray[np.bool_]], npt.NDArray[np.int64], npt.NDArray[np.int64] | None, int]:
         """At the chosen node: each partition's suppressed records, the released classes' sizes and
         distinct entities, and the distinct entities among the suppressed records."""
         problem = self.problem
-        suppressed_entities = np.zeros(max(entity_values, 1), dtype=np.bool_)
+        suppressed_entities = np.zeros(max(self.entity_values, 1), dtype=np.bool_)
         flags: list[npt.NDArray[np.bool_]] = []
         sizes: list[npt.NDArray[np.int64]] = []
         entities: list[npt.NDArray[np.int64]] = []
-        if levels[self.by] == self.top:
-            final = _details(problem, collapsed, levels)
-            failed_combinations = final.source_failed
-            failing = _rows_as_keys(_class_labels(problem, collapsed, levels)[failed_combinations])
+
+        def keep(final: _Details, table: Table) -> None:
             sizes.append(final.class_sizes[~final.class_failed])
             if final.class_entities is not None:
                 entities.append(final.class_entities[~final.class_failed])
-            if collapsed.entities is not None:
-                suppressed_entities[collapsed.entities[failed_combinations]] = True
+            if table.entities is not None:
+                suppressed_entities[table.entities[final.source_failed]] = True
+
+        if self.below_top(levels):
+            for part in self.parts:
+                table = part.table()
+                final = _details(problem, table, levels)
+                keep(final, table)
+                flags.append(final.source_failed[part.inverse()])
+        else:
+            collapsed = self.top.people
+            final = _details(problem, collapsed, levels, self.top)
+            keep(final, collapsed)
+            failing = _rows_as_keys(_class_labels(problem, collapsed, levels)[final.source_failed])
+            any_failed = bool(final.source_failed.any())
             for part in self.parts:
                 table = part.table()
                 labels = _class_labels(problem, table, levels)
                 if labels.shape[1]:
                     failed = np.isin(_rows_as_keys(labels), failing)
                 else:  # every record in one class
-                    failed = np.full(table.size, bool(failed_combinations.any()))
+                    failed = np.full(table.size, any_failed)
                 del labels, table
                 flags.append(failed[part.inverse()])
-        else:
-            for part in self.parts:
-                table = part.table()
-                final = _details(problem, table, levels)
-                sizes.append(final.class_sizes[~final.class_failed])
-                if final.class_entities is not None:
-                    entities.append(final.class_entities[~final.class_failed])
-                if table.entities is not None:
-                    suppressed_entities[table.entities[final.source_failed]] = True
-                flags.append(final.source_failed[part.inverse()])
         kept_sizes = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
         kept_entities = np.concatenate(entities) if entities else None
         return flags, kept_sizes, kept_entities, int(np.count_nonzero(suppressed_entities))
@@ -264,8 +357,11 @@ class _Details:
     class_entities: npt.NDArray[np.int64] | None
 
 
-def _details(problem: Problem, table: Table, levels: tuple[int, ...]) -> _Details:
-    final = evaluate(problem, table, levels, keep_table=False, details=True)
+def _details(problem: Problem, table: Table, levels: tuple[int, ...], top: _Top | None = None) -> _Details:
+    """The evaluation's details at the chosen node, from ``table`` (or ``top``'s two tables)."""
+    final = None if top is None else top.evaluate(levels, math.inf, details=True)
+    if final is None:
+        final = evaluate(problem, table, levels, keep_table=False, details=True)
     if final.source_failed is None or final.class_sizes is None or final.class_failed is None:
         raise RuntimeError("evaluate(details=True) returned no details")  # pragma: no cover
     return _Details(final.source_failed, final.class_sizes, final.class_failed, final.class_entities)
@@ -290,6 +386,33 @@ def plan_partitioned_release(
     under one label of ``by`` below its top, or if the partitions code values differently; the
     errors of ``plan_release`` otherwise.
     """
+    with tempfile.TemporaryDirectory(prefix="anonymize-", dir=spill_dir) as spill:
+        partitions = spill_partitions(parts, config, by=by, folder=Path(spill))
+        problem = partitions.problem
+        if partitions.rows == 0:
+            return ReleasePlan(config, _empty_guarantee(config, problem), np.zeros(0, dtype=np.bool_))
+        # The search's own tables start from the collapsed one: it evaluates the nodes at which
+        # ``by`` is at its top when there is only one collapsed table (``_Top``).
+        outcome = search(problem, partitions.top.people, clock=clock, evaluator=partitions.evaluate)
+        flags, kept_sizes, kept_entities, suppressed_entities = partitions.release(outcome.levels)
+    suppressed_rows = np.concatenate(flags) if flags else np.zeros(0, dtype=np.bool_)
+    suppressed_rows.flags.writeable = False
+    guarantee = release_guarantee(
+        config,
+        outcome,
+        partitions.rows,
+        kept_sizes,
+        kept_entities,
+        suppressed_entities if config.entity is not None else None,
+    )
+    return ReleasePlan(config, guarantee, suppressed_rows, kept_sizes, kept_entities)
+
+
+def spill_partitions(
+    parts: Iterable[EncodedTable], config: AnonymizationConfig, *, by: str, folder: Path
+) -> _Partitions:
+    """Check and write each partition to ``folder``, merging the collapsed tables as they come
+    (see ``plan_partitioned_release``)."""
     columns = list(config.quasi_identifiers)
     if by not in config.quasi_identifiers:
         raise InvalidConfig(f"partitions must be by a quasi-identifier, and {by!r} is not one")
@@ -300,62 +423,42 @@ def plan_partitioned_release(
     # just below the top are.
     check_level = by_hierarchy.height - 2
     seen = np.zeros(len(by_hierarchy.labels(check_level)) if check_level >= 0 else 0, dtype=np.bool_)
-    with tempfile.TemporaryDirectory(prefix="anonymize-", dir=spill_dir) as spill:
-        folder = Path(spill)
-        stored: list[_Part] = []
-        marginals = [np.zeros(domain, dtype=np.int64) for domain in domains]
-        collapsed = _Collapsed(len(columns), b, domains)
-        coding: tuple[int, int] | None = None
-        rows = 0
-        for number, encoded in enumerate(parts):
-            _check_encoded(encoded, config)
-            leaf_codes, sensitive, sensitive_values, entities, entity_values = _search_inputs(encoded, config)
-            if coding is None:
-                coding = (sensitive_values, entity_values)
-            elif coding != (sensitive_values, entity_values):
-                raise InvalidConfig("every partition must code sensitive values and entities alike")
-            base, inverse = distinct_combinations(
-                leaf_codes, domains, sensitive, sensitive_values, entities, entity_values
-            )
-            del leaf_codes, sensitive, entities, encoded
-            if check_level >= 0 and base.size:
-                present = np.unique(by_hierarchy.codes(check_level)[base.codes[b]])
-                if seen[present].any():
-                    raise InvalidConfig(
-                        f"two partitions hold records under one {by!r} label below its top level"
-                    )
-                seen[present] = True
-            for q, domain in enumerate(domains):
-                marginals[q] += leaf_counts(base, q, domain)
-            collapsed.add(base, sensitive_values, entity_values)
-            stored.append(_Part.save(folder, number, base, inverse))
-            rows += int(inverse.size)
-            del base, inverse
-        sensitive_values, entity_values = coding if coding is not None else (1, 0)
-        problem = build_problem(
-            config,
-            rows=rows,
-            sensitive_values=sensitive_values,
-            entity_values=entity_values,
-            marginals=marginals,
-        )
-        if rows == 0:
-            return ReleasePlan(config, _empty_guarantee(config, problem), np.zeros(0, dtype=np.bool_))
-        collapsed_levels = tuple(problem.heights[q] - 1 if q == b else 0 for q in range(len(columns)))
-        collapsed_table = collapsed.table(collapsed_levels)
-        partitions = _Partitions(problem, stored, b)
-        outcome = search(problem, collapsed_table, clock=clock, evaluator=partitions.evaluate)
-        flags, kept_sizes, kept_entities, suppressed_entities = partitions.release(
-            outcome.levels, collapsed.table(collapsed_levels), entity_values
-        )
-    suppressed_rows = np.concatenate(flags) if flags else np.zeros(0, dtype=np.bool_)
-    suppressed_rows.flags.writeable = False
-    guarantee = release_guarantee(
-        config,
-        outcome,
-        rows,
-        kept_sizes,
-        kept_entities,
-        suppressed_entities if config.entity is not None else None,
+    stored: list[_Part] = []
+    marginals = [np.zeros(domain, dtype=np.int64) for domain in domains]
+    with_sensitive, with_entities = checks_diversity(config), config.entity is not None
+    factored = with_sensitive and with_entities  # see _Top
+    people = _Collapsed(
+        len(columns), b, domains, sensitive=not factored and with_sensitive, entities=with_entities
     )
-    return ReleasePlan(config, guarantee, suppressed_rows, kept_sizes, kept_entities)
+    values = _Collapsed(len(columns), b, domains, sensitive=True, entities=False) if factored else None
+    coding: tuple[int, int] | None = None
+    rows = 0
+    for number, encoded in enumerate(parts):
+        _check_encoded(encoded, config)
+        leaf_codes, sensitive, sensitive_values, entities, entity_values = _search_inputs(encoded, config)
+        if coding is None:
+            coding = (sensitive_values, entity_values)
+        elif coding != (sensitive_values, entity_values):
+            raise InvalidConfig("every partition must code sensitive values and entities alike")
+        base, inverse = distinct_combinations(
+            leaf_codes, domains, sensitive, sensitive_values, entities, entity_values
+        )
+        del leaf_codes, sensitive, entities, encoded
+        if check_level >= 0 and base.size:
+            present = np.unique(by_hierarchy.codes(check_level)[base.codes[b]])
+            if seen[present].any():
+                raise InvalidConfig(f"two partitions hold records under one {by!r} label below its top level")
+            seen[present] = True
+        for q, domain in enumerate(domains):
+            marginals[q] += leaf_counts(base, q, domain)
+        people.add(base, sensitive_values, entity_values)
+        if values is not None:
+            values.add(base, sensitive_values, entity_values)
+        stored.append(_Part.save(folder, number, base, inverse))
+        rows += int(inverse.size)
+        del base, inverse
+    sensitive_values, entity_values = coding if coding is not None else (1, 0)
+    problem = build_problem(
+        config, rows=rows, sensitive_values=sensitive_values, entity_values=entity_values, marginals=marginals
+    )
+    return _Partitions(problem, stored, b, _Top(problem, b, people, values), rows, entity_values)

@@ -23,6 +23,10 @@
   suppression) under ``tracemalloc``. ``combinations`` counts the distinct (leaves, category,
   client) tuples, ``search_traced_peak_mb`` is the engine's own NumPy memory at its peak (base
   table and working arrays; the input excluded), and ``search_bytes_per_combination`` their ratio.
+  Then, side by side in the same child, ``anonymize.plan_partitioned_release`` on the same input
+  given a year at a time, as the export gives it: ``partitioned_traced_peak_mb`` (one year's
+  copy of the input included), ``partitioned_s``, and ``same_release`` (levels, suppression and
+  loss equal to ``plan_release``'s).
 
 Usage: ``python -m bench.export_bench [--only export-seed,export-1y,export-4y,search-4y] [--invoices N]``.
 """
@@ -38,7 +42,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -54,6 +58,7 @@ from anonymize import (
     date_levels,
     encode_release,
     flat_hierarchy,
+    plan_partitioned_release,
     plan_release,
     postcode_prefix,
 )
@@ -452,6 +457,30 @@ def run_search(invoices: int, customers: int, period: str) -> dict[str, object]:
     search_s = time.perf_counter() - started
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
+    whole = (dict(plan.guarantee.levels), plan.guarantee.suppressed, plan.guarantee.loss)
+    del plan
+    # The same input a year at a time, as the export gives it (each year's copy is made, and
+    # traced, while the search reads the partitions: the measure is the partitioned search's own
+    # memory plus one year's input).
+    years = days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64)
+
+    def by_year() -> Iterator[EncodedTable]:
+        for year in np.unique(years).tolist():
+            rows = np.flatnonzero(years == year)
+            yield EncodedTable(
+                leaves={name: values[rows] for name, values in leaves.items()},
+                sensitive=sensitive[rows],
+                sensitive_values=len(CATEGORIES),
+                entities=entities[rows],
+                entity_values=customers,
+            )
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    plan = plan_partitioned_release(by_year(), config, by="period")
+    partitioned_s = time.perf_counter() - started
+    partitioned_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     return {
         "case": f"search-{period}",
         "rows": int(days.size),
@@ -460,6 +489,10 @@ def run_search(invoices: int, customers: int, period: str) -> dict[str, object]:
         "search_traced_peak_mb": round(traced_peak / 2**20, 1),
         "search_bytes_per_combination": round(traced_peak / max(combinations, 1), 1),
         "search_s": round(search_s, 2),
+        "partitioned_traced_peak_mb": round(partitioned_peak / 2**20, 1),
+        "partitioned_s": round(partitioned_s, 2),
+        "same_release": whole
+        == (dict(plan.guarantee.levels), plan.guarantee.suppressed, plan.guarantee.loss),
         "levels": dict(plan.guarantee.levels),
         "suppressed": plan.guarantee.suppressed,
     }

@@ -13,8 +13,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from anonymize import AnonymizationConfig, Hierarchy, InvalidConfig, LDiversity, NoAnonymousTransformation
-from anonymize._engine import EncodedTable, ReleasePlan, encode_table, plan_release
-from anonymize._partitioned import plan_partitioned_release
+from anonymize import _partitioned as partitioned_module
+from anonymize._engine import (
+    EncodedTable,
+    ReleasePlan,
+    _search_inputs,
+    build_problem,
+    distinct_combinations,
+    encode_table,
+    plan_release,
+)
+from anonymize._lattice import evaluate
+from anonymize._partitioned import plan_partitioned_release, spill_partitions
 
 from .test_lattice import PROPERTY_SETTINGS, entity_problems, problems
 
@@ -146,16 +156,68 @@ def test_partitions_by_year_release_what_the_whole_table_releases(
     _assert_same_plan(plan_partitioned_release(tables, without_entity, by="day"), whole, order)
 
 
-def test_both_kinds_of_node_are_chosen_somewhere() -> None:
-    """The comparisons above cover a release with the date kept and one with it suppressed."""
+@pytest.mark.parametrize("sensitive", [None, "s"])
+def test_a_release_that_keeps_the_date_and_one_that_suppresses_it(sensitive: str | None) -> None:
     frame, trees = _dated_table(0)
-    kept = AnonymizationConfig(trees, k=2, suppression_limit=0.05, entity="who")
-    dropped = AnonymizationConfig(trees, k=40, suppression_limit=0.0, entity="who")
-    encoded = encode_table(frame, kept)
+    l = None if sensitive is None else 2  # noqa: E741 -- the model's name in the literature
+    kept = AnonymizationConfig(trees, sensitive=sensitive, l=l, k=2, suppression_limit=0.05, entity="who")
+    dropped = replace(kept, k=40, suppression_limit=0.01)
     years = frame["day"].str.slice(0, 4).cast(pl.Int64).to_numpy()
-    plans = [plan_partitioned_release(_split(encoded, years)[0], c, by="day") for c in (kept, dropped)]
-    assert plans[0].guarantee.levels["day"] < 4
-    assert plans[1].guarantee.levels["day"] == 4
+    for config, date_kept in ((kept, True), (dropped, False)):
+        encoded = encode_table(frame, config)
+        tables, order = _split(encoded, years)
+        plan = plan_partitioned_release(tables, config, by="day")
+        assert (plan.guarantee.levels["day"] < 4) is date_kept
+        _assert_same_plan(plan, plan_release(encoded, config), order)
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed-merge", "regrouped"])
+@pytest.mark.parametrize(
+    ("sensitive", "entity"), [(None, None), ("s", None), (None, "who"), ("s", "who")], ids=str
+)
+def test_every_node_evaluates_and_releases_as_on_the_whole_table(
+    sensitive: str | None, entity: str | None, keyed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only the optimum: each node's suppression and loss numerators, and the records it
+    suppresses, partition by partition (or from the collapsed tables) as from the whole table;
+    the collapsed tables merged by their keys, or regrouped (keys too wide for 63 bits)."""
+    if not keyed:
+        monkeypatch.setattr(partitioned_module, "KEYED_LIMIT", 2)
+    frame, trees = _dated_table(5)
+    l = None if sensitive is None else 2  # noqa: E741 -- the model's name in the literature
+    config = AnonymizationConfig(trees, sensitive=sensitive, l=l, k=6, suppression_limit=0.1, entity=entity)
+    encoded = encode_table(frame, config)
+    tables, order = _split(encoded, frame["day"].str.slice(0, 4).cast(pl.Int64).to_numpy())
+    leaf_codes, sens, sensitive_values, entities, entity_values = _search_inputs(encoded, config)
+    base, row_combination = distinct_combinations(
+        leaf_codes, [t.domain_size for t in trees.values()], sens, sensitive_values, entities, entity_values
+    )
+    whole = build_problem(
+        config,
+        rows=encoded.rows,
+        sensitive_values=sensitive_values,
+        entity_values=entity_values,
+        base=base,
+    )
+    partitions = spill_partitions(tables, config, by="day", folder=tmp_path)
+    assert partitions.problem.bound_numerator == whole.bound_numerator
+    suppressing = 0
+    for levels in np.ndindex(*whole.heights):
+        expected = evaluate(whole, base, levels, keep_table=False, details=True)
+        found = partitions.evaluate(levels, np.inf)
+        if found is None:  # the search's own tables: evaluated from the collapsed one
+            found = evaluate(partitions.problem, partitions.top.people, levels, keep_table=False)
+        if expected.suppressed > whole.max_suppressed:  # partitions stop counting past the limit
+            assert found.suppressed > whole.max_suppressed, levels
+        else:
+            assert found.suppressed == expected.suppressed, levels
+            assert found.numerators == expected.numerators, levels
+        flags, sizes, _, _ = partitions.release(levels)
+        assert expected.source_failed is not None and expected.class_failed is not None
+        assert np.concatenate(flags).tolist() == expected.source_failed[row_combination][order].tolist()
+        assert int(sizes.sum()) == encoded.rows - expected.suppressed
+        suppressing += bool(expected.suppressed) and levels[0] == whole.heights[0] - 1
+    assert suppressing  # nodes with the date at its top that suppress records were compared
 
 
 def test_partitions_are_read_from_disk_during_the_search_and_deleted_after(tmp_path: Path) -> None:
