@@ -24,10 +24,12 @@
   pseudonym column links a client's rows anyway; what the release protects is the link from those
   rows to the person.
 * Streamed in two passes over one database snapshot (``export_invoices``): memory grows with small
-  integer codes per invoice and a few values per client, never with the rows themselves. The
-  search needs its own working memory per distinct (quasi-identifiers, category, client)
-  combination while it runs (about 135 bytes each, freed before pass 2); with k counted in clients
-  nearly every invoice is such a combination (docs/benchmarks.md, "Export from the database").
+  integer codes per invoice (13 bytes) and a few values per client, never with the rows
+  themselves. The search takes the invoices a year at a time (``plan_partitioned_release``: no
+  label of the period below its top spans two years), each year's distinct (quasi-identifiers,
+  category, client) combinations kept on disk while it runs, so its working memory is about one
+  year's, plus tables per client and age and per combination of leaves and category that stop
+  growing once every client has appeared (docs/benchmarks.md, "Export from the database").
 
 Profile ``hipaa-safe-harbor`` (no engine search): dates to the year, ZIP3 (first 3 characters then
 ``**``) with the 17 ZIP3 areas of 20,000 people or fewer (US Census list) set to ``000**``, ages over
@@ -305,8 +307,8 @@ class ReportService:
         audited, then pass 2 (``chunks()``) reads the same rows again from the same snapshot and
         releases them chunk by chunk. Memory grows with the compact pass-1 arrays (13 bytes per
         invoice: three int32 codes and a suppressed flag) and the number of clients, not with the
-        rows; during the search only, with the engine's input (16 bytes per invoice) and its tables
-        (about 135 bytes per distinct combination of leaves, category and client).
+        rows; during the search only, with one year's engine input (24 bytes per invoice of the
+        year) and what the partitioned search holds (module docstring).
 
         Raises ``ValidationFailed`` (field ``from``, ``k``, ``l``, ``suppression`` or ``profile``) for
         bad parameters, and for a period whose invoices admit no release under k and l (field ``k``,
@@ -820,7 +822,8 @@ class _EngineRelease(_Release):
     Memory: what it keeps for pass 2 is one flag per invoice (suppressed) beside pass 1's codes, and
     per-client and per-day leaf tables; each invoice's quasi-identifier leaves are derived from its
     client and issue day when needed (``leaves``), a chunk of ``chunk_rows`` at a time. The engine's
-    input (four leaf columns of the kept invoices, 4 bytes each) lives only during the search.
+    input is built one year at a time (``_encoded_year``: four leaf columns, category and client of
+    the year's kept invoices, 4 bytes each), and the engine keeps each year on disk once read.
     """
 
     schema = INVOICE_SCHEMA
