@@ -57,9 +57,13 @@ import contextlib
 import hashlib
 import hmac
 import math
+import os
+import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -220,14 +224,55 @@ class _Client:
     gender: str | None
 
 
+class _CodeColumn:
+    """One int32 code per invoice, written to a file as pass 1 reads the invoices and read back a
+    slice at a time (``os.pread``), so pass 1's codes never sit in memory whole: what an export
+    holds does not grow with the invoices of its period (docs/benchmarks.md, "Export from the
+    database"). The file is in the export's private temporary folder (mode 0700) and holds only
+    numbers whose meaning — which client a code is, which category — lives in this process's
+    memory; it is deleted when the export is closed."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("w+b")
+        self.size = 0
+        self.low = 0
+        self.high = 0
+
+    def append(self, values: npt.NDArray[np.int32]) -> None:
+        if values.size:
+            low, high = int(values.min()), int(values.max())
+            self.low, self.high = (low, high) if not self.size else (min(self.low, low), max(self.high, high))
+        self._file.write(np.ascontiguousarray(values, dtype=np.int32).tobytes())
+        self.size += int(values.size)
+
+    def finish(self) -> None:
+        """Flush what was appended: reads see all of it from here on."""
+        self._file.flush()
+
+    def __getitem__(self, rows: slice) -> npt.NDArray[np.int32]:
+        """The codes of a slice of rows (a read-only array)."""
+        start, stop, step = rows.indices(self.size)
+        if step != 1:  # pragma: no cover -- the export reads consecutive rows
+            raise ValueError("rows are read in consecutive slices")
+        count = max(stop - start, 0)
+        data = os.pread(self._file.fileno(), count * 4, start * 4) if count else b""
+        if len(data) != count * 4:
+            raise RuntimeError("an export's temporary file was cut short")
+        return np.frombuffer(data, dtype=np.int32)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class _Compact:
-    """Pass 1: what the search needs, as small integers — a few bytes per invoice, plus a few values
-    per client. Row i is the i-th invoice in export order (by invoice id)."""
+    """Pass 1: what the search needs, as small integers — an int32 per invoice for each of client,
+    issue day and category (on disk, ``_CodeColumn``), plus a few values per client. Row i is the
+    i-th invoice in export order (by invoice id)."""
 
-    customer: npt.NDArray[np.int32]
-    day: npt.NDArray[np.int32]
-    category: npt.NDArray[np.int32]
+    customer: _CodeColumn
+    day: _CodeColumn
+    category: _CodeColumn
     categories: list[str]
     customer_index: dict[str, int]
     postcode: npt.NDArray[np.int32]  # per client: code in ``postcodes`` or -1
@@ -238,7 +283,11 @@ class _Compact:
 
     @property
     def rows(self) -> int:
-        return int(self.customer.size)
+        return self.customer.size
+
+    def slices(self, chunk_rows: int = 1 << 16) -> Iterator[slice]:
+        """Consecutive slices of at most ``chunk_rows`` rows covering every invoice."""
+        return _row_slices(self.rows, chunk_rows)
 
 
 @dataclass
@@ -326,7 +375,7 @@ class ReportService:
         stack = contextlib.ExitStack()
         try:
             session = stack.enter_context(self._db.snapshot())
-            compact = self._read_compact(session, actor.tenant_id, date_from, date_to, chunk_rows)
+            compact = self._read_compact(session, actor.tenant_id, date_from, date_to, chunk_rows, stack)
             pseudonym = Pseudonymizer(
                 _scope_key(self._index_key(session, actor.tenant_id), actor), purpose=_PSEUDONYM_PURPOSE
             )
@@ -506,13 +555,23 @@ class ReportService:
         return SubjectKeys(session, self._keyring, clock=self._clock).index_key(tenant_id)
 
     def _read_compact(
-        self, session: Session, tenant_id: str, date_from: date, date_to: date, chunk_rows: int
+        self,
+        session: Session,
+        tenant_id: str,
+        date_from: date,
+        date_to: date,
+        chunk_rows: int,
+        stack: contextlib.ExitStack,
     ) -> _Compact:
-        """Pass 1 (see ``export_invoices``)."""
+        """Pass 1 (see ``export_invoices``); its code columns are files in a temporary folder that
+        ``stack`` deletes."""
         customer_index: dict[str, int] = {}
         categories: dict[str, int] = {}
         clients = _ClientAttributes()
-        parts: tuple[list[npt.NDArray[np.int32]], ...] = ([], [], [])  # customer, day, category
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="veilbill-export-")))
+        columns = tuple(_CodeColumn(folder / name) for name in ("customer", "day", "category"))
+        for column in columns:
+            stack.callback(column.close)
         query = (
             select_columns(col(Invoice.customer_id), col(Invoice.issue_date), _main_category())
             .where(_period_filter(tenant_id, date_from, date_to))
@@ -532,16 +591,17 @@ class ReportService:
                 customer[position] = code
                 day[position] = issued.toordinal()
                 category[position] = categories.setdefault(main or "", len(categories))
-            for part, values in zip(parts, (customer, day, category), strict=True):
-                part.append(values)
+            for column, values in zip(columns, (customer, day, category), strict=True):
+                column.append(values)
             for start in range(0, len(new), _CUSTOMER_BATCH):
                 for client in self._clients(session, tenant_id, new[start : start + _CUSTOMER_BATCH]):
                     clients.add(client)
-        customer, day, category = (_concatenate(part) for part in parts)
+        for column in columns:
+            column.finish()
         return _Compact(
-            customer=customer,
-            day=day,
-            category=category,
+            customer=columns[0],
+            day=columns[1],
+            category=columns[2],
             categories=list(categories),
             customer_index=customer_index,
             postcode=np.asarray(clients.postcode, dtype=np.int32),
@@ -749,10 +809,12 @@ def _row_slices(rows: int, chunk_rows: int) -> Iterator[slice]:
         yield slice(start, min(start + chunk_rows, rows))
 
 
-def _distinct_clients(customer: npt.NDArray[np.int32], clients: int) -> int:
-    """How many distinct client codes ``customer`` holds (codes are below ``clients``)."""
-    seen = np.zeros(max(clients, 1), dtype=np.bool_)
-    seen[customer] = True
+def _distinct_clients(compact: _Compact, chosen: npt.NDArray[np.bool_] | None = None) -> int:
+    """How many distinct clients the invoices have (only the ``chosen`` ones, if given)."""
+    seen = np.zeros(max(len(compact.customer_index), 1), dtype=np.bool_)
+    for rows in compact.slices():
+        customer = compact.customer[rows]
+        seen[customer if chosen is None else customer[chosen[rows]]] = True
     return int(np.count_nonzero(seen))
 
 
@@ -770,10 +832,9 @@ class _RowCodes:
         birth_year, birth_md = _calendar(np.where(known, compact.birth, _EPOCH_ORDINAL).astype(np.int32))
         self.birth_year = np.where(known, birth_year, -1).astype(np.int32)
         self.birth_md = birth_md.astype(np.int32)
-        first = int(compact.day.min()) if compact.rows else 0
-        last = int(compact.day.max()) if compact.rows else 0
+        first, last = compact.day.low, compact.day.high
         present = np.zeros(last - first + 1, dtype=np.bool_)
-        for rows in _row_slices(compact.rows, _ROW_CHUNK):
+        for rows in compact.slices():
             present[compact.day[rows] - first] = True
         self.first_day = first
         self.days = (np.flatnonzero(present) + first).astype(np.int32)  # distinct issue days, ascending
@@ -842,7 +903,6 @@ class _EngineRelease(_Release):
         self.codes = _RowCodes(compact)
         self.plan: ReleasePlan | None = None
         rows = compact.rows
-        clients = len(compact.customer_index)
         self.suppressed, used_clients, used_days, used_ages = self._missing()
         complete = rows - int(np.count_nonzero(self.suppressed))
         base: dict[str, object] = {
@@ -853,7 +913,7 @@ class _EngineRelease(_Release):
             "suppression": suppression,
         }
         if complete == 0:
-            people = _distinct_clients(compact.customer, clients)
+            people = _distinct_clients(compact)
             self.guarantee = {
                 **base,
                 "levels": {},
@@ -917,8 +977,9 @@ class _EngineRelease(_Release):
             raise ValidationFailed(
                 "no release satisfies k and l for this period", field="k", reason="no_anonymous_release"
             ) from exc
-        self.plan = plan
         self._scatter_by_year(years, plan.suppressed_rows)
+        # Pass 2 reads ``self.suppressed``; the plan's copy (a byte per kept invoice) is dropped.
+        self.plan = plan = replace(plan, suppressed_rows=np.zeros(0, dtype=np.bool_))
         g = plan.guarantee
         self.guarantee = {
             **base,
@@ -1018,13 +1079,7 @@ class _EngineRelease(_Release):
             raise RuntimeError("the release plan has no distinct clients per class")
         weighted = list(zip(plan.class_sizes.tolist(), plan.class_entities.tolist(), strict=True))
         if suppressed.any():
-            people = max(len(compact.customer_index), 1)
-            weighted.append(
-                (
-                    int(np.count_nonzero(suppressed)),
-                    _distinct_clients(compact.customer[suppressed], people),
-                )
-            )
+            weighted.append((int(np.count_nonzero(suppressed)), _distinct_clients(compact, suppressed)))
         fewest = min(count for _, count in weighted)
         return {
             "max_risk": 1.0 / fewest,
@@ -1059,26 +1114,25 @@ class _SafeHarborRelease(_Release):
 
     def __init__(self, compact: _Compact) -> None:
         self.compact = compact
-        codes = _RowCodes(compact)
-        self.ages = np.concatenate(
-            [codes.ages(rows) for rows in _row_slices(compact.rows, _ROW_CHUNK)]
-            or [np.zeros(0, dtype=np.int32)]
-        )
+        self.codes = codes = _RowCodes(compact)
         self.zip3 = [_zip3(postcode) for postcode in compact.postcodes]
         zip3_codes = {label: number for number, label in enumerate(sorted(set(self.zip3)))}
         zip3_of_postcode = np.asarray([zip3_codes[label] for label in self.zip3] or [0], dtype=np.int64)
         rows = compact.rows
-        postcode = compact.postcode[compact.customer] if rows else compact.customer
-        gender = compact.gender[compact.customer] if rows else compact.customer
-        missing = int(((postcode < 0) | (self.ages < 0) | (gender < 0)).sum())
-        smallest = 0
-        if rows:
-            year, _ = _calendar(compact.day)
+        missing = 0
+        class_sizes: Counter[int] = Counter()  # released class (ZIP3, age, gender, year) → invoices
+        for chunk in compact.slices():
+            customer = compact.customer[chunk]
+            postcode, gender, ages = compact.postcode[customer], compact.gender[customer], codes.ages(chunk)
+            missing += int(((postcode < 0) | (ages < 0) | (gender < 0)).sum())
+            year, _ = _calendar(compact.day[chunk])
             key = np.where(postcode < 0, len(zip3_codes), zip3_of_postcode[np.maximum(postcode, 0)])
-            key = key * 92 + np.where(self.ages < 0, 91, np.minimum(self.ages, 90))
+            key = key * 92 + np.where(ages < 0, 91, np.minimum(ages, 90))
             key = key * (len(compact.genders) + 1) + np.where(gender < 0, len(compact.genders), gender)
             key = key * 10_000 + year
-            smallest = int(np.unique(key, return_counts=True)[1].min())
+            found, counts = np.unique(key, return_counts=True)
+            class_sizes.update(dict(zip(found.tolist(), counts.tolist(), strict=True)))
+        smallest = min(class_sizes.values(), default=0)
         self.guarantee = {
             "k": None,
             "l": None,
@@ -1094,7 +1148,7 @@ class _SafeHarborRelease(_Release):
     def quasi_identifiers(self, rows: slice) -> dict[str, pl.Series]:
         compact = self.compact
         customers = compact.customer[rows].tolist()
-        ages = self.ages[rows].tolist()
+        ages = self.codes.ages(rows).tolist()
         years, _ = _calendar(compact.day[rows])
         postcodes = [int(compact.postcode[c]) for c in customers]
         genders = [int(compact.gender[c]) for c in customers]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,7 @@ from billing import (
     Keyring,
 )
 from billing._models import Invoice, Payment, PaymentMethod, new_id
-from billing._reports import _Compact, _EngineRelease, _RowCodes
+from billing._reports import _CodeColumn, _Compact, _EngineRelease, _RowCodes
 from billing.errors import ValidationFailed
 
 CATEGORIES = ("hair", "nails", "skin", "massage")
@@ -397,6 +399,31 @@ def test_an_export_closed_unread_releases_its_snapshot(clocked: Billing, clock: 
     assert again.frame.height == 7
 
 
+def test_pass_one_codes_are_private_files_deleted_with_the_export(
+    clocked: Billing, clock: Clock, fake: Faker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pass 1 writes three int32 codes per invoice to a folder only this user can open, and the
+    folder goes when the export is closed, read or not, and when it fails."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    seeded = seed(clocked, clock, fake, clients=6, per_client=2)
+    period = (date(2026, 1, 1), date(2026, 12, 31))
+    with clocked.reports.export_invoices(accountant(seeded), *period, k=2, l=1) as export:
+        (folder,) = spill.iterdir()
+        assert folder.name.startswith("veilbill-export-") and folder.stat().st_mode & 0o777 == 0o700
+        sizes = {path.name: path.stat().st_size for path in folder.iterdir()}
+        assert sizes == dict.fromkeys(("customer", "day", "category"), 4 * 12)
+        assert export.to_dataset().frame.height == 12
+    assert not list(spill.iterdir())
+    with clocked.reports.export_invoices(accountant(seeded), *period, k=2, l=1):
+        assert len(list(spill.iterdir())) == 1
+    assert not list(spill.iterdir())
+    with pytest.raises(ValidationFailed):  # 12 invoices of 6 clients: no class of 7 clients
+        clocked.reports.export_invoices(accountant(seeded), *period, k=7, l=1, suppression=0.0)
+    assert not list(spill.iterdir())
+
+
 # --- pass 1 and the search against a release of the plain rows --------------------------------
 
 
@@ -469,9 +496,20 @@ def test_export_equals_the_engine_run_on_the_decrypted_rows(
     assert released_tuples(dataset.frame, columns) == released_tuples(expected.table, columns)
 
 
-def random_compact(rng: np.random.Generator, *, rows: int, clients: int) -> _Compact:
+def code_column(folder: Path, name: str, values: np.ndarray) -> _CodeColumn:
+    """A pass-1 code column holding ``values``, appended in uneven pieces."""
+    column = _CodeColumn(folder / name)
+    for piece in np.array_split(values.astype(np.int32), 3):
+        column.append(piece)
+    column.finish()
+    return column
+
+
+def random_compact(rng: np.random.Generator, *, rows: int, clients: int, folder: Path) -> _Compact:
     """Pass-1 codes as ``_read_compact`` builds them, with clients missing a postcode, a birth date
-    or a gender, and a few born after some of their invoices."""
+    or a gender, and a few born after some of their invoices. Among the first 40 invoices, those
+    whose client has a birth date are issued on the client's birthday in 2025 (the age changes
+    that day)."""
     first = date(2024, 1, 1).toordinal()
     postcodes = [f"{code:05d}" for code in rng.choice(np.arange(1000, 96000), size=40, replace=False)]
     postcode = rng.integers(0, len(postcodes), size=clients).astype(np.int32)
@@ -481,10 +519,16 @@ def random_compact(rng: np.random.Generator, *, rows: int, clients: int) -> _Com
     birth[3:6] = -1
     gender[6:9] = -1
     birth[9:12] = first + 200  # born in mid-2024: their invoices before that have no age
+    customer = rng.integers(0, clients, size=rows).astype(np.int32)
+    day = (first + rng.integers(0, 2 * 366, size=rows)).astype(np.int32)
+    for row in range(40):
+        born = int(birth[customer[row]])
+        if born > 0 and date.fromordinal(born).timetuple()[1:3] != (2, 29):
+            day[row] = date.fromordinal(born).replace(year=2025).toordinal()
     return _Compact(
-        customer=rng.integers(0, clients, size=rows).astype(np.int32),
-        day=(first + rng.integers(0, 2 * 366, size=rows)).astype(np.int32),
-        category=rng.integers(0, 5, size=rows).astype(np.int32),
+        customer=code_column(folder, "customer", customer),
+        day=code_column(folder, "day", day),
+        category=code_column(folder, "category", rng.integers(0, 5, size=rows)),
         categories=[f"c{index}" for index in range(5)],
         customer_index={f"cus_{index}": index for index in range(clients)},
         postcode=postcode,
@@ -498,8 +542,12 @@ def random_compact(rng: np.random.Generator, *, rows: int, clients: int) -> _Com
 def plain_rows(compact: _Compact) -> list[dict[str, str] | None]:
     """Each invoice of ``compact`` as plain values (None when a quasi-identifier is missing)."""
     rows: list[dict[str, str] | None] = []
+    everything = slice(0, compact.rows)
     for client, ordinal, category in zip(
-        compact.customer.tolist(), compact.day.tolist(), compact.category.tolist(), strict=True
+        compact.customer[everything].tolist(),
+        compact.day[everything].tolist(),
+        compact.category[everything].tolist(),
+        strict=True,
     ):
         postcode, birth, gender = (
             int(compact.postcode[client]),
@@ -525,23 +573,25 @@ def plain_rows(compact: _Compact) -> list[dict[str, str] | None]:
 
 
 @pytest.mark.parametrize("seed_value", [3, 11])
-def test_release_from_pass_one_codes_equals_the_release_of_the_plain_rows(seed_value: int) -> None:
+def test_release_from_pass_one_codes_equals_the_release_of_the_plain_rows(
+    seed_value: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """No database: pass-1 codes against plain values. Rows missing a quasi-identifier are
     suppressed up front and count against the limit; the others are released as the engine
     releases the plain rows with what is left of the limit. Deriving leaves a chunk at a time
     (7 rows) or at once gives the same release."""
     rng = np.random.default_rng(seed_value)
-    compact = random_compact(rng, rows=3000, clients=400)
-    for row in range(40):  # invoices on their client's birthday (the age changes that day)
-        birth = int(compact.birth[compact.customer[row]])
-        if birth > 0 and date.fromordinal(birth).timetuple()[1:3] != (2, 29):
-            compact.day[row] = date.fromordinal(birth).replace(year=2025).toordinal()
+    compact = random_compact(rng, rows=3000, clients=400, folder=tmp_path)
+    for column in (compact.customer, compact.day, compact.category):
+        request.addfinalizer(column.close)
+    everything = slice(0, compact.rows)
+    customers, days = compact.customer[everything], compact.day[everything]
     plain = plain_rows(compact)
     codes = _RowCodes(compact)
     ages = np.concatenate([codes.ages(slice(start, start + 7)) for start in range(0, compact.rows, 7)])
     expected_ages = [
         age_at(date.fromordinal(int(compact.birth[c])), date.fromordinal(d)) if compact.birth[c] >= 0 else -1
-        for c, d in zip(compact.customer.tolist(), compact.day.tolist(), strict=True)
+        for c, d in zip(customers.tolist(), days.tolist(), strict=True)
     ]
     assert ages.tolist() == [max(age, -1) for age in expected_ages]
     complete = [row for row in plain if row is not None]
@@ -567,7 +617,7 @@ def test_release_from_pass_one_codes_equals_the_release_of_the_plain_rows(seed_v
         assert guarantee["loss"] == pytest.approx(expected.guarantee.loss, abs=1e-12)
         released = pl.DataFrame(
             release.quasi_identifiers(slice(0, compact.rows))
-            | {"customer": compact.customer, "category": compact.category}
+            | {"customer": customers, "category": compact.category[everything]}
         )
         assert released.filter(pl.Series([row is None for row in plain])).select(QIS).unique().rows() == [
             ("*",) * 4
