@@ -30,6 +30,7 @@ __all__ = [
     "ReleasePlan",
     "anonymize",
     "build_problem",
+    "combination_key",
     "distinct_combinations",
     "encode_columns",
     "encode_table",
@@ -99,17 +100,7 @@ def distinct_combinations(
         parts.append((sensitive, sensitive_values))
     if entities is not None:
         parts.append((entities, entity_values))
-    # A key below 2^31 is built in 4 bytes: half the memory traffic over every row.
-    narrow = math.prod(max(cardinality, 1) for _, cardinality in parts) < 1 << 31
-    key: npt.NDArray[np.signedinteger[Any]] = np.zeros(rows, dtype=np.int32 if narrow else np.int64)
-    bound = 1
-    for column, cardinality in parts:
-        if bound * max(cardinality, 1) >= 1 << 62:
-            inverse, unique, _ = group_keys(key, bound)
-            key, bound = inverse.astype(np.int64), int(unique.size)
-        key *= cardinality
-        key += column
-        bound *= max(cardinality, 1)
+    key, bound = combination_key(parts, rows)
     inverse, _, representative = group_keys(key, bound)
     del key
     counts = np.bincount(inverse, minlength=representative.size).astype(np.int64, copy=False)
@@ -123,6 +114,27 @@ def distinct_combinations(
     if representative.size < 1 << 31:
         return table, inverse.astype(np.int32)
     return table, inverse
+
+
+def combination_key(
+    digits: Sequence[tuple[npt.NDArray[np.int32], int]], size: int
+) -> tuple[npt.NDArray[np.signedinteger[Any]], int]:
+    """One key per position from columns of codes, each below its radix (mixed radix, the first
+    column most significant), and the keys' bound. The distinct keys so far are renumbered
+    (in order) whenever the radices' product would pass 2^62. A key below 2^31 is built in 4
+    bytes: half the memory traffic over every row."""
+    narrow = math.prod(max(radix, 1) for _, radix in digits) < 1 << 31
+    key: npt.NDArray[np.signedinteger[Any]] = np.zeros(size, dtype=np.int32 if narrow else np.int64)
+    bound = 1
+    for values, count in digits:
+        radix = max(count, 1)
+        if bound * radix >= 1 << 62:
+            inverse, unique, _ = group_keys(key, bound)
+            key, bound = inverse.astype(np.int64), int(unique.size)
+        key *= radix
+        key += values
+        bound *= radix
+    return key, bound
 
 
 @dataclass(frozen=True)

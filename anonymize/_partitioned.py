@@ -7,18 +7,20 @@ top level has records in two partitions (for dates: partitions by year, since da
 and quarters all lie within a year). Then the classes of a node at which ``by`` is below its top
 never span two partitions, and such a node is evaluated partition by partition, summing what the
 search needs — suppressed records, loss numerators — and failing as soon as the suppression
-limit is passed. The nodes at which ``by`` is at its top are evaluated from one table built from
-every partition with ``by`` left out, the *collapsed* table, by the search's usual machinery (its
-cache included). The result is the same transformation, suppression and guarantee that
-``plan_release`` returns for all the partitions' records together (tested against it).
+limit is passed. The nodes at which ``by`` is at its top are evaluated from tables merged across
+the partitions with ``by`` left out (``_Collapsed``, ``_Top``): one table when only one of a
+sensitive column and an entity column is checked, evaluated by the search's usual machinery (its
+cache included); two — (other columns, entity) and (other columns, sensitive value) — when both
+are, since one table of both would again hold about a combination per record. The result is the
+same transformation, suppression and guarantee that ``plan_release`` returns for all the
+partitions' records together (tested against it, node by node).
 
 Memory: each partition's distinct combinations and its records' combination numbers are written
 to a temporary folder as they are built and read back one partition at a time; what stays is the
-collapsed table, the per-leaf record counts, and the suppressed flag of each record (1 byte each,
-the release's answer). The collapsed table has one entry per distinct combination of the other
-columns, sensitive value and entity: with a few dates per entity it is much smaller than the input,
-and with ``by`` a date it stops growing with the period once every entity has appeared (the
-other columns of an entity change little over time).
+merged tables, the per-leaf record counts, and the suppressed flag of each record (1 byte each,
+the release's answer). The merged tables have one entry per distinct combination of the other
+columns with an entity or a sensitive value: with ``by`` a date they stop growing with the period
+once every entity (and every combination of the other columns) has appeared.
 
 Cost: every evaluation below the top reads the partitions back (from the page cache, in practice)
 and the partitions are evaluated without a cache of rolled-up tables.
@@ -45,6 +47,7 @@ from anonymize._engine import (
     _search_inputs,
     build_problem,
     checks_diversity,
+    combination_key,
     distinct_combinations,
     release_guarantee,
 )
@@ -54,7 +57,6 @@ from anonymize._lattice import (
     Problem,
     Table,
     evaluate,
-    group_keys,
     leaf_counts,
     search,
     sum_by_key,
@@ -226,24 +228,6 @@ class _Top:
             loss_cap=loss_cap,
             also_failing=failing,
         )
-
-
-def combination_key(
-    digits: list[tuple[npt.NDArray[np.int32], int]], size: int
-) -> tuple[npt.NDArray[np.int64], int]:
-    """One int64 key per position from columns of codes (each below its radix), in mixed radix,
-    distinct positions renumbered whenever the radices' product would pass 2^62."""
-    key = np.zeros(size, dtype=np.int64)
-    bound = 1
-    for values, count in digits:
-        radix = max(count, 1)
-        if bound * radix >= 1 << 62:
-            inverse, unique, _ = group_keys(key, bound)
-            key, bound = inverse.astype(np.int64), int(unique.size)
-        key *= radix
-        key += values
-        bound *= radix
-    return key, bound
 
 
 def _rows_as_keys(matrix: npt.NDArray[np.intp]) -> npt.NDArray[np.void]:
