@@ -2,7 +2,8 @@
 
 Every audited read of decrypted PII (``PII_READ_ACTIONS``) of a client the key had not read within
 the tenant's window is followed, in the same transaction, by a count of the *distinct* clients that
-key read within the window (default: more than 100 clients in 60 minutes). Crossing the threshold
+key read within the window, which stops at the threshold (default: more than 100 clients in 60
+minutes). Crossing the threshold
 appends one ``access.alert`` event per window to the audit chain and, when the tenant chose
 ``suspend_on_alert``, suspends the key at once (it then authenticates no more until an admin
 reinstates it).
@@ -89,15 +90,42 @@ def _parameters_of(link: Link, since: datetime) -> dict[str, Any]:
     }
 
 
+def _since() -> Any:
+    return bindparam("m_since", type_=AuditEvent.__table__.c.occurred_at.type)  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _exact_count() -> Select[Any]:
+    """How many distinct other clients the key read since ``since``, uncapped."""
+    return sa_select(func.count(func.distinct(AuditEvent.subject_id))).where(*_other_reads(_since()))
+
+
 @functools.cache
 def _check_statement() -> Select[Any]:
     """The tenant's policy, whether the key read the client before since ``since``, and — only when
-    it did not — how many other clients it read since, in one query built once.
+    it did not — how many other clients it read since, up to the tenant's threshold, in one query
+    built once.
 
     The count's subquery sits in a ``CASE`` branch, which both databases evaluate only when taken.
+    It stops at the threshold (``LIMIT``): the read crosses it exactly when the key had read at least
+    that many other clients, so a key far above it costs the same as one at it, not a count of
+    every read in the window (decision 62). The alert's exact figure is counted apart
+    (``_exact_count``), once per window.
     """
-    since = bindparam("m_since", type_=AuditEvent.__table__.c.occurred_at.type)  # type: ignore[attr-defined]
-    others = select(func.count(func.distinct(AuditEvent.subject_id))).where(*_other_reads(since))
+    since = _since()
+    threshold = (
+        sa_select(func.coalesce(col(Tenant.pii_read_threshold), DEFAULT_PII_READ_THRESHOLD))
+        .where(col(Tenant.id) == bindparam("m_tenant"))
+        .scalar_subquery()
+    )
+    read = (
+        sa_select(col(AuditEvent.subject_id))
+        .where(col(AuditEvent.subject_id).is_not(None), *_other_reads(since))
+        .distinct()
+        .limit(threshold)
+        .subquery()
+    )
+    others = sa_select(func.count()).select_from(read)
     seen = exists().where(col(AuditEvent.subject_id) == bindparam("m_subject"), *_other_reads(since))
     columns: list[Any] = [
         col(Tenant.pii_read_threshold),
@@ -155,6 +183,9 @@ class AccessMonitor:
             )
         ).first()
         if already is None:
+            # The check's count stops at the threshold; the alert states the exact figure.
+            others = session.execute(_exact_count(), _parameters_of(link, since)).scalar_one()
+            distinct = others + (link.subject_id is not None)
             self._audit.record(
                 session,
                 tenant_id=link.tenant_id,

@@ -118,3 +118,29 @@ def test_reads_of_invoices_count_their_clients(database: Database, keyring: Keyr
     alerts = _alerts(database)
     assert [a.resource_id for a in alerts] == ["key_reader"]
     assert '"distinct_subjects": 3' in (alerts[0].detail or "")
+
+
+def test_the_check_stops_counting_at_the_threshold_but_the_alert_states_the_exact_count(
+    database: Database, keyring: Keyring, fake: Faker
+) -> None:
+    """The threshold lowered under a key that had read seven clients: its next new client crosses it,
+    and the alert says eight, not the threshold plus one where the check's count stopped."""
+    billing = Billing(db=database, keyring=keyring)
+    issued = billing.tenants.create_tenant("Salon Seuil")
+    admin = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
+    policy = AccessPolicy(pii_read_threshold=20, window_minutes=60, suspend_on_alert=False)
+    billing.tenants.set_access_policy(admin, policy)
+    reader = Actor(tenant_id=admin.tenant_id, role="booking", key_id="key_reader")
+    clients = [billing.customers.create(admin, CustomerInput(name=fake.name())).id for _ in range(8)]
+    for customer_id in clients[:7]:
+        billing.customers.read(reader, customer_id)
+        billing.customers.read(reader, customer_id)  # read twice: distinct clients are counted
+    billing.tenants.set_access_policy(
+        admin, AccessPolicy(pii_read_threshold=3, window_minutes=60, suspend_on_alert=False)
+    )
+    assert _alerts(database) == []
+    billing.customers.read(reader, clients[7])
+    alerts = _alerts(database)
+    assert [a.resource_id for a in alerts] == ["key_reader"]
+    assert '"distinct_subjects": 8' in (alerts[0].detail or "")
+    assert '"threshold": 3' in (alerts[0].detail or "")
