@@ -77,7 +77,6 @@ reimplementation of the definitions.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -197,40 +196,50 @@ def _group(
 
 def _sort(keys: KeyArray, bound: int) -> tuple[KeyArray, IntpArray]:
     """Non-negative ``keys`` (all < ``bound``) in ascending order, and the stable permutation that
-    sorts them. Where NumPy sorts 8-byte integers with SIMD kernels (``_simd_sort``), by one sort of
-    the keys packed with their positions in the low bits (distinct values, so the order is stable
-    by construction); elsewhere, or if a key and a position do not fit in 63 bits, by a radix sort
-    (``_radix_order``)."""
-    size = int(keys.size)
-    shift = max(size - 1, 1).bit_length()
-    if max(bound - 1, 1).bit_length() + shift <= 63 and _simd_sort():
-        packed = keys.astype(np.int64)
-        packed <<= shift
-        packed |= np.arange(size, dtype=np.int64)
-        packed.sort()
-        order = (packed & ((1 << shift) - 1)).astype(np.intp, copy=False)
-        packed >>= shift
-        return packed, order
+    sorts them: by one sort of the keys packed with their positions in the low bits (distinct
+    values, so the order is stable by construction) where that is the faster sort on this machine
+    (``_packed_sort_wins``), else — or if a key and a position do not fit in 63 bits — by a radix
+    sort (``_radix_order``)."""
+    shift = max(int(keys.size) - 1, 1).bit_length()
+    if max(bound - 1, 1).bit_length() + shift <= 63 and _packed_sort_wins():
+        return _packed_sort(keys, shift)
     order = _radix_order(keys, bound)
     return keys[order], order
 
 
+def _packed_sort(keys: KeyArray, shift: int) -> tuple[KeyArray, IntpArray]:
+    packed = keys.astype(np.int64)
+    packed <<= shift
+    packed |= np.arange(keys.size, dtype=np.int64)
+    packed.sort()
+    order = (packed & ((1 << shift) - 1)).astype(np.intp, copy=False)
+    packed >>= shift
+    return packed, order
+
+
 @functools.cache
-def _simd_sort() -> bool:
-    """Whether this CPU lets NumPy sort 8-byte integers with its x86-simd-sort kernels (AVX2 or
-    AVX-512). Measured on the search's tables (keys of 20 to 30 bits, docs/benchmarks.md): with
-    AVX-512 one sort of packed keys is 1.7 times faster than the radix sort at 7,300 keys and 2.4
-    times at 17,631; with AVX2 alone about as fast at 7,300 and faster above; without either NumPy
-    falls back to an introsort about 5 times slower than the radix sort. NumPy does not say which
-    kernel it dispatches to; the CPU features it detected at import (what ``np.show_runtime``
-    prints, ``NPY_DISABLE_CPU_FEATURES`` respected) are in a private module, so if that ever moves
-    the radix sort, right everywhere, is used."""
-    try:
-        features = importlib.import_module("numpy._core._multiarray_umath").__cpu_features__
-    except (ImportError, AttributeError):  # pragma: no cover -- a NumPy that moved it
-        return False
-    # The dispatch target for AVX2 is named X86_V3 from NumPy 2.4 on, AVX2 before.
-    return bool(features.get("X86_V3", features.get("AVX2", False)))
+def _packed_sort_wins() -> bool:
+    """Whether the packed sort beats the radix sort on this machine, decided once per process by
+    timing both (8 to 10 ms, first uses included) on keys like the search's: 16,384 keys of 26
+    bits, the best of three runs each.
+
+    Where NumPy dispatches its 8-byte integer sort to the x86-simd-sort kernels, the packed sort
+    was 1.7 to 2.4 times faster than the radix sort at the search's sizes (an Intel Xeon with
+    AVX-512, decision 58); where NumPy falls back to its introsort, 3 to 5 times slower. The CPU
+    features NumPy reports do not tell which: on an AMD EPYC for which NumPy 2.4.6 reports AVX-512
+    (``X86_V4``), the packed sort took 234 µs against the radix sort's 81 µs at 7,300 keys and
+    5.8 ms against 1.3 ms at 100,000 — choosing by features took the slower one (decision 63).
+    Both give the same order, so the choice changes the time only, never a result."""
+    keys = np.random.default_rng(0).integers(0, 1 << 26, size=1 << 14).astype(np.int64)
+    packed = radix = math.inf
+    for _ in range(3):
+        started = perf_counter()
+        _packed_sort(keys, 14)
+        packed = min(packed, perf_counter() - started)
+        started = perf_counter()
+        _ = keys[_radix_order(keys, 1 << 26)]  # with the gather `_sort` does after it
+        radix = min(radix, perf_counter() - started)
+    return packed < radix
 
 
 def _radix_order(keys: KeyArray, bound: int) -> IntpArray:
@@ -239,7 +248,7 @@ def _radix_order(keys: KeyArray, bound: int) -> IntpArray:
     NumPy's radix sort for 16-bit integers). Stable, so the first position of each run of equal
     keys is the smallest. Where NumPy has no SIMD sort, about 4 times faster than sorting the
     keys packed with their positions at the search's table sizes (10^4 combinations, keys of 20 to
-    30 bits), and 2 times at 10^6; where it has one, slower (``_simd_sort``, docs/benchmarks.md)."""
+    30 bits), and 2 times at 10^6; where it has one, slower (``_packed_sort_wins``)."""
     bits = max(bound - 1, 1).bit_length()
     lowest = keys.astype(np.uint16)  # the cast keeps the low 16 bits
     if bits <= 16:

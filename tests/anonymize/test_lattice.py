@@ -278,7 +278,7 @@ def test_distinct_entities_never_fall_as_levels_rise() -> None:
 def test_group_keys_numbers_groups_in_key_order(
     bound: int, size: int, packed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lattice_module, "_simd_sort", lambda: packed)
+    monkeypatch.setattr(lattice_module, "_packed_sort_wins", lambda: packed)
     rng = np.random.default_rng(bound % 1000)
     keys = rng.integers(0, min(bound, 300), size=size).astype(np.int64) * (bound // 300 or 1)
     inverse, unique, representative = group_keys(keys, bound)
@@ -299,7 +299,7 @@ def test_group_sums_weights_per_group(
 ) -> None:
     """Both sorts (one of keys packed with their positions where NumPy sorts with SIMD, a radix
     sort elsewhere) give the same groups, in key order, each represented by its first position."""
-    monkeypatch.setattr(lattice_module, "_simd_sort", lambda: packed)
+    monkeypatch.setattr(lattice_module, "_packed_sort_wins", lambda: packed)
     rng = np.random.default_rng(size)
     keys = rng.integers(0, min(bound, 300), size=size).astype(np.int64) * (bound // 300 or 1)
     weights = rng.integers(1, 1000, size=size).astype(np.int64)
