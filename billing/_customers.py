@@ -130,21 +130,25 @@ class CustomerService:
         now = self._clock()
         customer = Customer(id=new_id("cus"), tenant_id=actor.tenant_id, created_at=now, updated_at=now)
         with self._db.transaction() as session:
-            keys = self._keys(session)
-            profile = keys.create(actor.tenant_id, customer.id, "profile")
-            keys.create(actor.tenant_id, customer.id, "record")
-            values = {name: getattr(data, name) for name in PII_FIELDS}
-            self._seal_fields(customer, profile, values)
-            self._index(customer, keys.index_key(actor.tenant_id), values)
-            session.add(customer)
-            self._audit.record(
+            # The link comes first and brings the tenant's blind-index key in its statement (one
+            # round trip on PostgreSQL); the client's rows follow it in the same transaction.
+            _, index_rows = self._audit.record_along(
                 session,
+                keys_along(actor.tenant_id, actor.tenant_id, ("index",)),
                 actor=actor,
                 action="customer.created",
                 resource_type="customer",
                 resource_id=customer.id,
                 subject_id=customer.id,
             )
+            keys = self._keys(session)
+            keys.adopt_all(index_rows)
+            profile = keys.create(actor.tenant_id, customer.id, "profile")
+            keys.create(actor.tenant_id, customer.id, "record")
+            values = {name: getattr(data, name) for name in PII_FIELDS}
+            self._seal_fields(customer, profile, values)
+            self._index(customer, keys.index_key(actor.tenant_id), values)
+            session.add(customer)
             view = _view(customer, values)
             if self._idempotency is not None:
                 self._idempotency.record_outcome(session, actor.tenant_id, view)
