@@ -35,6 +35,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -601,6 +602,10 @@ class InvoiceSequence(SQLModel, table=True):
     last_value: int = _f(_bookkeeping("last number issued", _TENANT_LIFE, "legal obligation"), default=0)
 
 
+# The rows of the partial index of access alerts (the migration that makes it writes the same).
+ACCESS_ALERT_WHERE: Final = "action = 'access.alert'"
+
+
 def _audit(purpose: str, why: str = "ids and codes only, never PII") -> Inventory:
     return Inventory(_TECH, purpose, "legal obligation", "clear", _AUDIT, why=why)
 
@@ -618,6 +623,14 @@ class AuditEvent(SQLModel, table=True):
         Index("ix_audit_events_actor_time", "actor_key_id", "occurred_at"),
         # The access monitor's "did this key read this client in the window before?"
         Index("ix_audit_events_actor_subject_time", "actor_key_id", "subject_id", "occurred_at"),
+        # The access monitor's "was this key already flagged in the window?": alerts only.
+        Index(
+            "ix_audit_events_alerts",
+            "resource_id",
+            "occurred_at",
+            postgresql_where=text(ACCESS_ALERT_WHERE),
+            sqlite_where=text(ACCESS_ALERT_WHERE),
+        ),
     )
 
     id: int | None = Field(

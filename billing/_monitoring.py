@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, Row, Select, bindparam, case, exists, func
+from sqlalchemy import ColumnElement, Row, Select, bindparam, case, exists, func, literal_column
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from billing._audit import AuditTrail, Check, Link
 from billing._db import in_constants
@@ -94,6 +94,19 @@ def _since() -> Any:
     return bindparam("m_since", type_=AuditEvent.__table__.c.occurred_at.type)  # type: ignore[attr-defined]
 
 
+def _alerted(since: Any) -> Any:
+    """Whether the key was flagged (an ``access.alert`` of its tenant) since ``since``: a probe of
+    the partial index ``ix_audit_events_alerts``, whose condition (``ACCESS_ALERT_WHERE``) the
+    query states with the action as a constant, so that the planner uses the index in a prepared
+    statement too."""
+    return exists().where(
+        col(AuditEvent.action) == literal_column("'access.alert'"),
+        col(AuditEvent.resource_id) == bindparam("m_key"),
+        col(AuditEvent.occurred_at) >= since,
+        col(AuditEvent.chain) == bindparam("m_chain"),
+    )
+
+
 @functools.cache
 def _exact_count() -> Select[Any]:
     """How many distinct other clients the key read since ``since``, uncapped."""
@@ -133,6 +146,7 @@ def _check_statement() -> Select[Any]:
         col(Tenant.suspend_on_alert),
         seen,
         case((seen, None), else_=others.scalar_subquery()),
+        case((seen, None), else_=_alerted(since)),
     ]
     return sa_select(*columns).where(col(Tenant.id) == bindparam("m_tenant"))
 
@@ -164,25 +178,17 @@ class AccessMonitor:
         """
         if row is None:
             return
-        threshold, window_minutes, suspend, seen, others = tuple(row)
+        threshold, window_minutes, suspend, seen, others, alerted = tuple(row)
         policy = _policy(threshold, window_minutes, suspend)
         since = self._clock() - timedelta(minutes=policy.window_minutes)
         if policy.window_minutes != _DEFAULT_WINDOW_MINUTES:
-            seen, others = session.execute(_check_statement(), _parameters_of(link, since)).one()[3:]
+            seen, others, alerted = session.execute(_check_statement(), _parameters_of(link, since)).one()[3:]
         if seen:
             return
         distinct = others + (link.subject_id is not None)  # the other clients, and this one
         if distinct <= policy.pii_read_threshold:
             return
-        already = session.exec(
-            select(AuditEvent.id).where(
-                AuditEvent.chain == link.tenant_id,
-                AuditEvent.action == "access.alert",
-                AuditEvent.resource_id == link.actor_key_id,
-                col(AuditEvent.occurred_at) >= since,
-            )
-        ).first()
-        if already is None:
+        if not alerted:
             # The check's count stops at the threshold; the alert states the exact figure.
             others = session.execute(_exact_count(), _parameters_of(link, since)).scalar_one()
             distinct = others + (link.subject_id is not None)

@@ -144,3 +144,31 @@ def test_the_check_stops_counting_at_the_threshold_but_the_alert_states_the_exac
     assert [a.resource_id for a in alerts] == ["key_reader"]
     assert '"distinct_subjects": 8' in (alerts[0].detail or "")
     assert '"threshold": 3' in (alerts[0].detail or "")
+
+
+def test_an_alert_holds_for_its_key_and_its_window_only(
+    database: Database, keyring: Keyring, fake: Faker
+) -> None:
+    """Whether a key was already flagged rides in the check's statement (the partial index of
+    alerts): a second key crossing the threshold in the same window is flagged too, and the first
+    key is flagged again once its alert has left the window."""
+    clock = Clock(datetime(2026, 3, 1, 10, 0, tzinfo=UTC))
+    billing = Billing(db=database, keyring=keyring, clock=clock)
+    issued = billing.tenants.create_tenant("Salon Fenêtres")
+    admin = Actor(tenant_id=issued.tenant_id, role="admin", key_id=issued.id)
+    policy = AccessPolicy(pii_read_threshold=2, window_minutes=60, suspend_on_alert=False)
+    billing.tenants.set_access_policy(admin, policy)
+    first = Actor(tenant_id=issued.tenant_id, role="booking", key_id="key_first")
+    second = Actor(tenant_id=issued.tenant_id, role="booking", key_id="key_second")
+    clients = [billing.customers.create(admin, CustomerInput(name=fake.name())).id for _ in range(8)]
+    for customer_id in clients[:4]:  # crosses at the third client; the fourth is already flagged
+        billing.customers.read(first, customer_id)
+    for customer_id in clients[:3]:
+        billing.customers.read(second, customer_id)
+    assert sorted(a.resource_id for a in _alerts(database)) == ["key_first", "key_second"]
+    clock.now += timedelta(minutes=61)
+    for customer_id in clients[4:7]:
+        billing.customers.read(first, customer_id)
+    assert sorted(a.resource_id for a in _alerts(database)) == ["key_first", "key_first", "key_second"]
+    billing.customers.read(first, clients[7])  # flagged in this window already
+    assert len(_alerts(database)) == 3
