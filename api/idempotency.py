@@ -63,6 +63,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         body, replay_receive = await _buffer_body(receive, self._max_body)
+        # A digest of the request, held in memory only: billing stores it keyed under the tenant's key.
         fingerprint = hashlib.sha256(b"\x1f".join([b"POST", scope["path"].encode(), body])).hexdigest()
         billing: Billing = scope["app"].state.billing
         try:

@@ -37,6 +37,8 @@ the HSM first, outside any transaction).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import threading
 import time
@@ -51,7 +53,7 @@ from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
 from billing._db import Database, insert_ignore
-from billing._envelope import FieldContext, open_sealed, seal
+from billing._envelope import DataKey, FieldContext, open_sealed, seal
 from billing._keyring import Keyring
 from billing._keys import SubjectKeys
 from billing._models import IdempotencyRecord
@@ -110,8 +112,12 @@ class IdempotencyStore:
         self._held_lock = threading.Lock()
         self._keeper: threading.Thread | None = None
 
-    def begin(self, tenant_id: str, key: str, fingerprint: str) -> StoredResponse | None:
+    def begin(self, tenant_id: str, key: str, request: str) -> StoredResponse | None:
         """Claim ``key``; or return the response stored for it.
+
+        ``request`` tells requests apart (the API passes a SHA-256 of method, path and body). It is
+        stored only as a fingerprint keyed under the tenant's ``idempotency`` key: an unkeyed hash
+        of a body that holds PII would let whoever reads the table confirm a guess of it.
 
         A claim whose lease ran out (its request's process died) is taken over by a request with
         the same fingerprint: the expired record is replaced by this request's claim, in the same
@@ -123,6 +129,9 @@ class IdempotencyStore:
         """
         now = self._clock()
         with self._db.transaction() as session:
+            keys = SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
+            dek = keys.get_or_create(tenant_id, tenant_id, "idempotency")
+            fingerprint = _fingerprint(dek, request)
             session.execute(
                 delete(IdempotencyRecord).where(
                     col(IdempotencyRecord.tenant_id) == tenant_id,
@@ -157,16 +166,11 @@ class IdempotencyStore:
             ).one_or_none()
             if record is None:  # claimed and released by another request in between
                 raise IdempotencyInProgress()
-            if record.request_fingerprint != fingerprint:
+            if not hmac.compare_digest(record.request_fingerprint, fingerprint):
                 raise IdempotencyKeyReused()
             if record.state != "done" or record.response_ct is None or record.response_status is None:
                 raise IdempotencyInProgress()
-            keys = SubjectKeys(session, self._keyring, clock=self._clock, rng=self._rng)
-            body = open_sealed(
-                keys.get(tenant_id, tenant_id, "idempotency"),
-                record.response_ct,
-                _context(tenant_id, key),
-            )
+            body = open_sealed(dek, record.response_ct, _context(tenant_id, key))
             return StoredResponse(status=record.response_status, body=body)
 
     def complete(self, tenant_id: str, key: str, status: int, body: bytes) -> None:
@@ -297,6 +301,16 @@ class IdempotencyStore:
             except Exception as error:  # a database outage must not end the keeper
                 if self._on_error is not None:
                     self._on_error(error)
+
+
+_FINGERPRINT_LABEL = b"veilbill/idempotency/request-fingerprint/v1"
+
+
+def _fingerprint(dek: DataKey, request: str) -> str:
+    """``request`` keyed under a key derived from the tenant's ``idempotency`` key (an HMAC of a
+    label, so the AES key itself is never an HMAC key), as 64 hex characters."""
+    derived = hmac.new(dek.material, _FINGERPRINT_LABEL, hashlib.sha256).digest()
+    return hmac.new(derived, request.encode(), hashlib.sha256).hexdigest()
 
 
 def _context(tenant_id: str, key: str) -> FieldContext:

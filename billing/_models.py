@@ -926,9 +926,9 @@ class IdempotencyRecord(SQLModel, table=True):
             _TECH,
             "tells a replay from a reuse of the key",
             "contract",
-            "hashed",
+            "keyed mac",
             _IDEMPOTENCY,
-            why="SHA-256 of the request; the request itself is not kept",
+            why="HMAC-SHA256 of the request, keyed from the tenant's idempotency key; request not kept",
         ),
         max_length=64,
     )

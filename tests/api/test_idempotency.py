@@ -24,7 +24,7 @@ from sqlmodel import col, func, select
 from api.app import create_app
 from api.controllers.admin import ROTATION_BATCHES_PER_REQUEST
 from api.settings import Settings
-from billing import CLAIM_LEASE, Actor, Billing, DestinationPolicy, RotationProgress, utcnow
+from billing import CLAIM_LEASE, Actor, Billing, DestinationPolicy, IdempotencyStore, RotationProgress, utcnow
 from billing._event_models import WebhookEndpoint
 from billing._models import ApiKey, AuditEvent, IdempotencyRecord, PaymentSession
 
@@ -39,19 +39,10 @@ def _fingerprint(path: str, body: bytes) -> str:
 
 
 def _plant_claim(billing: Billing, tenant_id: str, key: str, fingerprint: str, *, age: timedelta) -> None:
-    """A claim whose holder stopped extending it ``age`` ago (as a killed process would)."""
-    last_extended = utcnow() - age
-    with billing.db.transaction() as session:
-        session.add(
-            IdempotencyRecord(
-                tenant_id=tenant_id,
-                key=key,
-                request_fingerprint=fingerprint,
-                state="in_progress",
-                created_at=last_extended - timedelta(seconds=1),
-                expires_at=last_extended + CLAIM_LEASE,
-            )
-        )
+    """A claim whose holder stopped extending it ``age`` ago (as a killed process would): taken by
+    another process's store whose clock is ``age`` behind, which then never completes it."""
+    killed = IdempotencyStore(billing.db, billing.keyring, clock=lambda: utcnow() - age, lease=CLAIM_LEASE)
+    assert killed.begin(tenant_id, key, fingerprint) is None
 
 
 def _post(client: TestClient[Any], tenant: TenantKeys, body: bytes, key: str) -> Any:

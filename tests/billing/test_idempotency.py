@@ -7,6 +7,7 @@ SIGKILL runs no code of ours); time is moved by the stores' clocks.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from billing import (
     Keyring,
     utcnow,
 )
-from billing._models import Customer
+from billing._models import Customer, IdempotencyRecord
 from billing.errors import IdempotencyInProgress, IdempotencyKeyReused, ValidationFailed
 
 from ..conftest import FIXED_NOW
@@ -73,6 +74,28 @@ def test_a_finished_request_is_replayed_and_its_key_cannot_be_reused(
     assert replay is not None and (replay.status, replay.body) == (201, b'{"id": "cus_1"}')
     with pytest.raises(IdempotencyKeyReused):
         process().begin(tenant_id, "k1", "fp-b")
+
+
+def test_the_stored_fingerprint_is_keyed_per_tenant(
+    billing: Billing, process: Callable[[], IdempotencyStore], tenant_id: str
+) -> None:
+    """What the table keeps of a request is an HMAC under a key derived from the tenant's
+    ``idempotency`` key: not the digest the API passes (an unkeyed hash of a body with PII would
+    confirm guesses of it), and not the same for the same request in another tenant."""
+    other = billing.tenants.create_tenant("Salon Opéra").tenant_id
+    request = hashlib.sha256(b'POST\x1f/v1/customers\x1f{"name": "A"}').hexdigest()
+    for tenant in (tenant_id, other):
+        assert process().begin(tenant, "k1", request) is None
+    with billing.db.read() as session:
+        stored = session.exec(
+            select(IdempotencyRecord.tenant_id, IdempotencyRecord.request_fingerprint)
+        ).all()
+    fingerprints = dict(stored)
+    assert set(fingerprints) == {tenant_id, other}
+    assert all(len(f) == 64 and f != request for f in fingerprints.values())
+    assert fingerprints[tenant_id] != fingerprints[other]
+    with pytest.raises(IdempotencyInProgress):  # the same request still finds its claim
+        process().begin(tenant_id, "k1", request)
 
 
 def test_a_claim_left_by_a_killed_process_is_taken_over_once_its_lease_runs_out(
