@@ -58,6 +58,8 @@ import hashlib
 import hmac
 import math
 import os
+import shutil
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -224,6 +226,64 @@ class _Client:
     gender: str | None
 
 
+_EXPORT_FOLDER_PREFIX = "veilbill-export-"
+
+
+def _export_folder(stack: contextlib.ExitStack) -> Path:
+    """A private (0700) temporary folder for one export's files, deleted by ``stack``.
+
+    A process killed during an export deletes nothing, so the folder is named after the process
+    (``veilbill-export-<pid namespace>.<pid>-…``), and each export first deletes the folders of
+    this user whose process, in this process's PID namespace, no longer exists. A folder of
+    another namespace (another container sharing the directory) is left alone: its process
+    cannot be looked up from here."""
+    parent = Path(tempfile.gettempdir())
+    tag = _process_tag()
+    _remove_folders_of_dead_exports(parent, tag.split(".", 1)[0])
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{_EXPORT_FOLDER_PREFIX}{tag}-")))
+
+
+def _process_tag() -> str:
+    """``<pid namespace>.<pid>``; the namespace is the inode of ``/proc/self/ns/pid`` (0 where
+    there is none: then folders are named but never swept)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{namespace}.{os.getpid()}"
+
+
+def _remove_folders_of_dead_exports(parent: Path, namespace: str) -> list[Path]:
+    """Delete ``parent``'s export folders of this user, PID namespace ``namespace``, whose process
+    is gone; return them."""
+    removed: list[Path] = []
+    if namespace == "0":
+        return removed
+    for entry in parent.glob(f"{_EXPORT_FOLDER_PREFIX}{namespace}.*-*"):
+        pid = entry.name[len(_EXPORT_FOLDER_PREFIX) + len(namespace) + 1 :].split("-", 1)[0]
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if not pid.isdigit() or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        if _process_exists(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class _CodeColumn:
     """One int32 code per invoice, written to a file as pass 1 reads the invoices and read back a
     slice at a time (``os.pread``), so pass 1's codes never sit in memory whole: what an export
@@ -270,6 +330,7 @@ class _Compact:
     issue day and category (on disk, ``_CodeColumn``), plus a few values per client. Row i is the
     i-th invoice in export order (by invoice id)."""
 
+    folder: Path  # the export's private temporary folder (``_export_folder``)
     customer: _CodeColumn
     day: _CodeColumn
     category: _CodeColumn
@@ -568,7 +629,7 @@ class ReportService:
         customer_index: dict[str, int] = {}
         categories: dict[str, int] = {}
         clients = _ClientAttributes()
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="veilbill-export-")))
+        folder = _export_folder(stack)
         columns = tuple(_CodeColumn(folder / name) for name in ("customer", "day", "category"))
         for column in columns:
             stack.callback(column.close)
@@ -599,6 +660,7 @@ class ReportService:
         for column in columns:
             column.finish()
         return _Compact(
+            folder=folder,
             customer=columns[0],
             day=columns[1],
             category=columns[2],
@@ -972,7 +1034,8 @@ class _EngineRelease(_Release):
         try:
             # One year of the kept invoices at a time, kept on disk by the engine during the search
             # (a period's labels below the top never span two years).
-            plan = plan_partitioned_release((self._encoded_year(year) for year in years), config, by="period")
+            years_encoded = (self._encoded_year(year) for year in years)
+            plan = plan_partitioned_release(years_encoded, config, by="period", spill_dir=self.compact.folder)
         except AnonymizationError as exc:
             raise ValidationFailed(
                 "no release satisfies k and l for this period", field="k", reason="no_anonymous_release"

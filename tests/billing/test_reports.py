@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from billing import (
     Keyring,
 )
 from billing._models import Invoice, Payment, PaymentMethod, new_id
-from billing._reports import _CodeColumn, _Compact, _EngineRelease, _RowCodes
+from billing._reports import _CodeColumn, _Compact, _EngineRelease, _process_tag, _RowCodes
 from billing.errors import ValidationFailed
 
 CATEGORIES = ("hair", "nails", "skin", "massage")
@@ -424,6 +426,40 @@ def test_pass_one_codes_are_private_files_deleted_with_the_export(
     assert not list(spill.iterdir())
 
 
+def test_an_export_removes_the_folders_that_killed_exports_left(
+    clocked: Billing, clock: Clock, fake: Faker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed during an export leaves its folder; the next export deletes it — only
+    folders of this PID namespace whose process is gone, never a running export's or one of
+    another namespace (a container sharing the directory)."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    namespace, _ = _process_tag().split(".")
+    assert namespace != "0", "Linux: /proc/self/ns/pid names the PID namespace"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True
+    )
+    dead_pid = int(gone.stdout)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        left = spill / f"veilbill-export-{namespace}.{dead_pid}-a1b2"
+        live = spill / f"veilbill-export-{namespace}.{running.pid}-c3d4"
+        foreign = spill / f"veilbill-export-{int(namespace) + 1}.{dead_pid}-e5f6"
+        for folder in (left, live, foreign):
+            folder.mkdir(mode=0o700)
+            (folder / "customer").write_bytes(bytes(8))
+        seeded = seed(clocked, clock, fake, clients=6, per_client=2)
+        with clocked.reports.export_invoices(
+            accountant(seeded), date(2026, 1, 1), date(2026, 12, 31), k=2, l=1
+        ) as export:
+            assert export.to_dataset().frame.height == 12
+        assert sorted(path.name for path in spill.iterdir()) == sorted([live.name, foreign.name])
+    finally:
+        running.kill()
+        running.wait()
+
+
 # --- pass 1 and the search against a release of the plain rows --------------------------------
 
 
@@ -526,6 +562,7 @@ def random_compact(rng: np.random.Generator, *, rows: int, clients: int, folder:
         if born > 0 and date.fromordinal(born).timetuple()[1:3] != (2, 29):
             day[row] = date.fromordinal(born).replace(year=2025).toordinal()
     return _Compact(
+        folder=folder,
         customer=code_column(folder, "customer", customer),
         day=code_column(folder, "day", day),
         category=code_column(folder, "category", rng.integers(0, 5, size=rows)),
