@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, Row, Select, bindparam, case, exists, func, literal_column
+from sqlalchemy import ColumnElement, Row, Select, bindparam, case, exists, func, literal_column, true
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
 
@@ -139,16 +139,28 @@ def _check_statement() -> Select[Any]:
         .subquery()
     )
     others = sa_select(func.count()).select_from(read)
-    seen = exists().where(col(AuditEvent.subject_id) == bindparam("m_subject"), *_other_reads(since))
+    # ``seen`` is written once, in a derived table the two branches read: repeated in each, the
+    # statement that carries this check past psycopg's 4,096-byte limit for caching a query's
+    # conversion, and every read of PII paid for parsing it again (decision 68).
+    prior = sa_select(
+        exists()
+        .where(col(AuditEvent.subject_id) == bindparam("m_subject"), *_other_reads(since))
+        .label("seen")
+    ).subquery("prior")
     columns: list[Any] = [
         col(Tenant.pii_read_threshold),
         col(Tenant.pii_read_window_minutes),
         col(Tenant.suspend_on_alert),
-        seen,
-        case((seen, None), else_=others.scalar_subquery()),
-        case((seen, None), else_=_alerted(since)),
+        prior.c.seen,
+        case((prior.c.seen, None), else_=others.scalar_subquery()),
+        case((prior.c.seen, None), else_=_alerted(since)),
     ]
-    return sa_select(*columns).where(col(Tenant.id) == bindparam("m_tenant"))
+    return (
+        sa_select(*columns)
+        .select_from(Tenant)
+        .join(prior, true())
+        .where(col(Tenant.id) == bindparam("m_tenant"))
+    )
 
 
 class AccessMonitor:

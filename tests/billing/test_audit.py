@@ -8,11 +8,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Select, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql
 from sqlmodel import col
 
 from billing import Actor, Billing, Database, Keyring, create_keyring
-from billing._audit import Along, AuditTrail, Link
+from billing._audit import Along, AuditTrail, Link, _append_after_with
+from billing._invoices import _lines_query
+from billing._keys import _keys_of_subject
 from billing._models import AuditEvent, AuditHead
+from billing._monitoring import _check_statement
 
 from ..conftest import FIXED_NOW, statements_of
 
@@ -304,3 +308,33 @@ def test_a_read_along_an_append_whose_head_moved_is_read_once_and_linked_once(
         assert _kinds(sent) == ["UPDATE", "SELECT", "INSERT", "UPDATE", "SELECT", "SELECT"]
     result = billing.verify_audit()
     assert result.ok and result.events == 7
+
+
+# psycopg caches how it converts a query's text only up to this length; a longer query is parsed
+# again at every execution (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH, read here as a figure
+# of its documented behaviour rather than imported from a private module).
+PSYCOPG_CACHED_QUERY_BYTES = 4096
+
+
+@pytest.mark.parametrize(
+    ("watched", "along"),
+    [
+        (True, "lines"),  # an invoice read: the check and the lines
+        (True, "profile"),  # a client read: the check and the profile key
+        (False, "draft"),  # a draft: the two keys
+        (False, "index"),  # a new client: the tenant's index key
+    ],
+)
+def test_the_append_statements_stay_short_enough_for_psycopg_to_cache(watched: bool, along: str) -> None:
+    """Every audited request of the privacy-tax path sends one of these statements; past 4,096
+    bytes psycopg re-parses it each time (decision 68: the monitor's check had grown the invoice
+    read's to 4,771 bytes)."""
+    queries = {
+        "lines": _lines_query(),
+        "profile": _keys_of_subject(("profile",)),
+        "draft": _keys_of_subject(("profile", "record")),
+        "index": _keys_of_subject(("index",)),
+    }
+    combined = _append_after_with(_check_statement() if watched else None, queries[along])
+    text = str(combined.statement.compile(dialect=postgresql.psycopg.dialect()))
+    assert len(text.encode()) <= PSYCOPG_CACHED_QUERY_BYTES, len(text.encode())
