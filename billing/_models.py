@@ -602,8 +602,10 @@ class InvoiceSequence(SQLModel, table=True):
     last_value: int = _f(_bookkeeping("last number issued", _TENANT_LIFE, "legal obligation"), default=0)
 
 
-# The rows of the partial index of access alerts (the migration that makes it writes the same).
-ACCESS_ALERT_WHERE: Final = "action = 'access.alert'"
+# The access monitor's alert, and the rows of the partial index of alerts (the migration that
+# makes the index writes the same condition).
+ACCESS_ALERT: Final = "access.alert"
+ACCESS_ALERT_WHERE: Final = f"action = '{ACCESS_ALERT}'"
 
 
 def _audit(purpose: str, why: str = "ids and codes only, never PII") -> Inventory:

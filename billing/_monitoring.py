@@ -23,7 +23,7 @@ from sqlmodel import Session, col
 
 from billing._audit import AuditTrail, Check, Link
 from billing._db import in_constants
-from billing._models import ApiKey, AuditEvent, Tenant
+from billing._models import ACCESS_ALERT, ApiKey, AuditEvent, Tenant
 
 __all__ = [
     "DEFAULT_PII_READ_THRESHOLD",
@@ -100,7 +100,7 @@ def _alerted(since: Any) -> Any:
     query states with the action as a constant, so that the planner uses the index in a prepared
     statement too."""
     return exists().where(
-        col(AuditEvent.action) == literal_column("'access.alert'"),
+        col(AuditEvent.action) == literal_column(f"'{ACCESS_ALERT}'"),
         col(AuditEvent.resource_id) == bindparam("m_key"),
         col(AuditEvent.occurred_at) >= since,
         col(AuditEvent.chain) == bindparam("m_chain"),
@@ -207,7 +207,7 @@ class AccessMonitor:
             self._audit.record(
                 session,
                 tenant_id=link.tenant_id,
-                action="access.alert",
+                action=ACCESS_ALERT,
                 resource_type="api_key",
                 resource_id=link.actor_key_id,
                 outcome="alert",
