@@ -236,42 +236,35 @@ def _export_folder(stack: contextlib.ExitStack) -> Path:
     (``veilbill-export-<pid namespace>.<pid>-…``), and each export first deletes the folders of
     this user whose process, in this process's PID namespace, no longer exists. A folder of
     another namespace (another container sharing the directory) is left alone: its process
-    cannot be looked up from here."""
+    cannot be looked up from here. Without ``/proc`` (no namespace to name) nothing is swept."""
     parent = Path(tempfile.gettempdir())
-    tag = _process_tag()
-    _remove_folders_of_dead_exports(parent, tag.split(".", 1)[0])
-    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{_EXPORT_FOLDER_PREFIX}{tag}-")))
+    namespace = _pid_namespace()
+    if namespace is not None:
+        _remove_folders_of_dead_exports(parent, namespace)
+    prefix = f"{_EXPORT_FOLDER_PREFIX}{namespace or 0}.{os.getpid()}-"
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
 
 
-def _process_tag() -> str:
-    """``<pid namespace>.<pid>``; the namespace is the inode of ``/proc/self/ns/pid`` (0 where
-    there is none: then folders are named but never swept)."""
+def _pid_namespace() -> int | None:
+    """The inode of ``/proc/self/ns/pid``, which names this process's PID namespace."""
     try:
-        namespace = os.stat("/proc/self/ns/pid").st_ino
+        return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
-        namespace = 0
-    return f"{namespace}.{os.getpid()}"
+        return None
 
 
-def _remove_folders_of_dead_exports(parent: Path, namespace: str) -> list[Path]:
-    """Delete ``parent``'s export folders of this user, PID namespace ``namespace``, whose process
-    is gone; return them."""
-    removed: list[Path] = []
-    if namespace == "0":
-        return removed
-    for entry in parent.glob(f"{_EXPORT_FOLDER_PREFIX}{namespace}.*-*"):
-        pid = entry.name[len(_EXPORT_FOLDER_PREFIX) + len(namespace) + 1 :].split("-", 1)[0]
+def _remove_folders_of_dead_exports(parent: Path, namespace: int) -> None:
+    """Delete ``parent``'s export folders of this user and PID namespace whose process is gone."""
+    prefix = f"{_EXPORT_FOLDER_PREFIX}{namespace}."
+    for entry in parent.glob(f"{prefix}*-*"):
+        pid = entry.name.removeprefix(prefix).split("-", 1)[0]
         try:
             info = entry.lstat()
         except OSError:
             continue
-        if not pid.isdigit() or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            continue
-        if _process_exists(int(pid)):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
+        ours = pid.isdigit() and stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+        if ours and not _process_exists(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _process_exists(pid: int) -> bool:
@@ -280,7 +273,7 @@ def _process_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
+        pass
     return True
 
 

@@ -38,7 +38,7 @@ from billing import (
     Keyring,
 )
 from billing._models import Invoice, Payment, PaymentMethod, new_id
-from billing._reports import _CodeColumn, _Compact, _EngineRelease, _process_tag, _RowCodes
+from billing._reports import _CodeColumn, _Compact, _EngineRelease, _pid_namespace, _RowCodes
 from billing.errors import ValidationFailed
 
 CATEGORIES = ("hair", "nails", "skin", "massage")
@@ -435,8 +435,8 @@ def test_an_export_removes_the_folders_that_killed_exports_left(
     spill = tmp_path / "spill"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
-    namespace, _ = _process_tag().split(".")
-    assert namespace != "0", "Linux: /proc/self/ns/pid names the PID namespace"
+    namespace = _pid_namespace()
+    assert namespace is not None, "Linux: /proc/self/ns/pid names the PID namespace"
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True
     )
@@ -445,7 +445,7 @@ def test_an_export_removes_the_folders_that_killed_exports_left(
     try:
         left = spill / f"veilbill-export-{namespace}.{dead_pid}-a1b2"
         live = spill / f"veilbill-export-{namespace}.{running.pid}-c3d4"
-        foreign = spill / f"veilbill-export-{int(namespace) + 1}.{dead_pid}-e5f6"
+        foreign = spill / f"veilbill-export-{namespace + 1}.{dead_pid}-e5f6"
         for folder in (left, live, foreign):
             folder.mkdir(mode=0o700)
             (folder / "customer").write_bytes(bytes(8))
