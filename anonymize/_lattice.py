@@ -87,6 +87,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anonymize._errors import LatticeTooLarge, NoAnonymousTransformation
+from anonymize._hashgroup import HASH_GROUP_MAX, hash_roll_up
 
 __all__ = [
     "Evaluation",
@@ -161,7 +162,7 @@ def _group(
     if size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty.astype(np.intp), empty, empty.astype(np.intp) if inverse else None
-    if bound <= max(_DENSE_MIN, 2 * size) and bound <= _DENSE_MAX:
+    if _dense(size, bound):
         sums = np.bincount(keys, weights=weights, minlength=bound)
         unique = np.flatnonzero(sums)
         totals = sums[unique].astype(np.int64)
@@ -192,6 +193,17 @@ def _group(
         numbers = np.empty(size, dtype=np.intp)
         numbers[order] = np.cumsum(starts_mask, dtype=np.intp) - 1
     return ordered[starts], order[starts], totals, numbers
+
+
+def _dense(size: int, bound: int) -> bool:
+    """Whether ``_group`` relabels ``size`` keys below ``bound`` densely, without sorting."""
+    return bound <= max(_DENSE_MIN, 2 * size) and bound <= _DENSE_MAX
+
+
+def _hashing_wins(size: int, bound: int) -> bool:
+    """Whether ``hash_roll_up`` beats ``_group`` on ``size`` keys below ``bound``: where ``_group``
+    would sort and the hash table stays within the caches (``HASH_GROUP_MAX``)."""
+    return size <= HASH_GROUP_MAX and not _dense(size, bound)
 
 
 def _sort(keys: KeyArray, bound: int) -> tuple[KeyArray, IntpArray]:
@@ -693,10 +705,12 @@ def _class_keys(
     return key, bound, class_key, divisor
 
 
-def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tuple[KeyArray | None, int]:
-    """The key of the quasi-identifiers' labels at ``levels`` (``None`` if all are at the top) and
-    its bound: each chunk's dense number at ``levels`` through its lookup table, in mixed radix (the
-    last chunk least significant, by Horner's rule), in 4 bytes below 2^31."""
+def _label_parts(
+    problem: Problem, source: Table, levels: tuple[int, ...]
+) -> list[tuple[CodeArray, LabelArray, int]]:
+    """The digits of the key of the quasi-identifiers' labels at ``levels``: for each chunk not
+    wholly at the top, its lookup table to the dense number of its labels at ``levels``, its
+    values in ``source`` and the count of such numbers."""
     chunks = source.chunks(problem)
     parts: list[tuple[CodeArray, LabelArray, int]] = []
     lows, highs = problem.chunk_levels(source.packed_levels), problem.chunk_levels(levels)
@@ -704,6 +718,14 @@ def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tupl
         lut, card = problem.key_lut(c, lows[c], highs[c])
         if card > 1:
             parts.append((lut, chunks[c], card))
+    return parts
+
+
+def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tuple[KeyArray | None, int]:
+    """The key of the quasi-identifiers' labels at ``levels`` (``None`` if all are at the top) and
+    its bound: each chunk's dense number at ``levels`` through its lookup table, in mixed radix (the
+    last chunk least significant, by Horner's rule), in 4 bytes below 2^31."""
+    parts = _label_parts(problem, source, levels)
     key: KeyArray | None = None
     bound = math.prod(card for _, _, card in parts)
     if bound < _KEY_LIMIT:
@@ -813,6 +835,63 @@ def _failing_entity_classes(
     return starts, sizes, failed, class_of_group, entities
 
 
+@dataclass(frozen=True)
+class _Classes:
+    """A roll-up's groups (distinct combinations at the target node) and classes.
+
+    ``representative`` holds one source position of each group and ``counts`` its records;
+    ``starts`` each class's first group (``None`` when classes are the groups), ``sizes`` each
+    class's records and ``failed`` which classes fail k or l; ``class_of_group`` each group's class
+    (``None`` when classes are the groups), ``inverse`` each source combination's group (only when
+    asked for) and ``class_entities`` each class's distinct entities (only when k counts them).
+    """
+
+    representative: IntpArray
+    counts: Int64Array
+    starts: IntpArray | None
+    sizes: Int64Array
+    failed: npt.NDArray[np.bool_]
+    class_of_group: IntpArray | None = None
+    inverse: IntpArray | None = None
+    class_entities: Int64Array | None = None
+
+
+def _hashed_classes(problem: Problem, source: Table, levels: tuple[int, ...]) -> _Classes | None:
+    """The classes by hashing (``hash_roll_up``, in no particular order), for a source without a
+    sensitive value or entity, where classes are the groups; ``None`` where sorting is faster (a
+    small key space, grouped densely) or hashing does not apply (past ``HASH_GROUP_MAX``
+    combinations, or a key of 63 bits or more)."""
+    parts = _label_parts(problem, source, levels)
+    bound = math.prod(card for _, _, card in parts)
+    if bound >= _KEY_LIMIT or not _hashing_wins(source.size, bound):
+        return None
+    luts, values, cards = zip(*parts, strict=True)
+    representative, counts = hash_roll_up(values, luts, cards, source.counts)
+    return _Classes(representative, counts, None, counts, counts < problem.k)
+
+
+def _sorted_classes(problem: Problem, source: Table, levels: tuple[int, ...], *, inverse: bool) -> _Classes:
+    """The classes by ``_group``: groups in ascending key order, so a class is a run of groups."""
+    key, bound, class_key, divisor = _class_keys(problem, source, levels)
+    unique, representative, counts, numbers = _group(key, bound, source.counts, inverse=inverse)
+    del key
+    entities = source.entities
+    if entities is None:
+        starts, sizes, failed, class_of_group = _failing_classes(
+            problem, counts, unique, source.sensitive is not None
+        )
+        return _Classes(representative, counts, starts, sizes, failed, class_of_group, numbers)
+    starts, sizes, failed, class_of_group, class_entities = _failing_entity_classes(
+        problem,
+        counts,
+        unique,
+        unique // divisor if class_key is None else class_key[representative],
+        entities[representative],
+        source.sensitive is not None,
+    )
+    return _Classes(representative, counts, starts, sizes, failed, class_of_group, numbers, class_entities)
+
+
 def evaluate(
     problem: Problem,
     source: Table,
@@ -832,26 +911,19 @@ def evaluate(
     (in ascending order of their labels, as ``class_failed`` lists them) that fail a model checked
     elsewhere: another table of the same records with the same classes.
     """
-    key, bound, class_key, divisor = _class_keys(problem, source, levels)
-    unique, representative, counts, inverse = _group(key, bound, source.counts, inverse=details)
-    del key
-    source_entities = source.entities
-    class_entities: Int64Array | None = None
-    class_of_group: IntpArray | None
-    starts: IntpArray | None  # each class's first group; None when classes are the groups
-    if source_entities is not None:
-        starts, sizes, failed, class_of_group, class_entities = _failing_entity_classes(
-            problem,
-            counts,
-            unique,
-            unique // divisor if class_key is None else class_key[representative],
-            source_entities[representative],
-            source.sensitive is not None,
-        )
-    else:
-        starts, sizes, failed, class_of_group = _failing_classes(
-            problem, counts, unique, source.sensitive is not None
-        )
+    # Without a sensitive value or entity a class is a group, and unless its classes are listed
+    # (details, or another table's failures matched to them) nothing reads them in key order.
+    unordered = not details and also_failing is None and source.sensitive is None and source.entities is None
+    classes = _hashed_classes(problem, source, levels) if unordered else None
+    if classes is None:
+        classes = _sorted_classes(problem, source, levels, inverse=details)
+    representative, counts, starts, sizes = (
+        classes.representative,
+        classes.counts,
+        classes.starts,
+        classes.sizes,
+    )
+    failed = classes.failed
     if also_failing is not None:
         if also_failing.size != failed.size:
             raise RuntimeError("a model checked elsewhere saw other classes")
@@ -886,9 +958,9 @@ def evaluate(
     totals = None if numerators is None else tuple(numerators)
     if not details:
         return Evaluation(levels, suppressed, totals, int(sizes.size), table)
-    if inverse is None:  # pragma: no cover -- asked for with details
+    if classes.inverse is None:  # pragma: no cover -- asked for with details
         raise RuntimeError("no inverse")
-    group_failed = failed if class_of_group is None else failed[class_of_group]
+    group_failed = failed if classes.class_of_group is None else failed[classes.class_of_group]
     return Evaluation(
         levels,
         suppressed,
@@ -897,8 +969,8 @@ def evaluate(
         table,
         class_sizes=sizes,
         class_failed=failed,
-        source_failed=group_failed[inverse],
-        class_entities=class_entities,
+        source_failed=group_failed[classes.inverse],
+        class_entities=classes.class_entities,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -612,3 +613,50 @@ def test_tables_with_4_byte_chunk_values_search_the_same(monkeypatch: pytest.Mon
         assert all(values.dtype == np.int32 for values in base.chunks(problem))
         rolled = evaluate(problem, base, (1, 1, 0), keep_table=True).table
         assert rolled is not None and all(values.dtype == np.int32 for values in rolled.chunks(problem))
+
+
+def test_roll_ups_without_a_sensitive_column_are_hashed_and_agree_with_sorting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a sensitive column or entities, ``evaluate`` groups by hashing (classes in no order)
+    where the key space is too large to relabel densely; with ``details`` it sorts. Both must see
+    the same classes, suppression and loss at every node, and the search the optimum."""
+    rng = np.random.default_rng(29)
+    trees = {
+        name: Hierarchy((f"{name}{i}", f"g{name}{i // 4}", f"h{name}{i // 16}", "*") for i in range(40))
+        for name in "abcd"
+    }
+    frame = pl.DataFrame(
+        {name: rng.choice([f"{name}{i}" for i in range(40)], size=4000).tolist() for name in trees}
+    )
+    problem, base = _problem_for(frame, trees, AnonymizationConfig(trees, k=3, suppression_limit=0.04))
+    hashed_sizes: list[int] = []
+    hash_roll_up = lattice_module.hash_roll_up
+
+    def spy(*arguments: Any) -> Any:
+        hashed_sizes.append(int(arguments[3].size))
+        return hash_roll_up(*arguments)
+
+    monkeypatch.setattr(lattice_module, "hash_roll_up", spy)
+    lattice = _Lattice(problem)
+    for node in range(lattice.size):
+        levels = lattice.levels_of(node)
+        before = len(hashed_sizes)
+        hashed = evaluate(problem, base, levels, keep_table=True)
+        hashed_here = len(hashed_sizes) > before
+        by_sorting = evaluate(problem, base, levels, keep_table=False, details=True)
+        assert len(hashed_sizes) == before + hashed_here  # details never hash
+        assert (hashed.suppressed, hashed.classes) == (by_sorting.suppressed, by_sorting.classes)
+        if hashed.numerators is not None:
+            assert hashed.numerators == by_sorting.numerators
+        if hashed_here and hashed.table is not None:  # a hashed table serves as a source like any other
+            above = tuple(
+                min(level + 1, height - 1) for level, height in zip(levels, problem.heights, strict=True)
+            )
+            assert evaluate(problem, hashed.table, above, keep_table=False).suppressed == (
+                evaluate(problem, base, above, keep_table=False, details=True).suppressed
+            )
+    assert len(hashed_sizes) > lattice.size // 4
+    everything = exhaustive(problem, base)
+    feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
+    assert search(problem, base).loss == pytest.approx(min(feasible), abs=1e-12)
