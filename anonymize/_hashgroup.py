@@ -12,7 +12,8 @@ hash table. On the search's tables it is 1.4 to 2.6 times faster than the sort's
 The kernel is compiled by Numba, a JIT compiler for NumPy code used across the scientific Python
 stack: NumPy cannot express a probe loop, and Numba keeps the loop here, readable as Python, with
 no build step. Its machine code is cached on disk (``cache=True``): a process loads it in about
-0.2 s on its first call instead of compiling it in about 0.5 s.
+0.2 s on its first call instead of compiling it in about 0.5 s. Numba is imported on that first
+call only (``_compiled``).
 
 The table is a workspace kept per thread (reports run searches in worker threads) and reused from
 one call to the next: a fresh table and fresh buffers for every call made the search 6 to 8 % slower
@@ -24,11 +25,11 @@ half full.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -42,7 +43,6 @@ _EMPTY = -1
 _FIBONACCI = np.uint64(0x9E3779B97F4A7C15)
 
 
-@numba.njit(nogil=True, cache=True)
 def _roll_up_kernel(
     values: Any,
     luts: Any,
@@ -55,7 +55,7 @@ def _roll_up_kernel(
     unique_slots: Any,
     representative: Any,
     totals: Any,
-) -> int:  # pragma: no cover -- compiled by Numba; its Python body never runs
+) -> int:  # pragma: no cover -- compiled by Numba (``_compiled``); its Python body never runs
     """Group the positions of ``values`` by their key (each part's ``luts[c][values[c][i]]``, in
     mixed radix ``cards``, the first part most significant) in the first 2^``bits`` slots; write
     each group's first position and total weight, in order of first appearance, and return the
@@ -92,6 +92,18 @@ def _roll_up_kernel(
     for group in range(groups):
         slot_keys[unique_slots[group]] = _EMPTY
     return groups
+
+
+@functools.cache
+def _compiled() -> Callable[..., int]:
+    """The kernel in machine code, compiled (or loaded from Numba's cache) on first use. Numba is
+    imported here, not with the module: importing it adds about 85 MB to a process (LLVM), which
+    a process that never groups by hashing — the API serving requests, or exports whose searches
+    all keep an order — need not carry."""
+    import numba
+
+    kernel: Callable[..., int] = numba.njit(nogil=True, cache=True)(_roll_up_kernel)
+    return kernel
 
 
 class _Workspace(threading.local):
@@ -144,7 +156,7 @@ def hash_roll_up(
         return np.zeros(1, dtype=np.intp), weights.sum(keepdims=True)
     workspace = _workspace
     workspace.reserve(size)
-    groups = _roll_up_kernel(
+    groups = _compiled()(
         tuple(values),
         tuple(luts),
         np.asarray(cards, dtype=np.int64),

@@ -22,9 +22,11 @@ Working representation (the ideas of ARX's Flash)
   segmented sums. Because hierarchies nest, the classes of N are unions of the classes of any
   specialization P ≤ N, so N's table is rolled up from the smallest table already computed for a
   node below it (the input's distinct combinations at worst).
-* Grouping is a dense relabelling (O(u + K), no sort) when the key space K is small, else a sort
-  (of keys packed with their positions where NumPy sorts with SIMD, else a radix sort on 16-bit
-  digits), with class sizes summed over the sorted runs.
+* Grouping is a dense relabelling (O(u + K), no sort) when the key space K is small. Otherwise,
+  where classes need no order (no sensitive column or entities, so a class is a group), the key is
+  built and grouped in one pass of a hash table in native code (``_hashgroup``); where they do, a
+  sort (of keys packed with their positions where NumPy sorts with SIMD, else a radix sort on
+  16-bit digits), with class sizes summed over the sorted runs.
 * The loss of an acceptable node is only computed exactly when the bound of rule 6 with its own
   suppression does not already put it above the best loss found so far.
 

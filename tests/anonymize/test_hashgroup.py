@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -106,3 +108,17 @@ def test_more_positions_than_the_workspace_takes_are_refused() -> None:
     luts = [np.zeros(1, dtype=np.int32)]
     with pytest.raises(ValueError, match="at most"):
         hash_roll_up(values, luts, [2], np.ones(size, dtype=np.int64))
+
+
+def test_numba_is_imported_only_when_a_roll_up_is_hashed() -> None:
+    # Importing Numba costs a process about 85 MB; the service and exports that never hash must
+    # not carry it.
+    probe = (
+        "import sys, numpy as np, api.app, anonymize\n"
+        "from anonymize._hashgroup import hash_roll_up\n"
+        "before = 'numba' in sys.modules\n"
+        "hash_roll_up([np.arange(3)], [np.arange(3, dtype=np.int32)], [3], np.ones(3, dtype=np.int64))\n"
+        "print(before, 'numba' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "True"]
