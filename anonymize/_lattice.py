@@ -89,7 +89,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anonymize._errors import LatticeTooLarge, NoAnonymousTransformation
-from anonymize._hashgroup import HASH_GROUP_MAX, hash_roll_up
+from anonymize._hashgroup import hash_roll_up, prepare
 
 __all__ = [
     "Evaluation",
@@ -203,9 +203,10 @@ def _dense(size: int, bound: int) -> bool:
 
 
 def _hashing_wins(size: int, bound: int) -> bool:
-    """Whether ``hash_roll_up`` beats ``_group`` on ``size`` keys below ``bound``: where ``_group``
-    would sort and the hash table stays within the caches (``HASH_GROUP_MAX``)."""
-    return size <= HASH_GROUP_MAX and not _dense(size, bound)
+    """Whether ``hash_roll_up`` takes ``size`` keys below ``bound`` rather than ``_group``: where
+    ``_group`` would sort, for tables whose chunk values are 8 bytes (below ``NARROW_CHUNKS_FROM``
+    combinations, within ``HASH_GROUP_MAX``: the kernel's signatures ``search`` prepares)."""
+    return size < NARROW_CHUNKS_FROM and not _dense(size, bound)
 
 
 def _sort(keys: KeyArray, bound: int) -> tuple[KeyArray, IntpArray]:
@@ -1277,6 +1278,8 @@ def search(
     are evaluated from ``base`` and the cache as usual), with ``evaluate``'s meaning of the loss
     cap: a partitioned search evaluates there the nodes whose classes never span two partitions.
     """
+    if base.sensitive is None and base.entities is None:  # roll-ups may be hashed (``evaluate``)
+        prepare(len(problem.layout.chunks))
     started = clock()
     budget = cache_budget if cache_budget is not None else CACHE_BUDGET
     state = _Search(problem, base, budget, evaluator)

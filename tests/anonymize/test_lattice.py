@@ -660,3 +660,32 @@ def test_roll_ups_without_a_sensitive_column_are_hashed_and_agree_with_sorting(
     everything = exhaustive(problem, base)
     feasible = [loss for _, suppressed, loss in everything if suppressed <= problem.max_suppressed]
     assert search(problem, base).loss == pytest.approx(min(feasible), abs=1e-12)
+
+
+def test_the_kernel_is_prepared_before_the_search_clock_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading or compiling the hash kernel (0.2 to 0.5 s in a new process) is not search time; a
+    search that cannot hash (a sensitive column: classes in key order) does not load it."""
+    rng = np.random.default_rng(31)
+    trees = {name: Hierarchy((f"{name}{i}", f"g{name}{i // 4}", "*") for i in range(12)) for name in "abc"}
+    frame = pl.DataFrame(
+        {
+            **{name: rng.choice([f"{name}{i}" for i in range(12)], size=500).tolist() for name in trees},
+            "s": rng.choice(["p", "q"], size=500).tolist(),
+        }
+    )
+    events: list[object] = []
+    monkeypatch.setattr(lattice_module, "prepare", lambda parts: events.append(("prepare", parts)))
+
+    def clock() -> float:
+        events.append("clock")
+        return 0.0
+
+    problem, base = _problem_for(frame, trees, AnonymizationConfig(trees, k=3))
+    search(problem, base, clock=clock)
+    assert events[0] == ("prepare", len(problem.layout.chunks))
+    assert events[1:] == ["clock", "clock"]
+    events.clear()
+    diverse = AnonymizationConfig(trees, k=3, l=2, sensitive="s", suppression_limit=0.1)
+    problem, base = _problem_for(frame, trees, diverse)
+    search(problem, base, clock=clock)
+    assert events == ["clock", "clock"]
