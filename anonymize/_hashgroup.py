@@ -99,10 +99,17 @@ def _compiled() -> Callable[..., int]:
     """The kernel in machine code, compiled (or loaded from Numba's cache) on first use. Numba is
     imported here, not with the module: importing it adds about 85 MB to a process (LLVM), which
     a process that never groups by hashing — the API serving requests, or exports whose searches
-    all keep an order — need not carry."""
+    all keep an order — need not carry.
+
+    Where Numba finds no writable place for its cache (a read-only install, no writable home and
+    no ``NUMBA_CACHE_DIR``), it refuses to cache; the kernel is then compiled in each process."""
     import numba
 
-    kernel: Callable[..., int] = numba.njit(nogil=True, cache=True)(_roll_up_kernel)
+    kernel: Callable[..., int]
+    try:
+        kernel = numba.njit(nogil=True, cache=True)(_roll_up_kernel)
+    except RuntimeError:  # "cannot cache function …: no locator available"
+        kernel = numba.njit(nogil=True)(_roll_up_kernel)
     return kernel
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -122,3 +123,23 @@ def test_numba_is_imported_only_when_a_roll_up_is_hashed() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_without_a_writable_cache_the_kernel_is_compiled_in_the_process() -> None:
+    # A read-only install: neither the package's folder nor the home folder can be written, and
+    # NUMBA_CACHE_DIR is not set. The tests run as root, who writes anyway, so Numba's refusal is
+    # made the way it comes about: none of its cache locators finds a place.
+    probe = (
+        "import numpy as np\n"
+        "import numba.core.caching as caching\n"
+        "for locator in caching.CacheImpl._locator_classes:\n"
+        "    locator.from_function = classmethod(lambda cls, py_func, py_file: None)\n"
+        "from anonymize._hashgroup import hash_roll_up\n"
+        "print(hash_roll_up([np.array([0, 1, 0])], [np.arange(2, dtype=np.int32)], [2],"
+        " np.ones(3, dtype=np.int64))[1].tolist())\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, env=environment
+    )
+    assert result.stdout.split() == ["[2,", "1]"]
