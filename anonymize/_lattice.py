@@ -838,7 +838,7 @@ def _failing_entity_classes(
     return starts, sizes, failed, class_of_group, entities
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Classes:
     """A roll-up's groups (distinct combinations at the target node) and classes.
 
@@ -862,8 +862,8 @@ class _Classes:
 def _hashed_classes(problem: Problem, source: Table, levels: tuple[int, ...]) -> _Classes | None:
     """The classes by hashing (``hash_roll_up``, in no particular order), for a source without a
     sensitive value or entity, where classes are the groups; ``None`` where sorting is faster (a
-    small key space, grouped densely) or hashing does not apply (past ``HASH_GROUP_MAX``
-    combinations, or a key of 63 bits or more)."""
+    small key space, grouped densely) or hashing does not apply (a table of 4-byte chunk values,
+    or a key of 63 bits or more)."""
     parts = _label_parts(problem, source, levels)
     bound = math.prod(card for _, _, card in parts)
     if bound >= _KEY_LIMIT or not _hashing_wins(source.size, bound):
