@@ -59,7 +59,12 @@ def _roll_up_kernel(
     """Group the positions of ``values`` by their key (each part's ``luts[c][values[c][i]]``, in
     mixed radix ``cards``, the first part most significant) in the first 2^``bits`` slots; write
     each group's first position and total weight, in order of first appearance, and return the
-    number of groups. Leaves the slots empty."""
+    number of groups. Leaves the slots empty.
+
+    Numba does not check indexes: the caller guarantees that every value indexes its lookup table
+    and every label is in ``[0, card)`` (so every key is non-negative, never the empty slot's
+    mark). ``_lattice`` builds them so: chunk values are below the chunk's value space, the size of
+    each of its lookup tables, whose labels are dense numbers below the card."""
     size = weights.size
     # Part by part: a tuple indexed once per part, not once per position.
     first_values, first_lut = values[0], luts[0]
@@ -166,10 +171,13 @@ def hash_roll_up(
     each group and the sum of ``weights`` over it, in order of first appearance (not of the keys).
 
     ``values`` must share one dtype (a table's chunks do), as must ``luts``; with no part, every
-    position has the key 0."""
+    position has the key 0. Every value must index its lookup table, and every label be in
+    ``[0, card)`` (see ``_roll_up_kernel``); parts of another length raise ``ValueError``."""
     size = int(weights.size)
     if size > HASH_GROUP_MAX:
         raise ValueError(f"hash_roll_up takes at most {HASH_GROUP_MAX} positions, not {size}")
+    if any(part.size != size for part in values) or len(luts) != len(values) or len(cards) != len(values):
+        raise ValueError("hash_roll_up needs one lookup table and card per part, and one value per position")
     if not values:
         if size == 0:
             return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)

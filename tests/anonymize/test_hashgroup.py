@@ -103,6 +103,17 @@ def test_without_parts_every_position_is_one_group() -> None:
     assert totals.size == 0
 
 
+def test_parts_of_another_length_are_refused() -> None:
+    # The kernel indexes without bounds checks: a part shorter than the weights would be read past
+    # its end.
+    values = [np.zeros(3, dtype=np.intp), np.zeros(2, dtype=np.intp)]
+    luts = [np.zeros(1, dtype=np.int32)] * 2
+    with pytest.raises(ValueError, match="one value per position"):
+        hash_roll_up(values, luts, [2, 2], np.ones(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="one lookup table and card per part"):
+        hash_roll_up(values[:1], luts, [2], np.ones(3, dtype=np.int64))
+
+
 def test_more_positions_than_the_workspace_takes_are_refused() -> None:
     size = HASH_GROUP_MAX + 1
     values = [np.zeros(size, dtype=np.intp)]
