@@ -45,6 +45,12 @@ path that differs — the billing service's ``create_draft`` and ``read`` — on
 directly in this thread (the app runs handlers in worker threads, which a sampling profiler of
 the main thread does not see); the framework around it is the same on both sides.
 
+``--statements`` adds to each case's result where each request's time goes in the database: every
+statement both sides send in the measured rounds (SQLAlchemy's cursor events, so the time from
+sending it to its result, round trip included) and every commit (the dialect's ``do_commit``),
+by side, step and position in the request, as medians in microseconds. The rest of a request's
+time is Python (the framework, both sides alike, and the privacy machinery).
+
 ``--ablate`` measures what one guarantee costs, by taking it away from *this benchmark's instance*
 of the service only (never the product's code or configuration): ``unflushed-reads`` commits the
 invoice's read (and so its audit link) without waiting for the write-ahead log to reach the disk
@@ -54,13 +60,15 @@ audit link at all (and so runs no access monitoring). Results carry an
 ``ablation`` key; they answer "what would the ratio be without it", not what the product costs.
 
 Usage: ``python -m bench.privacy_tax_bench [--rounds 10] [--ops 40] [--only pg-invoice,...]
-[--ablate unflushed-reads|no-audit] [--profile FILE]``; prints one JSON line per case.
+[--ablate unflushed-reads|no-audit] [--statements] [--profile FILE]``; prints one JSON line per
+case.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -97,6 +105,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, select
 
@@ -513,6 +522,68 @@ class Side:
     round_cpu_medians: list[float] = field(default_factory=list)
 
 
+class StatementTimes:
+    """The database's share of each request (``--statements``): statements and commits timed on
+    the benchmark's engine, attributed to the side and step the client is running (requests are
+    sequential, so whatever the database does in between belongs to the current one)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect
+        self._started: dict[int, float] = {}
+        self.current: tuple[str, str] | None = None  # (side, step) while it is measured
+        self._position = 0
+        self.times: dict[tuple[str, str, int, str], list[float]] = {}
+        self._commit = engine.dialect.do_commit
+
+    def __enter__(self) -> StatementTimes:
+        event.listen(self._engine, "before_cursor_execute", self._before)
+        event.listen(self._engine, "after_cursor_execute", self._after)
+        self._dialect.do_commit = self._timed_commit  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._before)
+        event.remove(self._engine, "after_cursor_execute", self._after)
+        del self._dialect.do_commit
+
+    def start(self, side: str, step: str) -> None:
+        self.current, self._position = (side, step), 0
+
+    def _record(self, label: str, seconds: float) -> None:
+        if self.current is not None:
+            key = (*self.current, self._position, label)
+            self.times.setdefault(key, []).append(seconds * 1e6)
+            self._position += 1
+
+    def _before(self, _conn: Any, cursor: Any, *_: Any) -> None:
+        self._started[id(cursor)] = time.perf_counter()
+
+    def _after(self, _conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        started = self._started.pop(id(cursor), None)
+        if started is not None:
+            self._record(" ".join(statement.split()[:4])[:48], time.perf_counter() - started)
+
+    def _timed_commit(self, dbapi_connection: Any) -> None:
+        started = time.perf_counter()
+        self._commit(dbapi_connection)
+        self._record("COMMIT", time.perf_counter() - started)
+
+    def summary(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Side → step → its statements in request order: label, median µs, how often seen."""
+        result: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for (side, step, position, label), values in sorted(self.times.items()):
+            result.setdefault(side, {}).setdefault(step, []).append(
+                {
+                    "position": position,
+                    "sql": label,
+                    "us_median": round(statistics.median(values), 1),
+                    "count": len(values),
+                }
+            )
+        return result
+
+
 def _customer_payload(fake: Faker) -> dict[str, Any]:
     return {
         "name": fake.name(),
@@ -574,10 +645,17 @@ async def _operation(
     payload: dict[str, Any],
     customer: dict[str, Any] | None,
     index: int,
+    statements: StatementTimes | None = None,
 ) -> dict[str, float]:
     """One booking billed: [register the client,] create the invoice, read it back. Times in ms."""
     times: dict[str, float] = {}
+
+    def step(name: str) -> None:
+        if statements is not None:
+            statements.start(side.name, name)
+
     if customer is not None:
+        step("create_client")
         started = time.perf_counter()
         response = await client.post(side.customers_path, json=customer)
         times["create_client"] = (time.perf_counter() - started) * 1000
@@ -585,13 +663,17 @@ async def _operation(
     else:
         customer_id = side.clients[index % len(side.clients)]
     body = {**payload, "customer_id": customer_id}
+    step("create_invoice")
     started = time.perf_counter()
     response = await client.post(side.invoices_path, json=body)
     times["create_invoice"] = (time.perf_counter() - started) * 1000
     created = _expect(response, 201)
+    step("read_invoice")
     started = time.perf_counter()
     response = await client.get(f"{side.invoices_path}/{created['id']}")
     times["read_invoice"] = (time.perf_counter() - started) * 1000
+    if statements is not None:
+        statements.current = None
     read = _expect(response, 200)
     if [ln["description"] for ln in read["lines"]] != [ln["description"] for ln in payload["lines"]] or (
         read["notes"] != payload["notes"] or read["total"] != created["total"]
@@ -629,6 +711,8 @@ async def _run_case(app: Litestar, case: str, args: argparse.Namespace) -> dict[
                         _expect(await client.post(side.customers_path, json=customer), 201)["id"]
                     )
 
+        recorder = StatementTimes(billing.db.engine) if args.statements else None
+
         async def one_pass(count: int, record: bool, first: int) -> None:
             payloads = [_invoice_payload(fake) for _ in range(count)]
             customers = [_customer_payload(fake) if new_client_each_time else None for _ in range(count)]
@@ -636,7 +720,9 @@ async def _run_case(app: Litestar, case: str, args: argparse.Namespace) -> dict[
                 totals, cpus = [], []
                 for index, (payload, customer) in enumerate(zip(payloads, customers, strict=True)):
                     cpu_started = time.process_time()
-                    times = await _operation(client, side, payload, customer, index)
+                    times = await _operation(
+                        client, side, payload, customer, index, recorder if record else None
+                    )
                     cpus.append((time.process_time() - cpu_started) * 1000)
                     totals.append(sum(times.values()))
                     if record:
@@ -648,9 +734,13 @@ async def _run_case(app: Litestar, case: str, args: argparse.Namespace) -> dict[
                     side.round_cpu_medians.append(statistics.median(cpus))
 
         await one_pass(args.warmup, record=False, first=0)
-        for round_index in range(args.rounds):
-            await one_pass(args.ops, record=True, first=round_index % 2)
-    return _summary(case, sides, args)
+        with recorder or contextlib.nullcontext():
+            for round_index in range(args.rounds):
+                await one_pass(args.ops, record=True, first=round_index % 2)
+    result = _summary(case, sides, args)
+    if recorder is not None:
+        result["statements"] = recorder.summary()
+    return result
 
 
 def _summary(case: str, sides: list[Side], args: argparse.Namespace) -> dict[str, Any]:
@@ -828,6 +918,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile", type=Path, help="profile Veilbill's service calls into this file instead"
     )
     parser.add_argument(
+        "--statements", action="store_true", help="also time every statement and commit (see above)"
+    )
+    parser.add_argument(
         "--ablate", choices=ABLATIONS, help="take one guarantee away from the measured instance (see above)"
     )
     args = parser.parse_args(argv)
@@ -835,6 +928,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.only) - set(CASES)
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    if args.statements and args.ablate == "unflushed-reads":
+        parser.error("--statements times the service's engine, which unflushed reads do not use")
     if args.ablate == "unflushed-reads" and any(not case.startswith("pg-") for case in args.only):
         parser.error("--ablate unflushed-reads is for the PostgreSQL cases (pg-...)")
     if args.rounds < 1 or args.ops < 1 or args.warmup < 1 or args.clients < 1:

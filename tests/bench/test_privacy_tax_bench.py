@@ -16,6 +16,7 @@ from bench.privacy_tax_bench import (
     PlainCustomer,
     PlainInvoice,
     PlainInvoiceLine,
+    StatementTimes,
     ablate,
     parse_args,
     run_cases,
@@ -62,6 +63,51 @@ def test_one_short_round_of_every_case_compares_both_sides(
             {"create_client"} if "client" in result["case"] else set()
         )
         assert set(result["steps"]) == steps
+
+
+@pytest.mark.parametrize("case", ["sqlite-invoice", "pg-invoice"])
+def test_statements_are_timed_by_side_step_and_position(restore_logging: None, case: str) -> None:
+    if case.startswith("pg-"):
+        try:
+            psycopg.connect(PG_ADMIN_URL, connect_timeout=5).close()
+        except psycopg.OperationalError:
+            require_or_skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
+    short = ["--rounds", "2", "--ops", "2", "--warmup", "1", "--clients", "2", "--only", case]
+    (result,) = run_cases(parse_args([*short, "--statements"]))
+    statements = result["statements"]
+    assert set(statements) == {"veilbill", "baseline"}
+    for side in statements.values():
+        assert set(side) == {"create_invoice", "read_invoice"}
+        for timed in side.values():
+            assert [s["position"] for s in timed] == list(range(len(timed)))
+            assert all(s["count"] == 4 and s["us_median"] > 0 for s in timed)  # 2 rounds of 2
+            assert timed[-1]["sql"] == "COMMIT"
+
+    def writes(side: str, step: str) -> list[str]:
+        return [s["sql"] for s in statements[side][step] if s["sql"].startswith(("INSERT", "UPDATE", "WITH"))]
+
+    # Only Veilbill's read writes: its audit link (one statement on PostgreSQL, two on SQLite).
+    assert writes("baseline", "read_invoice") == []
+    assert writes("veilbill", "read_invoice")
+    assert len(writes("veilbill", "create_invoice")) > len(writes("baseline", "create_invoice"))
+    assert "statements" not in run_cases(parse_args(short))[0]
+
+
+def test_statement_timing_leaves_the_dialect_as_it_was(billing: Billing) -> None:
+    engine = billing.db.engine
+    with StatementTimes(engine) as recorder:
+        recorder.start("veilbill", "step")
+        with billing.db.transaction() as session:
+            session.exec(select(Customer)).all()
+    assert "do_commit" not in vars(engine.dialect)
+    assert not event.contains(engine, "before_cursor_execute", recorder._before)
+    labels = [label for _, _, _, label in recorder.times if label != "BEGIN IMMEDIATE"]  # SQLite's
+    assert len(labels) == 2 and labels[0].startswith("SELECT customers.id") and labels[1] == "COMMIT"
+
+
+def test_statements_cannot_be_timed_with_unflushed_reads() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "pg-invoice", "--statements", "--ablate", "unflushed-reads"])
 
 
 @pytest.mark.parametrize("ablation", ["unflushed-reads", "no-audit"])
