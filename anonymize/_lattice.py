@@ -89,7 +89,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anonymize._errors import LatticeTooLarge, NoAnonymousTransformation
-from anonymize._hashgroup import hash_roll_up, prepare
+from anonymize._hashgroup import HASH_GROUP_MAX, hash_roll_up, prepare
 
 __all__ = [
     "Evaluation",
@@ -112,6 +112,8 @@ CodeArray = npt.NDArray[np.int32]
 LabelArray = npt.NDArray[np.signedinteger[Any]]
 # Grouping keys: 4 bytes below 2^31 (half the memory traffic in the search's gathers and sorts), else 8.
 KeyArray = npt.NDArray[np.signedinteger[Any]]
+# A digit of a node's label key (``_label_parts``): a chunk's lookup table, its values, its card.
+LabelPart = tuple[CodeArray, LabelArray, int]
 
 MAX_LATTICE_NODES = 1 << 20
 CACHE_BUDGET = 1 << 21
@@ -205,8 +207,8 @@ def _dense(size: int, bound: int) -> bool:
 def _hashing_wins(size: int, bound: int) -> bool:
     """Whether ``hash_roll_up`` takes ``size`` keys below ``bound`` rather than ``_group``: where
     ``_group`` would sort, for tables whose chunk values are 8 bytes (below ``NARROW_CHUNKS_FROM``
-    combinations, within ``HASH_GROUP_MAX``: the kernel's signatures ``search`` prepares)."""
-    return size < NARROW_CHUNKS_FROM and not _dense(size, bound)
+    combinations: the kernel's signatures ``search`` prepares) and within ``HASH_GROUP_MAX``."""
+    return size < NARROW_CHUNKS_FROM and size <= HASH_GROUP_MAX and not _dense(size, bound)
 
 
 def _sort(keys: KeyArray, bound: int) -> tuple[KeyArray, IntpArray]:
@@ -683,14 +685,14 @@ class Evaluation:
 
 
 def _class_keys(
-    problem: Problem, source: Table, levels: tuple[int, ...]
+    problem: Problem, source: Table, parts: list[LabelPart]
 ) -> tuple[KeyArray, int, KeyArray | None, int]:
-    """One integer key per combination of ``source`` at ``levels`` (quasi-identifiers, then the
+    """One integer key per combination of ``source`` at the node of ``parts`` (quasi-identifiers, then the
     sensitive value, then the entity: classes are runs of keys), its bound, and, with entities, how
     to find the key of the quasi-identifiers alone (the class of each combination): ``key //
     divisor`` when the sensitive value and entity were appended without renumbering (no copy), else
     a copy of the class keys (``divisor`` 0)."""
-    key, bound = _label_key(problem, source, levels)
+    key, bound = _label_key(parts)
     entities, sensitive = source.entities, source.sensitive
     class_key, divisor = None, 0
     if entities is not None:
@@ -708,14 +710,12 @@ def _class_keys(
     return key, bound, class_key, divisor
 
 
-def _label_parts(
-    problem: Problem, source: Table, levels: tuple[int, ...]
-) -> list[tuple[CodeArray, LabelArray, int]]:
+def _label_parts(problem: Problem, source: Table, levels: tuple[int, ...]) -> list[LabelPart]:
     """The digits of the key of the quasi-identifiers' labels at ``levels``: for each chunk not
     wholly at the top, its lookup table to the dense number of its labels at ``levels``, its
     values in ``source`` and the count of such numbers."""
     chunks = source.chunks(problem)
-    parts: list[tuple[CodeArray, LabelArray, int]] = []
+    parts: list[LabelPart] = []
     lows, highs = problem.chunk_levels(source.packed_levels), problem.chunk_levels(levels)
     for c in range(len(chunks)):
         lut, card = problem.key_lut(c, lows[c], highs[c])
@@ -724,11 +724,10 @@ def _label_parts(
     return parts
 
 
-def _label_key(problem: Problem, source: Table, levels: tuple[int, ...]) -> tuple[KeyArray | None, int]:
-    """The key of the quasi-identifiers' labels at ``levels`` (``None`` if all are at the top) and
-    its bound: each chunk's dense number at ``levels`` through its lookup table, in mixed radix (the
-    last chunk least significant, by Horner's rule), in 4 bytes below 2^31."""
-    parts = _label_parts(problem, source, levels)
+def _label_key(parts: list[LabelPart]) -> tuple[KeyArray | None, int]:
+    """The key of the quasi-identifiers' labels from ``_label_parts`` (``None`` if all are at the
+    top) and its bound: each part's dense number through its lookup table, in mixed radix (the
+    last part least significant, by Horner's rule), in 4 bytes below 2^31."""
     key: KeyArray | None = None
     bound = math.prod(card for _, _, card in parts)
     if bound < _KEY_LIMIT:
@@ -859,12 +858,11 @@ class _Classes:
     class_entities: Int64Array | None = None
 
 
-def _hashed_classes(problem: Problem, source: Table, levels: tuple[int, ...]) -> _Classes | None:
+def _hashed_classes(problem: Problem, source: Table, parts: list[LabelPart]) -> _Classes | None:
     """The classes by hashing (``hash_roll_up``, in no particular order), for a source without a
     sensitive value or entity, where classes are the groups; ``None`` where sorting is faster (a
     small key space, grouped densely) or hashing does not apply (a table of 4-byte chunk values,
     or a key of 63 bits or more)."""
-    parts = _label_parts(problem, source, levels)
     bound = math.prod(card for _, _, card in parts)
     if bound >= _KEY_LIMIT or not _hashing_wins(source.size, bound):
         return None
@@ -873,9 +871,9 @@ def _hashed_classes(problem: Problem, source: Table, levels: tuple[int, ...]) ->
     return _Classes(representative, counts, None, counts, counts < problem.k)
 
 
-def _sorted_classes(problem: Problem, source: Table, levels: tuple[int, ...], *, inverse: bool) -> _Classes:
+def _sorted_classes(problem: Problem, source: Table, parts: list[LabelPart], *, inverse: bool) -> _Classes:
     """The classes by ``_group``: groups in ascending key order, so a class is a run of groups."""
-    key, bound, class_key, divisor = _class_keys(problem, source, levels)
+    key, bound, class_key, divisor = _class_keys(problem, source, parts)
     unique, representative, counts, numbers = _group(key, bound, source.counts, inverse=inverse)
     del key
     entities = source.entities
@@ -917,9 +915,10 @@ def evaluate(
     # Without a sensitive value or entity a class is a group, and unless its classes are listed
     # (details, or another table's failures matched to them) nothing reads them in key order.
     unordered = not details and also_failing is None and source.sensitive is None and source.entities is None
-    classes = _hashed_classes(problem, source, levels) if unordered else None
+    parts = _label_parts(problem, source, levels)  # the same digits for either grouping
+    classes = _hashed_classes(problem, source, parts) if unordered else None
     if classes is None:
-        classes = _sorted_classes(problem, source, levels, inverse=details)
+        classes = _sorted_classes(problem, source, parts, inverse=details)
     representative, counts, starts, sizes = (
         classes.representative,
         classes.counts,
