@@ -170,18 +170,17 @@ def hash_roll_up(
     radix ``cards`` (the first part most significant; their product below 2^63): one position of
     each group and the sum of ``weights`` over it, in order of first appearance (not of the keys).
 
-    ``values`` must share one dtype (a table's chunks do), as must ``luts``; with no part, every
-    position has the key 0. Every value must index its lookup table, and every label be in
-    ``[0, card)`` (see ``_roll_up_kernel``); parts of another length raise ``ValueError``."""
+    ``values`` must share one dtype (a table's chunks do), as must ``luts``. Every value must index
+    its lookup table, and every label be in ``[0, card)`` (see ``_roll_up_kernel``); no part, or
+    parts of another length, raise ``ValueError``. (With no part every key is 0: ``_group``'s
+    dense relabelling takes such a roll-up.)"""
     size = int(weights.size)
     if size > HASH_GROUP_MAX:
         raise ValueError(f"hash_roll_up takes at most {HASH_GROUP_MAX} positions, not {size}")
-    if any(part.size != size for part in values) or len(luts) != len(values) or len(cards) != len(values):
-        raise ValueError("hash_roll_up needs one lookup table and card per part, and one value per position")
-    if not values:
-        if size == 0:
-            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
-        return np.zeros(1, dtype=np.intp), weights.sum(keepdims=True)
+    if not values or len(luts) != len(values) or len(cards) != len(values):
+        raise ValueError("hash_roll_up needs one part at least, each with a lookup table and a card")
+    if any(part.size != size for part in values):
+        raise ValueError("hash_roll_up needs one value per position in every part")
     workspace = _workspace
     workspace.reserve(size)
     groups = _compiled()(

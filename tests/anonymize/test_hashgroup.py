@@ -60,8 +60,8 @@ def test_groups_match_a_plain_grouping(size: int, count: int, card: int, narrow:
 
 
 def test_keys_up_to_63_bits_are_not_confused() -> None:
-    # Two parts of 2^31 labels each: keys that differ only in their high or low half, and keys
-    # whose products with the hash multiplier agree in their top bits, stay apart.
+    # Two parts of 2^31 labels each, so keys reach 2^62: keys that differ only in their high or
+    # their low half stay apart, and each keeps its own total.
     values = [np.array([0, 1, 0, 1, 2, 2], dtype=np.intp), np.array([0, 0, 1, 1, 2, 0], dtype=np.intp)]
     luts = [np.array([0, 2**31 - 1, 7], dtype=np.int32), np.array([0, 2**31 - 1, 7], dtype=np.int32)]
     weights = np.array([1, 2, 3, 4, 5, 6], dtype=np.int64)
@@ -93,25 +93,17 @@ def test_threads_group_concurrently_in_workspaces_of_their_own() -> None:
         assert list(pool.map(group, inputs)) == expected
 
 
-def test_without_parts_every_position_is_one_group() -> None:
-    weights = np.array([3, 4, 5], dtype=np.int64)
-    representative, totals = hash_roll_up([], [], [], weights)
-    assert representative.tolist() == [0]
-    assert totals.tolist() == [12]
-    representative, totals = hash_roll_up([], [], [], weights[:0])
-    assert representative.size == 0
-    assert totals.size == 0
-
-
-def test_parts_of_another_length_are_refused() -> None:
+def test_no_part_or_parts_of_another_length_are_refused() -> None:
     # The kernel indexes without bounds checks: a part shorter than the weights would be read past
-    # its end.
+    # its end, and it reads the first part unconditionally.
     values = [np.zeros(3, dtype=np.intp), np.zeros(2, dtype=np.intp)]
     luts = [np.zeros(1, dtype=np.int32)] * 2
     with pytest.raises(ValueError, match="one value per position"):
         hash_roll_up(values, luts, [2, 2], np.ones(3, dtype=np.int64))
-    with pytest.raises(ValueError, match="one lookup table and card per part"):
+    with pytest.raises(ValueError, match="a lookup table and a card"):
         hash_roll_up(values[:1], luts, [2], np.ones(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="one part at least"):
+        hash_roll_up([], [], [], np.ones(3, dtype=np.int64))
 
 
 def test_more_positions_than_the_workspace_takes_are_refused() -> None:
