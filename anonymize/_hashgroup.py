@@ -16,7 +16,7 @@ no build step. Its machine code is cached on disk (``cache=True``): a process lo
 call only (``_compiled``), which a search makes before its clock starts (``prepare``).
 
 The table is a workspace kept per thread (reports run searches in worker threads) and reused from
-one call to the next: a fresh table and fresh buffers for every call made the search 6 to 8 % slower
+one call to the next: a fresh table and fresh buffers for every call made the search 3 to 8 % slower
 (cold memory). Only the slots a call filled are emptied after it, so a call costs O(its keys)
 whatever the workspace's size. Keys are non-negative (``-1`` marks an empty slot); the hash is
 Fibonacci hashing (the product with 2^64/φ, its top bits), with linear probing in a table at most
