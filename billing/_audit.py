@@ -125,13 +125,27 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class Along:
-    """A read that an append's statement can carry: ``query`` selects one model's rows (built
-    once, with bound parameters), ``parameters`` bind it. Its parameters must not be named after
-    a column of ``audit_events`` or ``audit_heads`` (see :class:`Watcher`), and it must not read
-    the audit chain itself: on PostgreSQL it runs before the link is inserted, on SQLite after."""
+    """A read that an append's statement can carry: ``query`` selects rows of one model, or of
+    several (built once, with bound parameters), ``parameters`` bind it. Its parameters must not be
+    named after a column of ``audit_events`` or ``audit_heads`` (see :class:`Watcher`), and it must
+    not read the audit chain itself: on PostgreSQL it runs before the link is inserted, on SQLite
+    after.
 
-    query: Select[Any]
+    ``first``: the read locks rows that must be locked before the chain's head (the subject lock,
+    whose holders take the head after it), and the link is about what it finds. It is read in
+    full before the head is touched, and the link is appended only if it found a row; if it found
+    none, nothing is appended (:meth:`AuditTrail.record_along` returns no link).
+    """
+
+    query: Select[*tuple[Any, ...]]
     parameters: Mapping[str, Any]
+    first: bool = False
+
+    def read(self, session: Session) -> list[Any]:
+        """The rows in a statement of their own: entities, or tuples of them."""
+        if len(self.query.column_descriptions) == 1:
+            return list(session.scalars(self.query, self.parameters))
+        return [tuple(row) for row in session.execute(self.query, self.parameters)]
 
 
 class Watcher(Protocol):
@@ -212,7 +226,10 @@ class AuditTrail:
             outcome=outcome,
             detail=detail,
         )
-        return self._record(session, fields, None)[0]
+        link, _ = self._record(session, fields, None)
+        if link is None:  # only a read made ``first`` that found nothing leaves the link out
+            raise AssertionError("an append without a read was not made")
+        return link
 
     def record_along(
         self,
@@ -224,12 +241,14 @@ class AuditTrail:
         resource_type: str,
         resource_id: str,
         subject_id: str | None,
-    ) -> tuple[Link, list[Any]]:
+    ) -> tuple[Link | None, list[Any]]:
         """Append one event as :meth:`record` does, and read ``along``'s rows in the same round trip
         where the database allows it (PostgreSQL, after the head this process saw): for a read of
         PII whose last query can carry its own audit link.
 
-        Returns the link and ``along``'s entities, in no particular order.
+        Returns the link and ``along``'s rows, in no particular order: entities for a query of one
+        model, tuples of entities for several. For an ``along`` read ``first`` that found nothing,
+        no link was appended: ``(None, [])``.
         """
         fields = self._fields(
             action=action,
@@ -273,7 +292,7 @@ class AuditTrail:
 
     def _record(
         self, session: Session, fields: dict[str, Any], along: Along | None
-    ) -> tuple[Link, list[Any]]:
+    ) -> tuple[Link | None, list[Any]]:
         # What the unit of work has pending is written first, so the link follows what it records
         # and a failing write fails here, as when the link was flushed through the ORM; the
         # append's own statements are Core statements, which the session does not autoflush for.
@@ -287,18 +306,29 @@ class AuditTrail:
         # read, ride along in the append's statement where they can (PostgreSQL, after the head
         # this process saw).
         cached = self._heads.get(chain)
+        postgresql = session.get_bind().dialect.name == "postgresql"
         link, row, rows = None, None, None
+        if along is not None and along.first and not (postgresql and cached is not None):
+            # Read first, in a statement of its own: its locks come before the head's.
+            rows = along.read(session)
+            if not rows:
+                return None, []
         if cached is not None:
             link = _link(key.material, fields, cached)
-            appended, row, rows = _append_after(session, link, cached, self._check(link), along)
+            appended, row, read = _append_after(
+                session, link, cached, self._check(link), along if rows is None else None
+            )
+            rows = read if rows is None else rows
             if not appended:
                 link = None
+                if along is not None and along.first and not rows:
+                    return None, []
         if link is None:
             link = _link(key.material, fields, _lock_head(session, chain))
             _append(session, link)
             row = _run(session, self._check(link))
         if rows is None and along is not None:
-            rows = list(session.scalars(along.query, along.parameters))
+            rows = along.read(session)
         self._heads[chain] = (link.seq, link.mac)
         if self._watcher is not None:
             self._watcher.after(session, link, row)
@@ -495,7 +525,9 @@ def _append_after(
     }
     if session.get_bind().dialect.name == "postgresql":
         combined = _append_after_with(
-            check.query if check is not None else None, along.query if along is not None else None
+            check.query if check is not None else None,
+            along.query if along is not None else None,
+            first=along is not None and along.first,
         )
         parameters = {
             **values,
@@ -508,7 +540,12 @@ def _append_after(
         checked = None
         if appended and combined.found is not None and appended[0][combined.found]:
             checked = appended[0][1 : combined.found]
-        rows = None if along is None else [row[-1] for row in result if row[-1] is not None]
+        rows = None
+        if along is not None:
+            width = combined.along_width
+            rows = [
+                row[-1] if width == 1 else tuple(row[-width:]) for row in result if row[-width] is not None
+            ]
         return bool(appended), checked, rows  # type: ignore[return-value]
     if session.execute(statements.swap_head, swap).first() is None:
         return False, None, None
@@ -527,21 +564,35 @@ class _Combined:
 
     statement: Select[Any]
     found: int | None
+    along_width: int
 
 
 @functools.cache
-def _append_after_with(check: Select[Any] | None, along: Select[Any] | None) -> _Combined:
+def _append_after_with(
+    check: Select[Any] | None, along: Select[Any] | None, *, first: bool = False
+) -> _Combined:
     """The compare-and-swap append, with ``check``'s row (left-joined to the swapped head: it may
     have none) and ``along``'s entities (full-joined: they come back whether or not the head was
     swapped, and a swapped head comes back without them), built once per pair of queries; with
     neither, it is the swap and the insert alone, one row when the head was swapped.
 
-    A row is ``(swapped chain or NULL, *check's columns, found, entity or NULL)``; no row at all
-    means nothing was swapped and ``along`` found nothing. The queries run on the statement's
+    A row is ``(swapped chain or NULL, *check's columns, found, *entities or NULLs)``; no row at
+    all means nothing was swapped and ``along`` found nothing. The queries run on the statement's
     snapshot, so they do not see the link being inserted.
+
+    With ``first``, ``along`` is a common table expression that the swap waits for: the swap's
+    condition counts its rows, so the read, with its row locks, is done in full before the head's
+    row is locked, and the head is swapped only if it found a row (an ``Along`` read ``first``).
     """
     statements = _statements()
     swapped = statements.swapped
+    insert_after = statements.insert_after
+    read: Any = None
+    if along is not None and first:
+        read = along.cte("along")
+        found_first = select(func.count()).select_from(read).scalar_subquery() > literal_column("0")
+        swapped = statements.swap_head.where(found_first).cte("swapped")
+        insert_after = _insert_after(swapped)
     source: Any = swapped
     columns: list[Any] = [swapped.c.chain]
     found = None
@@ -551,14 +602,15 @@ def _append_after_with(check: Select[Any] | None, along: Select[Any] | None) -> 
         source = source.outerjoin(checked, true())
         columns += list(checked.c)
         found = len(columns) - 1
+    width = 0
     if along is not None:
-        read = along.subquery("along")
+        read = along.subquery("along") if read is None else read
         source = source.outerjoin(read, true(), full=True)
-        columns.append(aliased(along.column_descriptions[0]["entity"], read))
-    combined: Select[Any] = (
-        select(*columns).select_from(source).add_cte(statements.insert_after.cte("appended"))
-    )
-    return _Combined(combined, found)
+        entities = [description["entity"] for description in along.column_descriptions]
+        columns += [aliased(entity, read) for entity in entities]
+        width = len(entities)
+    combined: Select[Any] = select(*columns).select_from(source).add_cte(insert_after.cte("appended"))
+    return _Combined(combined, found, width)
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,11 +651,7 @@ def _statements() -> _Statements:
         .returning(heads.c.chain)
     )
     swapped = swap_head.cte("swapped")
-    # The insert selects its values from the swap's result: no row swapped, nothing inserted.
-    # (The parameters are typed: psycopg's dialect casts each to its column's type.)
-    insert_after = insert(events).from_select(
-        [c.name for c in columns], select(*(params[c.name] for c in columns)).select_from(swapped)
-    )
+    insert_after = _insert_after(swapped)
     return _Statements(
         lock_head=select(heads.c.seq, heads.c.mac)
         .where(heads.c.chain == bindparam("chain", type_=heads.c.chain.type))
@@ -640,3 +688,14 @@ def _link(key: bytes, fields: Mapping[str, Any], head: tuple[int, str]) -> Link:
     values = {**fields, "seq": head[0] + 1, "prev_mac": head[1]}
     mac = _mac_of(key, values)
     return Link(**values, mac=mac)
+
+
+def _insert_after(swapped: CTE) -> Insert:
+    """The link's insert, selecting its values from the swap's result: no row swapped, nothing
+    inserted. (The parameters are typed: psycopg's dialect casts each to its column's type.)"""
+    events = AuditEvent.__table__  # type: ignore[attr-defined]
+    columns = [column for column in events.columns if column.name != "id"]
+    values = [bindparam(f"e_{column.name}", type_=column.type) for column in columns]
+    return insert(events).from_select(
+        [column.name for column in columns], select(*values).select_from(swapped)
+    )

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import bindparam
+import sqlalchemy
+from sqlalchemy import Select, bindparam
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -33,13 +34,14 @@ from billing._audit import Along
 from billing._db import in_constants, insert_ignore
 from billing._envelope import DataKey, generate_key_material, sealed_key_id
 from billing._keyring import Keyring, MasterKeyProvider, master_key_provider_of
-from billing._models import DataKeyRecord, new_id
+from billing._models import Customer, DataKeyRecord, new_id
 from billing.errors import DecryptionError
 
 __all__ = [
     "PURPOSES",
     "SubjectKeys",
     "keys_along",
+    "locked_subject_along",
     "open_across_a_rotation",
 ]
 
@@ -72,6 +74,44 @@ def keys_along(tenant_id: str, subject_id: str, purposes: tuple[str, ...]) -> Al
     """The subject's key rows for ``purposes``, as a read an audit link's statement can carry
     (:meth:`~billing._audit.AuditTrail.record_along`); :meth:`SubjectKeys.adopt_all` takes them."""
     return Along(_keys_of_subject(purposes), {"keys_tenant": tenant_id, "keys_subject": subject_id})
+
+
+def locked_subject_along(tenant_id: str, customer_id: str, purposes: tuple[str, ...]) -> Along:
+    """The client's row locked ``FOR SHARE`` (the subject lock, see ``_subject_rotation``), with its
+    key rows for ``purposes``, locked too, as ``(Customer, DataKeyRecord)`` pairs: a read an
+    audit link's statement carries ``first`` (the lock before the chain's head), for a unit that
+    seals under the client's keys and audits it.
+
+    The key rows are locked in the statement that takes the subject lock, not read in a later
+    one: PostgreSQL re-reads the newest version of every row a statement locks once it waited for
+    it, so after waiting for a rotation the keys are the rotation's; a key row joined to the
+    locking read without a lock of its own would be the one of the statement's snapshot, from
+    before the rotation. No pair at all: no such client in the tenant (or none of its keys).
+    """
+    return Along(
+        _locked_subject(purposes), {"subject_tenant": tenant_id, "subject_customer": customer_id}, first=True
+    )
+
+
+@functools.cache
+def _locked_subject(purposes: tuple[str, ...]) -> Select[Customer, DataKeyRecord]:
+    """``locked_subject_along``'s query, built once per set of purposes."""
+    customers, keys = Customer.__table__, DataKeyRecord.__table__  # type: ignore[attr-defined]
+    # SQLAlchemy's select: a query of two models, which the append's statement composes as a Core one
+    return (
+        sqlalchemy.select(Customer, DataKeyRecord)
+        .join(
+            DataKeyRecord,
+            (col(DataKeyRecord.tenant_id) == col(Customer.tenant_id))
+            & (col(DataKeyRecord.subject_id) == col(Customer.id))
+            & in_constants(col(DataKeyRecord.purpose), purposes),
+        )
+        .where(
+            col(Customer.id) == bindparam("subject_customer"),
+            col(Customer.tenant_id) == bindparam("subject_tenant"),
+        )
+        .with_for_update(read=True, of=[customers, keys])
+    )
 
 
 @functools.cache

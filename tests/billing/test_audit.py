@@ -14,7 +14,7 @@ from sqlmodel import col
 from billing import Actor, Billing, Database, Keyring, create_keyring
 from billing._audit import Along, AuditTrail, Link, _append_after_with
 from billing._invoices import _lines_query
-from billing._keys import _keys_of_subject
+from billing._keys import _keys_of_subject, _locked_subject
 from billing._models import AuditEvent, AuditHead
 from billing._monitoring import _check_statement
 
@@ -310,6 +310,75 @@ def test_a_read_along_an_append_whose_head_moved_is_read_once_and_linked_once(
     assert result.ok and result.events == 7
 
 
+def _first_along_of(chain: str) -> Along:
+    """A read made ``first``: another chain's events with their head, as pairs."""
+    return Along(_events_with_head_query(), {"along_chain": chain}, first=True)
+
+
+@functools.cache
+def _events_with_head_query() -> Select[Any]:
+    return (
+        select(AuditEvent, AuditHead)
+        .join(AuditHead, col(AuditHead.chain) == col(AuditEvent.chain))
+        .where(col(AuditEvent.chain) == bindparam("along_chain"))
+    )
+
+
+def _read_first(billing: Billing, chain: str) -> tuple[Link | None, list[Any]]:
+    actor = Actor(tenant_id="ten_a", role="booking", key_id="key_1", request_id="req_1")
+    with billing.db.transaction() as session:
+        return billing.audit.record_along(
+            session,
+            _first_along_of(chain),
+            actor=actor,
+            action="invoice.created",
+            resource_type="invoice",
+            resource_id="inv_1",
+            subject_id="cus_1",
+        )
+
+
+@pytest.mark.parametrize("knows_the_head", [True, False])
+def test_a_read_made_first_that_finds_nothing_appends_nothing(
+    billing: Billing, database: Database, keyring: Keyring, knows_the_head: bool
+) -> None:
+    _append(billing, 2)
+    reader = billing if knows_the_head else Billing(db=database, keyring=keyring)
+    with statements_of(billing.db.engine) as sent:
+        assert _read_first(reader, "ten_empty") == (None, [])
+    if billing.db.dialect == "postgresql" and knows_the_head:
+        assert _kinds(sent) == ["WITH"]  # the swap waited for the read, which found nothing
+    else:
+        assert _kinds(sent) == ["SELECT"]  # the read alone: the head is not even locked
+    _append(billing, 1)  # the head did not move: this process's compare and swap still matches
+    result = billing.verify_audit()
+    assert result.ok and result.events == 3
+
+
+@pytest.mark.parametrize("head_moved", [False, True])
+def test_a_read_made_first_comes_back_in_pairs_and_before_the_head(
+    billing: Billing, database: Database, keyring: Keyring, head_moved: bool
+) -> None:
+    other = Billing(db=database, keyring=keyring)
+    _append(billing, 1)
+    _append(other, 2, tenant="ten_b")
+    if head_moved:
+        _append(other, 1)
+    with statements_of(billing.db.engine) as sent:
+        link, rows = _read_first(billing, "ten_b")
+    assert link is not None and link.seq == (3 if head_moved else 2)
+    assert sorted((event.seq, head.seq) for event, head in rows) == [(1, 2), (2, 2)]
+    postgresql = billing.db.dialect == "postgresql"
+    if head_moved:  # the swap missed, the read came back with it; then the head locked and followed
+        assert _kinds(sent) == (
+            ["WITH", "SELECT", "WITH"] if postgresql else ["SELECT", "UPDATE", "SELECT", "INSERT", "UPDATE"]
+        )
+    else:
+        assert _kinds(sent) == (["WITH"] if postgresql else ["SELECT", "UPDATE", "INSERT"])
+    result = billing.verify_audit()
+    assert result.ok and result.events == (5 if head_moved else 4)
+
+
 # psycopg caches how it converts a query's text only up to this length; a longer query is parsed
 # again at every execution (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH, read here as a figure
 # of its documented behaviour rather than imported from a private module).
@@ -321,7 +390,7 @@ PSYCOPG_CACHED_QUERY_BYTES = 4096
     [
         (True, "lines"),  # an invoice read: the check and the lines
         (True, "profile"),  # a client read: the check and the profile key
-        (False, "draft"),  # a draft: the two keys
+        (False, "draft"),  # a draft: the client, locked, with its two keys, read first
         (False, "index"),  # a new client: the tenant's index key
     ],
 )
@@ -332,9 +401,11 @@ def test_the_append_statements_stay_short_enough_for_psycopg_to_cache(watched: b
     queries = {
         "lines": _lines_query(),
         "profile": _keys_of_subject(("profile",)),
-        "draft": _keys_of_subject(("profile", "record")),
+        "draft": _locked_subject(("profile", "record")),
         "index": _keys_of_subject(("index",)),
     }
-    combined = _append_after_with(_check_statement() if watched else None, queries[along])
+    combined = _append_after_with(
+        _check_statement() if watched else None, queries[along], first=along == "draft"
+    )
     text = str(combined.statement.compile(dialect=postgresql.psycopg.dialect()))
     assert len(text.encode()) <= PSYCOPG_CACHED_QUERY_BYTES, len(text.encode())

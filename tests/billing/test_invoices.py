@@ -102,10 +102,10 @@ def test_a_draft_and_its_read_stay_within_their_statement_budget(billing: Billin
     # The process knows its chain's head, so PostgreSQL appends an audit link with one statement
     # (the head swapped from the seq it had, and the link inserted), SQLite with two.
     append = ["WITH"] if billing.db.dialect == "postgresql" else ["UPDATE", "INSERT"]
-    # client FOR SHARE, the link with the client's two keys (on PostgreSQL one statement, on SQLite
-    # the link and then the keys), the invoice, its lines
-    keyed = ["WITH"] if billing.db.dialect == "postgresql" else [*append, "SELECT"]
-    assert created == ["SELECT", *keyed, "INSERT", "INSERT"]
+    # the client FOR SHARE with its two keys, and the link (on PostgreSQL one statement, on SQLite
+    # the client and its keys, then the link), the invoice, its lines
+    keyed = ["WITH"] if billing.db.dialect == "postgresql" else ["SELECT", *append]
+    assert created == [*keyed, "INSERT", "INSERT"]
     # invoice with erasure mark and key, then the link with the access monitor's check and the
     # lines: on PostgreSQL one statement, on SQLite the link, the check, then the lines
     monitored = ["WITH"] if billing.db.dialect == "postgresql" else [*append, "SELECT", "SELECT"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
 import pytest
 from faker import Faker
-from sqlalchemy import LargeBinary, update
+from sqlalchemy import LargeBinary, text, update
 from sqlmodel import col, select
 
 from billing import (
@@ -329,6 +331,90 @@ def test_concurrent_rectification_and_invoicing_during_rotations_lose_nothing(
     with database.read() as session:
         rotations = session.exec(select(AuditEvent).where(AuditEvent.action == "keys.subject_rotated")).all()
     assert len(rotations) == rounds
+
+
+def _wait_until_a_statement_waits_for_a_lock(database: Database) -> None:
+    """Until another session of this database waits for a row lock (PostgreSQL), or fail."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with database.read() as session:
+            waiting = session.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("no statement came to wait for the lock")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite's writers never overlap
+def test_a_draft_that_waits_for_a_rotation_seals_under_the_new_keys(
+    billing: Billing, database: Database, fake: Faker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The draft's first statement takes the subject lock, reads the client's keys and appends its
+    audit link: it waits for a rotation holding the lock, then seals under the keys the rotation
+    made, not those of its snapshot; and it does not hold the chain's head while it waits, which
+    the rotation takes after the lock (else one of the two would be a deadlock's victim)."""
+    client = make_client(billing, fake, invoices=1)  # the process knows the chain's head
+    holding, go = threading.Event(), threading.Event()
+    record = billing.audit.record
+
+    def record_when_told(*args: object, **kwargs: object) -> object:
+        if kwargs.get("action") == "keys.subject_rotated":  # the keys are rewritten, not yet committed
+            holding.set()
+            assert go.wait(timeout=30)
+        return record(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(billing.audit, "record", record_when_told)
+    outcome: dict[str, object] = {}
+
+    def run(name: str, work: Callable[[], object]) -> threading.Thread:
+        def target() -> None:
+            try:
+                outcome[name] = work()
+            except BaseException as error:
+                outcome[name] = error
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    rotation = run(
+        "rotation", lambda: billing.subject_rotation.rotate_subject_keys(client.actor, client.customer_id)
+    )
+    assert holding.wait(timeout=30)
+    draft = run(
+        "draft",
+        lambda: billing.invoices.create_draft(
+            client.actor,
+            InvoiceInput(
+                customer_id=client.customer_id,
+                currency="EUR",
+                notes="after the rotation",
+                lines=[InvoiceLineInput(description="Cut", unit_amount=100)],
+            ),
+        ),
+    )
+    _wait_until_a_statement_waits_for_a_lock(database)
+    go.set()
+    for thread in (rotation, draft):
+        thread.join(timeout=60)
+    assert not any(isinstance(value, BaseException) for value in outcome.values()), outcome
+    keys = subject_keys(database, client)
+    assert set(outcome["rotation"].rotated.values()) == {keys["profile"].id, keys["record"].id}  # type: ignore[attr-defined]
+    for where, sealed in sealed_values(database, client).items():
+        purpose = "profile" if where[0] == "customers" else "record"
+        assert sealed_key_id(sealed) == keys[purpose].id, f"{where} is sealed under a replaced key"
+    created = billing.invoices.read(client.actor, outcome["draft"].id)  # type: ignore[attr-defined]
+    assert created.notes == "after the rotation" and created.customer == {
+        "name": client.name,
+        "email": client.email,
+        "address": created.customer["address"],  # type: ignore[index]
+    }
+    assert billing.verify_audit().ok
 
 
 def test_the_clock_stamps_the_new_keys(billing: Billing, database: Database, fake: Faker) -> None:
