@@ -238,10 +238,11 @@ class SubjectKeys:
         data, so a row moved to another tenant or purpose does not unwrap; that it belongs to the
         subject is the caller's query to ensure, as ``get``'s query does.
 
-        A unit that seals must have read its keys after taking the subject lock, in a later
-        statement (see ``_subject_rotation``), never joined to the locking read: a row joined to
-        the row a statement waited to lock is the one of the statement's snapshot, from before the
-        rotation it waited for.
+        A unit that seals must have read its keys after taking the subject lock (see
+        ``_subject_rotation``): in a later statement, or locked in the locking read itself
+        (:func:`locked_subject_along`), never merely joined to it: a row joined to the row a
+        statement waited to lock, without a lock of its own, is the one of the statement's
+        snapshot, from before the rotation it waited for.
         """
         if record.wrapped is None:
             return

@@ -16,9 +16,11 @@ How, in one transaction
     1. The customer row is locked ``FOR UPDATE``: it is the **subject lock**. Every service that
        seals under a subject's DEK takes it first, before any other row lock — rectification
        ``FOR UPDATE``; invoice creation, draft edits and finalization ``FOR SHARE`` — and reads the
-       DEK only after it. So a sealer either finishes before the rotation reads anything, or waits
-       and then reads the new DEK: nothing is ever sealed under a DEK being replaced. (SQLite: every
-       write transaction begins ``IMMEDIATE``, so writers never overlap at all.)
+       DEK only after it, or locks the DEK's row in the same statement (a draft: PostgreSQL then
+       re-reads the newest version of each row it locked). So a sealer either finishes before the
+       rotation reads anything, or waits and then reads the new DEK: nothing is ever sealed under a
+       DEK being replaced. (SQLite: every write transaction begins ``IMMEDIATE``, so writers never
+       overlap at all.)
     2. The subject's ``data_keys`` rows are locked ``FOR UPDATE`` and unwrapped.
     3. For each purpose: a fresh DEK (new id, 32 new random bytes) wrapped under the active master
        version; every value is opened under the old DEK and sealed under the new one for the same

@@ -13,18 +13,23 @@ from sqlmodel import SQLModel, select
 from bench.privacy_tax_bench import (
     CASES,
     PLAIN_TABLES,
+    PlainBilling,
     PlainCustomer,
     PlainInvoice,
     PlainInvoiceLine,
     StatementTimes,
+    _plain_customer_query,
+    _plain_invoice_query,
+    _plain_lines_query,
     ablate,
+    create_plain_tables,
     parse_args,
     run_cases,
 )
 from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInput, InvoiceView
 from billing._models import AuditEvent, Customer, Invoice, InvoiceLine
 
-from ..conftest import PG_ADMIN_URL, require_or_skip
+from ..conftest import PG_ADMIN_URL, require_or_skip, statements_of
 
 
 @pytest.mark.parametrize(
@@ -180,3 +185,37 @@ def test_unflushed_reads_commit_the_invoices_read_without_waiting_for_the_log(
 def test_unflushed_reads_only_apply_to_postgresql_cases() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--only", "sqlite-invoice", "--ablate", "unflushed-reads"])
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_baseline_sends_the_products_statements_built_once(billing: Billing, fake: Faker) -> None:
+    """The two sides differ by the privacy machinery, not by their statements (decisions 70, 71):
+    a create is three statements on both, a read two, and the baseline builds its queries once."""
+    create_plain_tables(billing.db)
+    plain = PlainBilling(billing.db)
+    issued = billing.tenants.create_tenant(fake.company())
+    actor = Actor(tenant_id=issued.tenant_id, role="booking", key_id=issued.id)
+    customers = [
+        side(actor, CustomerInput(name=fake.name())).id
+        for side in (billing.customers.create, plain.create_customer)
+    ]
+    sides = [
+        (billing.invoices.create_draft, billing.invoices.read),
+        (plain.create_invoice, plain.read_invoice),
+    ]
+    sent: list[list[str]] = []
+    for (create, read), customer_id in zip(sides, customers, strict=True):
+        draft = InvoiceInput(
+            customer_id=customer_id,
+            currency="EUR",
+            lines=[InvoiceLineInput(description="Cut", unit_amount=100)],
+        )
+        read(actor, create(actor, draft).id)  # the tenant's chain has its head
+        with statements_of(billing.db.engine) as statements:
+            assert read(actor, create(actor, draft).id).lines[0].description == "Cut"
+        sent.append([s.split()[0] for s in statements if not s.startswith("BEGIN")])
+    veilbill, baseline = sent
+    assert veilbill == ["WITH", "INSERT", "INSERT", "SELECT", "WITH"]
+    assert baseline == ["SELECT", "INSERT", "INSERT", "SELECT", "SELECT"]
+    assert _plain_customer_query() is _plain_customer_query()
+    assert _plain_invoice_query() is _plain_invoice_query() and _plain_lines_query() is _plain_lines_query()
