@@ -204,6 +204,15 @@ def _dense(size: int, bound: int) -> bool:
     return bound <= max(_DENSE_MIN, 2 * size) and bound <= _DENSE_MAX
 
 
+def _may_hash(problem: Problem, base: Table) -> bool:
+    """Whether a roll-up of a search from ``base`` can be hashed (``evaluate``) at all: its key
+    space is largest at ``base``'s own levels (generalizing only merges labels), and a roll-up
+    whose key space is at most ``_DENSE_MIN`` is relabelled densely whatever its size; so a search
+    of small domains never loads the kernel (nor Numba, about 85 MB in a process)."""
+    bound = math.prod(problem.cardinality[q][level] for q, level in enumerate(base.packed_levels))
+    return bound > _DENSE_MIN
+
+
 def _hashing_wins(size: int, bound: int) -> bool:
     """Whether ``hash_roll_up`` takes ``size`` keys below ``bound`` rather than ``_group``: where
     ``_group`` would sort, for tables whose chunk values are 8 bytes (below ``NARROW_CHUNKS_FROM``
@@ -1277,7 +1286,7 @@ def search(
     are evaluated from ``base`` and the cache as usual), with ``evaluate``'s meaning of the loss
     cap: a partitioned search evaluates there the nodes whose classes never span two partitions.
     """
-    if base.sensitive is None and base.entities is None:  # roll-ups may be hashed (``evaluate``)
+    if base.sensitive is None and base.entities is None and _may_hash(problem, base):
         prepare(len(problem.layout.chunks))
     started = clock()
     budget = cache_budget if cache_budget is not None else CACHE_BUDGET
