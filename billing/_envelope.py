@@ -68,6 +68,7 @@ __all__ = [
     "KEY_SIZE",
     "DataKey",
     "FieldContext",
+    "check_key_id",
     "generate_key_material",
     "open_sealed",
     "open_sealed_text",
@@ -95,6 +96,13 @@ def _is_valid_key_id(key_id: object) -> bool:
         and key_id.isascii()
         and key_id.isprintable()  # for ASCII: exactly 0x20..0x7E
     )
+
+
+def check_key_id(key_id: object) -> None:
+    """Raise ``ValueError`` unless ``key_id`` is 1..64 printable ASCII characters (the message
+    names no value), as :class:`DataKey` does, without making a key."""
+    if not _is_valid_key_id(key_id):
+        raise ValueError("key_id must be 1..64 printable ASCII characters")
 
 
 def _utf8(text: str) -> bytes | None:
@@ -164,8 +172,7 @@ class DataKey:
     _nonce_end: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not _is_valid_key_id(self.key_id):
-            raise ValueError("key_id must be 1..64 printable ASCII characters")
+        check_key_id(self.key_id)
         if not isinstance(self.material, bytes):
             raise TypeError("key material must be bytes")
         if len(self.material) != KEY_SIZE:

@@ -63,6 +63,7 @@ from billing._envelope import (
     KEY_SIZE,
     DataKey,
     FieldContext,
+    check_key_id,
     generate_key_material,
     open_sealed,
     seal,
@@ -120,12 +121,18 @@ class _KeyVersion:
     key_id: str
     created_at: datetime
     material: bytes
+    _as_data_key: DataKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # DataKey applies the key id and material rules; the message names neither value.
-        DataKey(self.key_id, self.material)
+        # DataKey applies the key id and material rules; the message names neither value. It is
+        # kept: wrapping and unwrapping under this version use it (its cipher is built once).
+        object.__setattr__(self, "_as_data_key", DataKey(self.key_id, self.material))
         if not isinstance(self.created_at, datetime) or self.created_at.utcoffset() is None:
             raise ValueError("created_at must be a timezone-aware datetime")
+
+    def as_data_key(self) -> DataKey:
+        """This version as the key that seals and opens with it (``seal``, ``open_sealed``)."""
+        return self._as_data_key
 
     def __repr__(self) -> str:
         return (
@@ -325,7 +332,7 @@ def wrap_data_key(
     if not isinstance(dek, DataKey):
         raise TypeError("dek must be a DataKey")
     return seal(
-        DataKey(master.key_id, master.material),
+        master.as_data_key(),
         dek.material,
         _wrapping_context(tenant_id, purpose, dek.key_id),
         rng=rng,
@@ -345,9 +352,9 @@ def unwrap_data_key(
     """
     if not isinstance(master, MasterKey):
         raise TypeError("master must be a MasterKey")
-    DataKey(dek_id, bytes(KEY_SIZE))  # validates dek_id before any decryption
+    check_key_id(dek_id)  # before any decryption
     material = open_sealed(
-        DataKey(master.key_id, master.material),
+        master.as_data_key(),
         wrapped,
         _wrapping_context(tenant_id, purpose, dek_id),
     )

@@ -439,6 +439,22 @@ def test_wrap_unwrap_round_trip(keyring: Keyring) -> None:
     assert DEK.material not in wrapped
 
 
+@pytest.mark.parametrize("dek_id", ["", "x" * 65, "dek\n1", "dék"])
+def test_unwrap_refuses_a_bad_dek_id_before_decrypting(keyring: Keyring, dek_id: str) -> None:
+    wrapped = wrap_data_key(keyring.active_master, DEK, tenant_id="tn_1", purpose="profile")
+    with pytest.raises(ValueError, match=r"1\.\.64 printable ASCII") as raised:
+        unwrap_data_key(keyring.active_master, wrapped, tenant_id="tn_1", purpose="profile", dek_id=dek_id)
+    assert dek_id not in str(raised.value) or not dek_id
+
+
+def test_a_master_version_keeps_its_cipher_out_of_equality_and_repr(keyring: Keyring) -> None:
+    master = keyring.active_master
+    again = replace(master)
+    assert again == master and again.as_data_key() is not master.as_data_key()
+    assert again.as_data_key().key_id == master.key_id and again.as_data_key().material == master.material
+    assert base64.b64encode(master.material).decode() not in repr(master) and "DataKey" not in repr(master)
+
+
 def test_wrap_is_deterministic_with_fixed_rng_and_random_otherwise(keyring: Keyring) -> None:
     master = keyring.active_master
 
