@@ -227,8 +227,8 @@ class AuditTrail:
             detail=detail,
         )
         link, _ = self._record(session, fields, None)
-        if link is None:  # only a read made ``first`` that found nothing leaves the link out
-            raise AssertionError("an append without a read was not made")
+        if link is None:  # only an ``Along`` read ``first`` that found nothing appends no link
+            raise AssertionError("an append without a read appends its link")
         return link
 
     def record_along(
