@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,63 @@ def test_the_service_keeps_working_while_another_process_rotates(
     assert {record.master_key_id for record in live_keys(database)} == {"mk_0002"}
     assert service.rotation.key_status().active_key_id == "mk_0002", "the service followed the file"
     assert_all_values_open(service, seeded)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SKIP LOCKED is PostgreSQL's
+def test_a_rewrap_passes_over_the_keys_of_a_draft_in_progress_and_a_resume_takes_them(
+    billing_from_file: Billing,
+    database: Database,
+    keyring_path: Path,
+    fake: Faker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A draft locks its client's key rows with the client (decision 70): a re-wrap batch does not
+    wait for it, the run reports the rows it could not take, the old version cannot be retired
+    while they name it, and a resume re-wraps them once the draft has committed."""
+    service = billing_from_file
+    seeded = seed(service, fake)
+    customer_id = next(iter(seeded.customers))
+    holding, go = threading.Event(), threading.Event()
+    keys_of = service.invoices._keys
+
+    def keys_after_a_pause(session: Session) -> SubjectKeys:
+        if not holding.is_set():  # the draft's first statement has run: its locks are held
+            holding.set()
+            assert go.wait(timeout=30)
+        return keys_of(session)
+
+    monkeypatch.setattr(service.invoices, "_keys", keys_after_a_pause)
+    description = fake.sentence()
+    drafted: dict[str, object] = {}
+
+    def draft() -> None:
+        try:
+            line = InvoiceLineInput(description=description, unit_amount=100)
+            drafted["view"] = service.invoices.create_draft(
+                seeded.actor, InvoiceInput(customer_id=customer_id, currency="EUR", lines=[line])
+            )
+        except BaseException as error:
+            drafted["error"] = error
+
+    thread = threading.Thread(target=draft)
+    thread.start()
+    try:
+        assert holding.wait(timeout=30)
+        operator = file_billing(database, keyring_path)
+        report = operator.rotation.rotate_master_key(batch_size=2)
+        assert report.remaining == 2 and not report.complete  # the draft's client's two keys
+        with pytest.raises(InvalidStateTransition, match="keys rotate"):
+            operator.rotation.retire_master_key("mk_0001")
+    finally:
+        go.set()
+        thread.join(timeout=60)
+    assert "error" not in drafted, drafted
+    resumed = operator.rotation.rotate_master_key(resume_only=True)
+    assert resumed.rewrapped == 2 and resumed.complete
+    operator.rotation.retire_master_key("mk_0001")
+    assert {record.master_key_id for record in live_keys(database)} == {"mk_0002"}
+    seeded.invoices[drafted["view"].id] = description  # type: ignore[attr-defined]
+    assert_all_values_open(file_billing(database, keyring_path), seeded)
 
 
 def test_a_process_with_a_stale_keyring_resumes_rather_than_adding_another_version(
