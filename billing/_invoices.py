@@ -37,7 +37,7 @@ from billing._envelope import DataKey, FieldContext, open_sealed_text, seal_text
 from billing._events import EventOutbox
 from billing._idempotency import IdempotencyStore
 from billing._keyring import Keyring
-from billing._keys import SubjectKeys, keys_along, locked_subject_along, open_across_a_rotation
+from billing._keys import SubjectKeys, locked_subject_along, open_across_a_rotation
 from billing._models import Customer, DataKeyRecord, Invoice, InvoiceLine, InvoiceSequence, Tenant, new_id
 from billing._money import compute_line, compute_totals, currency_exponent
 from billing.errors import (
@@ -223,29 +223,29 @@ class InvoiceService:
         _check_series(data.series)
         totals = compute_totals((ln.quantity, ln.unit_amount, ln.tax_rate_bps) for ln in data.lines)
         now = self._clock()
-        invoice_id = new_id("inv")
-        audited = functools.partial(
-            self._audit.record_along,
-            actor=actor,
-            action="invoice.created",
-            resource_type="invoice",
-            resource_id=invoice_id,
-            subject_id=data.customer_id,
-        )
         with self._db.transaction() as session:
+            invoice_id = new_id("inv")
             # The subject lock (see _subject_rotation), the client's two keys and the draft's audit
             # link: one round trip on PostgreSQL, the locks taken before the chain's head. The link
             # is written before the invoice's rows, and all of them stand or fall together.
-            _, subject = audited(
-                session, locked_subject_along(actor.tenant_id, data.customer_id, _DRAFT_KEYS)
+            _, subject = self._audit.record_along(
+                session,
+                locked_subject_along(actor.tenant_id, data.customer_id, _DRAFT_KEYS),
+                actor=actor,
+                action="invoice.created",
+                resource_type="invoice",
+                resource_id=invoice_id,
+                subject_id=data.customer_id,
             )
             if subject:
                 customer, key_rows = subject[0][0], [key for _, key in subject]
-            else:  # no such client in the tenant (NotFound here), or none of its keys: no link yet
+            else:
+                # Nothing was appended: no such client in the tenant (NotFound here), or one without
+                # key rows (only by tampering), whose draft then fails at its record key.
                 customer = get_for_tenant(
-                    session, Customer, actor.tenant_id, data.customer_id, resource="customer", for_share=True
+                    session, Customer, actor.tenant_id, data.customer_id, resource="customer"
                 )
-                _, key_rows = audited(session, keys_along(actor.tenant_id, customer.id, _DRAFT_KEYS))
+                key_rows = []
             keys = self._keys(session)
             keys.adopt_all(key_rows)
             invoice = Invoice(

@@ -6,11 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from faker import Faker
-from sqlalchemy import update
+from sqlalchemy import delete, func, update
+from sqlmodel import select
 
 from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInput
-from billing._models import DataKeyRecord
-from billing.errors import DecryptionError, RecordExpired
+from billing._models import AuditEvent, DataKeyRecord, Invoice
+from billing.errors import DecryptionError, NotFound, RecordExpired
 
 from ..conftest import statements_of
 
@@ -87,6 +88,24 @@ def test_a_record_key_gone_reads_as_expired_only_when_it_was_shredded(
         billing.invoices.read(actor, draft)
     with pytest.raises(error):
         billing.invoices.create_draft(actor, InvoiceInput(customer_id=customer_id, currency="EUR"))
+
+
+def test_a_draft_for_an_unknown_client_or_one_without_key_rows_writes_nothing(
+    billing: Billing, fake: Faker
+) -> None:
+    actor, customer_id = _setup(billing, fake)
+    _draft(billing, actor, customer_id)
+    with billing.db.transaction() as session:  # fault injection: the client's key rows are gone
+        session.execute(delete(DataKeyRecord).where(DataKeyRecord.subject_id == customer_id))  # type: ignore[arg-type]
+    with pytest.raises(NotFound):
+        billing.invoices.create_draft(actor, InvoiceInput(customer_id="cus_unknown", currency="EUR"))
+    with pytest.raises(DecryptionError):
+        billing.invoices.create_draft(actor, InvoiceInput(customer_id=customer_id, currency="EUR"))
+    with billing.db.read() as session:
+        assert session.exec(select(func.count()).select_from(Invoice)).one() == 1
+        assert session.exec(
+            select(AuditEvent.action).where(AuditEvent.action == "invoice.created")
+        ).all() == ["invoice.created"]
 
 
 def test_a_draft_and_its_read_stay_within_their_statement_budget(billing: Billing, fake: Faker) -> None:
