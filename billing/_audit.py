@@ -307,8 +307,9 @@ class AuditTrail:
         # this process saw).
         cached = self._heads.get(chain)
         postgresql = session.get_bind().dialect.name == "postgresql"
+        first = along is not None and along.first
         link, row, rows = None, None, None
-        if along is not None and along.first and not (postgresql and cached is not None):
+        if along is not None and first and not (postgresql and cached is not None):
             # Read first, in a statement of its own: its locks come before the head's.
             rows = along.read(session)
             if not rows:
@@ -316,16 +317,16 @@ class AuditTrail:
         if cached is not None:
             link = _link(key.material, fields, cached)
             appended, row, read = _append_after(
-                session, link, cached, self._check(link), along if rows is None else None
+                session, link, cached, self._check(link), along if rows is None else None, postgresql
             )
             rows = read if rows is None else rows
             if not appended:
                 link = None
-                if along is not None and along.first and not rows:
+                if first and not rows:
                     return None, []
         if link is None:
             link = _link(key.material, fields, _lock_head(session, chain))
-            _append(session, link)
+            _append(session, link, postgresql)
             row = _run(session, self._check(link))
         if rows is None and along is not None:
             rows = along.read(session)
@@ -481,7 +482,7 @@ def _lock_head(session: Session, chain: str) -> tuple[int, str]:
     return int(row.seq), str(row.mac)
 
 
-def _append(session: Session, link: Link) -> None:
+def _append(session: Session, link: Link, postgresql: bool) -> None:
     """Insert ``link`` and move its chain's head (locked by :func:`_lock_head`) to it.
 
     On PostgreSQL one statement does both (the insert is a data-modifying CTE of the head's
@@ -491,7 +492,7 @@ def _append(session: Session, link: Link) -> None:
     statements = _statements()
     values = {f"e_{name}": getattr(link, name) for name in statements.event_columns}
     head = {"head_chain": link.chain, "head_seq": link.seq, "head_mac": link.mac}
-    if session.get_bind().dialect.name == "postgresql":
+    if postgresql:
         session.execute(statements.append, {**values, **head})
     else:
         session.execute(statements.insert_event, values)
@@ -499,7 +500,12 @@ def _append(session: Session, link: Link) -> None:
 
 
 def _append_after(
-    session: Session, link: Link, head: tuple[int, str], check: Check | None, along: Along | None
+    session: Session,
+    link: Link,
+    head: tuple[int, str],
+    check: Check | None,
+    along: Along | None,
+    postgresql: bool,
 ) -> tuple[bool, Row[Any] | None, list[Any] | None]:
     """Append ``link`` if its chain's head is still ``head`` (compare and swap), run ``check``, and
     read ``along`` if the same statement can.
@@ -523,7 +529,7 @@ def _append_after(
         "prev_seq": head[0],
         "prev_mac": head[1],
     }
-    if session.get_bind().dialect.name == "postgresql":
+    if postgresql:
         combined = _append_after_with(
             check.query if check is not None else None,
             along.query if along is not None else None,
