@@ -259,18 +259,23 @@ def _events_query() -> Select[Any]:
     return select(AuditEvent).where(col(AuditEvent.chain) == bindparam("along_chain"))
 
 
-def _read_along(billing: Billing, chain: str) -> tuple[Link, list[AuditEvent]]:
+def _record_along(billing: Billing, along: Along, action: str) -> tuple[Link | None, list[Any]]:
+    """An ``action`` of tenant ``ten_a`` appended with ``along``'s read, in a unit of its own."""
     actor = Actor(tenant_id="ten_a", role="booking", key_id="key_1", request_id="req_1")
     with billing.db.transaction() as session:
         return billing.audit.record_along(
             session,
-            _along_events_of(chain),
+            along,
             actor=actor,
-            action="invoice.read",
+            action=action,
             resource_type="invoice",
             resource_id="inv_1",
             subject_id="cus_1",
         )
+
+
+def _read_along(billing: Billing, chain: str) -> tuple[Link | None, list[Any]]:
+    return _record_along(billing, _along_events_of(chain), "invoice.read")
 
 
 @pytest.mark.parametrize("chain", ["ten_b", "ten_empty"])
@@ -279,7 +284,7 @@ def test_a_read_along_an_append_is_one_statement_on_postgresql(billing: Billing,
     _append(billing, 3, tenant="ten_b")
     with statements_of(billing.db.engine) as sent:
         link, rows = _read_along(billing, chain)
-    assert link.seq == 2 and link.chain == "ten_a"
+    assert link is not None and link.seq == 2 and link.chain == "ten_a"
     assert sorted(row.seq for row in rows) == ([1, 2, 3] if chain == "ten_b" else [])
     if billing.db.dialect == "postgresql":
         assert _kinds(sent) == ["WITH"]  # swap, link, the monitor's check and the read
@@ -299,7 +304,7 @@ def test_a_read_along_an_append_whose_head_moved_is_read_once_and_linked_once(
     _append(other, 3, tenant="ten_b")
     with statements_of(billing.db.engine) as sent:
         link, rows = _read_along(billing, chain)
-    assert link.seq == 4
+    assert link is not None and link.seq == 4
     assert sorted(row.seq for row in rows) == ([1, 2, 3] if chain == "ten_b" else [])
     if billing.db.dialect == "postgresql":
         # the swap missed (the read came back with it); then the head locked, followed, checked
@@ -325,17 +330,7 @@ def _events_with_head_query() -> Select[Any]:
 
 
 def _read_first(billing: Billing, chain: str) -> tuple[Link | None, list[Any]]:
-    actor = Actor(tenant_id="ten_a", role="booking", key_id="key_1", request_id="req_1")
-    with billing.db.transaction() as session:
-        return billing.audit.record_along(
-            session,
-            _first_along_of(chain),
-            actor=actor,
-            action="invoice.created",
-            resource_type="invoice",
-            resource_id="inv_1",
-            subject_id="cus_1",
-        )
+    return _record_along(billing, _first_along_of(chain), "invoice.created")
 
 
 @pytest.mark.parametrize("knows_the_head", [True, False])
