@@ -550,7 +550,6 @@ class StatementTimes:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._dialect = engine.dialect
         self._started: dict[int, float] = {}
         self.current: tuple[str, str] | None = None  # (side, step) while it is measured
         self._position = 0
@@ -560,16 +559,19 @@ class StatementTimes:
     def __enter__(self) -> StatementTimes:
         event.listen(self._engine, "before_cursor_execute", self._before)
         event.listen(self._engine, "after_cursor_execute", self._after)
-        self._dialect.do_commit = self._timed_commit  # type: ignore[method-assign]
+        self._engine.dialect.do_commit = self._timed_commit  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *_: object) -> None:
         event.remove(self._engine, "before_cursor_execute", self._before)
         event.remove(self._engine, "after_cursor_execute", self._after)
-        del self._dialect.do_commit
+        del self._engine.dialect.do_commit
 
     def start(self, side: str, step: str) -> None:
         self.current, self._position = (side, step), 0
+
+    def stop(self) -> None:
+        self.current = None
 
     def _record(self, label: str, seconds: float) -> None:
         if self.current is not None:
@@ -694,7 +696,7 @@ async def _operation(
     response = await client.get(f"{side.invoices_path}/{created['id']}")
     times["read_invoice"] = (time.perf_counter() - started) * 1000
     if statements is not None:
-        statements.current = None
+        statements.stop()
     read = _expect(response, 200)
     if [ln["description"] for ln in read["lines"]] != [ln["description"] for ln in payload["lines"]] or (
         read["notes"] != payload["notes"] or read["total"] != created["total"]
