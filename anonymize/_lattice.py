@@ -928,13 +928,12 @@ def evaluate(
     classes = _hashed_classes(problem, source, parts) if unordered else None
     if classes is None:
         classes = _sorted_classes(problem, source, parts, inverse=details)
-    representative, counts, starts, sizes = (
+    representative, starts, sizes, failed = (
         classes.representative,
-        classes.counts,
         classes.starts,
         classes.sizes,
+        classes.failed,
     )
-    failed = classes.failed
     if also_failing is not None:
         if also_failing.size != failed.size:
             raise RuntimeError("a model checked elsewhere saw other classes")
@@ -965,7 +964,7 @@ def evaluate(
                 for j, q in enumerate(chunk):
                     numerators[q] += int(added[j])
 
-    table = Table.rolled_up(source, levels, counts, representative) if keep_table else None
+    table = Table.rolled_up(source, levels, classes.counts, representative) if keep_table else None
     totals = None if numerators is None else tuple(numerators)
     if not details:
         return Evaluation(levels, suppressed, totals, int(sizes.size), table)
