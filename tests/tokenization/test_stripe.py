@@ -31,7 +31,7 @@ from tokenization import (
 )
 
 from ..conftest import API_KEY, TEST_CARDS
-from .conftest import CannedServer, Wire, new_key
+from .conftest import CannedServer, Wire, new_key, new_metadata_id
 
 VISA = TEST_CARDS["visa"]
 
@@ -48,7 +48,7 @@ def _pay(
         payment_method=token,
         amount=amount,
         currency="EUR",
-        metadata={"veilbill_payment_id": payment_id or f"pay_{uuid.uuid4().hex}"},
+        metadata={"veilbill_payment_id": payment_id or new_metadata_id("pay")},
         idempotency_key=new_key("pay"),
     )
 
@@ -125,7 +125,7 @@ def test_setup_intent_has_a_masked_client_secret(gateway: StripeGateway, custome
 
 
 def test_find_setup_intent_by_metadata(gateway: StripeGateway, customer: str) -> None:
-    wanted = f"req_{uuid.uuid4().hex}"
+    wanted = new_metadata_id("req")
     gateway.create_setup_intent(customer=customer, idempotency_key=new_key("setup"))
     created = gateway.create_setup_intent(
         customer=customer, idempotency_key=new_key("setup"), metadata={"veilbill_request": wanted}
@@ -275,7 +275,7 @@ def test_a_card_declined_when_charged(
     gateway: StripeGateway, customer: str, saved_card: Callable[[str], str]
 ) -> None:
     token = saved_card(TEST_CARDS["declined_on_charge"])
-    payment_id = f"pay_{uuid.uuid4().hex}"
+    payment_id = new_metadata_id("pay")
 
     with pytest.raises(CardDeclined) as caught:
         _pay(gateway, customer, token, payment_id=payment_id)
@@ -423,8 +423,8 @@ def test_find_payment_by_metadata(
     gateway: StripeGateway, customer: str, saved_card: Callable[[str], str]
 ) -> None:
     token = saved_card(VISA)
-    wanted = f"pay_{uuid.uuid4().hex}"
-    _pay(gateway, customer, token, payment_id=f"pay_{uuid.uuid4().hex}")
+    wanted = new_metadata_id("pay")
+    _pay(gateway, customer, token, payment_id=new_metadata_id("pay"))
     created = gateway.create_payment(
         customer=customer,
         payment_method=token,
@@ -455,7 +455,7 @@ def test_find_payment_picks_one_of_duplicates_deterministically(
 ) -> None:
     # The sandbox ignores Idempotency-Key: the same create twice makes two intents.
     token = saved_card(VISA)
-    payment_id = f"pay_{uuid.uuid4().hex}"
+    payment_id = new_metadata_id("pay")
     first = _pay(gateway, customer, token, payment_id=payment_id)
     second = _pay(gateway, customer, token, payment_id=payment_id)
 

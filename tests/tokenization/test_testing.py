@@ -21,7 +21,7 @@ from tokenization.testing import (
 )
 
 from ..conftest import TEST_CARDS
-from .conftest import new_key
+from .conftest import new_key, new_metadata_id
 
 
 def _every_call(gateway: PaymentGateway) -> list[Callable[[], object]]:
@@ -86,7 +86,7 @@ def test_flaky_with_lost_responses_acts_then_fails(
     token = card_token(TEST_CARDS["visa"])
     gateway.attach_payment_method(customer=customer, payment_method=token, idempotency_key=new_key("a"))
     flaky = FlakyGateway(gateway, 1, lambda: GatewayTimeout(None), lose_response=True)
-    payment_id = f"pay_{uuid.uuid4().hex}"
+    payment_id = new_metadata_id("pay")
 
     with pytest.raises(GatewayTimeout):
         flaky.create_payment(
