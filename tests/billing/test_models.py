@@ -13,3 +13,10 @@ def test_ids_are_letters_only_and_unique() -> None:
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"cus_[a-z]{20}", i) for i in ids)
     assert not any(contains_card_number(i) for i in ids)
+
+
+def test_every_position_takes_every_letter() -> None:
+    ids = [new_id("inv")[4:] for _ in range(20_000)]
+    alphabet = set("abcdefghijkmnpqrstuvwxyz")
+    for position in range(20):
+        assert {i[position] for i in ids} == alphabet
