@@ -33,8 +33,9 @@ Transport: ``httpx.ASGITransport`` in this process, with the app's lifespan. Bot
 through the whole ASGI app, but no socket or HTTP parser: those add the same time to both sides,
 which would only shrink the ratio, so leaving them out is the stricter comparison.
 
-Rounds alternate which side goes first; each round runs ``--ops`` operations per side after a
-warm-up. Figures are milliseconds per operation (median and minimum over every measured
+Each round runs ``--ops`` operations per side, after a warm-up and an ``ANALYZE`` (a database in
+service has statistics), the sides taking turns operation by operation, the one going first
+alternating (``turns``, decision 72). Figures are milliseconds per operation (median and minimum over every measured
 operation) and the median over rounds of the per-round ratio of medians. ``cpu`` is the same for
 this process's CPU time (``time.process_time``: the app, its worker threads and the client, not
 the database server): less disturbed by other processes on a shared machine, it tells the
@@ -701,6 +702,17 @@ async def _operation(
     return times
 
 
+def turns(sides: list[Side], count: int, first: int) -> Iterator[tuple[int, Side]]:
+    """The order of a pass's ``count`` operations: the sides take turns operation by operation, the
+    one going first alternating (``sides[first]`` at the first operation).
+
+    What the machine does meanwhile (other processes, the database's background writers) so falls
+    on both sides alike, where blocks of one side's operations each caught their own (decision 72).
+    """
+    for index in range(count):
+        yield from ((index, side) for side in (sides if (first + index) % 2 == 0 else sides[::-1]))
+
+
 async def _run_case(app: Litestar, case: str, args: argparse.Namespace) -> dict[str, Any]:
     new_client_each_time = case.endswith("client-invoice")
     fake = Faker("fr_FR")
@@ -737,20 +749,16 @@ async def _run_case(app: Litestar, case: str, args: argparse.Namespace) -> dict[
             customers = [_customer_payload(fake) if new_client_each_time else None for _ in range(count)]
             totals: dict[str, list[float]] = {side.name: [] for side in sides}
             cpus: dict[str, list[float]] = {side.name: [] for side in sides}
-            # The sides take turns operation by operation, each going first every other time: what
-            # the machine does meanwhile (other processes, the database's background writers)
-            # falls on both alike, where blocks of one side's operations each caught their own.
-            for index, (payload, customer) in enumerate(zip(payloads, customers, strict=True)):
-                for side in sides if (first + index) % 2 == 0 else reversed(sides):
-                    cpu_started = time.process_time()
-                    times = await _operation(
-                        client, side, payload, customer, index, recorder if record else None
-                    )
-                    cpus[side.name].append((time.process_time() - cpu_started) * 1000)
-                    totals[side.name].append(sum(times.values()))
-                    if record:
-                        for step, ms in times.items():
-                            side.steps.setdefault(step, []).append(ms)
+            for index, side in turns(sides, count, first):
+                cpu_started = time.process_time()
+                times = await _operation(
+                    client, side, payloads[index], customers[index], index, recorder if record else None
+                )
+                cpus[side.name].append((time.process_time() - cpu_started) * 1000)
+                totals[side.name].append(sum(times.values()))
+                if record:
+                    for step, ms in times.items():
+                        side.steps.setdefault(step, []).append(ms)
             if record:
                 for side in sides:
                     side.cpu.extend(cpus[side.name])

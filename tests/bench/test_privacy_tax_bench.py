@@ -17,11 +17,13 @@ from bench.privacy_tax_bench import (
     PlainCustomer,
     PlainInvoice,
     PlainInvoiceLine,
+    Side,
     StatementTimes,
     ablate,
     create_plain_tables,
     parse_args,
     run_cases,
+    turns,
 )
 from billing import Actor, Billing, CustomerInput, InvoiceInput, InvoiceLineInput, InvoiceView
 from billing._models import AuditEvent, Customer, Invoice, InvoiceLine
@@ -214,3 +216,15 @@ def test_the_baseline_sends_the_products_statements(billing: Billing, fake: Fake
     veilbill, baseline = sent
     assert veilbill == ["WITH", "INSERT", "INSERT", "SELECT", "WITH"]
     assert baseline == ["SELECT", "INSERT", "INSERT", "SELECT", "SELECT"]
+
+
+def test_the_sides_take_turns_operation_by_operation_the_first_alternating() -> None:
+    veilbill, baseline = Side("veilbill", "/c", "/i"), Side("baseline", "/pc", "/pi")
+    order = [(index, side.name) for index, side in turns([veilbill, baseline], 4, 1)]
+    assert order == [
+        (0, "baseline"), (0, "veilbill"),
+        (1, "veilbill"), (1, "baseline"),
+        (2, "baseline"), (2, "veilbill"),
+        (3, "veilbill"), (3, "baseline"),
+    ]  # fmt: skip
+    assert [side.name for _, side in turns([veilbill, baseline], 1, 0)] == ["veilbill", "baseline"]
