@@ -35,11 +35,11 @@ which would only shrink the ratio, so leaving them out is the stricter compariso
 
 Each round runs ``--ops`` operations per side, after a warm-up and an ``ANALYZE`` (a database in
 service has statistics), the sides taking turns operation by operation, the one going first
-alternating (``turns``, decision 72). Figures are milliseconds per operation (median and minimum over every measured
-operation) and the median over rounds of the per-round ratio of medians. ``cpu`` is the same for
-this process's CPU time (``time.process_time``: the app, its worker threads and the client, not
-the database server): less disturbed by other processes on a shared machine, it tells the
-Python-side part of the tax from the waiting on the database.
+alternating (``turns``, decision 72). Figures are milliseconds per operation (median and minimum
+over every measured operation) and the median over rounds of the per-round ratio of medians.
+``cpu`` is the same for this process's CPU time (``time.process_time``: the app, its worker
+threads and the client, not the database server): less disturbed by other processes on a shared
+machine, it tells the Python-side part of the tax from the waiting on the database.
 
 ``--profile FILE`` skips the comparison and profiles, with pyinstrument, the part of the request
 path that differs — the billing service's ``create_draft`` and ``read`` — on PostgreSQL, called
