@@ -79,7 +79,7 @@ metadata.naming_convention = {
 
 
 # Letters only: an id can never contain a digit run that the card-data guard would take for a card
-# number (hex ids do, about once in ten thousand). 20 letters of 24 give 91 random bits.
+# number (a 32-digit hex id does, about once in 2,000). 20 letters of 24 give 91 random bits.
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz"
 _ID_LENGTH = 20
 _ID_SPACE = len(_ID_ALPHABET) ** _ID_LENGTH
