@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import psycopg
 import pytest
 from faker import Faker
+from sqlalchemy import event
 from sqlmodel import select
 
 from billing import AccessPolicy, Actor, Billing, CustomerInput, Database, InvoiceInput, Keyring
@@ -172,3 +176,54 @@ def test_an_alert_holds_for_its_key_and_its_window_only(
     assert sorted(a.resource_id for a in _alerts(database)) == ["key_first", "key_first", "key_second"]
     billing.customers.read(first, clients[7])  # flagged in this window already
     assert len(_alerts(database)) == 3
+
+
+def test_the_monitors_probes_are_index_lookups(database: Database, keyring: Keyring, fake: Faker) -> None:
+    """The check that rides along a PII read reaches ``audit_events`` through its indexes only: the
+    key's earlier reads of the client (``ix_audit_events_actor_subject_time``), its reads of other
+    clients, and whether it was already flagged (the partial ``ix_audit_events_alerts``, whose
+    condition the statement states as a constant). A scan of the table would grow with every event
+    ever audited. On PostgreSQL the statement is prepared and its *generic* plan asked for, as a
+    prepared statement runs after its fifth execution (a condition on a bound value cannot choose a
+    partial index there), with sequential scans disabled: whether it *can* use the indexes, which a
+    small test table would otherwise not show."""
+    billing, admin = _monitored(database, keyring, "Salon Index", suspend=False)
+    reader = Actor(tenant_id=admin.tenant_id, role="booking", key_id="key_reader")
+    client = billing.customers.create(admin, CustomerInput(name=fake.name())).id
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "audit_events.subject_id = " in statement:
+            sent.append((statement, parameters))
+
+    event.listen(database.engine, "before_cursor_execute", capture)
+    try:
+        billing.customers.read(reader, client)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", capture)
+    (statement, parameters), *_ = sent
+
+    postgresql = database.engine.dialect.name == "postgresql"
+    with database.engine.connect() as connection:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        if postgresql:
+            names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", statement)))
+            numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", statement)
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            cursor.execute(f"PREPARE monitor_probe AS {numbered}")
+            literal = psycopg.ClientCursor(connection.connection.dbapi_connection)  # type: ignore[arg-type]
+            literal.execute(
+                f"EXPLAIN EXECUTE monitor_probe({', '.join(['%s'] * len(names))})",
+                [parameters[name] for name in names],
+            )
+            plan = "\n".join(row[0] for row in literal.fetchall())
+        else:
+            cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            plan = "\n".join(row[-1] for row in cursor.fetchall())
+        connection.rollback()
+
+    assert "ix_audit_events_actor_subject_time" in plan
+    assert "ix_audit_events_alerts" in plan
+    scans = [line for line in plan.splitlines() if "audit_events" in line]
+    assert scans and not [line for line in scans if "Seq Scan" in line or line.strip().startswith("SCAN ")]
