@@ -15,9 +15,8 @@ import msgspec
 from sqlmodel import col, select
 
 from billing._audit import AuditTrail
-from billing._db import Database
-from billing._models import AuditEvent, Breach, new_id
-from billing._monitoring import PII_READ_ACTIONS
+from billing._db import Database, in_constants
+from billing._models import PII_READ_ACTIONS, AuditEvent, Breach, new_id
 from billing.errors import NotFound, ValidationFailed
 
 __all__ = ["GDPR_DEADLINE", "HIPAA_DEADLINE", "BreachInput", "BreachService", "BreachView"]
@@ -113,7 +112,7 @@ class BreachService:
                 .where(
                     AuditEvent.actor_key_id == key_id,
                     col(AuditEvent.occurred_at) >= since,
-                    col(AuditEvent.action).in_(PII_READ_ACTIONS),
+                    in_constants(col(AuditEvent.action), PII_READ_ACTIONS),
                     col(AuditEvent.subject_id).is_not(None),
                 )
                 .distinct()

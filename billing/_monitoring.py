@@ -23,7 +23,7 @@ from sqlmodel import Session, col
 
 from billing._audit import AuditTrail, Check, Link
 from billing._db import in_constants
-from billing._models import ACCESS_ALERT, ApiKey, AuditEvent, Tenant
+from billing._models import ACCESS_ALERT, PII_READ_ACTIONS, ApiKey, AuditEvent, Tenant
 
 __all__ = [
     "DEFAULT_PII_READ_THRESHOLD",
@@ -34,15 +34,6 @@ __all__ = [
     "access_policy_of",
 ]
 
-PII_READ_ACTIONS = frozenset(
-    {
-        "customer.read",
-        "invoice.read",
-        "invoice.document_rendered",
-        "invoice.restricted_read",
-        "customer.exported",
-    }
-)
 DEFAULT_PII_READ_THRESHOLD = 100
 DEFAULT_PII_READ_WINDOW = timedelta(minutes=60)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -183,47 +184,71 @@ def test_the_monitors_probes_are_index_lookups(database: Database, keyring: Keyr
     key's earlier reads of the client (``ix_audit_events_actor_subject_time``), its reads of other
     clients, and whether it was already flagged (the partial ``ix_audit_events_alerts``, whose
     condition the statement states as a constant). A scan of the table would grow with every event
-    ever audited. On PostgreSQL the statement is prepared and its *generic* plan asked for, as a
-    prepared statement runs after its fifth execution (a condition on a bound value cannot choose a
-    partial index there), with sequential scans disabled: whether it *can* use the indexes, which a
-    small test table would otherwise not show."""
+    ever audited. The indexes of reads are partial too (PII reads only): the statement states their
+    condition the same way."""
     billing, admin = _monitored(database, keyring, "Salon Index", suspend=False)
     reader = Actor(tenant_id=admin.tenant_id, role="booking", key_id="key_reader")
     client = billing.customers.create(admin, CustomerInput(name=fake.name())).id
+    plan = _plan_of(database, "audit_events.subject_id = ", lambda: billing.customers.read(reader, client))
+
+    assert "ix_audit_events_actor_subject_time" in plan
+    assert "ix_audit_events_alerts" in plan
+    _assert_no_scan_of_audit_events(plan)
+
+
+def test_a_breachs_affected_clients_are_an_index_lookup(database: Database, keyring: Keyring) -> None:
+    billing = Billing(db=database, keyring=keyring)
+    since = datetime.now(UTC) - timedelta(days=1)
+    plan = _plan_of(
+        database, "DISTINCT audit_events.subject_id", lambda: billing.breaches.affected("key_x", since)
+    )
+
+    assert "ix_audit_events_actor" in plan
+    _assert_no_scan_of_audit_events(plan)
+
+
+def _plan_of(database: Database, marker: str, run: Callable[[], object]) -> str:
+    """The plan of the first statement holding ``marker`` that ``run`` sends.
+
+    On PostgreSQL the statement is prepared and its *generic* plan asked for, as a prepared
+    statement runs after its fifth execution (a condition on a bound value cannot choose a partial
+    index there), with sequential scans disabled: whether it *can* use the indexes, which a small
+    test table would otherwise not show.
+    """
     sent: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "audit_events.subject_id = " in statement:
+        if marker in statement:
             sent.append((statement, parameters))
 
     event.listen(database.engine, "before_cursor_execute", capture)
     try:
-        billing.customers.read(reader, client)
+        run()
     finally:
         event.remove(database.engine, "before_cursor_execute", capture)
     (statement, parameters), *_ = sent
 
-    postgresql = database.engine.dialect.name == "postgresql"
     with database.engine.connect() as connection:
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        if postgresql:
+        dbapi = connection.connection.dbapi_connection
+        cursor = dbapi.cursor()  # type: ignore[union-attr]
+        if database.engine.dialect.name == "postgresql":
             names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", statement)))
             numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", statement)
             cursor.execute("SET LOCAL enable_seqscan = off")
             cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            cursor.execute(f"PREPARE monitor_probe AS {numbered}")
-            literal = psycopg.ClientCursor(connection.connection.dbapi_connection)  # type: ignore[arg-type]
+            cursor.execute(f"PREPARE probe AS {numbered}")
+            literal = psycopg.ClientCursor(dbapi)  # type: ignore[arg-type]
             literal.execute(
-                f"EXPLAIN EXECUTE monitor_probe({', '.join(['%s'] * len(names))})",
-                [parameters[name] for name in names],
+                f"EXPLAIN EXECUTE probe({', '.join(['%s'] * len(names))})", [parameters[n] for n in names]
             )
             plan = "\n".join(row[0] for row in literal.fetchall())
         else:
             cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters)
             plan = "\n".join(row[-1] for row in cursor.fetchall())
         connection.rollback()
+    return plan
 
-    assert "ix_audit_events_actor_subject_time" in plan
-    assert "ix_audit_events_alerts" in plan
+
+def _assert_no_scan_of_audit_events(plan: str) -> None:
     scans = [line for line in plan.splitlines() if "audit_events" in line]
     assert scans and not [line for line in scans if "Seq Scan" in line or line.strip().startswith("SCAN ")]
