@@ -18,8 +18,6 @@ Card numbers here and in the tests are public gateway TEST numbers.
 from __future__ import annotations
 
 import http.server
-import secrets
-import string
 import threading
 import uuid
 from collections.abc import Iterator
@@ -37,16 +35,6 @@ from tokenization import (
 )
 
 from ..conftest import API_KEY
-
-
-def new_metadata_id(prefix: str) -> str:
-    """A fresh id for gateway metadata, in the product's shape (letters only, as ``billing``'s ``new_id``).
-
-    A hexadecimal id can hold a 13-to-19-digit run that passes the Luhn check, which the metadata
-    guard rightly refuses as a card number: a test that sent ``uuid4().hex`` failed about once in
-    several hundred runs.
-    """
-    return f"{prefix}_{''.join(secrets.choice(string.ascii_lowercase) for _ in range(24))}"
 
 
 def new_key(*parts: str) -> str:

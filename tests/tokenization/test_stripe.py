@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 import pytest
 import stripe
 
+from billing._models import new_id
 from tokenization import (
     STRIPE_API_VERSION,
     CardDeclined,
@@ -31,7 +32,7 @@ from tokenization import (
 )
 
 from ..conftest import API_KEY, TEST_CARDS
-from .conftest import CannedServer, Wire, new_key, new_metadata_id
+from .conftest import CannedServer, Wire, new_key
 
 VISA = TEST_CARDS["visa"]
 
@@ -48,7 +49,7 @@ def _pay(
         payment_method=token,
         amount=amount,
         currency="EUR",
-        metadata={"veilbill_payment_id": payment_id or new_metadata_id("pay")},
+        metadata={"veilbill_payment_id": payment_id or new_id("pay")},
         idempotency_key=new_key("pay"),
     )
 
@@ -125,7 +126,7 @@ def test_setup_intent_has_a_masked_client_secret(gateway: StripeGateway, custome
 
 
 def test_find_setup_intent_by_metadata(gateway: StripeGateway, customer: str) -> None:
-    wanted = new_metadata_id("req")
+    wanted = new_id("req")
     gateway.create_setup_intent(customer=customer, idempotency_key=new_key("setup"))
     created = gateway.create_setup_intent(
         customer=customer, idempotency_key=new_key("setup"), metadata={"veilbill_request": wanted}
@@ -275,7 +276,7 @@ def test_a_card_declined_when_charged(
     gateway: StripeGateway, customer: str, saved_card: Callable[[str], str]
 ) -> None:
     token = saved_card(TEST_CARDS["declined_on_charge"])
-    payment_id = new_metadata_id("pay")
+    payment_id = new_id("pay")
 
     with pytest.raises(CardDeclined) as caught:
         _pay(gateway, customer, token, payment_id=payment_id)
@@ -423,8 +424,8 @@ def test_find_payment_by_metadata(
     gateway: StripeGateway, customer: str, saved_card: Callable[[str], str]
 ) -> None:
     token = saved_card(VISA)
-    wanted = new_metadata_id("pay")
-    _pay(gateway, customer, token, payment_id=new_metadata_id("pay"))
+    wanted = new_id("pay")
+    _pay(gateway, customer, token, payment_id=new_id("pay"))
     created = gateway.create_payment(
         customer=customer,
         payment_method=token,
@@ -455,7 +456,7 @@ def test_find_payment_picks_one_of_duplicates_deterministically(
 ) -> None:
     # The sandbox ignores Idempotency-Key: the same create twice makes two intents.
     token = saved_card(VISA)
-    payment_id = new_metadata_id("pay")
+    payment_id = new_id("pay")
     first = _pay(gateway, customer, token, payment_id=payment_id)
     second = _pay(gateway, customer, token, payment_id=payment_id)
 

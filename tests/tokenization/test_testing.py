@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from billing._models import new_id
 from tokenization import (
     GatewayTimeout,
     GatewayUnavailable,
@@ -21,7 +22,7 @@ from tokenization.testing import (
 )
 
 from ..conftest import TEST_CARDS
-from .conftest import new_key, new_metadata_id
+from .conftest import new_key
 
 
 def _every_call(gateway: PaymentGateway) -> list[Callable[[], object]]:
@@ -86,7 +87,7 @@ def test_flaky_with_lost_responses_acts_then_fails(
     token = card_token(TEST_CARDS["visa"])
     gateway.attach_payment_method(customer=customer, payment_method=token, idempotency_key=new_key("a"))
     flaky = FlakyGateway(gateway, 1, lambda: GatewayTimeout(None), lose_response=True)
-    payment_id = new_metadata_id("pay")
+    payment_id = new_id("pay")
 
     with pytest.raises(GatewayTimeout):
         flaky.create_payment(
