@@ -221,6 +221,10 @@ class ServerPool:
             server.wait_ready(deadline)
         return started
 
+    def output(self) -> str:
+        """What every server started so far wrote, each under a header naming it."""
+        return "".join(f"--- server on port {s.port}\n{s.output()}" for s in self._servers)
+
     def stop_all(self) -> None:
         for server in self._servers:
             server.stop()

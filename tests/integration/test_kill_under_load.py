@@ -162,6 +162,7 @@ class BookingApp:
                     if response.status_code != expect:
                         traffic.unexpected.append(
                             f"POST {path} [{key}] -> {response.status_code} {_code(response)}"
+                            f" (attempt {attempt}, replayed {response.headers.get('idempotent-replayed')})"
                         )
                 answer: dict[str, Any] = response.json()
                 return answer
@@ -473,7 +474,10 @@ def test_kill_9_twice_under_a_finalize_pay_refund_load_then_the_books_reconcile(
     for thread in [*apps, killer]:
         thread.join(timeout=max(1.0, load_started + LOAD_TIMEOUT - time.monotonic()))
     load_seconds = time.monotonic() - load_started
-    run = f"seed {seed}, kills {traffic.kills}, resent {dict(traffic.resent)}"
+    run = (
+        f"seed {seed}, kills {traffic.kills}, resent {dict(traffic.resent)}, "
+        f"unexpected {traffic.unexpected}\n{servers.output()[-8000:]}"
+    )
     assert not any(thread.is_alive() for thread in [*apps, killer]), f"the load did not finish; {run}"
     assert not traffic.errors, f"{traffic.errors!r}; {run}"
     assert traffic.unexpected == [], f"answers a run without kills would not give; {run}"
