@@ -47,7 +47,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from billing._actor import Actor
-from billing._db import insert_ignore
+from billing._db import insert_ignore, shareable
 from billing._keyring import Keyring
 from billing._models import AuditCheckpoint, AuditEvent, AuditHead
 
@@ -616,7 +616,7 @@ def _append_after_with(
         columns += [aliased(entity, read) for entity in entities]
         width = len(entities)
     combined: Select[Any] = select(*columns).select_from(source).add_cte(insert_after.cte("appended"))
-    return _Combined(combined, found, width)
+    return _Combined(shareable(combined), found, width)
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,16 +659,18 @@ def _statements() -> _Statements:
     swapped = swap_head.cte("swapped")
     insert_after = _insert_after(swapped)
     return _Statements(
-        lock_head=select(heads.c.seq, heads.c.mac)
-        .where(heads.c.chain == bindparam("chain", type_=heads.c.chain.type))
-        .with_for_update(),
+        lock_head=shareable(
+            select(heads.c.seq, heads.c.mac)
+            .where(heads.c.chain == bindparam("chain", type_=heads.c.chain.type))
+            .with_for_update()
+        ),
         event_columns=tuple(c.name for c in columns),
-        insert_event=insert_event,
-        move_head=move_head,
-        append=move_head.add_cte(insert_event.cte("appended")),
-        swap_head=swap_head,
+        insert_event=shareable(insert_event),
+        move_head=shareable(move_head),
+        append=shareable(move_head.add_cte(insert_event.cte("appended"))),
+        swap_head=shareable(swap_head),
         swapped=swapped,
-        insert_after=insert_after,
+        insert_after=shareable(insert_after),
     )
 
 

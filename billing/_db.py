@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
-from sqlalchemy.sql.elements import SQLCoreOperations
+from sqlalchemy.sql.elements import ClauseElement, SQLCoreOperations
 from sqlmodel import Session, SQLModel, col, select
 
 from billing.errors import DatabaseUnavailable, NotFound
@@ -36,9 +36,11 @@ __all__ = [
     "in_constants",
     "insert_ignore",
     "normalize_database_url",
+    "shareable",
 ]
 
 _Row = TypeVar("_Row", bound=SQLModel)
+_Statement = TypeVar("_Statement", bound=ClauseElement)
 _SNAPSHOT = "veilbill.snapshot"  # connection.info flag: begin a deferred (read) transaction
 
 
@@ -234,6 +236,25 @@ def in_constants(column: SQLCoreOperations[str], values: Iterable[str]) -> Colum
         if not _CONSTANT.fullmatch(name):
             raise ValueError(f"not a constant name: {name!r}")
     return column.in_([literal_column(f"'{name}'") for name in names])
+
+
+def shareable(statement: _Statement) -> _Statement:
+    """``statement``, compiled once here, so that the threads it is shared with never compile it
+    for the first time together.
+
+    For a statement built once per process and kept (the ``functools.cache`` builders of hot
+    queries): the first compilation memoizes parts of the statement object itself, and for an
+    entity aliased to a subquery of the statement (the audit link's statements that bring rows
+    along) two threads doing it at once can leave the statement's result columns and the entity's
+    columns as different objects. The request then fails (``NoSuchColumnError``, SQLAlchemy 2.1),
+    or SQLAlchemy warns that the SQL it compiled joins the entity's table beside the subquery.
+    Seen at a worker's first requests after a start (decision 74). SQLAlchemy's own loaders load
+    the columns of the aliases they pool before sharing them, for the same reason. Called by the
+    builder, so that its cache publishes the statement compiled; the dialect does not matter for
+    what is memoized.
+    """
+    statement.compile()
+    return statement
 
 
 def insert_ignore(session: Session, model: type[Any], values: dict[str, Any]) -> bool:

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from billing._audit import Along
-from billing._db import in_constants, insert_ignore
+from billing._db import in_constants, insert_ignore, shareable
 from billing._envelope import DataKey, generate_key_material, sealed_key_id
 from billing._keyring import Keyring, MasterKeyProvider, master_key_provider_of
 from billing._models import Customer, DataKeyRecord, new_id
@@ -98,7 +98,7 @@ def _locked_subject(purposes: tuple[str, ...]) -> Select[Customer, DataKeyRecord
     """``locked_subject_along``'s query, built once per set of purposes."""
     customers, keys = Customer.__table__, DataKeyRecord.__table__  # type: ignore[attr-defined]
     # SQLAlchemy's select: a query of two models, which the append's statement composes as a Core one
-    return (
+    return shareable(
         sqlalchemy.select(Customer, DataKeyRecord)
         .join(
             DataKeyRecord,
@@ -118,10 +118,12 @@ def _locked_subject(purposes: tuple[str, ...]) -> Select[Customer, DataKeyRecord
 def _keys_of_subject(purposes: tuple[str, ...]) -> SelectOfScalar[DataKeyRecord]:
     """The key rows of one subject (``keys_tenant``, ``keys_subject``) for ``purposes``, built
     once per set of purposes (few: they are the service's own)."""
-    return select(DataKeyRecord).where(
-        col(DataKeyRecord.tenant_id) == bindparam("keys_tenant"),
-        col(DataKeyRecord.subject_id) == bindparam("keys_subject"),
-        in_constants(col(DataKeyRecord.purpose), purposes),
+    return shareable(
+        select(DataKeyRecord).where(
+            col(DataKeyRecord.tenant_id) == bindparam("keys_tenant"),
+            col(DataKeyRecord.subject_id) == bindparam("keys_subject"),
+            in_constants(col(DataKeyRecord.purpose), purposes),
+        )
     )
 
 

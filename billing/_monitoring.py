@@ -22,7 +22,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
 
 from billing._audit import AuditTrail, Check, Link
-from billing._db import in_constants
+from billing._db import in_constants, shareable
 from billing._models import ACCESS_ALERT, PII_READ_ACTIONS, ApiKey, AuditEvent, Tenant
 
 __all__ = [
@@ -101,7 +101,9 @@ def _alerted(since: Any) -> Any:
 @functools.cache
 def _exact_count() -> Select[Any]:
     """How many distinct other clients the key read since ``since``, uncapped."""
-    return sa_select(func.count(func.distinct(AuditEvent.subject_id))).where(*_other_reads(_since()))
+    return shareable(
+        sa_select(func.count(func.distinct(AuditEvent.subject_id))).where(*_other_reads(_since()))
+    )
 
 
 @functools.cache
@@ -146,7 +148,7 @@ def _check_statement() -> Select[Any]:
         case((prior.c.seen, None), else_=others.scalar_subquery()),
         case((prior.c.seen, None), else_=_alerted(since)),
     ]
-    return (
+    return shareable(
         sa_select(*columns)
         .select_from(Tenant)
         .join(prior, true())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy import Select, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql
 from sqlmodel import col
 
-from billing import Actor, Billing, Database, Keyring, create_keyring
+from billing import Actor, Billing, Database, DatabaseConfig, Keyring, create_keyring
 from billing._audit import Along, AuditTrail, Link, _append_after_with
 from billing._invoices import _lines_query
 from billing._keys import _keys_of_subject, _locked_subject
@@ -404,3 +405,63 @@ def test_the_append_statements_stay_short_enough_for_psycopg_to_cache(watched: b
     )
     text = str(combined.statement.compile(dialect=postgresql.psycopg.dialect()))
     assert len(text.encode()) <= PSYCOPG_CACHED_QUERY_BYTES, len(text.encode())
+
+
+_SHARED_BY = 8  # threads, as a worker's handler threads at its first requests
+_COLD_STARTS = 8  # about half of them failed before decision 74
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("along", ["lines", "draft", "index"])
+@pytest.mark.filterwarnings("error::sqlalchemy.exc.SAWarning")  # the process's filters: every thread's
+def test_a_link_statement_first_run_by_many_threads_at_once_runs_in_each(
+    database_url: str, along: str
+) -> None:
+    """The combined statements are built once per process and shared by its threads; the first
+    compilation of an entity aliased to their subquery is not safe to do in several threads at once.
+    Before ``shareable`` (decision 74) about one in two of these cold starts failed
+    (``NoSuchColumnError``, or a cartesian product warned about), with threads switching as often
+    as the interpreter lets them; a server's first requests failed now and then (a 500)."""
+    queries = {
+        "lines": (_check_statement(), _lines_query()),
+        "draft": (None, _locked_subject(("profile", "record"))),
+        "index": (None, _keys_of_subject(("index",))),
+    }
+    check, query = queries[along]
+    # Named from a statement of its own: compiling the one under test here would do what it tests.
+    parameter_names = _append_after_with(check, query, first=along == "draft").statement.compile().params
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for start in range(_COLD_STARTS):
+            # What a new process has: its own engine (no compiled statement yet), and the statement
+            # as its builder makes it, before anyone ran it.
+            db = Database(DatabaseConfig(database_url))
+            statement = _append_after_with.__wrapped__(check, query, first=along == "draft").statement
+            parameters = dict.fromkeys(parameter_names)  # no head matches them: nothing is appended
+            failures = _run_at_once_by_threads(db, statement, parameters)
+            db.dispose()
+            assert failures == [], f"cold start {start}: {failures[0]}"
+    finally:
+        sys.setswitchinterval(switching)
+
+
+def _run_at_once_by_threads(db: Database, statement: Any, parameters: dict[str, Any]) -> list[str]:
+    """Run ``statement`` in ``_SHARED_BY`` threads released together; what failed, with its type."""
+    ready = threading.Barrier(_SHARED_BY)
+    failures: list[str] = []
+
+    def request() -> None:
+        ready.wait()
+        try:
+            with db.transaction() as session:
+                session.execute(statement, parameters).all()
+        except Exception as error:
+            failures.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=request) for _ in range(_SHARED_BY)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures
