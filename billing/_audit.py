@@ -670,7 +670,7 @@ def _statements() -> _Statements:
         append=shareable(move_head.add_cte(insert_event.cte("appended"))),
         swap_head=shareable(swap_head),
         swapped=swapped,
-        insert_after=shareable(insert_after),
+        insert_after=insert_after,  # a fragment: compiled within the statements that use it
     )
 
 
