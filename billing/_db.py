@@ -248,10 +248,9 @@ def shareable(statement: _Statement) -> _Statement:
     along) two threads doing it at once can leave the statement's result columns and the entity's
     columns as different objects. The request then fails (``NoSuchColumnError``, SQLAlchemy 2.1),
     or SQLAlchemy warns that the SQL it compiled joins the entity's table beside the subquery.
-    Seen at a worker's first requests after a start (decision 74). SQLAlchemy's own loaders load
-    the columns of the aliases they pool before sharing them, for the same reason. Called by the
-    builder, so that its cache publishes the statement compiled; the dialect does not matter for
-    what is memoized.
+    Seen at a worker's first requests after a start (decision 74). Called by the builder, so that
+    its cache publishes the statement compiled; the dialect does not matter for what is memoized
+    (compiling with the default one prevented the failure as well as with psycopg's).
     """
     statement.compile()
     return statement
