@@ -57,12 +57,14 @@ of the service only (never the product's code or configuration): ``unflushed-rea
 invoice's read (and so its audit link) without waiting for the write-ahead log to reach the disk
 (a pool of its own for the read, whose connections are set ``synchronous_commit = off`` once when
 they open, so the read sends no statement more; PostgreSQL only), and ``no-audit`` appends no
-audit link at all (and so runs no access monitoring). Results carry an
-``ablation`` key; they answer "what would the ratio be without it", not what the product costs.
+audit link at all (and so runs no access monitoring), and ``unaudited-reads`` appends none for the
+invoice's read only (the draft keeps its link): what a read whose audit event is written off the
+request path, after the answer, would cost at best (decision 75). Results carry an ``ablation``
+key; they answer "what would the ratio be without it", not what the product costs.
 
 Usage: ``python -m bench.privacy_tax_bench [--rounds 10] [--ops 40] [--only pg-invoice,...]
-[--ablate unflushed-reads|no-audit] [--statements] [--profile FILE]``; prints one JSON line per
-case.
+[--ablate unflushed-reads|no-audit|unaudited-reads] [--statements] [--profile FILE]``; prints
+one JSON line per case.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ from billing import (
     utcnow,
     write_keyring,
 )
-from billing._audit import Along
+from billing._audit import Along, Link
 from billing._invoices import _view as invoice_view
 from billing._models import new_id
 from billing.errors import CustomerErased, NotFound, ValidationFailed
@@ -874,7 +876,7 @@ def profile_service(args: argparse.Namespace, path: Path) -> None:
     )
 
 
-ABLATIONS = ("unflushed-reads", "no-audit")
+ABLATIONS = ("unflushed-reads", "no-audit", "unaudited-reads")
 
 
 def ablate(billing: Billing, ablation: str | None) -> Callable[[], None]:
@@ -885,12 +887,21 @@ def ablate(billing: Billing, ablation: str | None) -> Callable[[], None]:
         return _nothing
     if ablation == "no-audit":
         audit = billing.audit
-
-        def read_without_a_link(session: Session, along: Along, **_: Any) -> tuple[None, list[Any]]:
-            return None, along.read(session)
-
         audit.record = lambda session, **_: None  # type: ignore[method-assign, assignment]
-        audit.record_along = read_without_a_link  # type: ignore[method-assign, assignment]
+        audit.record_along = _read_without_a_link  # type: ignore[method-assign, assignment]
+        return _nothing
+    if ablation == "unaudited-reads":
+        audit = billing.audit
+        record_along = audit.record_along
+
+        def link_all_but_the_invoices_read(
+            session: Session, along: Along, *, action: str, **fields: Any
+        ) -> tuple[Link | None, list[Any]]:
+            if action == "invoice.read":
+                return _read_without_a_link(session, along)
+            return record_along(session, along, action=action, **fields)
+
+        audit.record_along = link_all_but_the_invoices_read  # type: ignore[method-assign]
         return _nothing
     if ablation == "unflushed-reads":
         # The reads get a pool of their own whose sessions commit without waiting for the WAL:
@@ -916,6 +927,10 @@ def ablate(billing: Billing, ablation: str | None) -> Callable[[], None]:
 
 def _nothing() -> None:
     pass
+
+
+def _read_without_a_link(session: Session, along: Along, **_: Any) -> tuple[None, list[Any]]:
+    return None, along.read(session)
 
 
 def _commit_without_flush(connection: Any, _record: Any) -> None:

@@ -114,7 +114,7 @@ def test_statements_cannot_be_timed_with_unflushed_reads() -> None:
         parse_args(["--only", "pg-invoice", "--statements", "--ablate", "unflushed-reads"])
 
 
-@pytest.mark.parametrize("ablation", ["unflushed-reads", "no-audit"])
+@pytest.mark.parametrize("ablation", ["unflushed-reads", "no-audit", "unaudited-reads"])
 def test_an_ablated_run_completes_and_labels_its_result(
     restore_logging: None, capsys: pytest.CaptureFixture[str], ablation: str
 ) -> None:
@@ -158,6 +158,17 @@ def test_without_the_audit_chain_a_draft_and_its_read_leave_no_link(billing: Bil
     ablate(billing, "no-audit")
     _drafted_and_read(billing, fake)
     assert not {"invoice.created", "invoice.read"} & set(_audited_actions(billing))
+
+
+def test_with_unaudited_reads_the_draft_keeps_its_link_and_the_read_leaves_none(
+    billing: Billing, fake: Faker
+) -> None:
+    ablate(billing, "unaudited-reads")
+    _drafted_and_read(billing, fake)
+    actions = _audited_actions(billing)
+    assert "invoice.created" in actions and "invoice.read" not in actions
+    with billing.db.read() as session:  # the links it did append still form a valid chain
+        assert billing.audit.verify(session).ok
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # synchronous_commit is PostgreSQL's
